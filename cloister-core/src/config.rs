@@ -1,0 +1,724 @@
+//! Configuration: how a node finds its peers and how fast it reacts, with one set
+//! of defaults and validation.
+//!
+//! Both configurations of the Elixir original carry over one to one. A static
+//! list of nodes (a list of strings is always nodes):
+//!
+//! ```toml
+//! app = "cloister_test"
+//! sentry = ["node1@127.0.0.1:4001", "node2@127.0.0.1:4002"]
+//! consensus = 1
+//! ```
+//!
+//! or a DNS service name (a string without `@` is always a service):
+//!
+//! ```toml
+//! sentry = "cloister_test.local"
+//! consensus = 3
+//! ```
+//!
+//! Loading layers defaults < TOML file < `CLOISTER_<FIELD>` environment variables
+//! through figment ([`Config::figment`]). Loading is the one place cloister-core
+//! reads a file or the environment, and only when asked: [`Config::load`],
+//! [`Config::from_env`], or [`Config::from_figment`] on a figment from
+//! [`Config::figment`]. The runtime calls them; the rest of the core never does.
+//! Every loader and [`Config::validated`] run [`Config::validate`], so the
+//! `Config` they return is usable as is.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The figment version cloister-core is built with, for merging more providers
+/// (CLI flags, another file) into [`Config::figment`].
+pub use figment;
+use figment::error::Kind;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::names::{Host, NameError, NodeName, SentryNode};
+
+/// Why a configuration was refused. Building, loading or validating a config
+/// never changes anything else: on error there is simply no `Config`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A field holds a value it may not have: [`Config::validate`], the
+    /// constructors, and the loaders after a successful read.
+    #[error("invalid `{field}` = {value}: {allowed}")]
+    Invalid {
+        /// The field at fault, as spelled in files (`consensus`).
+        field: &'static str,
+        /// The offending value, as it would be written (strings quoted).
+        value: String,
+        /// What the field allows, or why this value cannot work.
+        allowed: String,
+    },
+    /// The file or an environment variable could not be read or did not fit a
+    /// field: a missing file, bad TOML, an unknown key in the file, a value of the
+    /// wrong type or out of range. The message names the key, the value and the
+    /// source (file path or `CLOISTER_*` variable).
+    #[error("{message}")]
+    Load {
+        /// The whole explanation, one line per problem found.
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, value: impl Into<String>, why: impl fmt::Display) -> ConfigError {
+    let (value, allowed) = (value.into(), why.to_string());
+    ConfigError::Invalid {
+        field,
+        value,
+        allowed,
+    }
+}
+
+fn quoted(text: &str) -> String {
+    format!("{text:?}")
+}
+
+fn duration(value: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(value).to_string()
+}
+
+/// How a node finds its peers: cloister's `sentry`.
+///
+/// In files and environment variables a list is static nodes and a string is a
+/// DNS service name, except that a string containing `@` is a comma-separated
+/// node list (a DNS name never contains `@`). So these two lines mean the same,
+/// and so does `CLOISTER_SENTRY=node1@127.0.0.1:4001,node2@127.0.0.1:4002`:
+///
+/// ```toml
+/// sentry = ["node1@127.0.0.1:4001", "node2@127.0.0.1:4002"]
+/// sentry = "node1@127.0.0.1:4001,node2@127.0.0.1:4002"
+/// ```
+///
+/// The same rule parses text in code:
+///
+/// ```
+/// use cloister_core::Sentry;
+/// let nodes: Sentry = "node1@127.0.0.1:4001,node2@127.0.0.1:4002".parse()?;
+/// assert_eq!(nodes.nodes().map(<[_]>::len), Some(2));
+/// let srv: Sentry = "_node._tcp.cloister.default.svc.cluster.local".parse()?;
+/// assert!(srv.is_srv());
+/// # Ok::<(), cloister_core::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Sentry {
+    /// A static list of `name@host:port` entries. It may include this node or
+    /// omit it.
+    Nodes(Vec<SentryNode>),
+    /// A DNS service name: its A/AAAA records, or its SRV records when it
+    /// starts with `_` (see [`Sentry::is_srv`]).
+    Service(String),
+}
+
+impl Sentry {
+    /// A static list from `name@host:port` texts; the error names the first bad
+    /// entry.
+    pub fn parse_nodes<I, S>(entries: I) -> Result<Sentry, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let parse = |entry: S| {
+            let entry = entry.as_ref().trim();
+            let node = entry.parse::<SentryNode>();
+            node.map_err(|err| invalid("sentry", quoted(entry), err))
+        };
+        let nodes = entries.into_iter().map(parse).collect::<Result<_, _>>()?;
+        Ok(Sentry::Nodes(nodes))
+    }
+
+    /// The static list, or `None` for a service.
+    pub fn nodes(&self) -> Option<&[SentryNode]> {
+        match self {
+            Sentry::Nodes(nodes) => Some(nodes),
+            Sentry::Service(_) => None,
+        }
+    }
+
+    /// The DNS service name, or `None` for a static list.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Sentry::Nodes(_) => None,
+            Sentry::Service(name) => Some(name),
+        }
+    }
+
+    /// Whether this is an SRV service name (`_node._tcp.example.local`), whose
+    /// records carry a port per peer.
+    pub fn is_srv(&self) -> bool {
+        self.service().is_some_and(|name| name.starts_with('_'))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        match self {
+            Sentry::Nodes(nodes) if nodes.is_empty() => Err(invalid(
+                "sentry",
+                "[]",
+                "is required (it has no default): a list of `name@host:port` nodes \
+                 or a DNS service name",
+            )),
+            Sentry::Nodes(_) => Ok(()),
+            Sentry::Service(name) => match name.parse::<Host>() {
+                Ok(Host::Dns(_)) => Ok(()),
+                _ => Err(invalid(
+                    "sentry",
+                    quoted(name),
+                    "must be a DNS service name (labels of letters, digits, `-` and `_` \
+                     joined by dots; SRV names start with `_`) or `name@host:port` nodes",
+                )),
+            },
+        }
+    }
+}
+
+impl FromStr for Sentry {
+    type Err = ConfigError;
+
+    /// A comma-separated node list if the text contains `@`, else a service name.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let sentry = if text.contains('@') {
+            Sentry::parse_nodes(text.split(',').filter(|entry| !entry.trim().is_empty()))?
+        } else {
+            Sentry::Service(text.trim().to_string())
+        };
+        sentry.check()?;
+        Ok(sentry)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sentry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SentryVisitor)
+    }
+}
+
+/// Reads a string or a list of strings, so that a bad entry is reported as
+/// itself rather than as "data did not match any variant".
+struct SentryVisitor;
+
+impl<'de> Visitor<'de> for SentryVisitor {
+    type Value = Sentry;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(SENTRY)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Sentry, E> {
+        text.parse().map_err(reason)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Sentry, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = seq.next_element::<String>()? {
+            entries.push(entry);
+        }
+        Sentry::parse_nodes(entries).map_err(reason)
+    }
+}
+
+/// Only the reason: the loader adds the field, the value and the source.
+fn reason<E: de::Error>(error: ConfigError) -> E {
+    match error {
+        ConfigError::Invalid { allowed, .. } => E::custom(allowed),
+        other => E::custom(other),
+    }
+}
+
+/// Everything a node needs to join its cluster. Durations are written as
+/// humantime text in files and the environment: `"300ms"`, `"2s"`, `"1m 30s"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The application's name (Elixir's `otp_app`): this node is named
+    /// `{app}@{host}` unless `node_name` is set. Default `"cloister"`. 1-64
+    /// ASCII letters, digits, `_`, `-` or `.`. Changing it renames the node, so
+    /// static `sentry` lists elsewhere must follow.
+    pub app: String,
+    /// The node-name part, when it must differ from `app`. Default: none, which
+    /// means `app`. Names must be unique in the cluster, so several nodes of one
+    /// app on one host (`node1@127.0.0.1`, `node2@127.0.0.1`) each need one.
+    pub node_name: Option<String>,
+    /// How to find peers. Required: the default, an empty list, fails
+    /// validation. A list of `name@host:port` nodes (dialled directly; a static
+    /// cluster), or a DNS service name re-resolved every `discovery_tick` (grows
+    /// and shrinks with the service; needs working DNS).
+    pub sentry: Sentry,
+    /// How many nodes, this one included, the ring needs before the cluster is
+    /// ready. Default 1 (ready alone). Higher guards against a node serving
+    /// alone at boot, but start-up waits (up to `startup_deadline`) until that
+    /// many are up. With a static list, at most its length + 1.
+    pub consensus: usize,
+    /// The TCP port this node listens on for peers. Default 4000. A/AAAA records
+    /// carry no port, so in service mode every replica must use the same one.
+    /// 0 lets the OS pick: loopback tests only, as no list can then name it.
+    pub listen_port: u16,
+    /// The host peers reach this node at, and the host part of its name.
+    /// Default: none, found at run time (in service mode, from the service's
+    /// records). Set it behind NAT or with several interfaces; never a
+    /// wildcard such as `0.0.0.0`.
+    pub advertised_host: Option<Host>,
+    /// The shared secret of the handshake: nodes with different cookies refuse
+    /// each other. Default `"cloister"`, fine on loopback and in tests; anyone
+    /// who can reach the port knows it, so set your own in production. Not empty.
+    pub cookie: String,
+    /// How often the sentry is resolved again and missing peers are dialled.
+    /// Default 500ms. Shorter finds new nodes sooner, for more DNS queries and
+    /// dial attempts.
+    #[serde(with = "humantime_serde")]
+    pub discovery_tick: Duration,
+    /// The first wait before dialling a failed peer again; it doubles per failure
+    /// up to `dial_backoff_max`. Default 25ms, more than zero. Shorter reconnects
+    /// faster after a blip but hammers a peer that is down.
+    #[serde(with = "humantime_serde")]
+    pub dial_backoff_min: Duration,
+    /// The longest wait between dials of a failing peer. Default 2s, at least
+    /// `dial_backoff_min`. Longer spares a dead peer and the network; shorter
+    /// notices its return sooner.
+    #[serde(with = "humantime_serde")]
+    pub dial_backoff_max: Duration,
+    /// The fraction, 0.0 to 1.0, by which each backoff wait is randomly varied,
+    /// so nodes that lost a peer together do not dial it in lockstep. Default
+    /// 0.2. 0 makes waits predictable (tests); more spreads dials wider.
+    pub dial_backoff_jitter: f64,
+    /// How long a connection attempt may take before it counts as failed.
+    /// Default 1s, more than zero. Shorter gives up on an unreachable peer
+    /// sooner; longer tolerates slow, distant links.
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Duration,
+    /// How long a member whose session closed stays in the ring waiting for a
+    /// replacing session, before it counts as crashed. Default 20ms, shorter
+    /// than `heartbeat_timeout`. ractor_cluster settles two simultaneous dials
+    /// by closing one session, and a peer may see that close just before the
+    /// winner is ready; the grace hides that flap. 0 drops at once (a flap
+    /// then shows as a `NodeDown` and `NodeUp` pair); longer delays crash
+    /// detection by as much.
+    #[serde(with = "humantime_serde")]
+    pub session_grace: Duration,
+    /// How often this node sends each connected peer a heartbeat. Default 300ms,
+    /// more than zero. Shorter detects failures sooner for more traffic: n nodes
+    /// send n(n-1) heartbeats per interval.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// The silence after which a peer counts as down and leaves the ring.
+    /// Default 1500ms (five intervals); longer than `heartbeat_interval`.
+    /// Shorter reacts to crashes sooner, but a pause or a lossy link may then
+    /// evict a live node and move its keys twice.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// How long start-up waits for `consensus` before it reports that the
+    /// cluster did not assemble. Default 60s, more than zero. Longer rides out
+    /// slow orchestration (images pulled, DNS published); shorter surfaces a
+    /// wrong sentry sooner.
+    #[serde(with = "humantime_serde")]
+    pub startup_deadline: Duration,
+    /// Virtual nodes per member on the consistent-hash ring. Default 256, 1 to
+    /// 4096. More spreads keys more evenly, for more memory and slower rehashes.
+    /// Every node must use the same value, or they place keys differently.
+    pub ring_vnodes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            app: "cloister".into(),
+            node_name: None,
+            sentry: Sentry::Nodes(Vec::new()),
+            consensus: 1,
+            listen_port: 4000,
+            advertised_host: None,
+            cookie: "cloister".into(),
+            discovery_tick: Duration::from_millis(500),
+            dial_backoff_min: Duration::from_millis(25),
+            dial_backoff_max: Duration::from_secs(2),
+            dial_backoff_jitter: 0.2,
+            dial_timeout: Duration::from_secs(1),
+            session_grace: Duration::from_millis(20),
+            heartbeat_interval: Duration::from_millis(300),
+            heartbeat_timeout: Duration::from_millis(1500),
+            startup_deadline: Duration::from_secs(60),
+            ring_vnodes: 256,
+        }
+    }
+}
+
+/// Every field with what it accepts: the keys read from `CLOISTER_*` and the
+/// explanation in load errors. A unit test keeps it in step with `Config`.
+const FIELDS: [(&str, &str); 17] = [
+    ("app", NAME_PART),
+    ("node_name", NAME_PART),
+    ("sentry", SENTRY),
+    ("consensus", "a whole number, at least 1 (this node counts)"),
+    ("listen_port", "a TCP port from 0 to 65535 (0 picks one)"),
+    ("advertised_host", "an IP address or a DNS name"),
+    ("cookie", "a non-empty string"),
+    ("discovery_tick", DURATION),
+    ("dial_backoff_min", DURATION),
+    ("dial_backoff_max", DURATION),
+    ("dial_backoff_jitter", "a number from 0.0 to 1.0"),
+    ("dial_timeout", DURATION),
+    ("session_grace", DURATION),
+    ("heartbeat_interval", DURATION),
+    ("heartbeat_timeout", DURATION),
+    ("startup_deadline", DURATION),
+    ("ring_vnodes", "a whole number from 1 to 4096"),
+];
+const SENTRY: &str =
+    "a list of `name@host:port` nodes (or one string of them joined by commas) or a DNS service name";
+const NAME_PART: &str = "1-64 ASCII letters, digits, `_`, `-` or `.`";
+const DURATION: &str = "a duration such as \"300ms\", \"2s\" or \"1m 30s\"";
+
+/// Fields whose environment values are text whatever they look like: figment's
+/// `Env` would read a cookie `0123` as the number 123.
+const TEXT_FIELDS: [&str; 4] = ["app", "node_name", "cookie", "advertised_host"];
+const ENV_SOURCE: &str = "environment variable";
+const WILDCARD: &str = "must be an address peers can dial, not a wildcard";
+
+impl Config {
+    /// A static cluster: `app` and its `name@host:port` nodes, other fields at
+    /// their defaults. Fails on the first bad entry; finish with
+    /// [`Config::validated`].
+    ///
+    /// ```
+    /// use cloister_core::Config;
+    /// let config = Config::nodes("cloister_test", ["node1@127.0.0.1:4001", "node2@127.0.0.1:4002"])?
+    ///     .with_consensus(1)
+    ///     .validated()?;
+    /// assert_eq!(config.sentry.nodes().map(<[_]>::len), Some(2));
+    /// assert!(Config::nodes("cloister_test", ["node1@"]).is_err());
+    /// # Ok::<(), cloister_core::ConfigError>(())
+    /// ```
+    pub fn nodes<I, S>(app: &str, entries: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let sentry = Sentry::parse_nodes(entries)?;
+        Ok(Config::default().with_app(app).with_sentry(sentry))
+    }
+
+    /// A cluster found through a DNS service name (an SRV name if it starts with
+    /// `_`), other fields at their defaults. The name is checked by
+    /// [`Config::validated`].
+    ///
+    /// ```
+    /// use cloister_core::Config;
+    /// let config = Config::service("cloister_test", "cloister_test.local")
+    ///     .with_consensus(3)
+    ///     .validated()?;
+    /// assert_eq!(config.sentry.service(), Some("cloister_test.local"));
+    /// # Ok::<(), cloister_core::ConfigError>(())
+    /// ```
+    pub fn service(app: &str, name: &str) -> Config {
+        let sentry = Sentry::Service(name.to_string());
+        Config::default().with_app(app).with_sentry(sentry)
+    }
+
+    /// The defaults with short timers, for nodes on loopback in tests: a
+    /// heartbeat every 100ms and down after 500ms, dial backoff 10ms to 500ms,
+    /// dial timeout 500ms, discovery every 100ms, start-up deadline 20s. Too
+    /// twitchy for real networks, where a pause would evict live nodes. The
+    /// sentry is still required.
+    ///
+    /// ```
+    /// use cloister_core::Config;
+    /// let config = Config::for_tests()
+    ///     .with_app("cloister_test")
+    ///     .with_sentry("node1@127.0.0.1:4001,node2@127.0.0.1:4002".parse()?)
+    ///     .validated()?;
+    /// assert_eq!(config.heartbeat_timeout, std::time::Duration::from_millis(500));
+    /// # Ok::<(), cloister_core::ConfigError>(())
+    /// ```
+    pub fn for_tests() -> Config {
+        Config {
+            discovery_tick: Duration::from_millis(100),
+            dial_backoff_min: Duration::from_millis(10),
+            dial_backoff_max: Duration::from_millis(500),
+            dial_timeout: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(100),
+            heartbeat_timeout: Duration::from_millis(500),
+            startup_deadline: Duration::from_secs(20),
+            ..Config::default()
+        }
+    }
+
+    /// Sets `app`.
+    pub fn with_app(mut self, app: &str) -> Config {
+        self.app = app.to_string();
+        self
+    }
+
+    /// Sets `node_name`, this node's name part when it differs from `app`.
+    pub fn with_node_name(mut self, node_name: &str) -> Config {
+        self.node_name = Some(node_name.to_string());
+        self
+    }
+
+    /// Sets `sentry`.
+    pub fn with_sentry(mut self, sentry: Sentry) -> Config {
+        self.sentry = sentry;
+        self
+    }
+
+    /// Sets `consensus`, the nodes (this one included) needed to be ready.
+    pub fn with_consensus(mut self, consensus: usize) -> Config {
+        self.consensus = consensus;
+        self
+    }
+
+    /// Sets `listen_port`.
+    pub fn with_listen_port(mut self, listen_port: u16) -> Config {
+        self.listen_port = listen_port;
+        self
+    }
+
+    /// Sets `cookie`, the handshake secret.
+    pub fn with_cookie(mut self, cookie: &str) -> Config {
+        self.cookie = cookie.to_string();
+        self
+    }
+
+    /// Finishes a builder chain: the config if [`Config::validate`] accepts it.
+    pub fn validated(self) -> Result<Config, ConfigError> {
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The node-name part of this node's name: `node_name`, else `app`.
+    pub fn effective_node_name(&self) -> &str {
+        self.node_name.as_deref().unwrap_or(&self.app)
+    }
+
+    /// This node's name on `host`: `{effective_node_name}@{host}`.
+    pub fn node_name_for(&self, host: &Host) -> Result<NodeName, NameError> {
+        NodeName::new(self.effective_node_name(), host)
+    }
+
+    /// Checks every rule the field docs state and returns the first broken one,
+    /// naming the field, its value and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let local = Host::Ip(Ipv4Addr::LOCALHOST.into());
+        let names = [
+            ("app", Some(&self.app)),
+            ("node_name", self.node_name.as_ref()),
+        ];
+        for (field, name) in names {
+            if let Some(name) = name.filter(|name| NodeName::new(name, &local).is_err()) {
+                return Err(invalid(field, quoted(name), format!("must be {NAME_PART}")));
+            }
+        }
+        self.sentry.check()?;
+        let most = self.sentry.nodes().map_or(usize::MAX, |n| n.len() + 1);
+        if self.consensus == 0 || self.consensus > most {
+            let listed = most - 1;
+            let why = match self.consensus {
+                0 => "must be at least 1 (this node counts)".to_string(),
+                _ => format!("can never be met: the sentry lists {listed} node(s), plus this one"),
+            };
+            return Err(invalid("consensus", self.consensus.to_string(), why));
+        }
+        if let Some(ip) = self.advertised_host.as_ref().and_then(Host::ip) {
+            if ip.is_unspecified() {
+                return Err(invalid("advertised_host", ip.to_string(), WILDCARD));
+            }
+        }
+        if self.cookie.is_empty() {
+            return Err(invalid("cookie", "\"\"", "must not be empty"));
+        }
+        let timers = [
+            ("discovery_tick", self.discovery_tick),
+            ("dial_backoff_min", self.dial_backoff_min),
+            ("dial_timeout", self.dial_timeout),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("startup_deadline", self.startup_deadline),
+        ];
+        if let Some((field, _)) = timers.iter().find(|(_, value)| value.is_zero()) {
+            return Err(invalid(field, "0s", "must be longer than zero"));
+        }
+        let (min, max) = (self.dial_backoff_min, self.dial_backoff_max);
+        if max < min {
+            let why = format!("must be at least `dial_backoff_min` ({})", duration(min));
+            return Err(invalid("dial_backoff_max", duration(max), why));
+        }
+        let jitter = self.dial_backoff_jitter;
+        if !(0.0..=1.0).contains(&jitter) {
+            let why = "must be from 0.0 to 1.0";
+            return Err(invalid("dial_backoff_jitter", jitter.to_string(), why));
+        }
+        let (interval, timeout) = (self.heartbeat_interval, self.heartbeat_timeout);
+        if timeout <= interval {
+            let interval = duration(interval);
+            let why = format!("must be longer than `heartbeat_interval` ({interval})");
+            return Err(invalid("heartbeat_timeout", duration(timeout), why));
+        }
+        if self.session_grace >= timeout {
+            let why = format!("must be shorter than `heartbeat_timeout` ({})", duration(timeout));
+            return Err(invalid("session_grace", duration(self.session_grace), why));
+        }
+        let vnodes = self.ring_vnodes;
+        if !(1..=4096).contains(&vnodes) {
+            let why = "must be from 1 to 4096";
+            return Err(invalid("ring_vnodes", vnodes.to_string(), why));
+        }
+        Ok(())
+    }
+
+    /// The layers a loaded config comes from, lowest first: the defaults, the
+    /// TOML `file` if given (it must exist), then the `CLOISTER_<FIELD>`
+    /// environment variables of known fields (`CLOISTER_SENTRY`,
+    /// `CLOISTER_HEARTBEAT_INTERVAL`, ...; others such as `CLOISTER_LOG` are
+    /// ignored; empty ones count as unset). Merge more providers on top, then
+    /// call [`Config::from_figment`]. The environment is read at extraction.
+    ///
+    /// ```
+    /// use cloister_core::config::{figment::providers::Serialized, Config};
+    /// // Flags parsed from the command line outrank the environment.
+    /// let figment = Config::figment(None)
+    ///     .merge(Serialized::default("sentry", "cloister_test.local"))
+    ///     .merge(Serialized::default("consensus", 3));
+    /// let config = Config::from_figment(&figment)?;
+    /// assert_eq!(config.consensus, 3);
+    /// # Ok::<(), cloister_core::ConfigError>(())
+    /// ```
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(EnvVars)
+    }
+
+    /// Extracts and validates a config from `figment`. Unknown keys, values
+    /// of the wrong type and broken rules are errors naming key and source.
+    pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|error| {
+            let lines: Vec<String> = error.into_iter().map(|e| describe(&e, figment)).collect();
+            let message = lines.join("\n");
+            ConfigError::Load { message }
+        })?;
+        config.validated()
+    }
+
+    /// Loads defaults < TOML `file` < environment (see [`Config::figment`]) and
+    /// validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::from_figment(&Config::figment(file))
+    }
+
+    /// Loads defaults < environment: `CLOISTER_SENTRY`, `CLOISTER_CONSENSUS`, ...
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::load(None)
+    }
+}
+
+/// The `CLOISTER_<FIELD>` variables of known fields, as a figment provider.
+/// Text fields are taken as written (trimmed); other values are parsed as
+/// figment's `Env` parses them, so `[a, b]` is a list.
+struct EnvVars;
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        let var =
+            |_: &Profile, keys: &[&str]| format!("CLOISTER_{}", keys.join("_").to_uppercase());
+        Metadata::named(ENV_SOURCE).interpolater(var)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let names = FIELDS.map(|(name, _)| name);
+        let dict = Env::prefixed("CLOISTER_")
+            .only(&names)
+            .iter()
+            .filter(|(_, raw)| !raw.trim().is_empty())
+            .map(|(key, raw)| {
+                let value = if TEXT_FIELDS.contains(&key.as_str()) {
+                    Value::from(raw.trim().to_string())
+                } else {
+                    let Ok(value) = raw.parse::<Value>();
+                    value
+                };
+                (key.to_string(), value)
+            })
+            .collect();
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// One figment error as a sentence naming the key, the value and the source.
+fn describe(error: &figment::Error, figment: &Figment) -> String {
+    let origin = match &error.metadata {
+        Some(md) if md.name == ENV_SOURCE => {
+            let var = md.interpolate(&Profile::Default, error.path.get(..1).unwrap_or_default());
+            format!("{ENV_SOURCE} `{var}`")
+        }
+        Some(md) => match md.source.as_ref().and_then(|source| source.file_path()) {
+            Some(path) => format!("{} `{}`", md.name, path.display()),
+            None => md.name.to_string(),
+        },
+        None => "the configuration".to_string(),
+    };
+    let key = error.path.first();
+    let field = key.and_then(|key| FIELDS.iter().find(|(name, _)| name == key));
+    match (&error.kind, field) {
+        (Kind::UnknownField(key, _), _) => {
+            let known: Vec<String> = FIELDS.iter().map(|(name, _)| format!("`{name}`")).collect();
+            let known = known.join(", ");
+            format!("unknown key `{key}` in {origin}: the keys are {known}")
+        }
+        (kind, Some((name, allowed))) => {
+            let value = figment.find_value(name).map_or("?".into(), |v| render(&v));
+            let why = match kind {
+                Kind::Message(reason) => reason.clone(),
+                _ => format!("expected {allowed}"),
+            };
+            format!("invalid `{name}` = {value} in {origin}: {why}")
+        }
+        (kind, None) => format!("cannot load {origin}: {}", kind.to_string().trim_end()),
+    }
+}
+
+/// A value as it would be written in TOML.
+fn render(value: &Value) -> String {
+    use figment::error::Actual;
+    match value {
+        Value::String(_, text) => quoted(text),
+        Value::Array(_, items) => {
+            let items: Vec<String> = items.iter().map(render).collect();
+            format!("[{}]", items.join(", "))
+        }
+        other => match other.to_actual() {
+            Actual::Unsigned(n) => n.to_string(),
+            Actual::Signed(n) => n.to_string(),
+            Actual::Float(n) => n.to_string(),
+            Actual::Bool(b) => b.to_string(),
+            actual => actual.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_field_table_lists_every_field() {
+        let json = serde_json::to_value(Config::default()).expect("serialize");
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut names = FIELDS.map(|(name, _)| name).to_vec();
+        keys.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(keys, names);
+    }
+}

@@ -1,0 +1,148 @@
+//! Topology events: what cloister tells subscribers, as plain serde data.
+//!
+//! The membership machine publishes these in the order they happen: a change of
+//! membership (`NodeUp`/`NodeDown`), then the ring it produced (`RingChanged`),
+//! then the node state it led to (`StateChanged`). Two nodes that see the same
+//! membership changes publish the same events with the same payloads.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{Incarnation, NodeName};
+use crate::ring::Digest;
+
+/// The state of this node's view of the cluster, named after cloister's monitor.
+///
+/// ```text
+/// Down -> Assembling -> Ready <-> Rehashing
+///              \          \          /
+///               `--------> Stopping -> Stopped
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Not started yet.
+    Down,
+    /// Started, with fewer than `consensus` members so far. The boot is held here.
+    Assembling,
+    /// At least `consensus` members, this node included.
+    Ready,
+    /// Was ready, then fell below `consensus`; returns to `Ready` when enough
+    /// members are back.
+    Rehashing,
+    /// Leaving: peers have been told, sessions are closing.
+    Stopping,
+    /// Left. Final.
+    Stopped,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Down => "down",
+            NodeState::Assembling => "assembling",
+            NodeState::Ready => "ready",
+            NodeState::Rehashing => "rehashing",
+            NodeState::Stopping => "stopping",
+            NodeState::Stopped => "stopped",
+        })
+    }
+}
+
+/// Why a node left this node's ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownReason {
+    /// Its session closed: the process died or the connection broke.
+    Crashed,
+    /// It stayed connected but sent no heartbeat for `heartbeat_timeout`
+    /// (frozen, overloaded, or cut off by a partition).
+    Unresponsive,
+    /// It said goodbye.
+    Left,
+    /// It came back with a newer incarnation: the old process is gone and the
+    /// new one, under the same name, replaced it (a `NodeUp` follows).
+    Restarted,
+}
+
+impl fmt::Display for DownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DownReason::Crashed => "crashed",
+            DownReason::Unresponsive => "unresponsive",
+            DownReason::Left => "left",
+            DownReason::Restarted => "restarted",
+        })
+    }
+}
+
+/// This node's view of the cluster at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// This node's name.
+    pub node: NodeName,
+    /// This node's incarnation.
+    pub incarnation: Incarnation,
+    /// This node's state.
+    pub state: NodeState,
+    /// How many members (this node included) make the cluster ready.
+    pub consensus: usize,
+    /// The ring's members, sorted; this node is one of them.
+    pub members: Vec<NodeName>,
+    /// The ring's digest; equal digests mean equal rings.
+    pub digest: Digest,
+    /// True when every other member's last heartbeat carried this node's digest:
+    /// the members agree on the ring.
+    pub converged: bool,
+}
+
+/// A change of topology, published to subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TopologyEvent {
+    /// The node state changed; `snapshot` is the view right after the change.
+    StateChanged {
+        /// The state before.
+        from: NodeState,
+        /// The state after.
+        to: NodeState,
+        /// The view right after the change.
+        snapshot: Snapshot,
+    },
+    /// A node became a member.
+    NodeUp {
+        /// Its name.
+        node: NodeName,
+        /// The incarnation that joined.
+        incarnation: Incarnation,
+    },
+    /// A node stopped being a member.
+    NodeDown {
+        /// Its name.
+        node: NodeName,
+        /// The incarnation that left.
+        incarnation: Incarnation,
+        /// Why.
+        reason: DownReason,
+    },
+    /// The ring changed.
+    RingChanged {
+        /// The new members, sorted.
+        members: Vec<NodeName>,
+        /// The new ring's digest.
+        digest: Digest,
+    },
+}
+
+impl TopologyEvent {
+    /// The event's name as it appears in the serialized form (`"node_up"`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            TopologyEvent::StateChanged { .. } => "state_changed",
+            TopologyEvent::NodeUp { .. } => "node_up",
+            TopologyEvent::NodeDown { .. } => "node_down",
+            TopologyEvent::RingChanged { .. } => "ring_changed",
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The simulator scenarios: whole clusters on a virtual clock.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use super::*;
+use crate::events::DownReason;
+
+fn config(consensus: usize) -> Config {
+    Config {
+        consensus,
+        ..Config::default()
+    }
+}
+
+/// Generous bound on virtual time: a scenario that needs more is a bug.
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn three_nodes_from_a_static_list_reach_ready_with_identical_rings() {
+    let mut sim = Sim::new(3, &config(3), Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged), "did not converge");
+    let digests: Vec<_> = (0..3).map(|i| sim.node(i).ring().digest()).collect();
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    for i in 0..3 {
+        assert_eq!(sim.node(i).ring().len(), 3);
+        assert_eq!(sim.node(i).state(), NodeState::Ready);
+    }
+    // Every node agrees on the owner of every key.
+    for key in 0..1000u32 {
+        let owners: Vec<_> = (0..3)
+            .map(|i| sim.node(i).ring().node_for(key.to_le_bytes()).cloned())
+            .collect();
+        assert!(owners.windows(2).all(|w| w[0] == w[1]), "key {key}: {owners:?}");
+    }
+}
+
+#[test]
+fn a_majority_side_stays_ready_and_a_minority_side_rehashes_until_healed() {
+    let mut sim = Sim::new(5, &config(3), Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged));
+
+    // Cut {3, 4} off from {0, 1, 2}. Nothing closes; heartbeats stop crossing.
+    sim.partition(&[3, 4]);
+    let split = |sim: &Sim| {
+        (0..3).all(|i| sim.node(i).ring().len() == 3 && sim.node(i).state() == NodeState::Ready)
+            && (3..5).all(|i| {
+                sim.node(i).ring().len() == 2 && sim.node(i).state() == NodeState::Rehashing
+            })
+    };
+    assert!(sim.run_until(LIMIT, split), "sides did not settle");
+    // The dropped peers went as unresponsive, not crashed: no session closed.
+    assert!(sim.events(0).iter().any(|e| matches!(
+        e,
+        TopologyEvent::NodeDown { reason: DownReason::Unresponsive, .. }
+    )));
+    // The majority side never left Ready.
+    assert!(!sim.events(0).iter().any(|e| matches!(
+        e,
+        TopologyEvent::StateChanged { to: NodeState::Rehashing, .. }
+    )));
+
+    sim.heal();
+    assert!(sim.run_until(LIMIT, Sim::converged), "did not converge after healing");
+    let digest = sim.node(0).ring().digest();
+    assert!((0..5).all(|i| sim.node(i).ring().digest() == digest));
+}
+
+#[test]
+fn a_restarted_node_replaces_its_old_incarnation_everywhere() {
+    let cfg = config(3);
+    let mut sim = Sim::new(3, &cfg, Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged));
+
+    sim.restart(1, &cfg);
+    let new = sim.node(1).incarnation();
+    let name = sim.name(1).clone();
+    // The ring alone cannot show it (same name, same ring): wait until every
+    // survivor knows the member by its new incarnation.
+    let replaced = |sim: &Sim| {
+        sim.converged() && [0, 2].iter().all(|&i| sim.node(i).incarnation_of(&name) == Some(new))
+    };
+    assert!(sim.run_until(LIMIT, replaced));
+    for i in [0, 2] {
+        let events = sim.events(i);
+        // The old process went down: as crashed when its session's close
+        // arrived first, as restarted when the new incarnation's heartbeat did.
+        assert!(events.iter().any(|e| matches!(
+            e,
+            TopologyEvent::NodeDown { node, reason: DownReason::Crashed | DownReason::Restarted, .. }
+                if *node == name
+        )));
+        // ... and the last NodeUp for that name carries the new incarnation.
+        let last_up = events.iter().rev().find_map(|e| match e {
+            TopologyEvent::NodeUp { node, incarnation } if *node == name => Some(*incarnation),
+            _ => None,
+        });
+        assert_eq!(last_up, Some(new));
+    }
+}
+
+#[test]
+fn two_hundred_nodes_form_and_converge() {
+    // Few virtual nodes: this scenario is about membership, and every node
+    // rebuilds its ring 199 times on the way (51,200 points each at 256).
+    let cfg = Config {
+        ring_vnodes: 8,
+        ..config(200)
+    };
+    let mut sim = Sim::new(200, &cfg, Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged), "200 nodes did not converge");
+    let digest = sim.node(0).ring().digest();
+    assert!((0..200).all(|i| sim.node(i).ring().digest() == digest));
+    // Reported, not asserted: virtual time from start to a converged cluster.
+    println!(
+        "200 nodes converged after {:?} of virtual time, {} messages",
+        sim.now(),
+        sim.delivered
+    );
+}
+
+#[test]
+fn a_cluster_converges_despite_thirty_percent_message_loss() {
+    let network = Network {
+        loss: 0.3,
+        ..Network::default()
+    };
+    let mut sim = Sim::new(7, &config(4), network);
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged), "did not converge under loss");
+}
+
+#[test]
+fn a_crashed_node_leaves_every_ring_and_rejoins_after_restart() {
+    let cfg = config(2);
+    let mut sim = Sim::new(4, &cfg, Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged));
+    sim.kill(2);
+    assert!(sim.run_until(LIMIT, Sim::converged), "survivors did not agree");
+    assert!((0..4).filter(|&i| i != 2).all(|i| sim.node(i).ring().len() == 3));
+    sim.restart(2, &cfg);
+    assert!(sim.run_until(LIMIT, Sim::converged));
+    assert!((0..4).all(|i| sim.node(i).ring().len() == 4));
+}
+
+#[test]
+fn the_same_seed_replays_the_same_history() {
+    let run = || {
+        let network = Network {
+            loss: 0.1,
+            ..Network::default()
+        };
+        let mut sim = Sim::new(6, &config(3), network);
+        sim.start_all();
+        sim.run_until(LIMIT, Sim::converged);
+        (sim.now(), sim.events(3).to_vec())
+    };
+    assert_eq!(run(), run());
+}
+

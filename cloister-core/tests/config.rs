@@ -1,0 +1,446 @@
+//! Loading and validating `Config`: both configurations of the Elixir original,
+//! the layering defaults < file < environment, and an error naming the field and
+//! the value for every bad input.
+//!
+//! figment's `Jail` needs figment's `test` feature, which the workspace does not
+//! enable, so tests that touch `CLOISTER_*` variables hold [`EnvGuard`] instead:
+//! one at a time, with every `CLOISTER_*` variable cleared and restored after.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use cloister_core::config::figment::providers::{Format, Serialized, Toml};
+use cloister_core::config::figment::Figment;
+use cloister_core::{Config, ConfigError, Host, Sentry};
+use proptest::prelude::*;
+
+const TWO_NODES: &str = r#"sentry = ["node1@127.0.0.1:4001", "node2@127.0.0.1:4002"]"#;
+
+/// Defaults < `text`, without the environment.
+fn from_toml(text: &str) -> Result<Config, ConfigError> {
+    let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+    Config::from_figment(&figment)
+}
+
+fn message(result: Result<Config, ConfigError>) -> String {
+    match result {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+static ENV: Mutex<()> = Mutex::new(());
+
+/// The process environment for one test: exclusive, with only the given
+/// `CLOISTER_*` variables set; the previous ones come back on drop.
+struct EnvGuard {
+    saved: Vec<(OsString, OsString)>,
+    _lock: MutexGuard<'static, ()>,
+}
+
+fn is_ours(key: &OsString) -> bool {
+    key.to_string_lossy()
+        .to_ascii_uppercase()
+        .starts_with("CLOISTER_")
+}
+
+impl EnvGuard {
+    fn set(vars: &[(&str, &str)]) -> EnvGuard {
+        let lock = ENV.lock().unwrap_or_else(PoisonError::into_inner);
+        let saved: Vec<_> = std::env::vars_os()
+            .filter(|(key, _)| is_ours(key))
+            .collect();
+        for (key, _) in &saved {
+            std::env::remove_var(key);
+        }
+        for (key, value) in vars {
+            std::env::set_var(key, value);
+        }
+        EnvGuard { saved, _lock: lock }
+    }
+}
+
+impl Drop for EnvGuard {
+    fn drop(&mut self) {
+        for (key, _) in std::env::vars_os().filter(|(key, _)| is_ours(key)) {
+            std::env::remove_var(key);
+        }
+        for (key, value) in &self.saved {
+            std::env::set_var(key, value);
+        }
+    }
+}
+
+/// A TOML file under the temp dir, removed on drop.
+struct TempToml(PathBuf);
+
+impl TempToml {
+    fn new(name: &str, text: &str) -> TempToml {
+        let file = format!("cloister-config-{}-{name}.toml", std::process::id());
+        let path = std::env::temp_dir().join(file);
+        std::fs::write(&path, text).expect("write the temp config");
+        TempToml(path)
+    }
+}
+
+impl Drop for TempToml {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_elixir_node_list_configuration_loads() {
+    // config :cloister, otp_app: :cloister_test, consensus: 1,
+    //   sentry: [:"node1@127.0.0.1", :"node2@127.0.0.1"]
+    let config = from_toml(&format!(
+        "app = \"cloister_test\"\n{TWO_NODES}\nconsensus = 1"
+    ))
+    .expect("the node-list configuration");
+    assert_eq!(config.app, "cloister_test");
+    assert_eq!(config.consensus, 1);
+    let nodes = config.sentry.nodes().expect("a list means nodes");
+    let names: Vec<String> = nodes.iter().map(|node| node.name.to_string()).collect();
+    assert_eq!(names, ["node1@127.0.0.1", "node2@127.0.0.1"]);
+    assert_eq!(nodes[1].addr.port(), 4002);
+    assert_eq!(config.sentry.service(), None);
+}
+
+#[test]
+fn the_elixir_service_configuration_loads() {
+    // config :cloister, sentry: :"cloister_test.local", consensus: 3
+    let config = from_toml("sentry = \"cloister_test.local\"\nconsensus = 3")
+        .expect("the service configuration");
+    assert_eq!(config.sentry, Sentry::Service("cloister_test.local".into()));
+    assert_eq!(config.consensus, 3);
+    assert!(!config.sentry.is_srv());
+    assert_eq!(config.app, "cloister");
+}
+
+#[test]
+fn a_service_starting_with_underscore_is_srv() {
+    let config = from_toml(r#"sentry = "_node._tcp.cloister.default.svc.cluster.local""#)
+        .expect("an SRV name");
+    assert!(config.sentry.is_srv());
+}
+
+#[test]
+fn a_comma_separated_string_with_at_signs_is_a_node_list() {
+    let joined = from_toml(r#"sentry = "node1@127.0.0.1:4001, node2@127.0.0.1:4002""#);
+    assert_eq!(joined.expect("joined"), from_toml(TWO_NODES).expect("list"));
+}
+
+#[test]
+fn durations_are_humantime_text() {
+    let config = from_toml(&format!(
+        "{TWO_NODES}\nheartbeat_interval = \"250ms\"\nheartbeat_timeout = \"1s 500ms\"\n\
+         startup_deadline = \"2m\""
+    ))
+    .expect("durations");
+    assert_eq!(config.heartbeat_interval, Duration::from_millis(250));
+    assert_eq!(config.heartbeat_timeout, Duration::from_millis(1500));
+    assert_eq!(config.startup_deadline, Duration::from_secs(120));
+}
+
+#[test]
+fn the_environment_outranks_the_file_which_outranks_the_defaults() {
+    let file = TempToml::new(
+        "layers",
+        &format!("{TWO_NODES}\nconsensus = 2\nheartbeat_interval = \"200ms\""),
+    );
+    let _env = EnvGuard::set(&[("CLOISTER_CONSENSUS", "3")]);
+    let config = Config::load(Some(&file.0)).expect("layered config");
+    assert_eq!(config.consensus, 3, "from the environment");
+    assert_eq!(
+        config.heartbeat_interval,
+        Duration::from_millis(200),
+        "from the file"
+    );
+    assert_eq!(config.dial_timeout, Duration::from_secs(1), "the default");
+    assert_eq!(
+        config.sentry.nodes().map(<[_]>::len),
+        Some(2),
+        "from the file"
+    );
+}
+
+#[test]
+fn the_environment_alone_gives_both_elixir_configurations() {
+    let service = [
+        ("CLOISTER_SENTRY", "cloister_test.local"),
+        ("CLOISTER_CONSENSUS", "3"),
+    ];
+    let config = {
+        let _env = EnvGuard::set(&service);
+        Config::from_env().expect("service from env")
+    };
+    assert_eq!(config.sentry.service(), Some("cloister_test.local"));
+    assert_eq!(config.consensus, 3);
+
+    let joined = "node1@127.0.0.1:4001,node2@127.0.0.1:4002";
+    let bracketed = "[node1@127.0.0.1:4001, node2@127.0.0.1:4002]";
+    for sentry in [joined, bracketed] {
+        let vars = [
+            ("CLOISTER_APP", "cloister_test"),
+            ("CLOISTER_SENTRY", sentry),
+        ];
+        let _env = EnvGuard::set(&vars);
+        let config = Config::from_env().expect(sentry);
+        assert_eq!(config.app, "cloister_test");
+        assert_eq!(
+            config.sentry,
+            from_toml(TWO_NODES).expect("list").sentry,
+            "{sentry}"
+        );
+    }
+}
+
+#[test]
+fn unrelated_cloister_variables_are_ignored() {
+    let _env = EnvGuard::set(&[
+        ("CLOISTER_SENTRY", "cloister_test.local"),
+        ("CLOISTER_DOCKER_TESTS", "1"),
+        ("CLOISTER_LOG", "debug"),
+        ("CLOISTER_TEST_CLUSTER_ADDRESS", "cloister_test.local"),
+    ]);
+    assert!(Config::from_env().is_ok());
+}
+
+#[test]
+fn text_variables_are_taken_as_written_and_empty_ones_are_unset() {
+    let _env = EnvGuard::set(&[
+        ("CLOISTER_SENTRY", "cloister_test.local"),
+        ("CLOISTER_COOKIE", "0123"),
+        ("CLOISTER_APP", "42"),
+        ("CLOISTER_NODE_NAME", ""),
+        ("CLOISTER_ADVERTISED_HOST", "10.0.0.5"),
+        ("CLOISTER_DIAL_BACKOFF_JITTER", "0"),
+    ]);
+    let config = Config::from_env().expect("text values");
+    assert_eq!(config.cookie, "0123", "not the number 123");
+    assert_eq!(config.app, "42");
+    assert_eq!(config.node_name, None);
+    assert_eq!(
+        config.advertised_host,
+        Some("10.0.0.5".parse().expect("host"))
+    );
+    assert_eq!(config.dial_backoff_jitter, 0.0);
+}
+
+#[test]
+fn a_bad_variable_is_named_with_its_value() {
+    for (var, value, field) in [
+        ("CLOISTER_LISTEN_PORT", "70000", "listen_port"),
+        ("CLOISTER_HEARTBEAT_INTERVAL", "soon", "heartbeat_interval"),
+        ("CLOISTER_SENTRY", "node1@", "sentry"),
+        ("CLOISTER_CONSENSUS", "-1", "consensus"),
+    ] {
+        let _env = EnvGuard::set(&[("CLOISTER_SENTRY", "cloister_test.local"), (var, value)]);
+        let text = message(Config::from_env());
+        for part in [var, value, field] {
+            assert!(text.contains(part), "`{part}` missing from: {text}");
+        }
+    }
+}
+
+#[test]
+fn file_errors_name_the_key_the_value_and_the_file() {
+    let _env = EnvGuard::set(&[]);
+    for (name, text, parts) in [
+        ("port", "listen_port = 70000", ["listen_port", "70000"]),
+        (
+            "unknown",
+            "sentry_list = []",
+            ["sentry_list", "unknown key"],
+        ),
+        (
+            "entry",
+            r#"sentry = ["node1@127.0.0.1:4001", "node1@"]"#,
+            ["sentry", "\"node1@\""],
+        ),
+        ("type", "consensus = \"three\"", ["consensus", "\"three\""]),
+        ("syntax", "consensus = [", ["cannot load", "TOML"]),
+    ] {
+        let file = TempToml::new(name, text);
+        let error = message(Config::load(Some(&file.0)));
+        let path = file.0.display().to_string();
+        for part in parts.iter().copied().chain([path.as_str()]) {
+            assert!(
+                error.contains(part),
+                "{name}: `{part}` missing from: {error}"
+            );
+        }
+    }
+    let missing = std::env::temp_dir().join("cloister-config-no-such-file.toml");
+    let error = message(Config::load(Some(&missing)));
+    assert!(
+        error.contains("cloister-config-no-such-file.toml"),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_broken_rule_names_the_field_and_the_value() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("consensus = 0", "consensus", "= 0"),
+        ("consensus = 4", "consensus", "= 4"),
+        ("sentry = []", "sentry", "[]"),
+        (r#"sentry = "node1@""#, "sentry", "node1@"),
+        (r#"sentry = "not a dns name""#, "sentry", "not a dns name"),
+        (r#"sentry = "127.0.0.1""#, "sentry", "127.0.0.1"),
+        (
+            r#"heartbeat_timeout = "300ms""#,
+            "heartbeat_timeout",
+            "300ms",
+        ),
+        (r#"heartbeat_interval = "0s""#, "heartbeat_interval", "0s"),
+        (r#"dial_backoff_min = "3s""#, "dial_backoff_max", "2s"),
+        (r#"dial_backoff_min = "0s""#, "dial_backoff_min", "0s"),
+        ("dial_backoff_jitter = 1.5", "dial_backoff_jitter", "1.5"),
+        ("dial_backoff_jitter = -0.1", "dial_backoff_jitter", "-0.1"),
+        ("ring_vnodes = 0", "ring_vnodes", "= 0"),
+        ("ring_vnodes = 5000", "ring_vnodes", "5000"),
+        (r#"cookie = """#, "cookie", r#""""#),
+        (r#"app = "my app""#, "app", "my app"),
+        (r#"node_name = "a@b""#, "node_name", "a@b"),
+        (
+            r#"advertised_host = "0.0.0.0""#,
+            "advertised_host",
+            "0.0.0.0",
+        ),
+        (
+            r#"advertised_host = "bad host""#,
+            "advertised_host",
+            "bad host",
+        ),
+        (
+            r#"discovery_tick = "3 lightyears""#,
+            "discovery_tick",
+            "3 lightyears",
+        ),
+    ];
+    for (line, field, value) in cases {
+        // TOML refuses a key twice, so the bad line is a layer over the base.
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(TWO_NODES))
+            .merge(Toml::string(line));
+        let text = message(Config::from_figment(&figment));
+        assert!(
+            text.contains(&format!("`{field}`")),
+            "{line}: no field in: {text}"
+        );
+        assert!(text.contains(value), "{line}: no value in: {text}");
+    }
+}
+
+#[test]
+fn invalid_values_read_as_one_sentence() {
+    let config = Config::service("app", "cloister_test.local").with_consensus(0);
+    let error = config.validate().expect_err("consensus 0");
+    assert_eq!(
+        error.to_string(),
+        "invalid `consensus` = 0: must be at least 1 (this node counts)"
+    );
+    assert!(matches!(
+        error,
+        ConfigError::Invalid {
+            field: "consensus",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_static_list_may_omit_this_node_but_consensus_must_be_reachable() {
+    let two = Config::nodes("app", ["n1@127.0.0.1:4001", "n2@127.0.0.1:4002"]).expect("two");
+    assert!(
+        two.clone().with_consensus(3).validated().is_ok(),
+        "two listed plus self"
+    );
+    let error = two
+        .with_consensus(4)
+        .validated()
+        .expect_err("four of three");
+    assert!(error.to_string().contains("can never be met"), "{error}");
+}
+
+#[test]
+fn a_bad_entry_in_code_is_named() {
+    let error = Config::nodes("app", ["node1@127.0.0.1:4001", "node1@"]).expect_err("no host");
+    let text = error.to_string();
+    assert!(
+        text.contains("`sentry`") && text.contains("\"node1@\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_defaults_are_valid_except_for_the_missing_sentry() {
+    let error = Config::default().validate().expect_err("no sentry");
+    assert!(
+        matches!(
+            error,
+            ConfigError::Invalid {
+                field: "sentry",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let sentry: Sentry = "cloister.local".parse().expect("service");
+    assert!(Config::default().with_sentry(sentry).validate().is_ok());
+}
+
+#[test]
+fn the_test_preset_is_valid_given_a_sentry_and_faster_than_the_defaults() {
+    let nodes = Sentry::parse_nodes(["n1@127.0.0.1:4001"]).expect("entry");
+    let tests = Config::for_tests()
+        .with_sentry(nodes)
+        .validated()
+        .expect("for_tests");
+    let defaults = Config::default();
+    assert!(tests.heartbeat_timeout < defaults.heartbeat_timeout);
+    assert!(tests.discovery_tick < defaults.discovery_tick);
+    assert!(tests.startup_deadline < defaults.startup_deadline);
+    assert_eq!(tests.heartbeat_interval, Duration::from_millis(100));
+}
+
+#[test]
+fn the_node_name_is_node_name_or_app_at_the_host() {
+    let host: Host = "10.0.0.5".parse().expect("host");
+    let config = Config::service("cloister_test", "cloister_test.local");
+    let name = config.node_name_for(&host).expect("app name");
+    assert_eq!(name.to_string(), "cloister_test@10.0.0.5");
+    let named = config
+        .with_node_name("node1")
+        .node_name_for(&host)
+        .expect("node name");
+    assert_eq!(named.to_string(), "node1@10.0.0.5");
+}
+
+#[test]
+fn a_config_survives_a_serde_round_trip() {
+    let config = Config::nodes("app", ["n1@127.0.0.1:4001", "n2@[::1]:4002"])
+        .expect("nodes")
+        .with_cookie("secret");
+    let json = serde_json::to_string(&config).expect("to json");
+    assert!(json.contains(r#""heartbeat_interval":"300ms""#), "{json}");
+    let back: Config = serde_json::from_str(&json).expect("from json");
+    assert_eq!(back, config);
+}
+
+proptest! {
+    #[test]
+    fn a_joined_string_and_a_list_give_the_same_nodes(
+        entries in prop::collection::vec(("[a-z][a-z0-9_]{0,8}", 1u16..), 1..6)
+    ) {
+        let texts: Vec<String> = entries
+            .iter()
+            .map(|(name, port)| format!("{name}@127.0.0.1:{port}"))
+            .collect();
+        let joined: Sentry = texts.join(",").parse().expect("joined");
+        prop_assert_eq!(joined, Sentry::parse_nodes(&texts).expect("list"));
+    }
+}
