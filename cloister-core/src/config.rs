@@ -560,7 +560,10 @@ impl Config {
             return Err(invalid("heartbeat_timeout", duration(timeout), why));
         }
         if self.session_grace >= timeout {
-            let why = format!("must be shorter than `heartbeat_timeout` ({})", duration(timeout));
+            let why = format!(
+                "must be shorter than `heartbeat_timeout` ({})",
+                duration(timeout)
+            );
             return Err(invalid("session_grace", duration(self.session_grace), why));
         }
         let vnodes = self.ring_vnodes;
@@ -589,7 +592,13 @@ impl Config {
     /// # Ok::<(), cloister_core::ConfigError>(())
     /// ```
     pub fn figment(file: Option<&Path>) -> Figment {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        Config::figment_over(Config::default(), file)
+    }
+
+    /// [`Config::figment`] with `base` in place of the defaults, for example
+    /// [`Config::for_tests`].
+    pub fn figment_over(base: Config, file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(base));
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }

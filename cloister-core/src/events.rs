@@ -101,6 +101,11 @@ pub struct Snapshot {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum TopologyEvent {
+    /// The view when a subscriber subscribed: always the first event it gets.
+    Snapshot {
+        /// The view at that moment.
+        snapshot: Snapshot,
+    },
     /// The node state changed; `snapshot` is the view right after the change.
     StateChanged {
         /// The state before.
@@ -139,6 +144,7 @@ impl TopologyEvent {
     /// The event's name as it appears in the serialized form (`"node_up"`, ...).
     pub fn name(&self) -> &'static str {
         match self {
+            TopologyEvent::Snapshot { .. } => "snapshot",
             TopologyEvent::StateChanged { .. } => "state_changed",
             TopologyEvent::NodeUp { .. } => "node_up",
             TopologyEvent::NodeDown { .. } => "node_down",

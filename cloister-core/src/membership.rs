@@ -30,6 +30,7 @@
 //! BTreeMap, so two nodes with the same inputs emit the same outputs.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -218,7 +219,7 @@ pub struct Membership {
     incarnation: Incarnation,
     state: NodeState,
     peers: BTreeMap<NodeName, Peer>,
-    ring: Ring,
+    ring: Arc<Ring>,
     rng: fastrand::Rng,
     effects: VecDeque<Effect>,
     next_resolve: Option<Duration>,
@@ -232,7 +233,7 @@ impl Membership {
     /// A node named `me`, in state `Down`. `seed` drives the dial jitter, so a
     /// simulation replays exactly; the runtime passes a random seed.
     pub fn new(config: Config, me: NodeName, incarnation: Incarnation, seed: u64) -> Self {
-        let ring = Ring::new([me.clone()], config.ring_vnodes);
+        let ring = Arc::new(Ring::new([me.clone()], config.ring_vnodes));
         Membership {
             config,
             me,
@@ -267,6 +268,11 @@ impl Membership {
     /// The current ring: this node and every member.
     pub fn ring(&self) -> &Ring {
         &self.ring
+    }
+
+    /// The current ring, shared: the runtime publishes it to lock-free readers.
+    pub fn shared_ring(&self) -> Arc<Ring> {
+        Arc::clone(&self.ring)
     }
 
     /// The peers with a ready session, members or not, sorted.
@@ -343,6 +349,9 @@ impl Membership {
     /// When [`Membership::handle_timeout`] should be called next. It may come
     /// early (nothing is due then); it never comes late.
     pub fn poll_timeout(&self) -> Option<Duration> {
+        if !self.is_running() {
+            return None;
+        }
         [self.next_resolve, self.next_heartbeat, self.next_peer_timer]
             .into_iter()
             .flatten()
@@ -351,7 +360,9 @@ impl Membership {
 
     /// Feeds one input at time `now` (monotonic, from any fixed origin).
     pub fn handle(&mut self, now: Duration, input: Input) {
-        if matches!(self.state, NodeState::Stopped) {
+        // Before Start and from Leave on, only the inputs that move the state
+        // count: a leaving node neither redials nor re-arms timers.
+        if !self.is_running() && !matches!(input, Input::Start | Input::LeaveComplete) {
             return;
         }
         match input {
@@ -673,7 +684,7 @@ impl Membership {
                 .filter(|(_, p)| p.member.is_some())
                 .map(|(n, _)| n.clone()),
         );
-        self.ring = Ring::new(members, self.config.ring_vnodes);
+        self.ring = Arc::new(Ring::new(members, self.config.ring_vnodes));
         self.publish(TopologyEvent::RingChanged {
             members: self.ring.members().to_vec(),
             digest: self.ring.digest(),

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -22,13 +23,17 @@ pub enum NameError {
     MissingAt(String),
     /// The part before `@` is empty or has characters other than ASCII letters,
     /// digits, `_`, `-` and `.`.
-    #[error("`{0}` has an invalid node name part: use 1-64 ASCII letters, digits, `_`, `-` or `.`")]
+    #[error(
+        "`{0}` has an invalid node name part: use 1-64 ASCII letters, digits, `_`, `-` or `.`"
+    )]
     BadNodeName(String),
     /// The host is empty, or neither an IP address nor a DNS name.
     #[error("`{0}` has an invalid host: use an IPv4 address, an IPv6 address or a DNS name")]
     BadHost(String),
     /// An address lacks `:port`.
-    #[error("`{0}` has no port: expected `host:port`, for example `127.0.0.1:4001` or `[::1]:4001`")]
+    #[error(
+        "`{0}` has no port: expected `host:port`, for example `127.0.0.1:4001` or `[::1]:4001`"
+    )]
     MissingPort(String),
     /// The port is not a number from 1 to 65535.
     #[error("`{0}` has an invalid port: use a number from 1 to 65535")]
@@ -106,8 +111,7 @@ fn is_dns_name(s: &str) -> bool {
 fn is_node_name_part(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
@@ -122,8 +126,9 @@ fn is_node_name_part(s: &str) -> bool {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeName {
-    /// The canonical text, kept so ordering, hashing and display agree.
-    text: String,
+    /// The canonical text, kept so ordering, hashing and display agree; shared,
+    /// so handing a name out of the ring costs no allocation.
+    text: Arc<str>,
     /// Length of the part before `@`.
     at: usize,
 }
@@ -135,7 +140,7 @@ impl NodeName {
             return Err(NameError::BadNodeName(format!("{node_name}@{host}")));
         }
         Ok(NodeName {
-            text: format!("{node_name}@{host}"),
+            text: format!("{node_name}@{host}").into(),
             at: node_name.len(),
         })
     }
@@ -287,7 +292,8 @@ impl FromStr for SentryNode {
             return Err(NameError::BadHost(s.to_string()));
         }
         let addr = NodeAddr::from_str(addr)?;
-        let name = NodeName::new(name, addr.host()).map_err(|_| NameError::BadNodeName(s.to_string()))?;
+        let name =
+            NodeName::new(name, addr.host()).map_err(|_| NameError::BadNodeName(s.to_string()))?;
         Ok(SentryNode { name, addr })
     }
 }
@@ -373,16 +379,46 @@ mod tests {
 
     #[test]
     fn bad_text_names_what_was_wrong() {
-        assert!(matches!("node1@".parse::<SentryNode>(), Err(NameError::BadHost(_))));
-        assert!(matches!("node1".parse::<NodeName>(), Err(NameError::MissingAt(_))));
-        assert!(matches!("@host".parse::<NodeName>(), Err(NameError::BadNodeName(_))));
-        assert!(matches!("n@127.0.0.1:70000".parse::<SentryNode>(), Err(NameError::BadPort(_))));
-        assert!(matches!("n@127.0.0.1:0".parse::<SentryNode>(), Err(NameError::BadPort(_))));
-        assert!(matches!("n@127.0.0.1".parse::<SentryNode>(), Err(NameError::MissingPort(_))));
-        assert!(matches!("::1:4001".parse::<NodeAddr>(), Err(NameError::BadHost(_))));
-        assert!(matches!("n@bad host:1".parse::<SentryNode>(), Err(NameError::BadHost(_))));
-        let message = "node1@".parse::<SentryNode>().expect_err("no host").to_string();
-        assert!(message.contains("node1@") && message.contains("host"), "{message}");
+        assert!(matches!(
+            "node1@".parse::<SentryNode>(),
+            Err(NameError::BadHost(_))
+        ));
+        assert!(matches!(
+            "node1".parse::<NodeName>(),
+            Err(NameError::MissingAt(_))
+        ));
+        assert!(matches!(
+            "@host".parse::<NodeName>(),
+            Err(NameError::BadNodeName(_))
+        ));
+        assert!(matches!(
+            "n@127.0.0.1:70000".parse::<SentryNode>(),
+            Err(NameError::BadPort(_))
+        ));
+        assert!(matches!(
+            "n@127.0.0.1:0".parse::<SentryNode>(),
+            Err(NameError::BadPort(_))
+        ));
+        assert!(matches!(
+            "n@127.0.0.1".parse::<SentryNode>(),
+            Err(NameError::MissingPort(_))
+        ));
+        assert!(matches!(
+            "::1:4001".parse::<NodeAddr>(),
+            Err(NameError::BadHost(_))
+        ));
+        assert!(matches!(
+            "n@bad host:1".parse::<SentryNode>(),
+            Err(NameError::BadHost(_))
+        ));
+        let message = "node1@"
+            .parse::<SentryNode>()
+            .expect_err("no host")
+            .to_string();
+        assert!(
+            message.contains("node1@") && message.contains("host"),
+            "{message}"
+        );
     }
 
     #[test]

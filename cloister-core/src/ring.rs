@@ -5,7 +5,8 @@
 //! the membership changes. Placement is done by the `hashring` crate over
 //! virtual nodes: each member appears `vnodes` times on the ring, which evens
 //! out the share of keys each member owns (at the default 256 virtual nodes
-//! and 10 members, the busiest member owns about 1.06 times the mean).
+//! and 10 members, the busiest member typically owns 1.05 to 1.15 times the
+//! mean; see BENCHMARKS.md).
 //! [`Digest`] names a membership in one `u64`, so two nodes can tell cheaply
 //! whether their rings agree.
 //!
@@ -24,7 +25,7 @@
 //! - A key sits at `SipHash(key)`, over the key's bytes only.
 //! - A key's owner is the member of the first virtual node at or after the
 //!   key's position, wrapping past `u64::MAX` to the lowest one. Virtual nodes
-//!   at the same position are ordered by member name, then `i`.
+//!   at the same position are ordered by member name (byte-wise), then `i`.
 //! - [`Ring::nodes_for`] continues clockwise from the owner's virtual node,
 //!   skipping members already listed.
 //!
@@ -33,7 +34,7 @@
 //! # Digest
 //!
 //! [`Digest::of`] is SipHash-2-4 (zero key) over each distinct member name's
-//! UTF-8 bytes followed by one `0x00` byte, in ascending name order. It is
+//! UTF-8 bytes followed by one `0x00` byte, in ascending byte-wise order. It is
 //! written as 16 lower-case hex digits, in text and in serde.
 
 use std::fmt;
@@ -72,8 +73,8 @@ pub struct Digest(pub u64);
 impl Digest {
     /// The digest of a set of members. Order and repeats in the input do not
     /// matter: the names are sorted and deduplicated before hashing.
-    pub fn of<'a>(sorted_members: impl IntoIterator<Item = &'a NodeName>) -> Digest {
-        let mut names: Vec<&NodeName> = sorted_members.into_iter().collect();
+    pub fn of<'a>(members: impl IntoIterator<Item = &'a NodeName>) -> Digest {
+        let mut names: Vec<&NodeName> = members.into_iter().collect();
         names.sort_unstable();
         names.dedup();
         let mut hasher = SipHasher::new();

@@ -151,7 +151,12 @@ impl Sim {
 
     fn machine(&self, config: &Config, entry: &SentryNode, incarnation: u64) -> Membership {
         let seed = self.network.seed ^ (self.by_name[&entry.name] as u64).wrapping_mul(0x9E37_79B9);
-        Membership::new(config.clone(), entry.name.clone(), Incarnation(incarnation), seed)
+        Membership::new(
+            config.clone(),
+            entry.name.clone(),
+            Incarnation(incarnation),
+            seed,
+        )
     }
 
     /// The virtual time now.
@@ -337,7 +342,14 @@ impl Sim {
                     return self.answer_dial_failed(i, peer, "connection refused", at);
                 }
                 let generation = self.nodes[i].generation;
-                self.schedule(at, j, What::Connect { from: i, generation });
+                self.schedule(
+                    at,
+                    j,
+                    What::Connect {
+                        from: i,
+                        generation,
+                    },
+                );
             }
             Effect::Disconnect { peer, session } => {
                 let Some(&j) = self.by_name.get(&peer) else {

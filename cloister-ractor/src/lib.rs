@@ -1,1 +1,64 @@
+//! # cloister-ractor
+//!
+//! Cluster assembly for ractor. Put a [`CloisterManager`] into your supervision
+//! tree; it finds its peers (a static `name@host:port` list or a DNS service
+//! name), connects them with ractor_cluster, holds your boot until `consensus`
+//! members are connected, keeps a consistent-hash ring of the members, drops
+//! peers that crash or freeze, and tells subscribers when the topology changes.
+//!
+//! ```text
+//! your supervisor
+//! └── CloisterManager            drives cloister-core's membership machine
+//!     ├── NodeServer             ractor_cluster: listener and one NodeSession per peer
+//!     │   └── NodeSession ...
+//!     └── Herald                 in pg group `cloister:{app}`: heartbeats from peers
+//! ```
+//!
+//! ## In your supervisor
+//!
+//! ```no_run
+//! use cloister_core::Config;
+//! use cloister_ractor::CloisterManager;
+//! use ractor::{Actor, ActorProcessingErr, ActorRef};
+//!
+//! struct Root;
+//! impl Actor for Root {
+//!     type Msg = ();
+//!     type State = cloister_ractor::Cloister;
+//!     type Arguments = ();
+//!     async fn pre_start(&self, myself: ActorRef<()>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+//!         // Returns once `consensus` members are connected, or fails at the deadline.
+//!         let (_manager, cloister, _) = CloisterManager::spawn_linked(
+//!             Some("cloister".into()), Config::from_env()?, myself.get_cell()).await?;
+//!         // Children spawned from here on start in an assembled cluster.
+//!         Ok(cloister)
+//!     }
+//! }
+//! ```
+//!
+//! Then `cloister.node_for("user:42")` answers from any thread without an actor
+//! round trip, and [`subscribe`] delivers topology events to an actor.
+//!
+//! ## Your message types need `RactorMessage` now
+//!
+//! ractor_cluster turns on ractor's `cluster` feature, which removes the
+//! blanket `impl Message for T`: in a binary that uses cloister, every actor
+//! message type needs `#[derive(ractor::RactorMessage)]` (or
+//! `impl ractor::Message for MyMsg {}`) when it stays local, and
+//! `#[derive(ractor_cluster::RactorClusterMessage)]` when it crosses nodes
+//! (its fields must implement `ractor::BytesConvertable`).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
+mod discovery;
+mod error;
+mod handle;
+pub mod herald;
+mod manager;
+mod sessions;
+mod subscribe;
+
+pub use error::CloisterError;
+pub use handle::Cloister;
+pub use manager::{CloisterManager, CloisterMessage, Internal, ManagerState};
+pub use subscribe::{add_listener, await_consensus, subscribe, Listener, Subscriber};

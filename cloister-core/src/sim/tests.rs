@@ -32,7 +32,10 @@ fn three_nodes_from_a_static_list_reach_ready_with_identical_rings() {
         let owners: Vec<_> = (0..3)
             .map(|i| sim.node(i).ring().node_for(key.to_le_bytes()).cloned())
             .collect();
-        assert!(owners.windows(2).all(|w| w[0] == w[1]), "key {key}: {owners:?}");
+        assert!(
+            owners.windows(2).all(|w| w[0] == w[1]),
+            "key {key}: {owners:?}"
+        );
     }
 }
 
@@ -54,16 +57,25 @@ fn a_majority_side_stays_ready_and_a_minority_side_rehashes_until_healed() {
     // The dropped peers went as unresponsive, not crashed: no session closed.
     assert!(sim.events(0).iter().any(|e| matches!(
         e,
-        TopologyEvent::NodeDown { reason: DownReason::Unresponsive, .. }
+        TopologyEvent::NodeDown {
+            reason: DownReason::Unresponsive,
+            ..
+        }
     )));
     // The majority side never left Ready.
     assert!(!sim.events(0).iter().any(|e| matches!(
         e,
-        TopologyEvent::StateChanged { to: NodeState::Rehashing, .. }
+        TopologyEvent::StateChanged {
+            to: NodeState::Rehashing,
+            ..
+        }
     )));
 
     sim.heal();
-    assert!(sim.run_until(LIMIT, Sim::converged), "did not converge after healing");
+    assert!(
+        sim.run_until(LIMIT, Sim::converged),
+        "did not converge after healing"
+    );
     let digest = sim.node(0).ring().digest();
     assert!((0..5).all(|i| sim.node(i).ring().digest() == digest));
 }
@@ -81,7 +93,10 @@ fn a_restarted_node_replaces_its_old_incarnation_everywhere() {
     // The ring alone cannot show it (same name, same ring): wait until every
     // survivor knows the member by its new incarnation.
     let replaced = |sim: &Sim| {
-        sim.converged() && [0, 2].iter().all(|&i| sim.node(i).incarnation_of(&name) == Some(new))
+        sim.converged()
+            && [0, 2]
+                .iter()
+                .all(|&i| sim.node(i).incarnation_of(&name) == Some(new))
     };
     assert!(sim.run_until(LIMIT, replaced));
     for i in [0, 2] {
@@ -112,7 +127,10 @@ fn two_hundred_nodes_form_and_converge() {
     };
     let mut sim = Sim::new(200, &cfg, Network::default());
     sim.start_all();
-    assert!(sim.run_until(LIMIT, Sim::converged), "200 nodes did not converge");
+    assert!(
+        sim.run_until(LIMIT, Sim::converged),
+        "200 nodes did not converge"
+    );
     let digest = sim.node(0).ring().digest();
     assert!((0..200).all(|i| sim.node(i).ring().digest() == digest));
     // Reported, not asserted: virtual time from start to a converged cluster.
@@ -131,7 +149,10 @@ fn a_cluster_converges_despite_thirty_percent_message_loss() {
     };
     let mut sim = Sim::new(7, &config(4), network);
     sim.start_all();
-    assert!(sim.run_until(LIMIT, Sim::converged), "did not converge under loss");
+    assert!(
+        sim.run_until(LIMIT, Sim::converged),
+        "did not converge under loss"
+    );
 }
 
 #[test]
@@ -141,8 +162,13 @@ fn a_crashed_node_leaves_every_ring_and_rejoins_after_restart() {
     sim.start_all();
     assert!(sim.run_until(LIMIT, Sim::converged));
     sim.kill(2);
-    assert!(sim.run_until(LIMIT, Sim::converged), "survivors did not agree");
-    assert!((0..4).filter(|&i| i != 2).all(|i| sim.node(i).ring().len() == 3));
+    assert!(
+        sim.run_until(LIMIT, Sim::converged),
+        "survivors did not agree"
+    );
+    assert!((0..4)
+        .filter(|&i| i != 2)
+        .all(|i| sim.node(i).ring().len() == 3));
     sim.restart(2, &cfg);
     assert!(sim.run_until(LIMIT, Sim::converged));
     assert!((0..4).all(|i| sim.node(i).ring().len() == 4));
@@ -162,4 +188,3 @@ fn the_same_seed_replays_the_same_history() {
     };
     assert_eq!(run(), run());
 }
-

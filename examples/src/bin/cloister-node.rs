@@ -1,1 +1,407 @@
-fn main(){}
+//! `cloister-node`: a demo node. It runs a supervisor with the cloister
+//! Manager and a small key-owner actor that starts only once the cluster is
+//! assembled, and writes one JSON object per line to stdout for every topology
+//! event. Logs go to stderr. Configured by `CLOISTER_*` variables, a TOML file
+//! and the flags below (flags win).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use cloister_core::config::figment::providers::Serialized;
+use cloister_core::{Config, NodeName, TopologyEvent};
+use cloister_ractor::{Cloister, CloisterManager, CloisterMessage};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// A cloister demo node. Every flag has a `CLOISTER_*` variable twin.
+#[derive(Parser, Debug, Serialize)]
+#[command(version)]
+struct Args {
+    /// A TOML config file (defaults < file < environment < flags).
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// `tests` starts from short timers meant for loopback tests.
+    #[arg(long)]
+    #[serde(skip)]
+    preset: Option<String>,
+    /// Print the owners of these comma-separated keys after every ring change.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip)]
+    show_keys: Vec<String>,
+    /// Print a digest of the owners of keys `key-0`..`key-{N-1}` after every ring change.
+    #[arg(long)]
+    #[serde(skip)]
+    key_sample: Option<u32>,
+
+    /// The application name (node names are `{node_name}@{host}`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<String>,
+    /// The part of this node's name before `@` (default: the app).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_name: Option<String>,
+    /// Comma-separated `name@host:port` peers, or a DNS service name.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sentry: Option<String>,
+    /// Members (this node included) needed before the node is ready.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consensus: Option<u64>,
+    /// The TCP port to listen on.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_port: Option<u32>,
+    /// The host peers reach this node at (default: from the sentry list or DNS).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertised_host: Option<String>,
+    /// The shared secret of the cluster.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cookie: Option<String>,
+    /// Heartbeat interval, e.g. `300ms`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_interval: Option<String>,
+    /// Silence after which a peer is dropped, e.g. `1500ms`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heartbeat_timeout: Option<String>,
+    /// How long to wait for consensus at start, e.g. `60s`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    startup_deadline: Option<String>,
+}
+
+fn load(args: &Args) -> Result<Config, String> {
+    let base = match args.preset.as_deref() {
+        None => Config::default(),
+        Some("tests") => Config::for_tests(),
+        Some(other) => {
+            return Err(format!(
+                "invalid `--preset` = {other:?}: the only preset is `tests`"
+            ))
+        }
+    };
+    let figment =
+        Config::figment_over(base, args.config.as_deref()).merge(Serialized::defaults(args));
+    Config::from_figment(&figment).map_err(|e| e.to_string())
+}
+
+/// Writes one JSON line to stdout.
+fn emit(node: &NodeName, event: &str, mut fields: Value) {
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    if let Value::Object(map) = &mut fields {
+        map.insert("event".into(), json!(event));
+        map.insert("node".into(), json!(node.to_string()));
+        map.insert("ts".into(), json!(ts));
+    }
+    println!("{fields}");
+}
+
+/// Prints topology events and session changes as JSON lines.
+struct Printer;
+
+enum PrinterMsg {
+    Topology(TopologyEvent),
+    PollSessions,
+}
+impl ractor::Message for PrinterMsg {}
+
+struct PrinterState {
+    cloister: Cloister,
+    manager: ActorRef<CloisterMessage>,
+    show_keys: Vec<String>,
+    key_sample: Option<u32>,
+    sessions: Option<Vec<NodeName>>,
+}
+
+impl Actor for Printer {
+    type Msg = PrinterMsg;
+    type State = PrinterState;
+    type Arguments = PrinterState;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PrinterMsg>,
+        state: PrinterState,
+    ) -> Result<PrinterState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_millis(200), || PrinterMsg::PollSessions);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<PrinterMsg>,
+        message: PrinterMsg,
+        state: &mut PrinterState,
+    ) -> Result<(), ActorProcessingErr> {
+        let me = state.cloister.me().clone();
+        match message {
+            PrinterMsg::Topology(event) => {
+                print_event(&me, &event);
+                if matches!(
+                    event,
+                    TopologyEvent::RingChanged { .. } | TopologyEvent::Snapshot { .. }
+                ) {
+                    print_owners(state).await;
+                }
+            }
+            PrinterMsg::PollSessions => {
+                if let Ok(peers) = ractor::call_t!(state.manager, CloisterMessage::Sessions, 1_000)
+                {
+                    if state.sessions.as_ref() != Some(&peers) {
+                        emit(&me, "sessions", json!({ "peers": peers }));
+                        state.sessions = Some(peers);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn print_event(me: &NodeName, event: &TopologyEvent) {
+    match event {
+        TopologyEvent::Snapshot { snapshot } => emit(
+            me,
+            "snapshot",
+            json!({
+                "state": snapshot.state, "members": snapshot.members,
+                "ring_digest": snapshot.digest, "incarnation": snapshot.incarnation.to_string(),
+            }),
+        ),
+        TopologyEvent::StateChanged { from, to, snapshot } => emit(
+            me,
+            "state_changed",
+            json!({
+                "from": from, "to": to, "members": snapshot.members, "ring_digest": snapshot.digest,
+            }),
+        ),
+        TopologyEvent::NodeUp { node, incarnation } => {
+            emit(
+                me,
+                "node_up",
+                json!({ "peer": node, "incarnation": incarnation.to_string() }),
+            );
+        }
+        TopologyEvent::NodeDown { node, reason, .. } => {
+            emit(me, "node_down", json!({ "peer": node, "reason": reason }));
+        }
+        TopologyEvent::RingChanged { members, digest } => {
+            emit(
+                me,
+                "ring_changed",
+                json!({ "members": members, "ring_digest": digest }),
+            );
+        }
+    }
+}
+
+/// Prints the owners of the chosen keys: asked of the key-owner actor once
+/// the application runs, read from the ring before that.
+async fn print_owners(state: &PrinterState) {
+    let me = state.cloister.me();
+    let ring = state.cloister.ring();
+    if !state.show_keys.is_empty() {
+        let key_owner: Option<ActorRef<KeyOwnerMsg>> =
+            ractor::registry::where_is("key_owner".to_string()).map(Into::into);
+        let mut owners: BTreeMap<&str, Option<NodeName>> = BTreeMap::new();
+        for key in &state.show_keys {
+            let asked = match &key_owner {
+                Some(actor) => ractor::call_t!(actor, KeyOwnerMsg::Owner, 1_000, key.clone()).ok(),
+                None => None,
+            };
+            owners.insert(key, asked.unwrap_or_else(|| ring.node_for(key).cloned()));
+        }
+        emit(
+            me,
+            "owners",
+            json!({ "owners": owners, "ring_digest": ring.digest() }),
+        );
+    }
+    if let Some(n) = state.key_sample {
+        let owners: Vec<String> = (0..n)
+            .map(|i| {
+                ring.node_for(format!("key-{i}"))
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let digest = cloister_core::Digest::of(
+            owners
+                .iter()
+                .filter_map(|o| o.parse::<NodeName>().ok())
+                .collect::<Vec<_>>()
+                .iter(),
+        );
+        emit(
+            me,
+            "owners_digest",
+            json!({ "sample": n, "digest": digest, "ring_digest": ring.digest() }),
+        );
+    }
+}
+
+/// Answers whether this node owns a key; started only in an assembled cluster.
+struct KeyOwner;
+
+enum KeyOwnerMsg {
+    /// Replies with the owner of the key.
+    Owner(String, RpcReplyPort<Option<NodeName>>),
+}
+impl ractor::Message for KeyOwnerMsg {}
+
+impl Actor for KeyOwner {
+    type Msg = KeyOwnerMsg;
+    type State = Cloister;
+    type Arguments = Cloister;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<KeyOwnerMsg>,
+        cloister: Cloister,
+    ) -> Result<Cloister, ActorProcessingErr> {
+        emit(cloister.me(), "app_started", json!({}));
+        Ok(cloister)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<KeyOwnerMsg>,
+        message: KeyOwnerMsg,
+        cloister: &mut Cloister,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            KeyOwnerMsg::Owner(key, reply) => {
+                let _ = reply.send(cloister.node_for(key));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The node's supervisor: the Manager first, then the application.
+struct Root;
+
+struct RootArgs {
+    config: Config,
+    show_keys: Vec<String>,
+    key_sample: Option<u32>,
+}
+
+impl Actor for Root {
+    type Msg = ();
+    type State = ActorRef<CloisterMessage>;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        args: RootArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Unheld, so the printer can show the assembly as it happens; the
+        // await below holds this supervisor exactly as `spawn_linked` would.
+        let (manager, cloister, _) = CloisterManager::spawn_unheld(
+            Some("cloister".into()),
+            args.config,
+            Some(myself.get_cell()),
+        )
+        .await?;
+        let printer = PrinterState {
+            cloister: cloister.clone(),
+            manager: manager.clone(),
+            show_keys: args.show_keys,
+            key_sample: args.key_sample,
+            sessions: None,
+        };
+        let (printer, _) = Actor::spawn_linked(None, Printer, printer, myself.get_cell()).await?;
+        cloister_ractor::subscribe(&manager, printer, |event| Some(PrinterMsg::Topology(event)))?;
+        cloister_ractor::await_consensus(&manager).await?;
+        Actor::spawn_linked(
+            Some("key_owner".into()),
+            KeyOwner,
+            cloister,
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(manager)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        event: SupervisionEvent,
+        _: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorTerminated(..) | SupervisionEvent::ActorFailed(..) = event {
+            myself.stop(Some("a child ended".into()));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ractor_cluster=warn,ractor=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = match load(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("cloister-node: bad configuration: {error}");
+            std::process::exit(2);
+        }
+    };
+    let root = RootArgs {
+        config,
+        show_keys: args.show_keys,
+        key_sample: args.key_sample,
+    };
+    let (root, join) = match Actor::spawn(None, Root, root).await {
+        Ok(spawned) => spawned,
+        Err(error) => {
+            let error = error.to_string();
+            println!("{}", json!({ "event": "startup_failed", "error": error }));
+            eprintln!("cloister-node: {error}");
+            std::process::exit(1);
+        }
+    };
+    let manager = root
+        .get_children()
+        .into_iter()
+        .find(|c| c.get_name().as_deref() == Some("cloister"));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = join => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    if let Some(manager) = manager {
+        let manager: ActorRef<CloisterMessage> = manager.into();
+        let _ = manager.cast(CloisterMessage::Leave);
+        // The Manager stops itself once its goodbyes are out.
+        for _ in 0..40 {
+            if matches!(manager.get_status(), ractor::ActorStatus::Stopped) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! The membership state machine, one protocol story per test.
+//!
+//! Every test drives a [`Membership`] on a virtual clock: it feeds inputs with
+//! the time as a value, jumps to [`Membership::poll_timeout`] when it wants
+//! timers to run, and asserts on the exact effects drained from
+//! [`Membership::poll`]. The node under test is `ME`; its peers are `A` and `B`.
+//! `A` sorts before `ME` and `B` after it, so ring events show their sorting.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cloister_core::membership::{AssemblyReport, MissingPeer};
+use cloister_core::DownReason::{Crashed, Left, Restarted, Unresponsive};
+use cloister_core::NodeState::{Assembling, Down, Ready, Rehashing, Stopped, Stopping};
+use cloister_core::{
+    Config, Digest, DownReason, Effect, Heartbeat, Incarnation, Input, Membership, NodeName,
+    NodeState, Sentry, SentryNode, SessionId, Snapshot, TopologyEvent,
+};
+
+const ME: &str = "cloister@10.0.0.2";
+const A: &str = "cloister@10.0.0.1";
+const B: &str = "cloister@10.0.0.3";
+const MY_INCARNATION: u64 = 100;
+const SEED: u64 = 42;
+
+// ---- Building inputs -------------------------------------------------------
+
+fn n(name: &str) -> NodeName {
+    name.parse().unwrap()
+}
+
+fn names(members: &[&str]) -> Vec<NodeName> {
+    members.iter().map(|name| n(name)).collect()
+}
+
+/// The sentry entry of `name`: every node listens on port 4000.
+fn entry(name: &str) -> SentryNode {
+    format!("{name}:4000").parse().unwrap()
+}
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+/// The digest of a ring of `members`.
+fn digest(members: &[&str]) -> Digest {
+    Digest::of(&names(members))
+}
+
+/// A heartbeat from `from`'s Manager, of the same app as `ME`.
+fn hb(from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
+    Heartbeat {
+        from: n(from),
+        app: "cloister".into(),
+        incarnation: Incarnation(incarnation),
+        digest,
+        leaving: false,
+    }
+}
+
+fn session_up(peer: &str, session: u64) -> Input {
+    Input::SessionUp {
+        peer: n(peer),
+        session: SessionId(session),
+    }
+}
+
+fn session_down(peer: &str, session: u64) -> Input {
+    Input::SessionDown {
+        peer: n(peer),
+        session: SessionId(session),
+    }
+}
+
+fn dial_failed(peer: &str) -> Input {
+    Input::DialFailed {
+        peer: n(peer),
+        error: "connection refused".into(),
+    }
+}
+
+// ---- Building machines -----------------------------------------------------
+
+/// The short test timers (heartbeat every 100ms, down after 500ms, session
+/// grace 20ms, dial backoff 10ms..500ms, dial timeout 500ms, discovery every
+/// 100ms) with no jitter, and a static sentry listing `ME` itself and `peers`.
+fn config(peers: &[&str], consensus: usize) -> Config {
+    let sentry = std::iter::once(ME).chain(peers.iter().copied());
+    Config {
+        sentry: Sentry::Nodes(sentry.map(entry).collect()),
+        consensus,
+        dial_backoff_jitter: 0.0,
+        ..Config::for_tests()
+    }
+}
+
+fn machine(config: Config, seed: u64) -> Membership {
+    Membership::new(config, n(ME), Incarnation(MY_INCARNATION), seed)
+}
+
+/// A node started at 0ms, its start-up effects (state change, dials) drained.
+fn started(peers: &[&str], consensus: usize) -> Membership {
+    let mut m = machine(config(peers, consensus), SEED);
+    m.handle(ms(0), Input::Start);
+    drain(&mut m);
+    m
+}
+
+/// `peer` connects over `session` at `at` and its Manager heartbeats at once
+/// with `incarnation`, already knowing `ME`: it becomes a member.
+fn admit(m: &mut Membership, at: Duration, peer: &str, session: u64, incarnation: u64) {
+    m.handle(at, session_up(peer, session));
+    m.handle(
+        at,
+        Input::Heartbeat(hb(peer, incarnation, digest(&[peer, ME]))),
+    );
+    let admitted = drain(m);
+    assert!(admitted.contains(&up(peer, incarnation)), "{admitted:#?}");
+}
+
+// ---- Reading effects -------------------------------------------------------
+
+fn drain(m: &mut Membership) -> Vec<Effect> {
+    std::iter::from_fn(|| m.poll()).collect()
+}
+
+/// Jumps from timeout to timeout up to `until`, with the effects of each.
+fn run_until(m: &mut Membership, until: Duration) -> Vec<(Duration, Effect)> {
+    let mut effects = Vec::new();
+    while let Some(at) = m.poll_timeout().filter(|at| *at <= until) {
+        m.handle_timeout(at);
+        effects.extend(drain(m).into_iter().map(|effect| (at, effect)));
+        assert!(effects.len() < 10_000, "the machine does not settle");
+    }
+    effects
+}
+
+/// Jumps from timeout to timeout until one has effects: when, and which.
+fn next_effects(m: &mut Membership) -> (Duration, Vec<Effect>) {
+    for _ in 0..1_000 {
+        let at = m.poll_timeout().expect("a running machine has a timer");
+        m.handle_timeout(at);
+        let effects = drain(m);
+        if !effects.is_empty() {
+            return (at, effects);
+        }
+    }
+    panic!("no effect within 1000 timeouts");
+}
+
+// ---- Expected effects ------------------------------------------------------
+
+fn dial(peer: &str) -> Effect {
+    Effect::Dial {
+        peer: n(peer),
+        addr: entry(peer).addr,
+    }
+}
+
+/// `ME`'s heartbeat to `to`, carrying the digest of `ME`'s `ring`.
+fn beat(to: &str, ring: &[&str]) -> Effect {
+    send(to, ring, false)
+}
+
+/// `ME`'s goodbye to `to`.
+fn goodbye(to: &str, ring: &[&str]) -> Effect {
+    send(to, ring, true)
+}
+
+fn send(to: &str, ring: &[&str], leaving: bool) -> Effect {
+    Effect::SendHeartbeat {
+        to: n(to),
+        heartbeat: Heartbeat {
+            from: n(ME),
+            app: "cloister".into(),
+            incarnation: Incarnation(MY_INCARNATION),
+            digest: digest(ring),
+            leaving,
+        },
+    }
+}
+
+fn up(node: &str, incarnation: u64) -> Effect {
+    Effect::Publish(TopologyEvent::NodeUp {
+        node: n(node),
+        incarnation: Incarnation(incarnation),
+    })
+}
+
+fn down(node: &str, incarnation: u64, reason: DownReason) -> Effect {
+    Effect::Publish(TopologyEvent::NodeDown {
+        node: n(node),
+        incarnation: Incarnation(incarnation),
+        reason,
+    })
+}
+
+/// A `RingChanged` with `members` exactly in the order given.
+fn ring(members: &[&str]) -> Effect {
+    Effect::Publish(TopologyEvent::RingChanged {
+        members: names(members),
+        digest: digest(members),
+    })
+}
+
+/// `ME`'s state change, with the snapshot right after it.
+fn changed(
+    from: NodeState,
+    to: NodeState,
+    consensus: usize,
+    members: &[&str],
+    converged: bool,
+) -> Effect {
+    Effect::Publish(TopologyEvent::StateChanged {
+        from,
+        to,
+        snapshot: Snapshot {
+            node: n(ME),
+            incarnation: Incarnation(MY_INCARNATION),
+            state: to,
+            consensus,
+            members: names(members),
+            digest: digest(members),
+            converged,
+        },
+    })
+}
+
+// ---- 1. Consensus 1 ----------------------------------------------------------
+
+#[test]
+fn with_consensus_one_a_node_is_ready_alone_and_never_dials_itself() {
+    // The sentry lists ME itself and A; consensus 1 counts ME alone.
+    let mut m = machine(config(&[A], 1), SEED);
+
+    // Start: ME assembles, dials A (its own entry is skipped), and since it is
+    // one member of the one needed, it is ready at once, without waiting for A.
+    m.handle(ms(0), Input::Start);
+    assert_eq!(
+        drain(&mut m),
+        [
+            changed(Down, Assembling, 1, &[ME], true),
+            dial(A),
+            changed(Assembling, Ready, 1, &[ME], true),
+        ]
+    );
+
+    // A never answers. For two seconds of redials, ME only ever dials A.
+    let later = run_until(&mut m, ms(2_000));
+    assert!(later.iter().any(|(_, effect)| *effect == dial(A)));
+    assert!(
+        later.iter().all(|(_, effect)| *effect == dial(A)),
+        "{later:#?}"
+    );
+    assert_eq!(m.state(), Ready);
+}
+
+// ---- 2. A session is not membership -----------------------------------------
+
+#[test]
+fn a_peer_joins_on_its_first_heartbeat_not_on_its_session() {
+    let mut m = started(&[A], 2);
+
+    // A's session is ready: ME heartbeats at once, but A is not a member yet:
+    // it might be a ractor node without a cloister Manager.
+    m.handle(ms(1), session_up(A, 1));
+    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+    assert_eq!(m.state(), Assembling);
+    let why = &m.report().missing[0].why;
+    assert_eq!(why, "connected, but no cloister heartbeat from it yet");
+
+    // A's Manager heartbeats (its ring is still just A): A joins, the ring
+    // grows (sorted: A before ME), ME answers with its new digest so A can
+    // admit it in the same round trip, and with two members ME is ready.
+    // A's last digest differs from ME's ring: not converged yet.
+    m.handle(ms(2), Input::Heartbeat(hb(A, 7, digest(&[A]))));
+    assert_eq!(
+        drain(&mut m),
+        [
+            up(A, 7),
+            ring(&[A, ME]),
+            beat(A, &[A, ME]),
+            changed(Assembling, Ready, 2, &[A, ME], false),
+        ]
+    );
+
+    // A's next heartbeat, same incarnation, now with ME in its ring: nothing
+    // to tell anyone, and the two rings agree.
+    m.handle(ms(3), Input::Heartbeat(hb(A, 7, digest(&[A, ME]))));
+    assert_eq!(drain(&mut m), []);
+    assert!(m.converged());
+}
+
+// ---- 3. What is ignored, and what is kept --------------------------------------
+
+#[test]
+fn events_carrying_this_nodes_own_name_are_ignored() {
+    let mut m = started(&[A], 2);
+
+    // A loopback session, or a heartbeat echoed back to ME, must not make ME
+    // its own peer.
+    m.handle(ms(1), session_up(ME, 9));
+    m.handle(
+        ms(2),
+        Input::Heartbeat(hb(ME, MY_INCARNATION, digest(&[ME]))),
+    );
+    m.handle(ms(3), session_down(ME, 9));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.connected(), Vec::<NodeName>::new());
+    assert_eq!(m.ring().members(), names(&[ME]));
+    assert_eq!(m.state(), Assembling);
+}
+
+#[test]
+fn a_heartbeat_from_another_app_is_ignored() {
+    let mut m = started(&[A], 2);
+    m.handle(ms(1), session_up(A, 1));
+    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+
+    // A runs a cloister Manager, but for another app: it never joins.
+    let other = Heartbeat {
+        app: "other_app".into(),
+        ..hb(A, 7, digest(&[A]))
+    };
+    m.handle(ms(2), Input::Heartbeat(other));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.state(), Assembling);
+    assert_eq!(m.report().missing[0].name, n(A));
+}
+
+#[test]
+fn a_heartbeat_before_its_session_is_kept_until_the_session_is_ready() {
+    let mut m = started(&[A], 2);
+
+    // A's Manager is quicker than ractor_cluster's ready event: its heartbeat
+    // arrives first. ME keeps it and says nothing yet.
+    m.handle(ms(1), Input::Heartbeat(hb(A, 7, digest(&[A]))));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.state(), Assembling);
+
+    // The session is ready: ME heartbeats as on any new session, then admits
+    // A from the kept heartbeat.
+    m.handle(ms(2), session_up(A, 1));
+    assert_eq!(
+        drain(&mut m),
+        [
+            beat(A, &[ME]),
+            up(A, 7),
+            ring(&[A, ME]),
+            beat(A, &[A, ME]),
+            changed(Assembling, Ready, 2, &[A, ME], false),
+        ]
+    );
+}
+
+// ---- 4. Flaps and the session grace --------------------------------------------
+
+#[test]
+fn the_close_of_a_replaced_session_is_stale() {
+    let mut m = started(&[A], 2);
+    admit(&mut m, ms(1), A, 1, 7);
+
+    // ME and A dialed each other at once: a second session comes up, and
+    // ractor_cluster closes the first one. Only the current session counts.
+    m.handle(ms(3), session_up(A, 2));
+    assert_eq!(drain(&mut m), [beat(A, &[A, ME])]);
+    m.handle(ms(4), session_down(A, 1));
+    assert_eq!(drain(&mut m), []);
+
+    assert_eq!(m.connected(), names(&[A]));
+    assert_eq!(run_until(&mut m, ms(99)), []);
+    assert_eq!(m.ring().members(), names(&[A, ME]));
+}
+
+#[test]
+fn a_session_replaced_within_the_grace_hides_the_flap() {
+    let mut m = started(&[A], 2);
+    admit(&mut m, ms(1), A, 1, 7);
+
+    // A's only session closes at 10ms. A stays a member for the 20ms grace,
+    // and ME does not redial meanwhile: the grace is the next thing due.
+    m.handle(ms(10), session_down(A, 1));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.poll_timeout(), Some(ms(30)));
+
+    // The replacing session is ready at 20ms, within the grace.
+    m.handle(ms(20), session_up(A, 2));
+    assert_eq!(drain(&mut m), [beat(A, &[A, ME])]);
+
+    // When the grace would have run out, nothing happens: no NodeDown.
+    m.handle_timeout(ms(30));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.ring().members(), names(&[A, ME]));
+    assert_eq!(m.state(), Ready);
+}
+
+#[test]
+fn a_member_whose_session_closes_for_good_crashed_once_the_grace_runs_out() {
+    let mut m = started(&[A], 2);
+    admit(&mut m, ms(1), A, 1, 7);
+
+    // A's session closes at 10ms; no other comes.
+    m.handle(ms(10), session_down(A, 1));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.poll_timeout(), Some(ms(30)));
+
+    // A timer that fires early changes nothing.
+    m.handle_timeout(ms(29));
+    assert_eq!(drain(&mut m), []);
+
+    // At 30ms the grace is over: A crashed, the ring shrinks, ME falls below
+    // consensus and rehashes, then dials A to get it back.
+    m.handle_timeout(ms(30));
+    assert_eq!(
+        drain(&mut m),
+        [
+            down(A, 7, Crashed),
+            ring(&[ME]),
+            changed(Ready, Rehashing, 2, &[ME], true),
+            dial(A),
+        ]
+    );
+}
+
+// ---- 5. Unresponsive members -----------------------------------------------------
+
+#[test]
+fn a_silent_member_is_dropped_with_its_session_and_rejoins_when_it_answers() {
+    let mut m = started(&[A], 2);
+    m.handle(ms(0), session_up(A, 1));
+    m.handle(ms(50), Input::Heartbeat(hb(A, 7, digest(&[A, ME]))));
+    drain(&mut m);
+
+    // A freezes after its heartbeat at 50ms. ME keeps heartbeating it every
+    // 100ms, and hears nothing back.
+    let quiet = run_until(&mut m, ms(549));
+    let beats: Vec<(Duration, Effect)> = [100, 200, 300, 400, 500]
+        .map(|t| (ms(t), beat(A, &[A, ME])))
+        .into();
+    assert_eq!(quiet, beats);
+
+    // At 550ms A has been silent for heartbeat_timeout (500ms): ME drops the
+    // session, A leaves the ring as unresponsive, and ME rehashes.
+    assert_eq!(m.poll_timeout(), Some(ms(550)));
+    m.handle_timeout(ms(550));
+    assert_eq!(
+        drain(&mut m),
+        [
+            Effect::Disconnect {
+                peer: n(A),
+                session: SessionId(1),
+            },
+            down(A, 7, Unresponsive),
+            ring(&[ME]),
+            changed(Ready, Rehashing, 2, &[ME], true),
+        ]
+    );
+
+    // The runtime reports the session it closed: already handled.
+    m.handle(ms(551), session_down(A, 1));
+    assert_eq!(drain(&mut m), []);
+
+    // A frozen peer gets dial_backoff_min (10ms) before ME dials it again.
+    assert_eq!(next_effects(&mut m), (ms(560), vec![dial(A)]));
+
+    // A thawed: the dial gives a new session, and its heartbeat (same
+    // incarnation, its ring dropped ME too) makes it a member again.
+    m.handle(ms(565), session_up(A, 2));
+    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+    m.handle(ms(566), Input::Heartbeat(hb(A, 7, digest(&[A]))));
+    assert_eq!(
+        drain(&mut m),
+        [
+            up(A, 7),
+            ring(&[A, ME]),
+            beat(A, &[A, ME]),
+            changed(Rehashing, Ready, 2, &[A, ME], false),
+        ]
+    );
+}
+
+// ---- 6. Dial backoff ---------------------------------------------------------------
+
+/// Fails every dial to A the moment it is made, `failures` times, and returns
+/// the wait before each redial.
+fn redial_delays(m: &mut Membership, failures: usize) -> Vec<Duration> {
+    let mut dialed_at = ms(0);
+    let mut delays = Vec::new();
+    for _ in 0..failures {
+        m.handle(dialed_at, dial_failed(A));
+        let (at, effects) = next_effects(m);
+        assert_eq!(effects, [dial(A)]);
+        delays.push(at - dialed_at);
+        dialed_at = at;
+    }
+    delays
+}
+
+#[test]
+fn failed_dials_back_off_exponentially_up_to_the_cap() {
+    // No jitter: the waits are exact.
+    let mut m = machine(config(&[A], 1), SEED);
+    m.handle(ms(0), Input::Start);
+    assert!(drain(&mut m).contains(&dial(A)));
+
+    // A refuses every dial. The wait doubles from dial_backoff_min (10ms)
+    // and stops growing at dial_backoff_max (500ms).
+    let delays = redial_delays(&mut m, 8);
+    assert_eq!(delays, [10, 20, 40, 80, 160, 320, 500, 500].map(ms));
+
+    // The report says whom ME waits for and why.
+    let missing = &m.report().missing;
+    assert_eq!(missing.len(), 1);
+    assert_eq!(missing[0].name, n(A));
+    assert_eq!(missing[0].failed_dials, 8);
+    assert_eq!(missing[0].why, "connection refused");
+}
+
+#[test]
+fn jitter_spreads_each_wait_within_its_bounds() {
+    // The default jitter, ±20%, over several seeds.
+    let mut jittered = false;
+    for seed in 0..16 {
+        let config = Config {
+            dial_backoff_jitter: 0.2,
+            ..config(&[A], 1)
+        };
+        let mut m = machine(config, seed);
+        m.handle(ms(0), Input::Start);
+        drain(&mut m);
+
+        let delays = redial_delays(&mut m, 9);
+        for (failures, delay) in delays.into_iter().enumerate() {
+            let base = ms(10 << failures).min(ms(500));
+            let (low, high) = (base.mul_f64(0.8), base.mul_f64(1.2));
+            assert!(
+                (low..=high).contains(&delay),
+                "seed {seed}, failure {failures}: {delay:?} not in {low:?}..={high:?}"
+            );
+            jittered |= delay != base;
+        }
+    }
+    assert!(jittered, "jitter never moved a wait");
+}
+
+#[test]
+fn a_dial_that_gets_no_session_within_the_dial_timeout_failed() {
+    let mut m = started(&[A], 2);
+    let report = m.report();
+    assert_eq!(report.missing[0].why, "not connected yet");
+
+    // A's port accepts, but no session ever becomes ready (a wrong cookie, a
+    // frozen node). After dial_timeout (500ms) the dial counts as failed, and
+    // after dial_backoff_min (10ms) more, ME dials again.
+    assert_eq!(next_effects(&mut m), (ms(510), vec![dial(A)]));
+
+    // The report names A, the failure, and why.
+    let AssemblyReport {
+        wanted,
+        members,
+        missing,
+        discovery_error,
+    } = m.report();
+    assert_eq!((wanted, members, discovery_error), (2, names(&[ME]), None));
+    let [MissingPeer {
+        name,
+        addr,
+        failed_dials,
+        why,
+    }] = &missing[..]
+    else {
+        panic!("expected A alone: {missing:#?}");
+    };
+    assert_eq!(
+        (name, addr, failed_dials),
+        (&n(A), &Some(entry(A).addr), &1)
+    );
+    assert!(why.contains("no ready session within 500ms"), "{why}");
+}
+
+// ---- 7. Incarnations -----------------------------------------------------------------
+
+#[test]
+fn a_newer_incarnation_replaces_the_old_one_without_a_rehash() {
+    let mut m = started(&[A], 1);
+    admit(&mut m, ms(1), A, 1, 7);
+
+    // A restarted under the same name: its heartbeat carries incarnation 9.
+    // The old process is gone and the new one takes its place; the ring, a
+    // set of names, is unchanged. ME greets the newcomer.
+    m.handle(ms(10), Input::Heartbeat(hb(A, 9, digest(&[A, ME]))));
+    assert_eq!(
+        drain(&mut m),
+        [down(A, 7, Restarted), up(A, 9), beat(A, &[A, ME])]
+    );
+    assert_eq!(m.incarnation_of(&n(A)), Some(Incarnation(9)));
+
+    // A late heartbeat from the dead incarnation 7 is ignored.
+    m.handle(ms(11), Input::Heartbeat(hb(A, 7, digest(&[A, ME]))));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.incarnation_of(&n(A)), Some(Incarnation(9)));
+}
+
+// ---- 8. Leaving --------------------------------------------------------------------
+
+#[test]
+fn leaving_says_goodbye_to_every_connected_peer_then_ignores_everything() {
+    let mut m = started(&[A, B], 1);
+    admit(&mut m, ms(1), A, 1, 7);
+    // B is connected but not a member: it hears the goodbye too.
+    m.handle(ms(2), session_up(B, 2));
+    drain(&mut m);
+
+    // The application leaves: a goodbye to each connected peer, sorted, then
+    // Stopping. No timer is left.
+    m.handle(ms(10), Input::Leave);
+    assert_eq!(
+        drain(&mut m),
+        [
+            goodbye(A, &[A, ME]),
+            goodbye(B, &[A, ME]),
+            changed(Ready, Stopping, 1, &[A, ME], true),
+        ]
+    );
+    assert_eq!(m.poll_timeout(), None);
+
+    // The runtime has sent them and closed its sessions.
+    m.handle(ms(20), Input::LeaveComplete);
+    assert_eq!(
+        drain(&mut m),
+        [changed(Stopping, Stopped, 1, &[A, ME], true)]
+    );
+
+    // Stopped is final: every input and every timer is ignored.
+    let inputs = [
+        Input::Start,
+        session_up(A, 3),
+        Input::Heartbeat(hb(A, 8, digest(&[A]))),
+        session_down(A, 1),
+        dial_failed(B),
+        Input::Discovered(vec![entry(A), entry(B)]),
+        Input::DiscoveryFailed("no such host".into()),
+        Input::Leave,
+        Input::LeaveComplete,
+    ];
+    for input in inputs {
+        m.handle(ms(30), input);
+        m.handle_timeout(ms(5_000));
+        assert_eq!(drain(&mut m), []);
+    }
+    assert_eq!(m.state(), Stopped);
+}
+
+#[test]
+fn sessions_closed_while_leaving_are_not_redialed() {
+    let mut m = started(&[A, B], 1);
+    admit(&mut m, ms(1), A, 1, 7);
+    m.handle(ms(2), session_up(B, 2));
+    m.handle(ms(10), Input::Leave);
+    drain(&mut m);
+
+    // Between Leave and LeaveComplete the runtime closes its sessions, and
+    // reports each close. A leaving node dials nobody and wants no timer.
+    m.handle(ms(11), session_down(A, 1));
+    m.handle(ms(12), session_down(B, 2));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.poll_timeout(), None);
+}
+
+#[test]
+fn a_member_that_says_goodbye_left_and_its_late_heartbeats_are_ignored() {
+    let mut m = started(&[A], 2);
+    admit(&mut m, ms(1), A, 1, 7);
+
+    // A's goodbye: it left, and ME falls below consensus.
+    let goodbye = Heartbeat {
+        leaving: true,
+        ..hb(A, 7, digest(&[A, ME]))
+    };
+    m.handle(ms(10), Input::Heartbeat(goodbye));
+    assert_eq!(
+        drain(&mut m),
+        [
+            down(A, 7, Left),
+            ring(&[ME]),
+            changed(Ready, Rehashing, 2, &[ME], true),
+        ]
+    );
+
+    // A heartbeat A sent before its goodbye arrives late: ignored.
+    m.handle(ms(11), Input::Heartbeat(hb(A, 7, digest(&[A, ME]))));
+    assert_eq!(drain(&mut m), []);
+
+    // A's session closes. A is still in the static sentry, so ME dials it, in
+    // case it comes back.
+    m.handle(ms(15), session_down(A, 1));
+    assert_eq!(drain(&mut m), [dial(A)]);
+
+    // It does, restarted: incarnation 8 joins.
+    m.handle(ms(20), session_up(A, 2));
+    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+    m.handle(ms(21), Input::Heartbeat(hb(A, 8, digest(&[A]))));
+    assert_eq!(
+        drain(&mut m),
+        [
+            up(A, 8),
+            ring(&[A, ME]),
+            beat(A, &[A, ME]),
+            changed(Rehashing, Ready, 2, &[A, ME], false),
+        ]
+    );
+}
+
+// ---- 9. Service mode -------------------------------------------------------------
+
+#[test]
+fn a_service_is_resolved_every_tick_and_its_answer_is_what_gets_dialed() {
+    let config = Config {
+        sentry: Sentry::Service("cloister_test.local".into()),
+        consensus: 2,
+        dial_backoff_jitter: 0.0,
+        ..Config::for_tests()
+    };
+    let mut m = machine(config, SEED);
+
+    // Start: ME assembles and asks the runtime to resolve the service.
+    m.handle(ms(0), Input::Start);
+    assert_eq!(
+        drain(&mut m),
+        [changed(Down, Assembling, 2, &[ME], true), Effect::Resolve]
+    );
+
+    // No answer yet; a discovery_tick (100ms) later, ME asks again.
+    assert_eq!(next_effects(&mut m), (ms(100), vec![Effect::Resolve]));
+
+    // The answer lists ME itself among A and B: ME dials only the others.
+    m.handle(
+        ms(101),
+        Input::Discovered(vec![entry(A), entry(ME), entry(B)]),
+    );
+    assert_eq!(drain(&mut m), [dial(A), dial(B)]);
+
+    // The next answer lacks B (scaled down). B has no session: it is forgotten.
+    assert_eq!(next_effects(&mut m), (ms(200), vec![Effect::Resolve]));
+    m.handle(ms(201), Input::Discovered(vec![entry(ME), entry(A)]));
+    assert_eq!(drain(&mut m), []);
+    let missing: Vec<NodeName> = m.report().missing.into_iter().map(|p| p.name).collect();
+    assert_eq!(missing, names(&[A]));
+
+    // The dial to B that was out fails late: nothing to retry.
+    m.handle(ms(202), dial_failed(B));
+    assert_eq!(drain(&mut m), []);
+
+    // For three seconds the service keeps answering A (and ME); A never
+    // answers its dials. ME resolves every tick and redials A, never B.
+    let mut dialed = Vec::new();
+    let mut resolves = 0;
+    while let Some(at) = m.poll_timeout().filter(|at| *at <= ms(3_000)) {
+        m.handle_timeout(at);
+        while let Some(effect) = m.poll() {
+            match effect {
+                Effect::Resolve => {
+                    resolves += 1;
+                    m.handle(at, Input::Discovered(vec![entry(ME), entry(A)]));
+                }
+                Effect::Dial { peer, .. } => dialed.push(peer),
+                other => panic!("unexpected effect at {at:?}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(resolves, 28); // at 300ms, 400ms, ..., 3000ms
+    assert!(!dialed.is_empty());
+    assert!(dialed.iter().all(|peer| *peer == n(A)), "{dialed:?}");
+}
+
+// ---- 10. Determinism -------------------------------------------------------------
+
+/// Three seconds of a cluster with jitter: B refuses every dial, A refuses the
+/// first and then joins, and later freezes. Returns every effect with its time.
+fn replay(seed: u64) -> Vec<(Duration, Effect)> {
+    let config = Config {
+        dial_backoff_jitter: 0.2,
+        ..config(&[A, B], 2)
+    };
+    let mut m = machine(config, seed);
+    let mut log = Vec::new();
+    let mut dials_to_a = 0;
+    let mut now = ms(0);
+    m.handle(now, Input::Start);
+    loop {
+        while let Some(effect) = m.poll() {
+            log.push((now, effect.clone()));
+            let Effect::Dial { peer, .. } = effect else {
+                continue;
+            };
+            if peer == n(A) {
+                dials_to_a += 1;
+            }
+            if peer == n(A) && dials_to_a == 2 {
+                m.handle(now, session_up(A, 1));
+                m.handle(now, Input::Heartbeat(hb(A, 7, digest(&[A]))));
+            } else {
+                m.handle(
+                    now,
+                    Input::DialFailed {
+                        peer,
+                        error: "refused".into(),
+                    },
+                );
+            }
+        }
+        match m.poll_timeout().filter(|at| *at <= ms(3_000)) {
+            Some(at) => now = at,
+            None => return log,
+        }
+        m.handle_timeout(now);
+    }
+}
+
+#[test]
+fn the_same_seed_and_inputs_give_the_same_effects() {
+    let first = replay(SEED);
+    assert!(first.contains(&(ms(0), dial(A))));
+    assert!(first.iter().any(|(_, effect)| *effect == up(A, 7)));
+    assert_eq!(first, replay(SEED));
+
+    // The seed is what drives the jitter: another seed spreads dials otherwise.
+    assert_ne!(first, replay(SEED + 1));
+}

@@ -1,0 +1,68 @@
+//! The errors the runtime gives its callers.
+
+use cloister_core::membership::AssemblyReport;
+use cloister_core::{ConfigError, NameError, NodeName};
+
+/// What can go wrong starting or using cloister. Each variant says what
+/// happened; none leaves a half-started node behind.
+#[derive(Debug, thiserror::Error)]
+pub enum CloisterError {
+    /// The configuration is invalid; nothing was started.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// This node's own name could not be formed from the config.
+    #[error("cannot name this node: {0}")]
+    Name(#[from] NameError),
+    /// The ractor_cluster NodeServer (or the Manager) could not start, for
+    /// example because the listen port is taken; nothing was started.
+    #[error("cannot start the cluster node on port {port}: {reason}")]
+    Spawn {
+        /// The configured listen port.
+        port: u16,
+        /// What failed.
+        reason: String,
+    },
+    /// `consensus` members were not connected by the startup deadline; the
+    /// Manager and its NodeServer were stopped.
+    #[error("{}", describe_timeout(.0))]
+    ConsensusTimeout(Box<AssemblyReport>),
+    /// The Manager is gone (stopped or crashed); the call could not be made.
+    #[error("the cloister manager is not running: {0}")]
+    ManagerGone(String),
+    /// There is no member to own a key (this node has left, or the ring is empty).
+    #[error("the ring has no members")]
+    EmptyRing,
+    /// The node that owned the key is no longer a member.
+    #[error("{0} is no longer a member")]
+    NodeGone(NodeName),
+}
+
+fn describe_timeout(report: &AssemblyReport) -> String {
+    let mut text = format!(
+        "consensus not reached by the startup deadline: wanted {} member(s), had {} ({})",
+        report.wanted,
+        report.members.len(),
+        join(report.members.iter().map(ToString::to_string)),
+    );
+    if report.missing.is_empty() {
+        text.push_str("; no other node is known");
+    } else {
+        text.push_str("; not connected: ");
+        text.push_str(&join(report.missing.iter().map(|m| {
+            let addr = m
+                .addr
+                .as_ref()
+                .map(|a| format!(" at {a}"))
+                .unwrap_or_default();
+            format!("{}{addr} ({})", m.name, m.why)
+        })));
+    }
+    if let Some(error) = &report.discovery_error {
+        text.push_str(&format!("; discovery failed: {error}"));
+    }
+    text
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,86 @@
+//! The herald: the one actor of this node that other nodes' Managers talk to.
+//!
+//! The Manager's own message type carries reply ports and closures, so it
+//! cannot cross the network. The herald's can: it joins the app's `pg` group
+//! under a name that says which node it speaks for, receives peers'
+//! heartbeats and hands them to its Manager. ractor_cluster syncs `pg` groups
+//! to a peer before it reports the session ready, so by the time the Manager
+//! learns of a session, the peer's herald can be found.
+
+use cloister_core::{Heartbeat, NodeName};
+use ractor::{Actor, ActorProcessingErr, ActorRef, BytesConvertable};
+use ractor_cluster::RactorClusterMessage;
+
+use crate::manager::{CloisterMessage, Internal};
+
+/// What heralds send each other. Variants are matched by name on the wire:
+/// add new ones, never rename.
+#[derive(RactorClusterMessage, Debug)]
+pub enum HeraldMessage {
+    /// A serialized [`Heartbeat`] (JSON). Kept as bytes so a garbled or
+    /// foreign payload is logged and dropped, never a panic.
+    Heartbeat(Vec<u8>),
+}
+
+/// The herald actor; its only state is its Manager.
+pub struct Herald;
+
+/// The `pg` group of an app's heralds.
+pub(crate) fn group(app: &str) -> String {
+    format!("cloister:{app}")
+}
+
+/// The registered name of the herald speaking for `node`.
+pub(crate) fn name(app: &str, node: &NodeName) -> String {
+    format!("cloister:{app}:{node}")
+}
+
+/// Finds the herald of `peer` among the app's group members.
+pub(crate) fn find(app: &str, peer: &NodeName) -> Option<ActorRef<HeraldMessage>> {
+    let wanted = name(app, peer);
+    ractor::pg::get_members(&group(app))
+        .into_iter()
+        .find(|cell| !cell.get_id().is_local() && cell.get_name().as_deref() == Some(&*wanted))
+        .map(ActorRef::from)
+}
+
+/// Encodes a heartbeat for the wire.
+pub(crate) fn encode(heartbeat: &Heartbeat) -> HeraldMessage {
+    // Serializing plain data into a Vec cannot fail.
+    HeraldMessage::Heartbeat(serde_json::to_vec(heartbeat).unwrap_or_default())
+}
+
+impl Actor for Herald {
+    type Msg = HeraldMessage;
+    type State = ActorRef<CloisterMessage>;
+    type Arguments = ActorRef<CloisterMessage>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        manager: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(manager)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        manager: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            HeraldMessage::Heartbeat(bytes) => match serde_json::from_slice::<Heartbeat>(&bytes) {
+                Ok(heartbeat) => {
+                    let _ = manager.cast(CloisterMessage::Internal(Internal::Heartbeat(heartbeat)));
+                }
+                Err(error) => tracing::warn!(%error, "dropped a heartbeat that does not parse"),
+            },
+        }
+        Ok(())
+    }
+}
+
+// `Vec<u8>` already converts to and from bytes; this keeps the import used
+// where the derive expands.
+const _: fn(Vec<u8>) -> Vec<u8> = <Vec<u8> as BytesConvertable>::into_bytes;

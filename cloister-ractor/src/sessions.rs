@@ -1,0 +1,74 @@
+//! ractor_cluster's session events, turned into Manager messages.
+//!
+//! The callbacks run inside the NodeServer actor, so they only cast. What
+//! counts: a session is up when it is *ready* (authenticated and synced); a
+//! close counts only for the session it names (the core ignores a close of a
+//! session that was already replaced); an opened session is watched so one
+//! that never finishes its handshake can be closed.
+
+use ractor::ActorRef;
+use ractor_cluster::node::{NodeEventSubscription, NodeServerSessionInformation};
+use ractor_cluster::NodeSessionMessage;
+
+use crate::manager::{CloisterMessage, Internal};
+
+/// One session event, as the Manager needs it.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    /// A TCP connection arrived or was made; its handshake has not run.
+    Opened {
+        id: u64,
+        actor: ActorRef<NodeSessionMessage>,
+    },
+    /// The session passed the cookie check (and won any duplicate election).
+    Authenticated { id: u64 },
+    /// The session is ready: the peer is up.
+    Ready { id: u64, peer: String },
+    /// The session closed (for any reason, authenticated or not).
+    Closed { id: u64, peer: Option<String> },
+}
+
+/// Forwards NodeServer events to the Manager.
+pub(crate) struct Forwarder(pub(crate) ActorRef<CloisterMessage>);
+
+impl Forwarder {
+    fn send(&self, event: SessionEvent) {
+        let _ = self
+            .0
+            .cast(CloisterMessage::Internal(Internal::Session(event)));
+    }
+}
+
+fn peer(ses: &NodeServerSessionInformation) -> Option<String> {
+    ses.peer_name.as_ref().map(|p| p.name.clone())
+}
+
+impl NodeEventSubscription for Forwarder {
+    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEvent::Opened {
+            id: ses.node_id,
+            actor: ses.actor,
+        });
+    }
+
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        let peer = peer(&ses);
+        self.send(SessionEvent::Closed {
+            id: ses.node_id,
+            peer,
+        });
+    }
+
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEvent::Authenticated { id: ses.node_id });
+    }
+
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        if let Some(peer) = peer(&ses) {
+            self.send(SessionEvent::Ready {
+                id: ses.node_id,
+                peer,
+            });
+        }
+    }
+}

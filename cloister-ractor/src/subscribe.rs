@@ -1,0 +1,100 @@
+//! Subscribing to topology events: actors through ractor's `OutputPort`,
+//! callbacks through [`Listener`].
+
+use std::sync::Arc;
+
+use cloister_core::{NodeState, Snapshot, TopologyEvent};
+use ractor::{ActorRef, Message, OutputPort};
+
+use crate::error::CloisterError;
+use crate::manager::CloisterMessage;
+
+/// A callback listener, cloister's `on_state_change`. Called inside the
+/// Manager, in event order: keep it quick and never block.
+pub trait Listener: Send + 'static {
+    /// The node state changed from `from` to `to`; `snapshot` is the view
+    /// right after.
+    fn on_state_change(&self, from: NodeState, to: NodeState, snapshot: &Snapshot);
+
+    /// Any topology event, state changes included. Does nothing by default.
+    fn on_event(&self, _event: &TopologyEvent) {}
+}
+
+/// What the Manager's output port carries. A local wrapper because, with the
+/// `cluster` feature, an `OutputPort`'s type must implement ractor's
+/// `Message`, which cloister-core (free of ractor) cannot.
+#[derive(Clone, Debug)]
+pub(crate) struct Published(pub(crate) TopologyEvent);
+
+impl Message for Published {}
+
+/// The Manager's topology output port.
+pub(crate) type EventPort = OutputPort<Published>;
+
+/// A pending subscription: the converter and the receiver, erased.
+pub struct Subscriber(Box<dyn FnOnce(&EventPort, TopologyEvent) + Send>);
+
+impl Subscriber {
+    /// Sends `first` to the subscriber, then subscribes it to the port, so
+    /// nothing published after `first` can arrive before it.
+    pub(crate) fn attach(self, port: &EventPort, first: TopologyEvent) {
+        (self.0)(port, first);
+    }
+}
+
+/// Subscribes `receiver` to `manager`'s topology events, converted into the
+/// receiver's own message type by `convert` (return `None` to skip one).
+/// The first event is always [`TopologyEvent::Snapshot`] with the current
+/// view, then every change in order.
+///
+/// ```no_run
+/// # use ractor::ActorRef;
+/// # use cloister_core::TopologyEvent;
+/// enum MyMsg { Topology(TopologyEvent) }
+/// impl ractor::Message for MyMsg {}
+/// # fn demo(manager: &ActorRef<cloister_ractor::CloisterMessage>, me: ActorRef<MyMsg>) {
+/// cloister_ractor::subscribe(manager, me, |event| Some(MyMsg::Topology(event))).unwrap();
+/// # }
+/// ```
+pub fn subscribe<M, F>(
+    manager: &ActorRef<CloisterMessage>,
+    receiver: ActorRef<M>,
+    convert: F,
+) -> Result<(), CloisterError>
+where
+    M: Message,
+    F: Fn(TopologyEvent) -> Option<M> + Send + Sync + 'static,
+{
+    let convert = Arc::new(convert);
+    let attach = move |port: &EventPort, first: TopologyEvent| {
+        if let Some(message) = convert(first) {
+            let _ = receiver.send_message(message);
+        }
+        port.subscribe(receiver, move |Published(event)| convert(event));
+    };
+    manager
+        .cast(CloisterMessage::Subscribe(Subscriber(Box::new(attach))))
+        .map_err(|e| CloisterError::ManagerGone(e.to_string()))
+}
+
+/// Adds a callback [`Listener`] to `manager`.
+pub fn add_listener(
+    manager: &ActorRef<CloisterMessage>,
+    listener: impl Listener,
+) -> Result<(), CloisterError> {
+    manager
+        .cast(CloisterMessage::AddListener(Box::new(listener)))
+        .map_err(|e| CloisterError::ManagerGone(e.to_string()))
+}
+
+/// Waits until `manager`'s node is `Ready`; fails with the assembly report
+/// once `startup_deadline` passes.
+pub async fn await_consensus(
+    manager: &ActorRef<CloisterMessage>,
+) -> Result<Snapshot, CloisterError> {
+    match ractor::call!(manager, CloisterMessage::AwaitConsensus) {
+        Ok(Ok(snapshot)) => Ok(snapshot),
+        Ok(Err(report)) => Err(CloisterError::ConsensusTimeout(report)),
+        Err(error) => Err(CloisterError::ManagerGone(error.to_string())),
+    }
+}

@@ -1,0 +1,3 @@
+//! Examples and the demo node for cloister.
+
+pub mod cluster;
