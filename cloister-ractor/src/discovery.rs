@@ -24,8 +24,8 @@ use crate::manager::{CloisterMessage, Internal};
 pub(crate) enum Discovery {
     /// A static list: nothing to resolve.
     List(Vec<SentryNode>),
-    /// A DNS service.
-    Service(Service),
+    /// A DNS service (boxed: the resolver is large).
+    Service(Box<Service>),
 }
 
 /// A DNS service and the resolver that asks for it.
@@ -50,12 +50,12 @@ impl Discovery {
                 options.negative_max_ttl = Some(Duration::ZERO);
                 options.timeout = Duration::from_secs(2);
                 options.attempts = 1;
-                Ok(Discovery::Service(Service {
+                Ok(Discovery::Service(Box::new(Service {
                     name: name.clone(),
                     node_name: config.effective_node_name().to_string(),
                     port: config.listen_port,
                     resolver: builder.build(),
-                }))
+                })))
             }
         }
     }

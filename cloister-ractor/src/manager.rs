@@ -36,7 +36,7 @@ pub struct CloisterManager;
 pub enum CloisterMessage {
     /// Replies once this node is `Ready` (at once if it is), or with the
     /// assembly report when `startup_deadline` passes first.
-    AwaitConsensus(RpcReplyPort<Result<Snapshot, Box<AssemblyReport>>>),
+    AwaitConsensus(RpcReplyPort<Assembled>),
     /// Replies with a [`Cloister`] handle for lock-free ring reads.
     Handle(RpcReplyPort<Cloister>),
     /// Replies with the current view.
@@ -60,6 +60,10 @@ pub enum CloisterMessage {
 }
 
 impl ractor::Message for CloisterMessage {}
+
+/// The answer to [`CloisterMessage::AwaitConsensus`]: the view once ready, or
+/// what assembly still waited for at the deadline.
+pub type Assembled = Result<Snapshot, Box<AssemblyReport>>;
 
 /// Runtime plumbing between the Manager and its helpers.
 #[doc(hidden)]
@@ -90,7 +94,7 @@ pub struct ManagerState {
     view: Arc<ArcSwap<View>>,
     events: EventPort,
     listeners: Vec<Box<dyn Listener>>,
-    waiters: Vec<(Instant, RpcReplyPort<Result<Snapshot, Box<AssemblyReport>>>)>,
+    waiters: Vec<(Instant, RpcReplyPort<Assembled>)>,
     /// The earliest Tick already on its way, so timers are not duplicated.
     timer_at: Option<Instant>,
     /// Sessions still in their handshake, closed if it does not finish.

@@ -31,8 +31,11 @@ impl Message for Published {}
 /// The Manager's topology output port.
 pub(crate) type EventPort = OutputPort<Published>;
 
+/// Hands the first event to a subscriber, then subscribes it to the port.
+type Attach = Box<dyn FnOnce(&EventPort, TopologyEvent) + Send>;
+
 /// A pending subscription: the converter and the receiver, erased.
-pub struct Subscriber(Box<dyn FnOnce(&EventPort, TopologyEvent) + Send>);
+pub struct Subscriber(Attach);
 
 impl Subscriber {
     /// Sends `first` to the subscriber, then subscribes it to the port, so

@@ -214,7 +214,7 @@ async fn print_owners(state: &PrinterState) {
     let ring = state.cloister.ring();
     if !state.show_keys.is_empty() {
         let key_owner: Option<ActorRef<KeyOwnerMsg>> =
-            ractor::registry::where_is("key_owner".to_string()).map(Into::into);
+            ractor::registry::where_is::<String>("key_owner".into()).map(Into::into);
         let mut owners: BTreeMap<&str, Option<NodeName>> = BTreeMap::new();
         for key in &state.show_keys {
             let asked = match &key_owner {
