@@ -452,7 +452,10 @@ impl ManagerState {
             .await;
             let error = match result {
                 Ok(Ok(())) => return,
-                Ok(Err(error)) => format!("dial {addr} failed: {error}"),
+                Ok(Err(ractor_cluster::ClientConnectErr::Socket(error))) => {
+                    format!("dial {addr} failed: {error}")
+                }
+                Ok(Err(error)) => format!("dial {addr} failed: {error:?}"),
                 Err(_) => format!("dial {addr} timed out after {timeout:?}"),
             };
             let _ = myself.cast(CloisterMessage::Internal(Internal::DialFailed(peer, error)));

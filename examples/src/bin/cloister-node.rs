@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use cloister_core::config::figment::providers::Serialized;
+use cloister_core::config::figment::value::{Dict, Map};
+use cloister_core::config::figment::{self, Metadata, Profile, Provider};
 use cloister_core::{Config, NodeName, TopologyEvent};
 use cloister_ractor::{Cloister, CloisterManager, CloisterMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -89,9 +91,20 @@ fn load(args: &Args) -> Result<Config, String> {
             ))
         }
     };
-    let figment =
-        Config::figment_over(base, args.config.as_deref()).merge(Serialized::defaults(args));
+    let figment = Config::figment_over(base, args.config.as_deref()).merge(args);
     Config::from_figment(&figment).map_err(|e| e.to_string())
+}
+
+/// The flags as the top configuration layer, named as flags in errors.
+impl Provider for &Args {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("command-line flags")
+            .interpolater(|_, keys| format!("--{}", keys.join("-").replace('_', "-")))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::defaults(*self).data()
+    }
 }
 
 /// Writes one JSON line to stdout.
@@ -106,6 +119,15 @@ fn emit(node: &NodeName, event: &str, mut fields: Value) {
         map.insert("ts".into(), json!(ts));
     }
     println!("{fields}");
+}
+
+/// Reports a failed start once, on stdout (JSON) and stderr.
+fn startup_failed(error: &str) {
+    static REPORTED: std::sync::Once = std::sync::Once::new();
+    REPORTED.call_once(|| {
+        println!("{}", json!({ "event": "startup_failed", "error": error }));
+        eprintln!("cloister-node: {error}");
+    });
 }
 
 /// Prints topology events and session changes as JSON lines.
@@ -326,7 +348,10 @@ impl Actor for Root {
         };
         let (printer, _) = Actor::spawn_linked(None, Printer, printer, myself.get_cell()).await?;
         cloister_ractor::subscribe(&manager, printer, |event| Some(PrinterMsg::Topology(event)))?;
-        cloister_ractor::await_consensus(&manager).await?;
+        if let Err(error) = cloister_ractor::await_consensus(&manager).await {
+            startup_failed(&error.to_string());
+            return Err(error.into());
+        }
         Actor::spawn_linked(
             Some("key_owner".into()),
             KeyOwner,
@@ -377,9 +402,7 @@ async fn main() {
     let (root, join) = match Actor::spawn(None, Root, root).await {
         Ok(spawned) => spawned,
         Err(error) => {
-            let error = error.to_string();
-            println!("{}", json!({ "event": "startup_failed", "error": error }));
-            eprintln!("cloister-node: {error}");
+            startup_failed(&error.to_string());
             std::process::exit(1);
         }
     };
