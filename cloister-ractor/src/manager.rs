@@ -291,7 +291,11 @@ impl Actor for CloisterManager {
                 let snapshot = state.machine.snapshot();
                 subscriber.attach(&state.events, TopologyEvent::Snapshot { snapshot });
             }
-            CloisterMessage::AddListener(listener) => state.listeners.push(listener),
+            CloisterMessage::AddListener(listener) => {
+                let snapshot = state.machine.snapshot();
+                listener.on_event(&TopologyEvent::Snapshot { snapshot });
+                state.listeners.push(listener);
+            }
             CloisterMessage::Leave => {
                 state.feed(&myself, Input::Leave);
                 // Give the goodbyes a moment to leave the socket buffers.
@@ -476,6 +480,9 @@ impl ManagerState {
         });
     }
 
+    /// Tells everyone about `event`: the log, the handle, the listeners and
+    /// the subscribers, and only then the waiters, so an application released
+    /// by `Ready` starts after its listeners have seen why.
     fn publish(&mut self, event: TopologyEvent) {
         match &event {
             TopologyEvent::StateChanged { from, to, snapshot } => {
@@ -484,14 +491,6 @@ impl ManagerState {
                     consensus = snapshot.consensus,
                     "state {from} -> {to}"
                 );
-                if *to == NodeState::Ready {
-                    for (_, reply) in self.waiters.drain(..) {
-                        let _ = reply.send(Ok(snapshot.clone()));
-                    }
-                }
-                for listener in &self.listeners {
-                    listener.on_state_change(*from, *to, snapshot);
-                }
             }
             TopologyEvent::NodeUp { node, incarnation } => {
                 tracing::info!(peer = %node, %incarnation, "node up");
@@ -509,9 +508,25 @@ impl ManagerState {
             snapshot: self.machine.snapshot(),
         }));
         for listener in &self.listeners {
+            if let TopologyEvent::StateChanged { from, to, snapshot } = &event {
+                listener.on_state_change(*from, *to, snapshot);
+            }
             listener.on_event(&event);
         }
+        let ready = match &event {
+            TopologyEvent::StateChanged {
+                to: NodeState::Ready,
+                snapshot,
+                ..
+            } => Some(snapshot.clone()),
+            _ => None,
+        };
         self.events.send(Published(event));
+        if let Some(snapshot) = ready {
+            for (_, reply) in self.waiters.drain(..) {
+                let _ = reply.send(Ok(snapshot.clone()));
+            }
+        }
     }
 
     /// Answers waiters whose deadline passed, and logs what assembly waits for.

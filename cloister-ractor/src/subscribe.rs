@@ -10,7 +10,10 @@ use crate::error::CloisterError;
 use crate::manager::CloisterMessage;
 
 /// A callback listener, cloister's `on_state_change`. Called inside the
-/// Manager, in event order: keep it quick and never block.
+/// Manager, in event order, before subscribers are sent the event and before
+/// anyone waiting for consensus is released: keep it quick and never block.
+/// Its first `on_event` is a [`TopologyEvent::Snapshot`] of the view when it
+/// was added.
 pub trait Listener: Send + 'static {
     /// The node state changed from `from` to `to`; `snapshot` is the view
     /// right after.

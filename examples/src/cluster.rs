@@ -10,9 +10,9 @@
 //! unless a wait failed or the thread is panicking (its path is printed then).
 //! Set `CLOISTER_HARNESS_VERBOSE=1` to see stderr and every event live instead.
 //!
-//! Everything here is synchronous and uses only std, so plain `#[test]`s can
-//! drive it. Every wait takes a timeout and, when it runs out, returns an error
-//! that shows each node's last events. Dropping the cluster kills (SIGKILL) and
+//! Everything here is synchronous (std threads and polling), so plain
+//! `#[test]`s can drive it. Every wait takes a timeout and, when it runs out,
+//! returns an error that shows each node's last events. Dropping the cluster kills (SIGKILL) and
 //! reaps every process it started, also while a test unwinds from a panic.
 
 use std::collections::BTreeSet;
@@ -22,7 +22,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ use serde_json::{json, Value};
 /// even on a loaded two-core machine.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How often waits look again: short next to any timer of `--preset tests`.
+const POLL: Duration = Duration::from_millis(10);
 const BINARY: &str = "cloister-node";
 const HOST: &str = "127.0.0.1";
 const VERBOSE_VAR: &str = "CLOISTER_HARNESS_VERBOSE";
@@ -80,14 +82,12 @@ impl LocalClusterBuilder {
     /// Picks the ports and the log directory without starting any process:
     /// start nodes one by one with [`LocalCluster::start_node`].
     pub fn build(self) -> io::Result<LocalCluster> {
-        let binary = match self.binary {
+        let binary = match self.binary.clone() {
             Some(path) => path,
             None => LocalCluster::find_binary().ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "cloister-node not found near the current executable: \
-                     run `cargo build -p cloister-examples --bin cloister-node`",
-                )
+                let why = "cloister-node not found near the current executable: \
+                           run `cargo build -p cloister-examples --bin cloister-node`";
+                io::Error::new(io::ErrorKind::NotFound, why)
             })?,
         };
         let ports = free_ports(self.size)?;
@@ -113,13 +113,12 @@ impl LocalClusterBuilder {
             })
             .collect();
         Ok(LocalCluster {
-            binary,
-            consensus: self.consensus,
+            setup: LocalClusterBuilder {
+                binary: Some(binary),
+                ..self
+            },
             sentry,
-            extra_args: self.extra_args,
-            env: self.env,
             nodes,
-            pulse: Arc::default(),
             log_dir,
             verbose: std::env::var_os(VERBOSE_VAR).is_some_and(|v| !v.is_empty()),
             keep_logs: Mutex::new(false),
@@ -139,16 +138,11 @@ impl LocalClusterBuilder {
 /// `cloister-node` processes on 127.0.0.1 and what they printed.
 #[derive(Debug)]
 pub struct LocalCluster {
-    binary: PathBuf,
-    consensus: usize,
+    /// What the cluster was built with, `binary` resolved.
+    setup: LocalClusterBuilder,
     /// All the nodes as `name@host:port`, given to each one as `--sentry`.
     sentry: String,
-    extra_args: Vec<String>,
-    env: Vec<(String, String)>,
     nodes: Vec<Node>,
-    /// Bumped at every event line and at every end of output, so that waits
-    /// wake up as soon as something may have changed.
-    pulse: Arc<Pulse>,
     log_dir: PathBuf,
     verbose: bool,
     /// Set by a failed wait: the stderr logs are then kept for a post-mortem.
@@ -209,15 +203,14 @@ impl LocalCluster {
             .parent()
             .unwrap_or(Path::new("."));
         let mut command = Command::new(cargo);
-        command.current_dir(workspace).args([
-            "build",
-            "--quiet",
-            "-p",
-            "cloister-examples",
-            "--bin",
-            BINARY,
-            "--message-format=json-render-diagnostics",
-        ]);
+        command
+            .current_dir(workspace)
+            .args([
+                "build",
+                "--quiet",
+                "--message-format=json-render-diagnostics",
+            ])
+            .args(["-p", "cloister-examples", "--bin", BINARY]);
         if !cfg!(debug_assertions) {
             command.arg("--release");
         }
@@ -257,7 +250,7 @@ impl LocalCluster {
 
     /// The file node `i`'s stderr goes to (unless verbose), every start of
     /// the node appended after a `=== harness` line.
-    pub fn stderr_path(&self, i: usize) -> PathBuf {
+    fn stderr_path(&self, i: usize) -> PathBuf {
         let name = &self.nodes[i].name;
         let node_name = name.split('@').next().unwrap_or(name);
         self.log_dir.join(format!("{node_name}.stderr"))
@@ -278,14 +271,15 @@ impl LocalCluster {
         self.nodes[i].args = args.iter().map(|arg| arg.to_string()).collect();
         let node = &self.nodes[i];
         let node_name = node.name.split('@').next().unwrap_or(&node.name);
-        let mut command = Command::new(&self.binary);
+        let setup = &self.setup;
+        let mut command = Command::new(setup.binary.as_deref().unwrap_or(Path::new(BINARY)));
         command
             .args(["--node-name", node_name, "--advertised-host", HOST])
             .args(["--listen-port", &node.port.to_string()])
             .args(["--sentry", &self.sentry])
-            .args(["--consensus", &self.consensus.to_string()])
+            .args(["--consensus", &setup.consensus.to_string()])
             .args(["--preset", "tests"])
-            .args(&self.extra_args)
+            .args(&setup.extra_args)
             .args(&node.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
@@ -294,7 +288,7 @@ impl LocalCluster {
                 command.env_remove(key);
             }
         }
-        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command.envs(setup.env.iter().map(|(k, v)| (k, v)));
         if self.verbose {
             command.stderr(Stdio::inherit());
         } else {
@@ -304,14 +298,13 @@ impl LocalCluster {
             command.stderr(file);
         }
         let mut child = command.spawn().map_err(|err| {
-            let binary = self.binary.display();
-            io::Error::new(err.kind(), format!("starting {binary}: {err}"))
+            let why = format!("starting {:?}: {err}", command.get_program());
+            io::Error::new(err.kind(), why)
         })?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let reader = child.stdout.take().map(|stdout| {
-            let (log, pulse) = (Arc::clone(&log), Arc::clone(&self.pulse));
-            let echo = self.verbose.then(|| node.name.clone());
-            thread::spawn(move || read_events(stdout, &log, &pulse, echo))
+            let (log, echo) = (Arc::clone(&log), self.verbose.then(|| node.name.clone()));
+            thread::spawn(move || read_events(stdout, &log, echo))
         });
         let node = &mut self.nodes[i];
         node.log = log;
@@ -365,45 +358,34 @@ impl LocalCluster {
     /// status. Its last lines are all in [`events`](Self::events) afterwards.
     pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Result<ExitStatus, String> {
         let deadline = Instant::now() + timeout;
-        loop {
-            let node = &mut self.nodes[i];
-            let Some(running) = node.process.as_mut() else {
-                return node
-                    .exit
-                    .ok_or_else(|| format!("{} was never started", node.name));
-            };
-            match running.child.try_wait() {
-                Ok(Some(status)) => {
-                    node.exit = Some(status);
-                    if let Some(running) = node.process.take() {
-                        running.join();
-                    }
-                    return Ok(status);
-                }
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                Ok(None) => {
-                    let what = format!("{} to exit", self.nodes[i].name);
-                    return Err(self.timed_out(&what, timeout));
-                }
-                Err(err) => return Err(format!("waiting for {}: {err}", node.name)),
+        while self.is_running(i) {
+            if Instant::now() >= deadline {
+                let what = format!("{} to exit", self.nodes[i].name);
+                return Err(self.timed_out(&what, timeout));
             }
+            thread::sleep(POLL);
         }
+        let node = &self.nodes[i];
+        let lost = || format!("{} never started or lost its exit status", node.name);
+        node.exit.ok_or_else(lost)
     }
 
-    /// Whether node `i` has a process that has not exited (a paused one runs).
+    /// Whether node `i` has a process that has not exited (a paused one
+    /// runs). A process found dead is reaped, and its output read to the end.
     pub fn is_running(&mut self, i: usize) -> bool {
         let node = &mut self.nodes[i];
-        match node
-            .process
-            .as_mut()
-            .map(|running| running.child.try_wait())
-        {
-            Some(Ok(None)) => true,
-            Some(Ok(Some(status))) => {
-                node.exit = Some(status);
+        let Some(running) = node.process.as_mut() else {
+            return false;
+        };
+        match running.child.try_wait() {
+            Ok(None) => true,
+            exited => {
+                node.exit = exited.ok().flatten();
+                if let Some(running) = node.process.take() {
+                    running.join();
+                }
                 false
             }
-            Some(Err(_)) | None => false,
         }
     }
 
@@ -469,19 +451,13 @@ impl LocalCluster {
         F: FnMut(&LocalCluster) -> bool,
     {
         let deadline = Instant::now() + timeout;
-        loop {
-            let seen = self.pulse.count();
-            if condition(self) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        while !condition(self) {
+            if Instant::now() >= deadline {
                 return Err(self.timed_out(what, timeout));
             }
-            // Process exits print nothing: poll now and then as well.
-            self.pulse
-                .wait_past(seen, left.min(Duration::from_millis(100)));
+            thread::sleep(POLL);
         }
+        Ok(())
     }
 
     /// Whether the `nodes` all are in `state` right now, with exactly
@@ -557,13 +533,9 @@ impl Drop for LocalCluster {
                 running.join();
             }
         }
-        if self.verbose {
-            let _ = fs::remove_dir_all(&self.log_dir);
-        } else if thread::panicking() || *lock(&self.keep_logs) {
-            eprintln!(
-                "cloister-node stderr logs kept in {}",
-                self.log_dir.display()
-            );
+        let failed = thread::panicking() || *lock(&self.keep_logs);
+        if failed && !self.verbose {
+            eprintln!("cloister-node logs kept in {}", self.log_dir.display());
         } else {
             let _ = fs::remove_dir_all(&self.log_dir);
         }
@@ -658,7 +630,7 @@ fn free_ports(count: usize) -> io::Result<Vec<u16>> {
         .collect()
 }
 
-fn read_events(stdout: ChildStdout, log: &Mutex<Vec<Value>>, pulse: &Pulse, echo: Option<String>) {
+fn read_events(stdout: ChildStdout, log: &Mutex<Vec<Value>>, echo: Option<String>) {
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
         if line.trim().is_empty() {
@@ -670,35 +642,6 @@ fn read_events(stdout: ChildStdout, log: &Mutex<Vec<Value>>, pulse: &Pulse, echo
         let event = serde_json::from_str(&line)
             .unwrap_or_else(|_| json!({ "event": "unparsed", "line": line }));
         lock(log).push(event);
-        pulse.bump();
-    }
-    pulse.bump();
-}
-
-/// A counter of things that happened, with a condition variable to sleep on.
-#[derive(Debug, Default)]
-struct Pulse {
-    count: Mutex<u64>,
-    changed: Condvar,
-}
-
-impl Pulse {
-    fn bump(&self) {
-        *lock(&self.count) += 1;
-        self.changed.notify_all();
-    }
-
-    fn count(&self) -> u64 {
-        *lock(&self.count)
-    }
-
-    /// Sleeps until the count moves past `seen` or `timeout` passes.
-    fn wait_past(&self, seen: u64, timeout: Duration) {
-        let guard = lock(&self.count);
-        let waited = self
-            .changed
-            .wait_timeout_while(guard, timeout, |count| *count == seen);
-        drop(waited.unwrap_or_else(PoisonError::into_inner));
     }
 }
 

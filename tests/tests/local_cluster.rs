@@ -19,7 +19,7 @@ use std::time::Duration;
 use cloister_examples::cluster::{
     all_of, last_of, process_exists, LocalCluster, DEFAULT_TIMEOUT as DEADLINE,
 };
-use cloister_tests::{cluster, ok, serial};
+use cloister_tests::{cluster, ensure_binary, ok, serial};
 use serde_json::Value;
 
 /// How long the tests watch for something that must not happen. Many
@@ -73,6 +73,30 @@ fn others(cluster: &LocalCluster, i: usize) -> Vec<String> {
     names
 }
 
+/// Checks the gate on node `i`: it printed `app_started`, and only after
+/// becoming ready (the application starts once consensus is reached).
+fn assert_started_after_ready(cluster: &LocalCluster, i: usize) {
+    let events = cluster.events(i);
+    let is_ready = |event: &Value| {
+        (event["event"] == "state_changed" && event["to"] == "ready")
+            || (event["event"] == "snapshot" && event["state"] == "ready")
+    };
+    let ready = events.iter().position(is_ready);
+    let started = events
+        .iter()
+        .position(|event| event["event"] == "app_started");
+    let name = cluster.node_name(i);
+    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+    assert!(
+        started.is_some(),
+        "{name} printed no app_started: {lines:#?}"
+    );
+    assert!(
+        ready.is_some() && ready < started,
+        "{name} started its application before it was ready: {lines:#?}"
+    );
+}
+
 fn marks(cluster: &LocalCluster) -> Vec<usize> {
     (0..cluster.size())
         .map(|i| cluster.event_count(i))
@@ -115,6 +139,12 @@ fn three_nodes_assemble_and_agree_on_the_owner_of_every_key() {
         rings.iter().all(|d| d == &rings[0]),
         "ring digests differ: {rings:?}"
     );
+    for i in 0..3 {
+        ok(cluster.wait_for(i, DEADLINE, |events| {
+            last_of(events, "app_started").is_some()
+        }));
+        assert_started_after_ready(&cluster, i);
+    }
 }
 
 #[test]
@@ -159,6 +189,7 @@ fn consensus_holds_the_application_back_until_enough_nodes_are_connected() {
         ok(cluster.wait_for(i, DEADLINE, |events| {
             last_of(events, "app_started").is_some()
         }));
+        assert_started_after_ready(&cluster, i);
     }
 }
 
@@ -377,10 +408,16 @@ fn nodes_started_at_the_same_instant_end_with_one_session_per_pair() {
 #[test]
 fn a_panicking_test_leaves_no_process_behind() {
     let _serial = serial();
-    let pids = Mutex::new(Vec::new());
+    // The default binary is the one next to the test executable.
+    let built = ensure_binary().canonicalize().unwrap();
+    let found = LocalCluster::find_binary().map(|path| path.canonicalize().unwrap());
+    assert_eq!(found, Some(built));
+
+    let (pids, log_dir) = (Mutex::new(Vec::new()), Mutex::new(None));
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let cluster = cluster(3).consensus(3).start().unwrap();
+        let cluster = LocalCluster::builder(3).start().unwrap();
         *pids.lock().unwrap() = cluster.pids();
+        *log_dir.lock().unwrap() = Some(cluster.log_dir().to_path_buf());
         ok(cluster.wait_for(0, DEADLINE, |events| !events.is_empty()));
         // A frozen process must go too.
         cluster.pause(1).unwrap();
@@ -392,6 +429,8 @@ fn a_panicking_test_leaves_no_process_behind() {
     for pid in pids {
         assert!(!process_exists(pid), "process {pid} survived the panic");
     }
+    // A panic keeps the logs for a post-mortem; this one was on purpose.
+    std::fs::remove_dir_all(log_dir.into_inner().unwrap().unwrap()).unwrap();
 }
 
 /// Bytes that look random enough to a frame decoder (xorshift, fixed seed).
@@ -405,10 +444,4 @@ fn noise(len: usize) -> Vec<u8> {
             state.to_le_bytes()[0]
         })
         .collect()
-}
-#[test]
-fn zz_report_format() {
-    let _serial = serial();
-    let cluster = cluster(2).consensus(3).start().unwrap();
-    ok(cluster.wait_ready(&[0, 1], Duration::from_secs(2)));
 }

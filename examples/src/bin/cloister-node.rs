@@ -12,7 +12,7 @@ use clap::Parser;
 use cloister_core::config::figment::providers::Serialized;
 use cloister_core::config::figment::value::{Dict, Map};
 use cloister_core::config::figment::{self, Metadata, Profile, Provider};
-use cloister_core::{Config, NodeName, TopologyEvent};
+use cloister_core::{Config, NodeName, NodeState, TopologyEvent};
 use cloister_ractor::{Cloister, CloisterManager, CloisterMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::Serialize;
@@ -170,7 +170,6 @@ impl Actor for Printer {
         let me = state.cloister.me().clone();
         match message {
             PrinterMsg::Topology(event) => {
-                print_event(&me, &event);
                 if matches!(
                     event,
                     TopologyEvent::RingChanged { .. } | TopologyEvent::Snapshot { .. }
@@ -189,6 +188,17 @@ impl Actor for Printer {
             }
         }
         Ok(())
+    }
+}
+
+/// Writes every topology event as a JSON line, synchronously.
+struct EventLines(NodeName);
+
+impl cloister_ractor::Listener for EventLines {
+    fn on_state_change(&self, _: NodeState, _: NodeState, _: &cloister_core::Snapshot) {}
+
+    fn on_event(&self, event: &TopologyEvent) {
+        print_event(&self.0, event);
     }
 }
 
@@ -347,6 +357,10 @@ impl Actor for Root {
             sessions: None,
         };
         let (printer, _) = Actor::spawn_linked(None, Printer, printer, myself.get_cell()).await?;
+        // Event lines are written by a listener, inside the Manager and in
+        // order, so every line is out before the application is released.
+        let me = cloister.me().clone();
+        cloister_ractor::add_listener(&manager, EventLines(me))?;
         cloister_ractor::subscribe(&manager, printer, |event| Some(PrinterMsg::Topology(event)))?;
         if let Err(error) = cloister_ractor::await_consensus(&manager).await {
             startup_failed(&error.to_string());

@@ -38,35 +38,33 @@ fn run() -> anyhow::Result<()> {
         .start()
         .context("starting three nodes")?;
     let mut story = Narrator::new(cluster.size());
-    let all = [0, 1, 2];
-    let (first, survivors) = (0, [1, 2]);
-    println!(
-        "Started node1, node2 and node3 on 127.0.0.1 with consensus 3: \
-         none is ready until all three see each other.\n"
-    );
+    let (all, node1, survivors) = ([0, 1, 2], 0, [1, 2]);
+    let started = |c: &LocalCluster, i| last_of(&c.events(i), "app_started").is_some();
+    println!("Started node1, node2 and node3 on 127.0.0.1 with consensus 3:");
+    println!("none is ready until all three see each other.\n");
 
-    story.until(&cluster, "all three ready on one ring", |c| {
-        c.agree(&all, "ready")
+    story.until(&cluster, "all three ready, applications started", |c| {
+        c.agree(&all, "ready") && all.iter().all(|&i| started(c, i))
     })?;
-    println!("\nThe cluster is assembled. Each node answers node_for(key) from its own copy of the ring:");
+    println!("\nAssembled. Each node answers node_for(key) from its own copy of the ring:");
     print_owners(&cluster, &all)?;
 
     println!("\nKilling node1 (SIGKILL: no goodbye, its socket just closes)...\n");
-    cluster.kill(first)?;
+    cluster.kill(node1)?;
     story.until(&cluster, "the survivors agree on a 2-node ring", |c| {
         c.agree(&survivors, "rehashing")
     })?;
-    println!("\nTwo members are fewer than consensus 3, so the survivors are rehashing. Keys now land on:");
+    println!("\n2 members < consensus 3: the survivors are rehashing. Keys now land on:");
     print_owners(&cluster, &survivors)?;
 
     println!("\nRestarting node1 (a new incarnation on the same port)...\n");
-    cluster.restart(first)?;
-    story.forget(first);
+    cluster.restart(node1)?;
+    story.forget(node1);
     story.until(&cluster, "all three ready again", |c| {
-        c.agree(&all, "ready")
+        c.agree(&all, "ready") && started(c, node1)
     })?;
-    let digest = cluster.digest(first).unwrap_or_default();
-    println!("\nAll three are ready again, on one ring (digest {digest}). Owners:");
+    let digest = cluster.digest(node1).unwrap_or_default();
+    println!("\nAll three are ready again on one ring (digest {digest}). Owners:");
     print_owners(&cluster, &all)?;
 
     println!("\nStopping the nodes (SIGTERM: each one leaves the cluster gracefully)...\n");
@@ -82,7 +80,7 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// Prints the owners of the keys once every node in `nodes` has printed them
-/// for its current ring, and checks that they agree.
+/// for its current ring, and checks that they all agree.
 fn print_owners(cluster: &LocalCluster, nodes: &[usize]) -> anyhow::Result<()> {
     let owners_now = |c: &LocalCluster, i: usize| {
         let events = c.events(i);
@@ -91,32 +89,26 @@ fn print_owners(cluster: &LocalCluster, nodes: &[usize]) -> anyhow::Result<()> {
         current.then(|| owners["owners"].clone())
     };
     let what = "every node's owners line for its current ring";
+    let printed = |c: &LocalCluster| nodes.iter().all(|&i| owners_now(c, i).is_some());
     cluster
-        .wait_until(what, STEP, |c| {
-            nodes.iter().all(|&i| owners_now(c, i).is_some())
-        })
+        .wait_until(what, STEP, printed)
         .map_err(|err| anyhow!(err))?;
     let views: Vec<Value> = nodes
         .iter()
         .filter_map(|&i| owners_now(cluster, i))
         .collect();
-    let Some(owners) = views.first().and_then(Value::as_object) else {
-        return Err(anyhow!("no owners line"));
-    };
-    for key in KEYS.split(',') {
-        println!(
-            "    {key:<10} -> {}",
-            owners.get(key).and_then(Value::as_str).unwrap_or("?")
-        );
-    }
     if views.iter().any(|view| view != &views[0]) {
         return Err(anyhow!("the nodes disagree on the owners: {views:?}"));
+    }
+    for key in KEYS.split(',') {
+        let owner = views[0][key].as_str().unwrap_or("?");
+        println!("    {key:<10} -> {owner}");
     }
     println!("  (all {} nodes give the same answers)", views.len());
     Ok(())
 }
 
-/// Prints each node's events as they arrive, in words.
+/// Prints the nodes' events as they arrive, in words.
 struct Narrator {
     /// How many events of each node's current process were told already.
     told: Vec<usize>,
@@ -125,9 +117,8 @@ struct Narrator {
 
 impl Narrator {
     fn new(size: usize) -> Self {
-        let start_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis());
+        let now = SystemTime::now().duration_since(UNIX_EPOCH);
+        let start_ms = now.map_or(0, |since| since.as_millis());
         Narrator {
             told: vec![0; size],
             start_ms,
@@ -154,18 +145,23 @@ impl Narrator {
         result.map_err(|err| anyhow!(err))
     }
 
+    /// Prints the events that arrived since the last call, in time order.
     fn print_new(&mut self, cluster: &LocalCluster) {
+        let mut new = Vec::new();
         for (i, told) in self.told.iter_mut().enumerate() {
             let events = cluster.events(i);
-            for event in events.iter().skip(*told) {
-                if let Some(line) = describe(event) {
-                    let ts = event["ts"].as_u64().map_or(0, u128::from);
-                    let at = ts.saturating_sub(self.start_ms) as f64 / 1000.0;
-                    let node = short(event["node"].as_str().unwrap_or("?"));
-                    println!("  [{at:6.2}s] {node}: {line}");
-                }
-            }
+            new.extend(events.iter().skip(*told).cloned());
             *told = (*told).max(events.len());
+        }
+        new.sort_by_key(|event| event["ts"].as_u64());
+        for event in new {
+            let Some(line) = describe(&event) else {
+                continue;
+            };
+            let ts = event["ts"].as_u64().map_or(0, u128::from);
+            let at = ts.saturating_sub(self.start_ms) as f64 / 1000.0;
+            let node = short(event["node"].as_str().unwrap_or("?"));
+            println!("  [{at:7.3}s] {node}: {line}");
         }
     }
 }
@@ -175,11 +171,8 @@ fn describe(event: &Value) -> Option<String> {
     let text = |field: &str| event[field].as_str().unwrap_or("?").to_string();
     let members = || {
         let names = event["members"].as_array().into_iter().flatten();
-        names
-            .filter_map(Value::as_str)
-            .map(short)
-            .collect::<Vec<_>>()
-            .join(", ")
+        let names: Vec<&str> = names.filter_map(Value::as_str).map(short).collect();
+        names.join(", ")
     };
     Some(match event["event"].as_str()? {
         "snapshot" => format!("running, {}", text("state")),
