@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cloister_core::{Config, Host, NodeAddr, Sentry, SentryNode};
 use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::{Name, TokioResolver};
 use ractor::ActorRef;
 
 use crate::manager::{CloisterMessage, Internal};
@@ -111,18 +111,22 @@ impl Discovery {
 impl Service {
     /// The peers the service names now, this node among them if it is up.
     async fn resolve(&self) -> Result<Vec<SentryNode>, String> {
+        // Relaxed: hickory's strict parsing (IDNA, STD3) refuses `_` inside a
+        // label, and Compose aliases such as `cloister_test.local` have one.
+        let name = Name::from_str_relaxed(&self.name)
+            .map_err(|e| format!("`{}` is not a DNS name: {e}", self.name))?;
         let addrs: BTreeSet<(IpAddr, u16)> = if self.name.starts_with('_') {
             let srv = self
                 .resolver
-                .srv_lookup(self.name.as_str())
+                .srv_lookup(name)
                 .await
                 .map_err(|e| format!("SRV lookup of `{}` failed: {e}", self.name))?;
             let mut found = BTreeSet::new();
             for record in srv.iter() {
-                let target = record.target().to_utf8();
+                let target = record.target().clone();
                 let ips = self
                     .resolver
-                    .lookup_ip(target.as_str())
+                    .lookup_ip(target.clone())
                     .await
                     .map_err(|e| format!("lookup of SRV target `{target}` failed: {e}"))?;
                 found.extend(ips.iter().map(|ip| (ip, record.port())));
@@ -131,7 +135,7 @@ impl Service {
         } else {
             let ips = self
                 .resolver
-                .lookup_ip(self.name.as_str())
+                .lookup_ip(name)
                 .await
                 .map_err(|e| format!("lookup of `{}` failed: {e}", self.name))?;
             ips.iter().map(|ip| (ip, self.port)).collect()
@@ -188,5 +192,17 @@ impl Service {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_aliases_with_underscores_are_names() {
+        // The Elixir original's alias; a strict parse refuses it.
+        assert!(Name::from_str_relaxed("cloister_test.local").is_ok());
+        assert!(Name::from_str_relaxed("_node._tcp.cloister.default.svc.cluster.local").is_ok());
     }
 }
