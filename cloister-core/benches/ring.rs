@@ -12,12 +12,15 @@
 //! Before timing, the binary prints placement figures over 1,000,000 keys:
 //! the share of keys that move when an 11th member joins 10 (ideal 1/11,
 //! 9.09%) and when a middle member of 10 leaves (ideal 1/10), and the busiest
-//! member's load over the mean at 10 members (ideal 1.00). These are printed
-//! only in a real bench run (`--bench`), not by `cargo test --benches`.
+//! member's load over the mean at 10 members (ideal 1.00). It also times the
+//! same lookups as criterion with ours and raw hashring interleaved, best of
+//! 7, for a ratio that survives a busy machine. These are printed only in a
+//! real bench run (`--bench`), not by `cargo test --benches`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::hint::black_box;
+use std::time::Instant;
 
 use cloister_core::{NodeName, Ring};
 use criterion::{BenchmarkId, Criterion};
@@ -143,11 +146,54 @@ fn print_placement_figures() {
     }
 }
 
+/// Best-of-7 nanoseconds per lookup of `Ring` and of raw hashring, the two
+/// timed in alternation so that load from other processes hits both alike.
+/// On a shared machine this ratio is steadier than two separate criterion runs.
+fn interleaved_lookup_ns(ring: &Ring, raw: &RawRing, keys: &[String]) -> (f64, f64) {
+    let time = |lookup: &dyn Fn(&str) -> bool| {
+        let start = Instant::now();
+        for _ in 0..200 {
+            for key in keys {
+                black_box(lookup(black_box(key.as_str())));
+            }
+        }
+        start.elapsed().as_nanos() as f64 / (200 * keys.len()) as f64
+    };
+    let (mut ours, mut theirs) = (f64::MAX, f64::MAX);
+    for _ in 0..7 {
+        ours = ours.min(time(&|key| ring.node_for(key).is_some()));
+        theirs = theirs.min(time(&|key| raw.get(&key).is_some()));
+    }
+    (ours, theirs)
+}
+
+fn print_interleaved_lookups() {
+    let keys: Vec<String> = (0..1024).map(|i| format!("user:{i}")).collect();
+    println!("node_for, interleaved best of 7 (ns per lookup)");
+    println!("| members x vnodes | Ring | hashring | Ring / hashring |");
+    println!("|---|---|---|---|");
+    for vnodes in [256, 128] {
+        for members in [3, 10, 100] {
+            let names = member_names(members);
+            let (ours, raw) = interleaved_lookup_ns(
+                &Ring::new(names.clone(), vnodes),
+                &raw_ring(&names, vnodes),
+                &keys,
+            );
+            println!(
+                "| {members} x {vnodes} | {ours:.1} | {raw:.1} | {:.2} |",
+                ours / raw
+            );
+        }
+    }
+}
+
 fn main() {
     // Criterion's own rule: `cargo bench` passes `--bench`, `cargo test --benches` does not.
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test") {
         print_placement_figures();
+        print_interleaved_lookups();
     }
     let mut criterion = Criterion::default().configure_from_args();
     node_for(&mut criterion);

@@ -17,7 +17,8 @@ pub(crate) struct View {
 ///
 /// Every read loads the latest snapshot the Manager published (an atomic
 /// pointer swap): no actor round trip, callable from any thread, never
-/// blocking. Two nodes whose `digest()` is equal answer `node_for` alike.
+/// blocking. Two nodes whose `digest()` is equal answer `node_for` alike,
+/// provided they run with the same `ring_vnodes` (a cluster-wide setting).
 ///
 /// ```no_run
 /// # fn demo(cloister: cloister_ractor::Cloister) {

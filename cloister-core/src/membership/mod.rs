@@ -29,187 +29,20 @@
 //! Events and effects never depend on a HashMap's order: peers live in a
 //! BTreeMap, so two nodes with the same inputs emit the same outputs.
 
+mod peer;
+mod protocol;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::{Config, Sentry};
 use crate::events::{DownReason, NodeState, Snapshot, TopologyEvent};
-use crate::names::{Incarnation, NodeAddr, NodeName, SentryNode};
-use crate::ring::{Digest, Ring};
+use crate::names::{Incarnation, NodeName, SentryNode};
+use crate::ring::Ring;
 
-/// Identifies one connection to a peer (ractor_cluster's per-connection node
-/// id). Only events about a peer's *current* session count: a late
-/// disconnect of a session that was already replaced is ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SessionId(pub u64);
-
-/// What one cloister Manager tells another, every `heartbeat_interval` and at
-/// once on a new session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// The sender's name.
-    pub from: NodeName,
-    /// The sender's app: heartbeats from another app are ignored.
-    pub app: String,
-    /// The sender's incarnation.
-    pub incarnation: Incarnation,
-    /// The digest of the sender's ring, to tell whether members agree.
-    pub digest: Digest,
-    /// True in the goodbye a leaving node sends.
-    pub leaving: bool,
-}
-
-/// Something that happened, fed to [`Membership::handle`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Input {
-    /// Begin assembling (`Down -> Assembling`).
-    Start,
-    /// The DNS service answered with these peers (the complete current answer;
-    /// this node's own entry may be among them and is skipped).
-    Discovered(Vec<SentryNode>),
-    /// Resolving the DNS service failed; the error is kept for reports.
-    DiscoveryFailed(String),
-    /// A dial to `peer` failed before a session was ready.
-    DialFailed {
-        /// Whom we dialed.
-        peer: NodeName,
-        /// What went wrong, for the operator.
-        error: String,
-    },
-    /// A session with `peer` became ready (authenticated), whoever dialed.
-    SessionUp {
-        /// The peer.
-        peer: NodeName,
-        /// This session's id.
-        session: SessionId,
-    },
-    /// A session with `peer` closed.
-    SessionDown {
-        /// The peer.
-        peer: NodeName,
-        /// The session that closed.
-        session: SessionId,
-    },
-    /// A peer's Manager sent a heartbeat.
-    Heartbeat(Heartbeat),
-    /// The application asked this node to leave (`-> Stopping`): peers are told.
-    Leave,
-    /// The runtime has sent the goodbyes and closed its sessions (`-> Stopped`).
-    LeaveComplete,
-}
-
-/// Something for the runtime to carry out, drained with [`Membership::poll`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
-    /// Open a session to `peer` at `addr` (unless the runtime already has one).
-    Dial {
-        /// The peer's name.
-        peer: NodeName,
-        /// Where it listens.
-        addr: NodeAddr,
-    },
-    /// Close this session with `peer` (it stopped answering).
-    Disconnect {
-        /// The peer.
-        peer: NodeName,
-        /// The session to close.
-        session: SessionId,
-    },
-    /// Resolve the DNS service now and answer with [`Input::Discovered`] or
-    /// [`Input::DiscoveryFailed`]. Comes again every `discovery_tick`.
-    Resolve,
-    /// Send this heartbeat to `to`'s Manager.
-    SendHeartbeat {
-        /// The peer.
-        to: NodeName,
-        /// What to send.
-        heartbeat: Heartbeat,
-    },
-    /// Tell subscribers.
-    Publish(TopologyEvent),
-}
-
-/// Where assembly stands: what the node waits for, for progress logs and for
-/// the error at the startup deadline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AssemblyReport {
-    /// `consensus`: how many members, this node included, make it ready.
-    pub wanted: usize,
-    /// The members so far, sorted, this node included.
-    pub members: Vec<NodeName>,
-    /// Known peers that are not members, with why.
-    pub missing: Vec<MissingPeer>,
-    /// The last discovery error, if the last attempt failed.
-    pub discovery_error: Option<String>,
-}
-
-/// A known peer that is not a member yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MissingPeer {
-    /// Its name.
-    pub name: NodeName,
-    /// Where it is dialed, if known.
-    pub addr: Option<NodeAddr>,
-    /// Failed dials in a row.
-    pub failed_dials: u32,
-    /// Why it is not a member, in words.
-    pub why: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dial {
-    /// Dial when the time comes.
-    Idle { at: Duration },
-    /// A dial is out; it counts as failed if no session is ready by `deadline`.
-    Pending { deadline: Duration },
-}
-
-#[derive(Debug, Clone)]
-struct Member {
-    incarnation: Incarnation,
-    last_heard: Duration,
-    digest: Digest,
-}
-
-#[derive(Debug, Clone)]
-struct Peer {
-    /// Where to dial it; `None` for a peer that only dialed us.
-    addr: Option<NodeAddr>,
-    /// In the sentry list or the last DNS answer: keep dialing it.
-    wanted: bool,
-    session: Option<SessionId>,
-    dial: Dial,
-    failed_dials: u32,
-    last_error: Option<String>,
-    member: Option<Member>,
-    /// A heartbeat that arrived before its session's ready event.
-    early: Option<Heartbeat>,
-    /// The incarnation that said goodbye: its late heartbeats are ignored.
-    left: Option<Incarnation>,
-    /// A member whose session closed stays in the ring until then, in case a
-    /// replacing session is on its way (see `Config::session_grace`).
-    grace_until: Option<Duration>,
-}
-
-impl Peer {
-    fn new(addr: Option<NodeAddr>, now: Duration) -> Self {
-        Peer {
-            addr,
-            wanted: false,
-            session: None,
-            dial: Dial::Idle { at: now },
-            failed_dials: 0,
-            last_error: None,
-            member: None,
-            early: None,
-            left: None,
-            grace_until: None,
-        }
-    }
-}
+use peer::{backoff, earliest, Dial, Member, Peer};
+pub use protocol::{AssemblyReport, Effect, Heartbeat, Input, MissingPeer, SessionId};
 
 /// One node's membership state machine. See the module docs for the protocol.
 #[derive(Debug)]
@@ -753,22 +586,4 @@ impl Membership {
     fn publish(&mut self, event: TopologyEvent) {
         self.effects.push_back(Effect::Publish(event));
     }
-}
-
-fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
-    Some(a.map_or(b, |a| a.min(b)))
-}
-
-/// The delay before redial number `failures + 1`: `dial_backoff_min` doubled per
-/// failure, capped at `dial_backoff_max`, spread by `±dial_backoff_jitter`.
-///
-/// Hand-written rather than taken from a retry crate: it has to take its
-/// randomness from the machine's seeded RNG and return a duration, not sleep.
-fn backoff(config: &Config, rng: &mut fastrand::Rng, failures: u32) -> Duration {
-    let base = config
-        .dial_backoff_min
-        .saturating_mul(1u32 << failures.min(20))
-        .min(config.dial_backoff_max);
-    let spread = config.dial_backoff_jitter * (2.0 * rng.f64() - 1.0);
-    base.mul_f64((1.0 + spread).max(0.0))
 }

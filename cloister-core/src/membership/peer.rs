@@ -1,0 +1,79 @@
+//! What the machine remembers about each peer, and when to dial it again.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::names::{Incarnation, NodeAddr};
+use crate::ring::Digest;
+
+use super::{Heartbeat, SessionId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dial {
+    /// Dial when the time comes.
+    Idle { at: Duration },
+    /// A dial is out; it counts as failed if no session is ready by `deadline`.
+    Pending { deadline: Duration },
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Member {
+    pub(super) incarnation: Incarnation,
+    pub(super) last_heard: Duration,
+    pub(super) digest: Digest,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Peer {
+    /// Where to dial it; `None` for a peer that only dialed us.
+    pub(super) addr: Option<NodeAddr>,
+    /// In the sentry list or the last DNS answer: keep dialing it.
+    pub(super) wanted: bool,
+    pub(super) session: Option<SessionId>,
+    pub(super) dial: Dial,
+    pub(super) failed_dials: u32,
+    pub(super) last_error: Option<String>,
+    pub(super) member: Option<Member>,
+    /// A heartbeat that arrived before its session's ready event.
+    pub(super) early: Option<Heartbeat>,
+    /// The incarnation that said goodbye: its late heartbeats are ignored.
+    pub(super) left: Option<Incarnation>,
+    /// A member whose session closed stays in the ring until then, in case a
+    /// replacing session is on its way (see `Config::session_grace`).
+    pub(super) grace_until: Option<Duration>,
+}
+
+impl Peer {
+    pub(super) fn new(addr: Option<NodeAddr>, now: Duration) -> Self {
+        Peer {
+            addr,
+            wanted: false,
+            session: None,
+            dial: Dial::Idle { at: now },
+            failed_dials: 0,
+            last_error: None,
+            member: None,
+            early: None,
+            left: None,
+            grace_until: None,
+        }
+    }
+}
+
+pub(super) fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+/// The delay before redial number `failures + 1`: `dial_backoff_min` doubled per
+/// failure, capped at `dial_backoff_max`, spread by `±dial_backoff_jitter`.
+///
+/// Hand-written rather than taken from a retry crate: it has to take its
+/// randomness from the machine's seeded RNG and return a duration, not sleep.
+pub(super) fn backoff(config: &Config, rng: &mut fastrand::Rng, failures: u32) -> Duration {
+    let base = config
+        .dial_backoff_min
+        .saturating_mul(1u32 << failures.min(20))
+        .min(config.dial_backoff_max);
+    let spread = config.dial_backoff_jitter * (2.0 * rng.f64() - 1.0);
+    base.mul_f64((1.0 + spread).max(0.0))
+}

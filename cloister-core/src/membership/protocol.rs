@@ -1,0 +1,129 @@
+//! What the membership machine takes in and gives out: inputs, effects, the
+//! heartbeat two Managers exchange, and the assembly report.
+
+use serde::{Deserialize, Serialize};
+
+#[allow(unused_imports)] // for doc links
+use super::Membership;
+use crate::events::TopologyEvent;
+use crate::names::{Incarnation, NodeAddr, NodeName, SentryNode};
+use crate::ring::Digest;
+
+/// Identifies one connection to a peer (ractor_cluster's per-connection node
+/// id). Only events about a peer's *current* session count: a late
+/// disconnect of a session that was already replaced is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+/// What one cloister Manager tells another, every `heartbeat_interval` and at
+/// once on a new session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender's name.
+    pub from: NodeName,
+    /// The sender's app: heartbeats from another app are ignored.
+    pub app: String,
+    /// The sender's incarnation.
+    pub incarnation: Incarnation,
+    /// The digest of the sender's ring, to tell whether members agree.
+    pub digest: Digest,
+    /// True in the goodbye a leaving node sends.
+    pub leaving: bool,
+}
+
+/// Something that happened, fed to [`Membership::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Begin assembling (`Down -> Assembling`).
+    Start,
+    /// The DNS service answered with these peers (the complete current answer;
+    /// this node's own entry may be among them and is skipped).
+    Discovered(Vec<SentryNode>),
+    /// Resolving the DNS service failed; the error is kept for reports.
+    DiscoveryFailed(String),
+    /// A dial to `peer` failed before a session was ready.
+    DialFailed {
+        /// Whom we dialed.
+        peer: NodeName,
+        /// What went wrong, for the operator.
+        error: String,
+    },
+    /// A session with `peer` became ready (authenticated), whoever dialed.
+    SessionUp {
+        /// The peer.
+        peer: NodeName,
+        /// This session's id.
+        session: SessionId,
+    },
+    /// A session with `peer` closed.
+    SessionDown {
+        /// The peer.
+        peer: NodeName,
+        /// The session that closed.
+        session: SessionId,
+    },
+    /// A peer's Manager sent a heartbeat.
+    Heartbeat(Heartbeat),
+    /// The application asked this node to leave (`-> Stopping`): peers are told.
+    Leave,
+    /// The runtime has sent the goodbyes and closed its sessions (`-> Stopped`).
+    LeaveComplete,
+}
+
+/// Something for the runtime to carry out, drained with [`Membership::poll`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Open a session to `peer` at `addr` (unless the runtime already has one).
+    Dial {
+        /// The peer's name.
+        peer: NodeName,
+        /// Where it listens.
+        addr: NodeAddr,
+    },
+    /// Close this session with `peer` (it stopped answering).
+    Disconnect {
+        /// The peer.
+        peer: NodeName,
+        /// The session to close.
+        session: SessionId,
+    },
+    /// Resolve the DNS service now and answer with [`Input::Discovered`] or
+    /// [`Input::DiscoveryFailed`]. Comes again every `discovery_tick`.
+    Resolve,
+    /// Send this heartbeat to `to`'s Manager.
+    SendHeartbeat {
+        /// The peer.
+        to: NodeName,
+        /// What to send.
+        heartbeat: Heartbeat,
+    },
+    /// Tell subscribers.
+    Publish(TopologyEvent),
+}
+
+/// Where assembly stands: what the node waits for, for progress logs and for
+/// the error at the startup deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssemblyReport {
+    /// `consensus`: how many members, this node included, make it ready.
+    pub wanted: usize,
+    /// The members so far, sorted, this node included.
+    pub members: Vec<NodeName>,
+    /// Known peers that are not members, with why.
+    pub missing: Vec<MissingPeer>,
+    /// The last discovery error, if the last attempt failed.
+    pub discovery_error: Option<String>,
+}
+
+/// A known peer that is not a member yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingPeer {
+    /// Its name.
+    pub name: NodeName,
+    /// Where it is dialed, if known.
+    pub addr: Option<NodeAddr>,
+    /// Failed dials in a row.
+    pub failed_dials: u32,
+    /// Why it is not a member, in words.
+    pub why: String,
+}
