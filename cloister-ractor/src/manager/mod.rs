@@ -1,0 +1,315 @@
+//! `CloisterManager`: the actor that drives one node's membership machine.
+//!
+//! It owns the ractor_cluster `NodeServer` and the herald as linked children,
+//! feeds the core every session event, heartbeat, dial failure and timer, and
+//! carries out the effects the core answers with. It decides nothing itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use cloister_core::membership::AssemblyReport;
+use cloister_core::{
+    Config, Heartbeat, Incarnation, Input, Membership, NodeName, NodeState, SentryNode, Snapshot,
+    TopologyEvent,
+};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, OutputPort, RpcReplyPort, SupervisionEvent,
+};
+use ractor_cluster::node::NodeConnectionMode;
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use tokio::task::JoinHandle;
+
+use crate::discovery::Discovery;
+use crate::error::CloisterError;
+use crate::handle::{Cloister, View};
+use crate::herald::{self, Herald};
+use crate::sessions::{Forwarder, SessionEvent};
+use crate::subscribe::{Listener, Subscriber};
+
+mod state;
+
+pub use state::ManagerState;
+
+/// The Manager actor. Spawn it with [`CloisterManager::spawn_linked`] from your
+/// supervisor's `pre_start`: it returns once `consensus` members are connected.
+pub struct CloisterManager;
+
+/// Messages to the Manager. Queries carry a reply port.
+pub enum CloisterMessage {
+    /// Replies once this node is `Ready` (at once if it is), or with the
+    /// assembly report when `startup_deadline` passes first.
+    AwaitConsensus(RpcReplyPort<Assembled>),
+    /// Replies with a [`Cloister`] handle for lock-free ring reads.
+    Handle(RpcReplyPort<Cloister>),
+    /// Replies with the current view.
+    Snapshot(RpcReplyPort<Snapshot>),
+    /// Replies with what assembly waits for.
+    Report(RpcReplyPort<AssemblyReport>),
+    /// Replies with the owner of a key, for callers inside actors.
+    NodeFor(String, RpcReplyPort<Option<NodeName>>),
+    /// Replies with the peers that have a live ractor_cluster session.
+    Sessions(RpcReplyPort<Vec<NodeName>>),
+    /// Subscribes an actor to topology events; build it with
+    /// [`crate::subscribe`].
+    Subscribe(Subscriber),
+    /// Adds a callback listener.
+    AddListener(Box<dyn Listener>),
+    /// Leaves the cluster: peers are told, then the Manager stops.
+    Leave,
+    /// Runtime plumbing; not for users.
+    #[doc(hidden)]
+    Internal(Internal),
+}
+
+impl ractor::Message for CloisterMessage {}
+
+/// The answer to [`CloisterMessage::AwaitConsensus`]: the view once ready, or
+/// what assembly still waited for at the deadline.
+pub type Assembled = Result<Snapshot, Box<AssemblyReport>>;
+
+/// Runtime plumbing between the Manager and its helpers.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Internal {
+    /// A timer came due.
+    Tick,
+    /// A NodeServer session event.
+    #[allow(private_interfaces)]
+    Session(SessionEvent),
+    /// A peer's heartbeat, from the herald.
+    Heartbeat(Heartbeat),
+    /// A dial failed before a session was ready.
+    DialFailed(NodeName, String),
+    /// The DNS service answered.
+    Discovered(Result<Vec<SentryNode>, String>),
+    /// The goodbyes have had time to go out.
+    LeaveDone,
+}
+
+impl CloisterManager {
+    /// Spawns the Manager linked to `supervisor` and returns once `consensus`
+    /// members, this node included, are connected: a supervisor that calls it
+    /// in `pre_start` starts its later children only in an assembled cluster.
+    /// At `startup_deadline` it stops what it started and fails with
+    /// [`CloisterError::ConsensusTimeout`], which says whom it had and whom
+    /// it could not reach, and why.
+    pub async fn spawn_linked(
+        name: Option<String>,
+        config: Config,
+        supervisor: ActorCell,
+    ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
+        Self::start(name, config, Some(supervisor), true).await
+    }
+
+    /// [`CloisterManager::spawn_linked`] without a supervisor.
+    pub async fn spawn(
+        name: Option<String>,
+        config: Config,
+    ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
+        Self::start(name, config, None, true).await
+    }
+
+    /// Spawns the Manager and returns at once, before consensus. Send
+    /// [`CloisterMessage::AwaitConsensus`] (or use [`crate::await_consensus`])
+    /// to wait for it later.
+    pub async fn spawn_unheld(
+        name: Option<String>,
+        config: Config,
+        supervisor: Option<ActorCell>,
+    ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
+        Self::start(name, config, supervisor, false).await
+    }
+
+    async fn start(
+        name: Option<String>,
+        config: Config,
+        supervisor: Option<ActorCell>,
+        hold: bool,
+    ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
+        config.validate()?;
+        let port = config.listen_port;
+        let spawned = match supervisor {
+            Some(supervisor) => {
+                Actor::spawn_linked(name, CloisterManager, config, supervisor).await
+            }
+            None => Actor::spawn(name, CloisterManager, config).await,
+        };
+        let (actor, join) = spawned.map_err(|e| CloisterError::Spawn {
+            port,
+            reason: e.to_string(),
+        })?;
+        let gone = |e: &dyn std::fmt::Display| CloisterError::ManagerGone(e.to_string());
+        let cloister = ractor::call!(actor, CloisterMessage::Handle).map_err(|e| gone(&e))?;
+        if hold {
+            match crate::await_consensus(&actor).await {
+                Ok(_) => {}
+                Err(error) => {
+                    actor.stop(Some("consensus not reached".into()));
+                    let _ = join.await;
+                    return Err(error);
+                }
+            }
+        }
+        Ok((actor, cloister, join))
+    }
+}
+
+impl Actor for CloisterManager {
+    type Msg = CloisterMessage;
+    type State = ManagerState;
+    type Arguments = Config;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        config: Config,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        config.validate()?;
+        let discovery = Discovery::new(&config)?;
+        let host = match &config.advertised_host {
+            Some(host) => host.clone(),
+            None => discovery.find_own_host(&config).await?,
+        };
+        let me = config.node_name_for(&host)?;
+
+        let server = NodeServer::new(
+            config.listen_port,
+            config.cookie.clone(),
+            config.effective_node_name().to_string(),
+            host.to_string(),
+            None,
+            Some(NodeConnectionMode::Isolated),
+        );
+        let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell())
+            .await
+            .map_err(|e| format!("cannot listen on port {}: {e}", config.listen_port))?;
+        node_server.cast(NodeServerMessage::SubscribeToEvents {
+            id: "cloister".into(),
+            subscription: Box::new(Forwarder(myself.clone())),
+        })?;
+        // A call after the cast: once it answers, the subscription is in place.
+        ractor::call_t!(node_server, NodeServerMessage::GetSessions, 5_000)?;
+
+        let herald_name = herald::name(&config.app, &me);
+        let (herald, _) =
+            Actor::spawn_linked(Some(herald_name), Herald, myself.clone(), myself.get_cell())
+                .await?;
+        ractor::pg::join(herald::group(&config.app), vec![herald.get_cell()]);
+
+        let incarnation = Incarnation::from_unix_nanos(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        let seed = incarnation.0 ^ u64::from(std::process::id());
+        let machine = Membership::new(config.clone(), me.clone(), incarnation, seed);
+        let view = Arc::new(ArcSwap::from_pointee(View {
+            ring: machine.shared_ring(),
+            snapshot: machine.snapshot(),
+        }));
+        tracing::info!(
+            %incarnation, port = config.listen_port, consensus = config.consensus,
+            "cloister node {me} starting"
+        );
+        let mut state = ManagerState {
+            machine,
+            epoch: Instant::now(),
+            node_server,
+            view,
+            events: OutputPort::default(),
+            listeners: Vec::new(),
+            waiters: Vec::new(),
+            timer_at: None,
+            handshakes: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            discovery: discovery.for_service(),
+            last_progress: String::new(),
+            config,
+        };
+        state.feed(&myself, Input::Start);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = tracing::info_span!("cloister", node = %state.machine.name());
+        let _in_span = span.enter();
+        match message {
+            CloisterMessage::AwaitConsensus(reply) => {
+                if state.machine.state() == NodeState::Ready {
+                    let _ = reply.send(Ok(state.machine.snapshot()));
+                } else {
+                    let deadline = Instant::now() + state.config.startup_deadline;
+                    state.waiters.push((deadline, reply));
+                }
+            }
+            CloisterMessage::Handle(reply) => {
+                let handle = Cloister::new(Arc::clone(&state.view), state.machine.name().clone());
+                let _ = reply.send(handle);
+            }
+            CloisterMessage::Snapshot(reply) => {
+                let _ = reply.send(state.machine.snapshot());
+            }
+            CloisterMessage::Report(reply) => {
+                let _ = reply.send(state.machine.report());
+            }
+            CloisterMessage::NodeFor(key, reply) => {
+                let _ = reply.send(state.machine.ring().node_for(key).cloned());
+            }
+            CloisterMessage::Sessions(reply) => {
+                let mut peers: Vec<NodeName> = state.sessions.values().cloned().collect();
+                peers.sort();
+                peers.dedup();
+                let _ = reply.send(peers);
+            }
+            CloisterMessage::Subscribe(subscriber) => {
+                let snapshot = state.machine.snapshot();
+                subscriber.attach(&state.events, TopologyEvent::Snapshot { snapshot });
+            }
+            CloisterMessage::AddListener(listener) => {
+                let snapshot = state.machine.snapshot();
+                listener.on_event(&TopologyEvent::Snapshot { snapshot });
+                state.listeners.push(listener);
+            }
+            CloisterMessage::Leave => {
+                state.feed(&myself, Input::Leave);
+                // Give the goodbyes a moment to leave the socket buffers.
+                myself.send_after(Duration::from_millis(50), || {
+                    CloisterMessage::Internal(Internal::LeaveDone)
+                });
+            }
+            CloisterMessage::Internal(internal) => state.internal(&myself, internal),
+        }
+        state.arm_timer(&myself);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // The NodeServer and the herald are what this node is: without either
+        // it cannot be a member, so stop and let the user's supervisor decide.
+        match event {
+            SupervisionEvent::ActorFailed(child, error) => {
+                tracing::error!(child = ?child.get_name(), %error, "a cloister child failed");
+                myself.stop(Some(format!("child failed: {error}")));
+            }
+            SupervisionEvent::ActorTerminated(child, _, reason) => {
+                tracing::warn!(child = ?child.get_name(), ?reason, "a cloister child stopped");
+                myself.stop(Some("child stopped".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,336 @@
+//! The Manager's state and how it carries out the membership machine's
+//! effects: dialing, closing sessions, heartbeats, publishing, timers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use cloister_core::membership::AssemblyReport;
+use cloister_core::{
+    Config, Effect, Host, Input, Membership, NodeAddr, NodeName, NodeState, SessionId,
+    TopologyEvent,
+};
+use ractor::{ActorRef, RpcReplyPort};
+use ractor_cluster::{NodeServerMessage, NodeSessionMessage};
+
+use crate::discovery::Discovery;
+use crate::handle::View;
+use crate::herald;
+use crate::sessions::SessionEvent;
+use crate::subscribe::{EventPort, Listener, Published};
+
+use super::{Assembled, CloisterMessage, Internal};
+
+/// The Manager's state, built in `pre_start`.
+pub struct ManagerState {
+    pub(super) config: Config,
+    pub(super) machine: Membership,
+    /// Origin of the core's clock.
+    pub(super) epoch: Instant,
+    pub(super) node_server: ActorRef<NodeServerMessage>,
+    pub(super) view: Arc<ArcSwap<View>>,
+    pub(super) events: EventPort,
+    pub(super) listeners: Vec<Box<dyn Listener>>,
+    pub(super) waiters: Vec<(Instant, RpcReplyPort<Assembled>)>,
+    /// The earliest Tick already on its way, so timers are not duplicated.
+    pub(super) timer_at: Option<Instant>,
+    /// Sessions still in their handshake, closed if it does not finish.
+    pub(super) handshakes: BTreeMap<u64, (Instant, ActorRef<NodeSessionMessage>)>,
+    /// Ready sessions by id: what `Sessions` reports.
+    pub(super) sessions: BTreeMap<u64, NodeName>,
+    pub(super) discovery: Option<Discovery>,
+    /// The last progress line logged while assembling, to log changes only.
+    pub(super) last_progress: String,
+}
+
+impl ManagerState {
+    pub(super) fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Feeds one input to the machine and carries out what it answers.
+    pub(super) fn feed(&mut self, myself: &ActorRef<CloisterMessage>, input: Input) {
+        let now = self.now();
+        self.machine.handle(now, input);
+        self.apply(myself);
+    }
+
+    pub(super) fn internal(&mut self, myself: &ActorRef<CloisterMessage>, message: Internal) {
+        match message {
+            Internal::Tick => {
+                self.timer_at = None;
+                let now = self.now();
+                self.machine.handle_timeout(now);
+                self.apply(myself);
+                self.expire_waiters();
+                self.expire_handshakes();
+            }
+            Internal::Session(event) => self.session_event(myself, event),
+            Internal::Heartbeat(heartbeat) => self.feed(myself, Input::Heartbeat(heartbeat)),
+            Internal::DialFailed(peer, error) => {
+                self.feed(myself, Input::DialFailed { peer, error });
+            }
+            Internal::Discovered(Ok(peers)) => self.feed(myself, Input::Discovered(peers)),
+            Internal::Discovered(Err(error)) => {
+                self.feed(myself, Input::DiscoveryFailed(error));
+            }
+            Internal::LeaveDone => {
+                self.feed(myself, Input::LeaveComplete);
+                myself.stop(Some("left the cluster".into()));
+            }
+        }
+    }
+
+    pub(super) fn session_event(
+        &mut self,
+        myself: &ActorRef<CloisterMessage>,
+        event: SessionEvent,
+    ) {
+        match event {
+            SessionEvent::Opened { id, actor } => {
+                let deadline =
+                    Instant::now() + self.config.dial_timeout.max(Duration::from_secs(1));
+                self.handshakes.insert(id, (deadline, actor));
+            }
+            SessionEvent::Authenticated { id } => {
+                self.handshakes.remove(&id);
+            }
+            SessionEvent::Ready { id, peer } => {
+                self.handshakes.remove(&id);
+                let Ok(peer) = peer.parse::<NodeName>() else {
+                    tracing::debug!(%peer, "a session with a peer whose name is not name@host");
+                    return;
+                };
+                self.sessions.insert(id, peer.clone());
+                let session = SessionId(id);
+                self.feed(myself, Input::SessionUp { peer, session });
+            }
+            SessionEvent::Closed { id, peer } => {
+                self.handshakes.remove(&id);
+                self.sessions.remove(&id);
+                let Some(peer) = peer.and_then(|p| p.parse::<NodeName>().ok()) else {
+                    return;
+                };
+                let session = SessionId(id);
+                self.feed(myself, Input::SessionDown { peer, session });
+            }
+        }
+    }
+
+    /// Carries out every effect the machine has queued.
+    pub(super) fn apply(&mut self, myself: &ActorRef<CloisterMessage>) {
+        while let Some(effect) = self.machine.poll() {
+            match effect {
+                Effect::Dial { peer, addr } => self.dial(myself, peer, addr),
+                Effect::Disconnect { peer, session } => self.disconnect(peer, session),
+                Effect::Resolve => {
+                    if let Some(discovery) = &self.discovery {
+                        discovery.resolve_into(myself.clone());
+                    }
+                }
+                Effect::SendHeartbeat { to, heartbeat } => {
+                    match herald::find(&self.config.app, &to) {
+                        Some(herald) => {
+                            let _ = herald.cast(herald::encode(&heartbeat));
+                        }
+                        None => tracing::trace!(peer = %to, "no cloister herald on this peer yet"),
+                    }
+                }
+                Effect::Publish(event) => self.publish(event),
+            }
+        }
+    }
+
+    pub(super) fn dial(&self, myself: &ActorRef<CloisterMessage>, peer: NodeName, addr: NodeAddr) {
+        let node_server = self.node_server.clone();
+        let myself = myself.clone();
+        let timeout = self.config.dial_timeout;
+        tokio::spawn(async move {
+            // Dialing a peer that already has a session can tear it down
+            // (ractor_cluster's duplicate election): look first.
+            if let Ok(sessions) =
+                ractor::call_t!(node_server, NodeServerMessage::GetSessions, 1_000)
+            {
+                let connected = sessions.values().any(|s| {
+                    s.peer_name
+                        .as_ref()
+                        .is_some_and(|p| p.name == peer.as_str())
+                });
+                if connected {
+                    return;
+                }
+            }
+            let target = match addr.host() {
+                Host::Ip(ip) => std::net::SocketAddr::new(*ip, addr.port()).to_string(),
+                Host::Dns(_) => addr.to_string(),
+            };
+            let result = tokio::time::timeout(
+                timeout,
+                ractor_cluster::client_connect(&node_server, target.as_str()),
+            )
+            .await;
+            let error = match result {
+                Ok(Ok(())) => return,
+                Ok(Err(ractor_cluster::ClientConnectErr::Socket(error))) => {
+                    format!("dial {addr} failed: {error}")
+                }
+                Ok(Err(error)) => format!("dial {addr} failed: {error:?}"),
+                Err(_) => format!("dial {addr} timed out after {timeout:?}"),
+            };
+            let _ = myself.cast(CloisterMessage::Internal(Internal::DialFailed(peer, error)));
+        });
+    }
+
+    pub(super) fn disconnect(&self, peer: NodeName, session: SessionId) {
+        let node_server = self.node_server.clone();
+        tokio::spawn(async move {
+            let Ok(sessions) = ractor::call_t!(node_server, NodeServerMessage::GetSessions, 1_000)
+            else {
+                return;
+            };
+            if let Some(ses) = sessions.get(&session.0) {
+                tracing::info!(%peer, "closing the session of an unresponsive peer");
+                ses.actor.stop(Some("cloister: peer unresponsive".into()));
+            }
+        });
+    }
+
+    /// Tells everyone about `event`: the log, the handle, the listeners and
+    /// the subscribers, and only then the waiters, so an application released
+    /// by `Ready` starts after its listeners have seen why.
+    pub(super) fn publish(&mut self, event: TopologyEvent) {
+        match &event {
+            TopologyEvent::StateChanged { from, to, snapshot } => {
+                tracing::info!(
+                    members = snapshot.members.len(),
+                    consensus = snapshot.consensus,
+                    "state {from} -> {to}"
+                );
+            }
+            TopologyEvent::NodeUp { node, incarnation } => {
+                tracing::info!(peer = %node, %incarnation, "node up");
+            }
+            TopologyEvent::NodeDown { node, reason, .. } => {
+                tracing::warn!(peer = %node, %reason, "node down");
+            }
+            TopologyEvent::RingChanged { members, digest } => {
+                tracing::info!(%digest, members = members.len(), "ring changed");
+            }
+            TopologyEvent::Snapshot { .. } => {}
+        }
+        self.view.store(Arc::new(View {
+            ring: self.machine.shared_ring(),
+            snapshot: self.machine.snapshot(),
+        }));
+        for listener in &self.listeners {
+            if let TopologyEvent::StateChanged { from, to, snapshot } = &event {
+                listener.on_state_change(*from, *to, snapshot);
+            }
+            listener.on_event(&event);
+        }
+        let ready = match &event {
+            TopologyEvent::StateChanged {
+                to: NodeState::Ready,
+                snapshot,
+                ..
+            } => Some(snapshot.clone()),
+            _ => None,
+        };
+        self.events.send(Published(event));
+        if let Some(snapshot) = ready {
+            for (_, reply) in self.waiters.drain(..) {
+                let _ = reply.send(Ok(snapshot.clone()));
+            }
+        }
+    }
+
+    /// Answers waiters whose deadline passed, and logs what assembly waits for.
+    pub(super) fn expire_waiters(&mut self) {
+        if self.machine.state() == NodeState::Assembling {
+            let report = self.machine.report();
+            let progress = progress_line(&report);
+            if progress != self.last_progress {
+                tracing::info!("{progress}");
+                self.last_progress = progress;
+            }
+        }
+        let now = Instant::now();
+        if self.waiters.iter().any(|(deadline, _)| *deadline <= now) {
+            let report = Box::new(self.machine.report());
+            let (expired, waiting) = self.waiters.drain(..).partition(|(d, _)| *d <= now);
+            self.waiters = waiting;
+            for (_, reply) in expired {
+                let _ = reply.send(Err(report.clone()));
+            }
+        }
+    }
+
+    /// Closes sessions that opened but never passed the handshake: garbage on
+    /// the port, a wrong cookie, or a half-finished handshake.
+    pub(super) fn expire_handshakes(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .handshakes
+            .iter()
+            .filter(|(_, (deadline, _))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((_, actor)) = self.handshakes.remove(&id) {
+                tracing::debug!(
+                    session = id,
+                    "closing a session that never finished its handshake"
+                );
+                actor.stop(Some("cloister: handshake timed out".into()));
+            }
+        }
+    }
+
+    /// Makes sure a Tick arrives by the earliest deadline of the machine, the
+    /// waiters and the handshakes.
+    pub(super) fn arm_timer(&mut self, myself: &ActorRef<CloisterMessage>) {
+        let machine = self.machine.poll_timeout().map(|at| self.epoch + at);
+        let next = [
+            machine,
+            self.waiters.iter().map(|(d, _)| *d).min(),
+            self.handshakes.values().map(|(d, _)| *d).min(),
+            // While assembling, wake up now and then to log progress.
+            (self.machine.state() == NodeState::Assembling)
+                .then(|| Instant::now() + Duration::from_secs(2)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next else { return };
+        if self.timer_at.is_some_and(|armed| armed <= next) {
+            return;
+        }
+        self.timer_at = Some(next);
+        let delay = next.saturating_duration_since(Instant::now());
+        myself.send_after(delay, || CloisterMessage::Internal(Internal::Tick));
+    }
+}
+
+fn progress_line(report: &AssemblyReport) -> String {
+    let missing: Vec<String> = report
+        .missing
+        .iter()
+        .map(|m| format!("{} ({})", m.name, m.why))
+        .collect();
+    format!(
+        "waiting for consensus: {} of {} member(s){}{}",
+        report.members.len(),
+        report.wanted,
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!("; not yet: {}", missing.join(", "))
+        },
+        report
+            .discovery_error
+            .as_ref()
+            .map(|e| format!("; discovery: {e}"))
+            .unwrap_or_default(),
+    )
+}
