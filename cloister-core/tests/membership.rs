@@ -353,6 +353,28 @@ fn a_heartbeat_before_its_session_is_kept_until_the_session_is_ready() {
     );
 }
 
+#[test]
+fn a_connected_peer_that_has_not_answered_hears_from_us_again() {
+    let mut m = started(&[A], 2);
+
+    // A's session is ready at 1ms and ME says hello, but A's answer is lost
+    // (ractor_cluster can replace a duplicate session under a message).
+    m.handle(ms(1), session_up(A, 1));
+    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+
+    // ME says hello again every eighth of the heartbeat interval (12.5ms) ...
+    let again = ms(1) + Duration::from_micros(12_500);
+    assert_eq!(m.poll_timeout(), Some(again));
+    m.handle_timeout(again);
+    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+
+    // ... until A answers: then the resends stop, and the next thing due is
+    // the regular heartbeat at 100ms.
+    m.handle(ms(20), Input::Heartbeat(hb(A, 7, digest(&[A]))));
+    drain(&mut m);
+    assert_eq!(m.poll_timeout(), Some(ms(100)));
+}
+
 // ---- 4. Flaps and the session grace --------------------------------------------
 
 #[test]

@@ -12,21 +12,31 @@
 //! handle does at 100 members: an `ArcSwap` of a view holding an `Arc<Ring>`,
 //! read as `view.load().ring.node_for(key).cloned()` (handle.rs, verbatim).
 //!
+//! Before timing with criterion, a real bench run (`--bench`) prints an
+//! interleaved pass: each round times every variant once (100,000 calls) and
+//! the ratios are taken within the round, so a burst of load from elsewhere
+//! hits both sides of a ratio; medians over 40 rounds.
+//!
 //! Benchmark ids:
 //! - `handle_1/Cloister::node_for`: the real handle, `cloister.node_for(key)`.
 //! - `handle_1/cloister.ring().node_for`: `cloister.ring().node_for(key).cloned()`
 //!   per call (a load, an `Arc` clone and drop, the lookup).
+//! - `handle_1/Cloister::digest`: a load and a field read, the handle's fixed cost.
 //! - `handle_1/Ring::node_for`: the ring taken once, `ring.node_for(key)`.
+//! - `handle_1/Ring::node_for+clone`: the same, returning an owned `NodeName`.
+//! - `handle_1/ArcSwap+Ring::node_for+clone`: the mirror below over the handle's
+//!   own ring, to check that the mirror costs what the handle does.
 //! - `ring_100x256/Ring::node_for`: `Ring::new(100 members, 256)` lookup, by reference.
 //! - `ring_100x256/Ring::node_for+clone`: the same, returning an owned `NodeName`
 //!   (what the handle returns: an `Arc<str>` increment).
 //! - `ring_100x256/ArcSwap+Ring::node_for+clone`: the handle's read path at 100 members.
+//! - `ring_100x256/ArcSwap load only`: the load and a field read alone.
 //! - `ring_100x256/hashring`: raw `HashRing<(String, u32)>::get`, same members and vnodes.
 
 use std::hint::black_box;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use cloister_core::{Config, Host, NodeName, Ring};
@@ -101,12 +111,35 @@ fn handle(c: &mut Criterion, cloister: &Cloister) {
                 .cloned()
         })
     });
+    group.bench_function("Cloister::digest", |b| {
+        b.iter(|| black_box(cloister.digest()))
+    });
     let ring = cloister.ring();
     group.bench_function("Ring::node_for", |b| {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % keys.len();
             ring.node_for(black_box(keys[i].as_str())).is_some()
+        })
+    });
+    group.bench_function("Ring::node_for+clone", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            ring.node_for(black_box(keys[i].as_str())).cloned()
+        })
+    });
+    let view = ArcSwap::from_pointee(View {
+        ring: Arc::clone(&ring),
+    });
+    group.bench_function("ArcSwap+Ring::node_for+clone", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            view.load()
+                .ring
+                .node_for(black_box(keys[i].as_str()))
+                .cloned()
         })
     });
     group.finish();
@@ -154,6 +187,9 @@ fn hundred(c: &mut Criterion) {
                 .cloned()
         })
     });
+    group.bench_function("ArcSwap load only", |b| {
+        b.iter(|| black_box(view.load().ring.digest()))
+    });
     group.bench_function("hashring", |b| {
         let mut i = 0;
         b.iter(|| {
@@ -164,6 +200,99 @@ fn hundred(c: &mut Criterion) {
     group.finish();
 }
 
+/// Nanoseconds per call of `lookup` over one pass of `CALLS` keys.
+fn per_call<R>(keys: &[String], mut lookup: impl FnMut(&str) -> R) -> f64 {
+    const CALLS: usize = 100_000;
+    let start = Instant::now();
+    for i in 0..CALLS {
+        black_box(lookup(black_box(keys[i % keys.len()].as_str())));
+    }
+    start.elapsed().as_nanos() as f64 / CALLS as f64
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Criterion times one benchmark after the other, so on a shared machine a
+/// burst of load lands on some and not others. This pass interleaves them:
+/// every round times each variant once (100,000 calls), and the ratios are
+/// taken within a round, then the median over rounds is printed.
+fn print_interleaved(cloister: &Cloister) {
+    const ROUNDS: usize = 41;
+    let keys = keys();
+    let one = cloister.ring();
+    let one_view = ArcSwap::from_pointee(View {
+        ring: Arc::clone(&one),
+    });
+    let hundred = Arc::new(Ring::new(member_names(100), 256));
+    let view = ArcSwap::from_pointee(View {
+        ring: Arc::clone(&hundred),
+    });
+    let names = [
+        "1 member: Ring::node_for (by reference)",
+        "1 member: Ring::node_for + clone",
+        "1 member: Cloister::node_for (the real handle)",
+        "1 member: ArcSwap + Ring::node_for + clone (mirror)",
+        "100x256: Ring::node_for (by reference)",
+        "100x256: Ring::node_for + clone",
+        "100x256: ArcSwap + Ring::node_for + clone (the handle's path)",
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for round in 0..ROUNDS {
+        let row = [
+            per_call(&keys, |k| one.node_for(k).is_some()),
+            per_call(&keys, |k| one.node_for(k).cloned()),
+            per_call(&keys, |k| cloister.node_for(k)),
+            per_call(&keys, |k| one_view.load().ring.node_for(k).cloned()),
+            per_call(&keys, |k| hundred.node_for(k).is_some()),
+            per_call(&keys, |k| hundred.node_for(k).cloned()),
+            per_call(&keys, |k| view.load().ring.node_for(k).cloned()),
+        ];
+        if round == 0 {
+            continue; // warm-up
+        }
+        for (i, t) in row.into_iter().enumerate() {
+            times[i].push(t);
+        }
+    }
+    let ratio = |a: usize, b: usize| {
+        let mut r: Vec<f64> = times[a].iter().zip(&times[b]).map(|(x, y)| x / y).collect();
+        median(&mut r)
+    };
+    println!(
+        "interleaved, {} rounds of 100,000 calls per variant",
+        ROUNDS - 1
+    );
+    println!("| variant | median ns/call | min ns/call |");
+    println!("|---|---|---|");
+    for (name, t) in names.iter().zip(&times) {
+        let min = t.iter().copied().fold(f64::INFINITY, f64::min);
+        println!("| {name} | {:.1} | {min:.1} |", median(&mut t.clone()));
+    }
+    println!("| ratio | median over rounds |");
+    println!("|---|---|");
+    for (what, a, b) in [
+        ("1 member: Cloister::node_for / Ring::node_for", 2, 0),
+        (
+            "1 member: Cloister::node_for / Ring::node_for + clone",
+            2,
+            1,
+        ),
+        ("1 member: mirror / Cloister::node_for", 3, 2),
+        ("100x256: handle path / Ring::node_for", 6, 4),
+        ("100x256: handle path / Ring::node_for + clone", 6, 5),
+    ] {
+        println!("| {what} | {:.3} |", ratio(a, b));
+    }
+}
+
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -172,6 +301,11 @@ fn main() {
         .build()
         .expect("a tokio runtime");
     let (manager, cloister) = start_manager(&runtime);
+    // Criterion's own rule: `cargo bench` passes `--bench`, `cargo test --benches` does not.
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test") {
+        print_interleaved(&cloister);
+    }
     handle(&mut criterion, &cloister);
     hundred(&mut criterion);
     manager.stop(None);

@@ -60,5 +60,7 @@ mod subscribe;
 
 pub use error::CloisterError;
 pub use handle::Cloister;
-pub use manager::{Assembled, CloisterManager, CloisterMessage, Internal, ManagerState};
+pub use manager::{
+    Assembled, CloisterManager, CloisterMessage, Internal, ManagerState, StartOptions,
+};
 pub use subscribe::{add_listener, await_consensus, subscribe, Listener, Subscriber};

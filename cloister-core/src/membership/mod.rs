@@ -57,6 +57,8 @@ pub struct Membership {
     effects: VecDeque<Effect>,
     next_resolve: Option<Duration>,
     next_heartbeat: Option<Duration>,
+    /// When to resend heartbeats to connected peers not yet admitted.
+    next_introduce: Option<Duration>,
     /// A lower bound of the earliest per-peer timer; recomputed on timeouts.
     next_peer_timer: Option<Duration>,
     discovery_error: Option<String>,
@@ -78,6 +80,7 @@ impl Membership {
             effects: VecDeque::new(),
             next_resolve: None,
             next_heartbeat: None,
+            next_introduce: None,
             next_peer_timer: None,
             discovery_error: None,
         }
@@ -185,10 +188,15 @@ impl Membership {
         if !self.is_running() {
             return None;
         }
-        [self.next_resolve, self.next_heartbeat, self.next_peer_timer]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_resolve,
+            self.next_heartbeat,
+            self.next_introduce,
+            self.next_peer_timer,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Feeds one input at time `now` (monotonic, from any fixed origin).
@@ -220,6 +228,9 @@ impl Membership {
         if self.next_resolve.is_some_and(|at| at <= now) {
             self.effects.push_back(Effect::Resolve);
             self.next_resolve = Some(now + self.config.discovery_tick);
+        }
+        if self.next_introduce.is_some_and(|at| at <= now) {
+            self.introduce(now);
         }
         if self.next_heartbeat.is_some_and(|at| at <= now) {
             self.heartbeat_all(false);
@@ -350,11 +361,13 @@ impl Membership {
             .or_insert_with(|| Peer::new(None, now));
         peer.session = Some(session);
         peer.grace_until = None;
+        peer.introduce_until = Some(now + self.config.heartbeat_interval);
         peer.failed_dials = 0;
         peer.last_error = None;
         peer.dial = Dial::Idle { at: now };
         let early = peer.early.take();
         self.send_heartbeat(&name, false);
+        self.next_introduce = earliest(self.next_introduce, now + self.introduce_every());
         if let Some(heartbeat) = early {
             self.heartbeat(now, heartbeat);
         }
@@ -461,6 +474,13 @@ impl Membership {
                 self.rebuild_ring();
                 self.send_heartbeat(&name, false);
                 self.evaluate();
+                if !self
+                    .peers
+                    .values()
+                    .any(|p| p.session.is_some() && p.member.is_none())
+                {
+                    self.next_introduce = None; // everyone connected has answered
+                }
             }
         }
     }
@@ -552,6 +572,7 @@ impl Membership {
         self.heartbeat_all(true);
         self.next_resolve = None;
         self.next_heartbeat = None;
+        self.next_introduce = None;
         self.next_peer_timer = None;
         self.set_state(NodeState::Stopping);
     }
@@ -560,6 +581,28 @@ impl Membership {
         if self.state == NodeState::Stopping {
             self.set_state(NodeState::Stopped);
         }
+    }
+
+    /// How often a connected peer that is not a member yet hears from us
+    /// while we wait for its first heartbeat: an eighth of the interval.
+    fn introduce_every(&self) -> Duration {
+        (self.config.heartbeat_interval / 8).max(Duration::from_millis(1))
+    }
+
+    /// Resends our heartbeat to connected peers that have not answered yet,
+    /// for one `heartbeat_interval` after their session came up.
+    fn introduce(&mut self, now: Duration) {
+        let waiting: Vec<NodeName> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.session.is_some() && p.member.is_none())
+            .filter(|(_, p)| p.introduce_until.is_some_and(|until| until > now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &waiting {
+            self.send_heartbeat(name, false);
+        }
+        self.next_introduce = (!waiting.is_empty()).then(|| now + self.introduce_every());
     }
 
     fn heartbeat_all(&mut self, leaving: bool) {

@@ -41,6 +41,10 @@ pub(super) struct Peer {
     /// A member whose session closed stays in the ring until then, in case a
     /// replacing session is on its way (see `Config::session_grace`).
     pub(super) grace_until: Option<Duration>,
+    /// Until then, a connected peer that is not a member yet is sent our
+    /// heartbeat again every `introduce_every`: a first heartbeat can be lost
+    /// when ractor_cluster replaces a duplicate session under it.
+    pub(super) introduce_until: Option<Duration>,
 }
 
 impl Peer {
@@ -56,6 +60,7 @@ impl Peer {
             early: None,
             left: None,
             grace_until: None,
+            introduce_until: None,
         }
     }
 }

@@ -32,6 +32,20 @@ mod state;
 
 pub use state::ManagerState;
 
+/// How to start the Manager, beyond its [`Config`]: see [`CloisterManager::start`].
+#[derive(Default)]
+pub struct StartOptions {
+    /// The Manager's registered name (names are process-wide).
+    pub name: Option<String>,
+    /// The supervisor to link it to.
+    pub supervisor: Option<ActorCell>,
+    /// Return only once `consensus` members are connected (or fail at the deadline).
+    pub hold: bool,
+    /// Listeners that see every event from the start, the first being a
+    /// snapshot of the `down` state.
+    pub listeners: Vec<Box<dyn Listener>>,
+}
+
 /// The Manager actor. Spawn it with [`CloisterManager::spawn_linked`] from your
 /// supervisor's `pre_start`: it returns once `consensus` members are connected.
 pub struct CloisterManager;
@@ -100,7 +114,16 @@ impl CloisterManager {
         config: Config,
         supervisor: ActorCell,
     ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
-        Self::start(name, config, Some(supervisor), true).await
+        Self::start(
+            config,
+            StartOptions {
+                name,
+                supervisor: Some(supervisor),
+                hold: true,
+                listeners: Vec::new(),
+            },
+        )
+        .await
     }
 
     /// [`CloisterManager::spawn_linked`] without a supervisor.
@@ -108,7 +131,16 @@ impl CloisterManager {
         name: Option<String>,
         config: Config,
     ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
-        Self::start(name, config, None, true).await
+        Self::start(
+            config,
+            StartOptions {
+                name,
+                supervisor: None,
+                hold: true,
+                listeners: Vec::new(),
+            },
+        )
+        .await
     }
 
     /// Spawns the Manager and returns at once, before consensus. Send
@@ -119,22 +151,40 @@ impl CloisterManager {
         config: Config,
         supervisor: Option<ActorCell>,
     ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
-        Self::start(name, config, supervisor, false).await
+        Self::start(
+            config,
+            StartOptions {
+                name,
+                supervisor,
+                hold: false,
+                listeners: Vec::new(),
+            },
+        )
+        .await
     }
 
-    async fn start(
-        name: Option<String>,
+    /// The general form of the spawn functions: a name, a supervisor,
+    /// whether to hold until consensus, and listeners that see every event
+    /// from the very first (a listener added later with [`crate::add_listener`]
+    /// sees a snapshot, then what follows).
+    pub async fn start(
         config: Config,
-        supervisor: Option<ActorCell>,
-        hold: bool,
+        options: StartOptions,
     ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
         config.validate()?;
         let port = config.listen_port;
+        let StartOptions {
+            name,
+            supervisor,
+            hold,
+            listeners,
+        } = options;
+        let arguments = (config, listeners);
         let spawned = match supervisor {
             Some(supervisor) => {
-                Actor::spawn_linked(name, CloisterManager, config, supervisor).await
+                Actor::spawn_linked(name, CloisterManager, arguments, supervisor).await
             }
-            None => Actor::spawn(name, CloisterManager, config).await,
+            None => Actor::spawn(name, CloisterManager, arguments).await,
         };
         let (actor, join) = spawned.map_err(|e| CloisterError::Spawn {
             port,
@@ -159,12 +209,12 @@ impl CloisterManager {
 impl Actor for CloisterManager {
     type Msg = CloisterMessage;
     type State = ManagerState;
-    type Arguments = Config;
+    type Arguments = (Config, Vec<Box<dyn Listener>>);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        config: Config,
+        (config, listeners): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         config.validate()?;
         let discovery = Discovery::new(&config)?;
@@ -229,6 +279,11 @@ impl Actor for CloisterManager {
             last_progress: String::new(),
             config,
         };
+        for listener in listeners {
+            let snapshot = state.machine.snapshot();
+            listener.on_event(&TopologyEvent::Snapshot { snapshot });
+            state.listeners.push(listener);
+        }
         state.feed(&myself, Input::Start);
         Ok(state)
     }

@@ -130,7 +130,14 @@ impl ManagerState {
                     }
                 }
                 Effect::SendHeartbeat { to, heartbeat } => {
-                    match herald::find(&self.config.app, &to) {
+                    // The newest ready session with this peer (ids only grow).
+                    let current = self
+                        .sessions
+                        .iter()
+                        .rev()
+                        .find(|(_, name)| **name == to)
+                        .map(|(id, _)| *id);
+                    match herald::find(&self.config.app, &to, current) {
                         Some(herald) => {
                             let _ = herald.cast(herald::encode(&heartbeat));
                         }

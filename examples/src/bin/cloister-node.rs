@@ -13,7 +13,7 @@ use cloister_core::config::figment::providers::Serialized;
 use cloister_core::config::figment::value::{Dict, Map};
 use cloister_core::config::figment::{self, Metadata, Profile, Provider};
 use cloister_core::{Config, NodeName, NodeState, TopologyEvent};
-use cloister_ractor::{Cloister, CloisterManager, CloisterMessage};
+use cloister_ractor::{Cloister, CloisterManager, CloisterMessage, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -191,14 +191,21 @@ impl Actor for Printer {
     }
 }
 
-/// Writes every topology event as a JSON line, synchronously.
-struct EventLines(NodeName);
+/// Writes every topology event as a JSON line, synchronously. The node's
+/// name comes with the first event, a snapshot.
+#[derive(Default)]
+struct EventLines(std::sync::OnceLock<NodeName>);
 
 impl cloister_ractor::Listener for EventLines {
     fn on_state_change(&self, _: NodeState, _: NodeState, _: &cloister_core::Snapshot) {}
 
     fn on_event(&self, event: &TopologyEvent) {
-        print_event(&self.0, event);
+        if let TopologyEvent::Snapshot { snapshot } = event {
+            let _ = self.0.set(snapshot.node.clone());
+        }
+        if let Some(me) = self.0.get() {
+            print_event(me, event);
+        }
     }
 }
 
@@ -343,12 +350,16 @@ impl Actor for Root {
     ) -> Result<Self::State, ActorProcessingErr> {
         // Unheld, so the printer can show the assembly as it happens; the
         // await below holds this supervisor exactly as `spawn_linked` would.
-        let (manager, cloister, _) = CloisterManager::spawn_unheld(
-            Some("cloister".into()),
-            args.config,
-            Some(myself.get_cell()),
-        )
-        .await?;
+        // Event lines are written by a listener, inside the Manager and in
+        // order from its first event, so every line is out before the
+        // application is released.
+        let options = StartOptions {
+            name: Some("cloister".into()),
+            supervisor: Some(myself.get_cell()),
+            hold: false,
+            listeners: vec![Box::new(EventLines::default())],
+        };
+        let (manager, cloister, _) = CloisterManager::start(args.config, options).await?;
         let printer = PrinterState {
             cloister: cloister.clone(),
             manager: manager.clone(),
@@ -357,10 +368,6 @@ impl Actor for Root {
             sessions: None,
         };
         let (printer, _) = Actor::spawn_linked(None, Printer, printer, myself.get_cell()).await?;
-        // Event lines are written by a listener, inside the Manager and in
-        // order, so every line is out before the application is released.
-        let me = cloister.me().clone();
-        cloister_ractor::add_listener(&manager, EventLines(me))?;
         cloister_ractor::subscribe(&manager, printer, |event| Some(PrinterMsg::Topology(event)))?;
         if let Err(error) = cloister_ractor::await_consensus(&manager).await {
             startup_failed(&error.to_string());

@@ -1,0 +1,582 @@
+//! `bench-cluster`: times real `cloister-node` processes on 127.0.0.1, for
+//! BENCHMARKS.md.
+//!
+//! ```text
+//! cargo run --release -p cloister-examples --bin bench-cluster
+//! ```
+//!
+//! It builds `cloister-node` with the profile it runs in (so `--release`
+//! times the release node; `--binary PATH` uses another), then measures:
+//!
+//! 1. Formation: N processes with consensus N. The clock starts just before
+//!    the last process is spawned (unix ms) and stops at the latest `ts` of the
+//!    `state_changed ... to: ready` lines of all nodes. Two shapes: `together`
+//!    starts every process back to back (a whole cluster booting), `last
+//!    joiner` first waits until the other N-1 are up and connected to each
+//!    other (they have been dialling the missing node, backing off), then
+//!    starts the last.
+//! 2. Crash detection: 3 ready nodes, SIGKILL one at t; the latest over the
+//!    survivors of the first `node_down` for it (or `ring_changed` without it),
+//!    minus t. The fault comes 500 ms after ready plus i/runs of 300 ms, so
+//!    the runs sample the whole heartbeat cycle.
+//! 3. Freeze detection: the same with SIGSTOP (a hung process whose sockets
+//!    stay open).
+//! 4. Memory: 10 ready nodes idle for 5 s; VmRSS and VmHWM of each from
+//!    /proc/<pid>/status, and the CPU each used while idle.
+//!
+//! Configuration: `LocalCluster` always passes `--preset tests`; this program
+//! overrides every timer back to `Config::default()` with `CLOISTER_*`
+//! variables (the environment outranks the preset) and passes
+//! `--heartbeat-interval`/`--heartbeat-timeout` explicitly, so the figures are
+//! those of the library defaults. `--tests-preset` keeps the test timers.
+//!
+//! Every wait has a deadline; a run that misses one is reported as failed and
+//! skipped. All processes are killed when each cluster is dropped.
+
+use std::fs;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use cloister_core::Config;
+use cloister_examples::cluster::{all_of, LocalCluster};
+use serde_json::Value;
+
+/// Times formation, failure detection and memory of real cloister-node processes.
+#[derive(Parser, Debug)]
+struct Args {
+    /// The cloister-node executable (default: build it with this program's profile).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Keep the harness's `--preset tests` timers instead of the defaults.
+    #[arg(long)]
+    tests_preset: bool,
+    /// Repeats of the 3-node formation.
+    #[arg(long, default_value_t = 10)]
+    formation3: usize,
+    /// Repeats of the 10-node formation.
+    #[arg(long, default_value_t = 5)]
+    formation10: usize,
+    /// Repeats of each `last joiner` formation (3 and 10 nodes).
+    #[arg(long, default_value_t = 5)]
+    joiner: usize,
+    /// Repeats of the crash detection.
+    #[arg(long, default_value_t = 10)]
+    crash: usize,
+    /// Repeats of the freeze detection.
+    #[arg(long, default_value_t = 5)]
+    freeze: usize,
+    /// Seconds the 10-node cluster idles before memory is read.
+    #[arg(long, default_value_t = 5)]
+    idle: u64,
+    /// Only these parts, comma-separated: formation,joiner,crash,freeze,memory.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// Run `i` of `runs` spreads its fault over one default heartbeat interval
+/// (300 ms), so that the runs sample every time since the victim's last
+/// heartbeat rather than always the same one.
+fn spread(i: usize, runs: usize) -> Duration {
+    Duration::from_millis((i * 300 / runs.max(1)) as u64)
+}
+
+/// How long any one wait may take before the run counts as failed.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Quiet time after `ready` before a failure is injected.
+const SETTLE: Duration = Duration::from_millis(500);
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; run with `cargo run --release` for real figures");
+    }
+    let binary = match &args.binary {
+        Some(path) => path.clone(),
+        None => LocalCluster::build_binary().context("building cloister-node")?,
+    };
+    let bench = Bench::new(binary, args.tests_preset);
+    eprintln!("cloister-node: {}", bench.binary.display());
+    eprintln!("node config: {}", bench.describe());
+    let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|p| p == part);
+
+    let mut rows = Vec::new();
+    if wanted("formation") {
+        for (n, repeats) in [(3, args.formation3), (10, args.formation10)] {
+            let mut from_first = Vec::new();
+            let runs = bench.repeat(repeats, |_| {
+                let (last, first) = bench.formation(n, false)?;
+                from_first.push(first);
+                Ok(last)
+            });
+            let goal = if n == 3 {
+                "<= 100 ms median"
+            } else {
+                "<= 500 ms median"
+            };
+            rows.push(Row::ms(
+                format!("formation, {n} nodes started together"),
+                runs,
+                goal,
+            ));
+            let runs = Runs {
+                values: from_first,
+                failed: 0,
+            };
+            rows.push(Row::ms(
+                format!("(same runs, from the first spawn; {n} spawns back to back)"),
+                runs,
+                "-",
+            ));
+        }
+    }
+    if wanted("joiner") {
+        for n in [3, 10] {
+            let runs = bench.repeat(args.joiner, |_| Ok(bench.formation(n, true)?.0));
+            rows.push(Row::ms(
+                format!(
+                    "formation, node {n} joins {} waiting (consensus {n})",
+                    n - 1
+                ),
+                runs,
+                "-",
+            ));
+        }
+    }
+    if wanted("crash") {
+        let runs = bench.repeat(args.crash, |i| {
+            bench.detection(Fault::Kill, spread(i, args.crash))
+        });
+        rows.push(Row::ms(
+            "crash detection (SIGKILL), 3 nodes",
+            runs,
+            "<= 50 ms median",
+        ));
+    }
+    if wanted("freeze") {
+        let runs = bench.repeat(args.freeze, |i| {
+            bench.detection(Fault::Stop, spread(i, args.freeze))
+        });
+        rows.push(Row::ms(
+            "freeze detection (SIGSTOP), 3 nodes",
+            runs,
+            "<= 2 s",
+        ));
+    }
+    let memory = if wanted("memory") {
+        match bench.memory(10, Duration::from_secs(args.idle)) {
+            Ok(memory) => Some(memory),
+            Err(error) => {
+                eprintln!("memory: failed: {error:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    print_report(&bench, &rows, memory.as_ref(), args.idle);
+    Ok(())
+}
+
+/// How a node is made to fail.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Kill,
+    Stop,
+}
+
+struct Bench {
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    extra_args: Vec<String>,
+    tests_preset: bool,
+}
+
+impl Bench {
+    fn new(binary: PathBuf, tests_preset: bool) -> Bench {
+        let config = if tests_preset {
+            Config::for_tests()
+        } else {
+            Config::default()
+        };
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        let env = if tests_preset {
+            Vec::new()
+        } else {
+            vec![
+                ("CLOISTER_DISCOVERY_TICK", ms(config.discovery_tick)),
+                ("CLOISTER_DIAL_BACKOFF_MIN", ms(config.dial_backoff_min)),
+                ("CLOISTER_DIAL_BACKOFF_MAX", ms(config.dial_backoff_max)),
+                (
+                    "CLOISTER_DIAL_BACKOFF_JITTER",
+                    config.dial_backoff_jitter.to_string(),
+                ),
+                ("CLOISTER_DIAL_TIMEOUT", ms(config.dial_timeout)),
+                ("CLOISTER_SESSION_GRACE", ms(config.session_grace)),
+                ("CLOISTER_HEARTBEAT_INTERVAL", ms(config.heartbeat_interval)),
+                ("CLOISTER_HEARTBEAT_TIMEOUT", ms(config.heartbeat_timeout)),
+                ("CLOISTER_STARTUP_DEADLINE", ms(config.startup_deadline)),
+                ("CLOISTER_RING_VNODES", config.ring_vnodes.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+        };
+        let extra_args = vec![
+            "--heartbeat-interval".into(),
+            ms(config.heartbeat_interval),
+            "--heartbeat-timeout".into(),
+            ms(config.heartbeat_timeout),
+        ];
+        Bench {
+            binary,
+            env,
+            extra_args,
+            tests_preset,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let config = if self.tests_preset {
+            Config::for_tests()
+        } else {
+            Config::default()
+        };
+        let ms = |d: Duration| d.as_millis();
+        format!(
+            "{}: discovery_tick {}ms, dial_backoff {}..{}ms (jitter {}), dial_timeout {}ms, \
+             session_grace {}ms, heartbeat {}ms / timeout {}ms, vnodes {}",
+            if self.tests_preset {
+                "Config::for_tests()"
+            } else {
+                "Config::default()"
+            },
+            ms(config.discovery_tick),
+            ms(config.dial_backoff_min),
+            ms(config.dial_backoff_max),
+            config.dial_backoff_jitter,
+            ms(config.dial_timeout),
+            ms(config.session_grace),
+            ms(config.heartbeat_interval),
+            ms(config.heartbeat_timeout),
+            config.ring_vnodes,
+        )
+    }
+
+    fn cluster(&self, n: usize) -> Result<LocalCluster> {
+        let mut builder = LocalCluster::builder(n)
+            .consensus(n)
+            .binary(&self.binary)
+            .extra_args(self.extra_args.iter().cloned());
+        for (key, value) in &self.env {
+            builder = builder.env(key, value);
+        }
+        Ok(builder.build()?)
+    }
+
+    /// Runs `run` `repeats` times; failures are printed and left out.
+    fn repeat(&self, repeats: usize, mut run: impl FnMut(usize) -> Result<f64>) -> Runs {
+        let mut runs = Runs::default();
+        for i in 0..repeats {
+            match run(i) {
+                Ok(value) => runs.values.push(value),
+                Err(error) => {
+                    eprintln!("run {i} failed: {error:#}");
+                    runs.failed += 1;
+                }
+            }
+        }
+        runs
+    }
+
+    /// Milliseconds from the last spawn to the last node's `ready`, and from
+    /// the first spawn.
+    fn formation(&self, n: usize, wait_for_others: bool) -> Result<(f64, f64)> {
+        let mut cluster = self.cluster(n)?;
+        let all: Vec<usize> = (0..n).collect();
+        let t0 = unix_ms();
+        for i in 0..n - 1 {
+            cluster.start_node(i)?;
+        }
+        if wait_for_others {
+            // Up and connected to each other, still assembling.
+            cluster
+                .wait_until("the first nodes connected to each other", DEADLINE, |c| {
+                    (0..n - 1).all(|i| {
+                        let events = c.events(i);
+                        all_of(&events, "sessions")
+                            .last()
+                            .and_then(|e| e["peers"].as_array())
+                            .is_some_and(|peers| peers.len() >= n - 2)
+                    })
+                })
+                .map_err(|e| anyhow!(e))?;
+        }
+        let t = unix_ms();
+        cluster.start_node(n - 1)?;
+        cluster.wait_ready(&all, DEADLINE).map_err(|e| anyhow!(e))?;
+        let mut latest = 0;
+        for i in all {
+            let events = cluster.events(i);
+            let ready = all_of(&events, "state_changed")
+                .find(|e| e["to"] == "ready")
+                .and_then(ts)
+                .ok_or_else(|| anyhow!("{} printed no ready line", cluster.node_name(i)))?;
+            latest = latest.max(ready);
+        }
+        let shape = if wait_for_others {
+            "joiner"
+        } else {
+            "together"
+        };
+        eprintln!(
+            "  formation {n} {shape}: {:.0} ms after the last spawn",
+            latest as f64 - t
+        );
+        Ok((latest as f64 - t, latest as f64 - t0))
+    }
+
+    /// Milliseconds from the fault to the last survivor's `node_down`; the
+    /// fault comes `SETTLE + phase` after the cluster is ready.
+    fn detection(&self, fault: Fault, phase: Duration) -> Result<f64> {
+        let mut cluster = self.cluster(3)?;
+        for i in 0..3 {
+            cluster.start_node(i)?;
+        }
+        cluster
+            .wait_ready(&[0, 1, 2], DEADLINE)
+            .map_err(|e| anyhow!(e))?;
+        thread::sleep(SETTLE + phase);
+        let victim = 2;
+        let name = cluster.node_name(victim).to_string();
+        let survivors = [0, 1];
+        let marks: Vec<usize> = survivors.iter().map(|&i| cluster.event_count(i)).collect();
+        let t = unix_ms();
+        match fault {
+            Fault::Kill => cluster.kill(victim)?,
+            Fault::Stop => cluster.pause(victim)?,
+        }
+        // The first sign on each survivor that the victim is gone.
+        let seen = |cluster: &LocalCluster, k: usize| -> Option<(u64, String)> {
+            let events = cluster.events(survivors[k]);
+            events[marks[k]..].iter().find_map(|e| {
+                let gone = match e["event"].as_str() {
+                    Some("node_down") => e["peer"] == name.as_str(),
+                    Some("ring_changed") => e["members"]
+                        .as_array()
+                        .is_some_and(|m| !m.iter().any(|m| m == name.as_str())),
+                    _ => false,
+                };
+                let what = match e["event"].as_str() {
+                    Some("node_down") => e["reason"].as_str().unwrap_or("?").to_string(),
+                    _ => "ring_changed".to_string(),
+                };
+                gone.then(|| ts(e).map(|ts| (ts, what))).flatten()
+            })
+        };
+        cluster
+            .wait_until(&format!("the survivors to drop {name}"), DEADLINE, |c| {
+                (0..survivors.len()).all(|k| seen(c, k).is_some())
+            })
+            .map_err(|e| anyhow!(e))?;
+        let found: Vec<(u64, String)> = (0..survivors.len())
+            .filter_map(|k| seen(&cluster, k))
+            .collect();
+        let latest = found.iter().map(|(ts, _)| *ts).max().unwrap_or_default();
+        let reasons: Vec<&str> = found.iter().map(|(_, why)| why.as_str()).collect();
+        eprintln!(
+            "  {fault:?}: detected after {:.0} ms ({})",
+            latest as f64 - t,
+            reasons.join(", ")
+        );
+        if let Fault::Stop = fault {
+            let _ = cluster.resume(victim);
+        }
+        Ok(latest as f64 - t)
+    }
+
+    fn memory(&self, n: usize, idle: Duration) -> Result<Memory> {
+        let mut cluster = self.cluster(n)?;
+        for i in 0..n {
+            cluster.start_node(i)?;
+        }
+        let all: Vec<usize> = (0..n).collect();
+        cluster.wait_ready(&all, DEADLINE).map_err(|e| anyhow!(e))?;
+        let pids = cluster.pids();
+        if pids.len() != n {
+            bail!("only {} of {n} processes run", pids.len());
+        }
+        let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
+        let start = Instant::now();
+        thread::sleep(idle);
+        let after: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
+        let elapsed = start.elapsed().as_secs_f64();
+        if !cluster.agree(&all, "ready") {
+            bail!("the cluster did not stay ready while idle");
+        }
+        let mut memory = Memory::default();
+        for &pid in &pids {
+            let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+            memory
+                .rss
+                .push(status_kib(&status, "VmRSS:")? as f64 / 1024.0);
+            memory
+                .hwm
+                .push(status_kib(&status, "VmHWM:")? as f64 / 1024.0);
+        }
+        // USER_HZ is 100 on Linux: a tick is 10 ms.
+        memory.cpu = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (a - b) as f64 * 10.0 / 1000.0 / elapsed * 100.0)
+            .collect();
+        Ok(memory)
+    }
+}
+
+#[derive(Default)]
+struct Runs {
+    values: Vec<f64>,
+    failed: usize,
+}
+
+struct Row {
+    what: String,
+    runs: Runs,
+    goal: &'static str,
+}
+
+impl Row {
+    fn ms(what: impl Into<String>, runs: Runs, goal: &'static str) -> Row {
+        Row {
+            what: what.into(),
+            runs,
+            goal,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Memory {
+    rss: Vec<f64>,
+    hwm: Vec<f64>,
+    /// Percent of one core, per process.
+    cpu: Vec<f64>,
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+fn max(values: &[f64]) -> Option<f64> {
+    values.iter().copied().max_by(f64::total_cmp)
+}
+
+fn min(values: &[f64]) -> Option<f64> {
+    values.iter().copied().min_by(f64::total_cmp)
+}
+
+fn fmt(value: Option<f64>, digits: usize) -> String {
+    value.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn print_report(bench: &Bench, rows: &[Row], memory: Option<&Memory>, idle: u64) {
+    println!("node config: {}", bench.describe());
+    println!();
+    println!("| measurement | runs | median | min | max | goal |");
+    println!("|---|---|---|---|---|---|");
+    for row in rows {
+        let values = &row.runs.values;
+        let runs = match row.runs.failed {
+            0 => values.len().to_string(),
+            failed => format!("{} ({failed} failed)", values.len()),
+        };
+        println!(
+            "| {} | {runs} | {} ms | {} ms | {} ms | {} |",
+            row.what,
+            fmt(median(values), 0),
+            fmt(min(values), 0),
+            fmt(max(values), 0),
+            row.goal
+        );
+    }
+    if let Some(memory) = memory {
+        let n = memory.rss.len();
+        println!(
+            "| VmRSS per process, {n} nodes idle {idle} s | {n} | {} MiB | {} MiB | {} MiB | - |",
+            fmt(median(&memory.rss), 1),
+            fmt(min(&memory.rss), 1),
+            fmt(max(&memory.rss), 1)
+        );
+        println!(
+            "| VmHWM per process, {n} nodes idle {idle} s | {n} | {} MiB | {} MiB | {} MiB | - |",
+            fmt(median(&memory.hwm), 1),
+            fmt(min(&memory.hwm), 1),
+            fmt(max(&memory.hwm), 1)
+        );
+        println!(
+            "| CPU per process while idle, {n} nodes | {n} | {}% | {}% | {}% | - |",
+            fmt(median(&memory.cpu), 2),
+            fmt(min(&memory.cpu), 2),
+            fmt(max(&memory.cpu), 2)
+        );
+    }
+    println!();
+    println!(
+        "Anchors. Formation: Elixir cloister polls every 5 s and retries boot every 2 s; \
+         libcluster polls every 5 s; Akka Cluster Bootstrap waits a 5 s stable margin. \
+         Freeze detection: Akka ~5.5 s, memberlist ~5.5 s at 10 nodes, Erlang net_ticktime \
+         45-75 s, ractor_cluster alone never (its pings have no timeout)."
+    );
+}
+
+/// Wall-clock unix milliseconds, the clock of the nodes' `ts`.
+fn unix_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or_default()
+}
+
+fn ts(event: &Value) -> Option<u64> {
+    event["ts"].as_u64()
+}
+
+/// A `kB` field of /proc/<pid>/status.
+fn status_kib(status: &str, field: &str) -> Result<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in /proc status"))
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its `)`.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After `)`: state is field 3, so utime (14) and stime (15) are at 11, 12.
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))
+    };
+    Ok(tick(11)? + tick(12)?)
+}
