@@ -92,7 +92,11 @@ impl Discovery {
                     )
                 })
             }
-            Discovery::Service(service) => service.find_own_host(config.startup_deadline).await,
+            Discovery::Service(service) => {
+                service
+                    .find_own_host(config.startup_deadline, config.consensus == 1)
+                    .await
+            }
         }
     }
 
@@ -154,7 +158,11 @@ impl Service {
             .collect()
     }
 
-    async fn find_own_host(&self, deadline: Duration) -> Result<Host, String> {
+    /// Waits until the service's answer holds one of this machine's
+    /// addresses. With `alone_ok` (consensus 1) a name that does not resolve
+    /// at all does not hold the node back: it goes on alone, named after its
+    /// first non-loopback address, and keeps resolving to find peers later.
+    async fn find_own_host(&self, deadline: Duration, alone_ok: bool) -> Result<Host, String> {
         let until = Instant::now() + deadline;
         let mut last = String::new();
         loop {
@@ -177,6 +185,16 @@ impl Service {
                         peers.len(),
                         self.name
                     )
+                }
+                Err(error) if alone_ok => {
+                    if let Some(ip) = local.iter().copied().find(|ip| !ip.is_loopback()) {
+                        tracing::warn!(
+                            service = %self.name, %ip,
+                            "{error}; consensus is 1, so this node goes on alone"
+                        );
+                        return Ok(Host::Ip(ip));
+                    }
+                    error
                 }
                 Err(error) => error,
             };

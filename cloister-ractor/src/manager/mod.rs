@@ -277,6 +277,7 @@ impl Actor for CloisterManager {
             sessions: BTreeMap::new(),
             discovery: discovery.for_service(),
             last_progress: String::new(),
+            discovery_error: None,
             config,
         };
         for listener in listeners {

@@ -42,6 +42,8 @@ pub struct ManagerState {
     pub(super) discovery: Option<Discovery>,
     /// The last progress line logged while assembling, to log changes only.
     pub(super) last_progress: String,
+    /// The last discovery error logged, to log changes only.
+    pub(super) discovery_error: Option<String>,
 }
 
 impl ManagerState {
@@ -71,8 +73,18 @@ impl ManagerState {
             Internal::DialFailed(peer, error) => {
                 self.feed(myself, Input::DialFailed { peer, error });
             }
-            Internal::Discovered(Ok(peers)) => self.feed(myself, Input::Discovered(peers)),
+            Internal::Discovered(Ok(peers)) => {
+                if self.discovery_error.take().is_some() {
+                    tracing::info!(peers = peers.len(), "the service resolves again");
+                }
+                self.feed(myself, Input::Discovered(peers));
+            }
             Internal::Discovered(Err(error)) => {
+                // Logged when it changes, not on every tick.
+                if self.discovery_error.as_ref() != Some(&error) {
+                    tracing::warn!("{error}; retrying every discovery tick");
+                    self.discovery_error = Some(error.clone());
+                }
                 self.feed(myself, Input::DiscoveryFailed(error));
             }
             Internal::LeaveDone => {
