@@ -235,7 +235,7 @@ fn reason<E: de::Error>(error: ConfigError) -> E {
 
 /// Everything a node needs to join its cluster. Durations are written as
 /// humantime text in files and the environment: `"300ms"`, `"2s"`, `"1m 30s"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The application's name (Elixir's `otp_app`): this node is named
@@ -324,6 +324,32 @@ pub struct Config {
     /// 4096. More spreads keys more evenly, for more memory and slower rehashes.
     /// Every node must use the same value, or they place keys differently.
     pub ring_vnodes: u32,
+}
+
+/// Like a derived `Debug`, but the cookie is never printed: configs end up in
+/// logs.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("app", &self.app)
+            .field("node_name", &self.node_name)
+            .field("sentry", &self.sentry)
+            .field("consensus", &self.consensus)
+            .field("listen_port", &self.listen_port)
+            .field("advertised_host", &self.advertised_host)
+            .field("cookie", &"<redacted>")
+            .field("discovery_tick", &self.discovery_tick)
+            .field("dial_backoff_min", &self.dial_backoff_min)
+            .field("dial_backoff_max", &self.dial_backoff_max)
+            .field("dial_backoff_jitter", &self.dial_backoff_jitter)
+            .field("dial_timeout", &self.dial_timeout)
+            .field("session_grace", &self.session_grace)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("startup_deadline", &self.startup_deadline)
+            .field("ring_vnodes", &self.ring_vnodes)
+            .finish()
+    }
 }
 
 impl Default for Config {

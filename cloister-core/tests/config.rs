@@ -444,3 +444,14 @@ proptest! {
         prop_assert_eq!(joined, Sentry::parse_nodes(&texts).expect("list"));
     }
 }
+
+#[test]
+fn debug_output_never_shows_the_cookie() {
+    let config = Config::default().with_cookie("s3cret-cookie");
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("s3cret-cookie"), "{printed}");
+    assert!(
+        printed.contains("cookie") && printed.contains("heartbeat_timeout"),
+        "{printed}"
+    );
+}
