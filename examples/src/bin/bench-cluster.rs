@@ -22,7 +22,7 @@
 //! 3. Freeze detection: the same with SIGSTOP (a hung process whose sockets
 //!    stay open).
 //! 4. Memory: 10 ready nodes idle for 5 s; VmRSS and VmHWM of each from
-//!    /proc/<pid>/status, and the CPU each used while idle.
+//!    `/proc/<pid>/status`, and the CPU each used while idle.
 //!
 //! Configuration: `LocalCluster` always passes `--preset tests`; this program
 //! overrides every timer back to `Config::default()` with `CLOISTER_*`
@@ -552,7 +552,7 @@ fn ts(event: &Value) -> Option<u64> {
     event["ts"].as_u64()
 }
 
-/// A `kB` field of /proc/<pid>/status.
+/// A `kB` field of `/proc/<pid>/status`.
 fn status_kib(status: &str, field: &str) -> Result<u64> {
     status
         .lines()
