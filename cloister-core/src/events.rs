@@ -97,6 +97,11 @@ pub struct Snapshot {
     /// True when every other member's last heartbeat carried this node's digest:
     /// the members agree on the ring.
     pub converged: bool,
+    /// The member marked to run singleton work: the one up longest (smallest
+    /// incarnation), ties broken by name. Members that agree on membership
+    /// agree on it without exchanging a message; two sides of a partition
+    /// each have their own (compare digests to know whether you agree).
+    pub sentry: NodeName,
 }
 
 /// A change of topology, published to subscribers.
@@ -133,6 +138,11 @@ pub enum TopologyEvent {
         /// Why.
         reason: DownReason,
     },
+    /// The sentry moved to another member.
+    SentryChanged {
+        /// The new sentry.
+        sentry: NodeName,
+    },
     /// The ring changed.
     RingChanged {
         /// The new members, sorted.
@@ -151,6 +161,7 @@ impl TopologyEvent {
             TopologyEvent::NodeUp { .. } => "node_up",
             TopologyEvent::NodeDown { .. } => "node_down",
             TopologyEvent::RingChanged { .. } => "ring_changed",
+            TopologyEvent::SentryChanged { .. } => "sentry_changed",
         }
     }
 }

@@ -20,7 +20,9 @@ use cloister_core::{
 const ME: &str = "cloister@10.0.0.2";
 const A: &str = "cloister@10.0.0.1";
 const B: &str = "cloister@10.0.0.3";
-const MY_INCARNATION: u64 = 100;
+/// Older than every peer's in these tests, so `ME` stays the sentry unless a
+/// test says otherwise.
+const MY_INCARNATION: u64 = 1;
 const SEED: u64 = 42;
 
 // ---- Building inputs -------------------------------------------------------
@@ -222,6 +224,7 @@ fn changed(
             members: names(members),
             digest: digest(members),
             converged,
+            sentry: n(ME),
         },
     })
 }
@@ -848,4 +851,40 @@ fn the_same_seed_and_inputs_give_the_same_effects() {
 
     // The seed is what drives the jitter: another seed spreads dials otherwise.
     assert_ne!(first, replay(SEED + 1));
+}
+
+// ---- 11. The sentry --------------------------------------------------------------
+
+#[test]
+fn the_sentry_is_the_member_up_longest_and_moves_when_it_goes() {
+    // ME started at incarnation 100; A has been up since incarnation 7.
+    let config = config(&[A], 2);
+    let mut m = Membership::new(config, n(ME), Incarnation(100), 1);
+    m.handle(ms(0), Input::Start);
+    drain(&mut m);
+    assert_eq!(m.sentry(), &n(ME), "alone, a node is its own sentry");
+
+    // A is admitted: it is older, so it becomes the sentry, right after the ring.
+    m.handle(ms(1), session_up(A, 1));
+    m.handle(ms(1), Input::Heartbeat(hb(A, 7, digest(&[A]))));
+    let effects = drain(&mut m);
+    let ring_at = effects
+        .iter()
+        .position(|e| matches!(e, Effect::Publish(TopologyEvent::RingChanged { .. })));
+    let sentry_at = effects.iter().position(|e| {
+        matches!(e, Effect::Publish(TopologyEvent::SentryChanged { sentry }) if *sentry == n(A))
+    });
+    assert!(ring_at.is_some() && sentry_at > ring_at, "{effects:?}");
+    assert_eq!(m.snapshot().sentry, n(A));
+
+    // A's session closes for good: after the grace, ME is the sentry again.
+    m.handle(ms(5), session_down(A, 1));
+    m.handle_timeout(ms(30));
+    let effects = drain(&mut m);
+    assert!(
+        effects.contains(&Effect::Publish(TopologyEvent::SentryChanged {
+            sentry: n(ME)
+        })),
+        "{effects:?}"
+    );
 }

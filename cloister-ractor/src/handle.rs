@@ -82,6 +82,19 @@ impl Cloister {
         self.view.load().snapshot.state
     }
 
+    /// The sentry: the member up longest, marked to run singleton work
+    /// (cloister's sentry). Every member that agrees on the membership (equal
+    /// [`Cloister::digest`]) agrees on it, with no extra message; two sides of
+    /// a partition each have their own.
+    pub fn sentry(&self) -> NodeName {
+        self.view.load().snapshot.sentry.clone()
+    }
+
+    /// True when this node is the sentry.
+    pub fn is_sentry(&self) -> bool {
+        self.view.load().snapshot.sentry == self.me
+    }
+
     /// The digest of the current ring.
     pub fn digest(&self) -> Digest {
         self.view.load().ring.digest()

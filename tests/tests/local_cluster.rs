@@ -445,3 +445,43 @@ fn noise(len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The sentry a node last reported (every snapshot, state change and sentry
+/// change line carries it).
+fn last_sentry(events: &[serde_json::Value]) -> Option<String> {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| e["sentry"].as_str().map(str::to_string))
+}
+
+#[test]
+fn every_node_names_the_same_sentry_and_it_moves_when_the_sentry_is_killed() {
+    let _serial = serial();
+    let mut cluster = cluster(3).consensus(2).start().unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEADLINE));
+    ok(cluster.wait_until("all name one sentry", DEADLINE, |c| {
+        let sentries: Vec<Option<String>> = (0..3).map(|i| last_sentry(&c.events(i))).collect();
+        sentries[0].is_some() && sentries.iter().all(|s| *s == sentries[0])
+    }));
+    let sentry = last_sentry(&cluster.events(0)).unwrap();
+    let dead = (0..3).find(|&i| cluster.node_name(i) == sentry).unwrap();
+    let mark = marks(&cluster);
+
+    cluster.kill(dead).unwrap();
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != dead).collect();
+    ok(
+        cluster.wait_until("the survivors name a new sentry", DEADLINE, |c| {
+            let named: Vec<Option<String>> = survivors
+                .iter()
+                .map(|&i| last_sentry(&c.events(i)))
+                .collect();
+            named[0].as_deref().is_some_and(|s| s != sentry) && named.iter().all(|s| *s == named[0])
+        }),
+    );
+    // Each survivor was told with a sentry_changed line after the kill.
+    for &i in &survivors {
+        let told = all_of(&cluster.events(i)[mark[i]..], "sentry_changed").count();
+        assert!(told >= 1, "{} got no sentry_changed", cluster.node_name(i));
+    }
+}

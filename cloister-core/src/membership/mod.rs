@@ -53,6 +53,8 @@ pub struct Membership {
     state: NodeState,
     peers: BTreeMap<NodeName, Peer>,
     ring: Arc<Ring>,
+    /// The member up longest: see [`Membership::sentry`].
+    sentry: NodeName,
     rng: fastrand::Rng,
     effects: VecDeque<Effect>,
     next_resolve: Option<Duration>,
@@ -71,6 +73,7 @@ impl Membership {
         let ring = Arc::new(Ring::new([me.clone()], config.ring_vnodes));
         Membership {
             config,
+            sentry: me.clone(),
             me,
             incarnation,
             state: NodeState::Down,
@@ -104,6 +107,13 @@ impl Membership {
     /// The current ring: this node and every member.
     pub fn ring(&self) -> &Ring {
         &self.ring
+    }
+
+    /// The sentry: the member up longest (smallest incarnation), ties broken
+    /// by name. Derived from the membership, so every member that agrees on
+    /// the membership agrees on it, with no extra message.
+    pub fn sentry(&self) -> &NodeName {
+        &self.sentry
     }
 
     /// The current ring, shared: the runtime publishes it to lock-free readers.
@@ -149,6 +159,7 @@ impl Membership {
             members: self.ring.members().to_vec(),
             digest: self.ring.digest(),
             converged: self.converged(),
+            sentry: self.sentry.clone(),
         }
     }
 
@@ -457,6 +468,7 @@ impl Membership {
                     node: name.clone(),
                     incarnation: heartbeat.incarnation,
                 });
+                self.elect_sentry(); // a restarted sentry is the newest now
                 self.send_heartbeat(&name, false);
             }
             None => {
@@ -542,6 +554,22 @@ impl Membership {
             members: self.ring.members().to_vec(),
             digest: self.ring.digest(),
         });
+        self.elect_sentry();
+    }
+
+    /// Moves the sentry to the member up longest, telling subscribers.
+    fn elect_sentry(&mut self) {
+        let mine = (self.incarnation, &self.me);
+        let members = self
+            .peers
+            .iter()
+            .filter_map(|(name, p)| p.member.as_ref().map(|m| (m.incarnation, name)));
+        let (_, oldest) = members.fold(mine, |a, b| a.min(b));
+        if *oldest != self.sentry {
+            self.sentry = oldest.clone();
+            let sentry = self.sentry.clone();
+            self.publish(TopologyEvent::SentryChanged { sentry });
+        }
     }
 
     /// Applies the consensus rule to the current membership.

@@ -236,6 +236,9 @@ impl ManagerState {
             TopologyEvent::RingChanged { members, digest } => {
                 tracing::info!(%digest, members = members.len(), "ring changed");
             }
+            TopologyEvent::SentryChanged { sentry } => {
+                tracing::info!(%sentry, "sentry moved");
+            }
             TopologyEvent::Snapshot { .. } => {}
         }
         self.view.store(Arc::new(View {

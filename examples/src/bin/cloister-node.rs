@@ -217,6 +217,7 @@ fn print_event(me: &NodeName, event: &TopologyEvent) {
             json!({
                 "state": snapshot.state, "members": snapshot.members,
                 "ring_digest": snapshot.digest, "incarnation": snapshot.incarnation.to_string(),
+                "sentry": snapshot.sentry,
             }),
         ),
         TopologyEvent::StateChanged { from, to, snapshot } => emit(
@@ -224,6 +225,7 @@ fn print_event(me: &NodeName, event: &TopologyEvent) {
             "state_changed",
             json!({
                 "from": from, "to": to, "members": snapshot.members, "ring_digest": snapshot.digest,
+                "sentry": snapshot.sentry,
             }),
         ),
         TopologyEvent::NodeUp { node, incarnation } => {
@@ -235,6 +237,9 @@ fn print_event(me: &NodeName, event: &TopologyEvent) {
         }
         TopologyEvent::NodeDown { node, reason, .. } => {
             emit(me, "node_down", json!({ "peer": node, "reason": reason }));
+        }
+        TopologyEvent::SentryChanged { sentry } => {
+            emit(me, "sentry_changed", json!({ "sentry": sentry }));
         }
         TopologyEvent::RingChanged { members, digest } => {
             emit(

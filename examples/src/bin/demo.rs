@@ -189,6 +189,7 @@ fn describe(event: &Value) -> Option<String> {
             members(),
             text("ring_digest")
         ),
+        "sentry_changed" => format!("the sentry is now {}", short(&text("sentry"))),
         "app_started" => "consensus reached: the application started".to_string(),
         "startup_failed" => format!("startup failed: {}", text("error")),
         _ => return None,
