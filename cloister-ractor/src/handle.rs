@@ -1,5 +1,6 @@
 //! The ring handle: lock-free reads of the latest ring and view, from any thread.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -11,6 +12,9 @@ use cloister_core::{Digest, NodeName, NodeState, Ring, Snapshot};
 pub(crate) struct View {
     pub(crate) ring: Arc<Ring>,
     pub(crate) snapshot: Snapshot,
+    /// Ready ractor_cluster sessions by id: which node a remote actor is on
+    /// (a remote `ActorId`'s node is its session's id).
+    pub(crate) sessions: Arc<BTreeMap<u64, NodeName>>,
 }
 
 /// A cheap, cloneable handle on this node's view of the cluster.
@@ -38,6 +42,11 @@ pub struct Cloister {
 impl Cloister {
     pub(crate) fn new(view: Arc<ArcSwap<View>>, me: NodeName) -> Self {
         Cloister { view, me }
+    }
+
+    /// The whole current view, for the routing functions.
+    pub(crate) fn view(&self) -> arc_swap::Guard<Arc<View>> {
+        self.view.load()
     }
 
     /// This node's name.

@@ -55,6 +55,7 @@ mod error;
 mod handle;
 pub mod herald;
 mod manager;
+mod routing;
 mod sessions;
 mod subscribe;
 
@@ -63,4 +64,5 @@ pub use handle::Cloister;
 pub use manager::{
     Assembled, CloisterManager, CloisterMessage, Internal, ManagerState, StartOptions,
 };
+pub use routing::{join_group, Multicall, RouteError};
 pub use subscribe::{add_listener, await_consensus, subscribe, Listener, Subscriber};

@@ -259,6 +259,7 @@ impl Actor for CloisterManager {
         let view = Arc::new(ArcSwap::from_pointee(View {
             ring: machine.shared_ring(),
             snapshot: machine.snapshot(),
+            sessions: Arc::default(),
         }));
         tracing::info!(
             %incarnation, port = config.listen_port, consensus = config.consensus,

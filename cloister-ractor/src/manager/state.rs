@@ -115,12 +115,15 @@ impl ManagerState {
                     return;
                 };
                 self.sessions.insert(id, peer.clone());
+                self.store_view();
                 let session = SessionId(id);
                 self.feed(myself, Input::SessionUp { peer, session });
             }
             SessionEvent::Closed { id, peer } => {
                 self.handshakes.remove(&id);
-                self.sessions.remove(&id);
+                if self.sessions.remove(&id).is_some() {
+                    self.store_view();
+                }
                 let Some(peer) = peer.and_then(|p| p.parse::<NodeName>().ok()) else {
                     return;
                 };
@@ -128,6 +131,15 @@ impl ManagerState {
                 self.feed(myself, Input::SessionDown { peer, session });
             }
         }
+    }
+
+    /// Publishes the current ring, view and sessions to the handles.
+    pub(super) fn store_view(&self) {
+        self.view.store(Arc::new(View {
+            ring: self.machine.shared_ring(),
+            snapshot: self.machine.snapshot(),
+            sessions: Arc::new(self.sessions.clone()),
+        }));
     }
 
     /// Carries out every effect the machine has queued.
@@ -241,10 +253,7 @@ impl ManagerState {
             }
             TopologyEvent::Snapshot { .. } => {}
         }
-        self.view.store(Arc::new(View {
-            ring: self.machine.shared_ring(),
-            snapshot: self.machine.snapshot(),
-        }));
+        self.store_view();
         for listener in &self.listeners {
             if let TopologyEvent::StateChanged { from, to, snapshot } = &event {
                 listener.on_state_change(*from, *to, snapshot);

@@ -15,6 +15,7 @@ use cloister_core::config::figment::{self, Metadata, Profile, Provider};
 use cloister_core::{Config, NodeName, NodeState, TopologyEvent};
 use cloister_ractor::{Cloister, CloisterManager, CloisterMessage, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor_cluster::RactorClusterMessage;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -38,6 +39,16 @@ struct Args {
     #[arg(long)]
     #[serde(skip)]
     key_sample: Option<u32>,
+    /// Once the application runs, ask the owner of keys `key-0`..`key-{N-1}`
+    /// through `call_owner`, again and again, printing a `probe` line each round.
+    #[arg(long)]
+    #[serde(skip)]
+    probe_keys: Option<u32>,
+    /// Once the application runs, `multicall` every member's key owner
+    /// again and again, printing a `multicall` line each round.
+    #[arg(long)]
+    #[serde(skip)]
+    probe_multicall: bool,
 
     /// The application name (node names are `{node_name}@{host}`).
     #[arg(long)]
@@ -262,10 +273,12 @@ async fn print_owners(state: &PrinterState) {
         let mut owners: BTreeMap<&str, Option<NodeName>> = BTreeMap::new();
         for key in &state.show_keys {
             let asked = match &key_owner {
-                Some(actor) => ractor::call_t!(actor, KeyOwnerMsg::Owner, 1_000, key.clone()).ok(),
+                Some(actor) => ractor::call_t!(actor, KeyOwnerMsg::Owner, 1_000, key.clone())
+                    .ok()
+                    .and_then(|owner| owner.parse::<NodeName>().ok()),
                 None => None,
             };
-            owners.insert(key, asked.unwrap_or_else(|| ring.node_for(key).cloned()));
+            owners.insert(key, asked.or_else(|| ring.node_for(key).cloned()));
         }
         emit(
             me,
@@ -296,14 +309,21 @@ async fn print_owners(state: &PrinterState) {
     }
 }
 
-/// Answers whether this node owns a key; started only in an assembled cluster.
+/// Answers for the keys the ring gives its node; started only in an
+/// assembled cluster, and reachable from every node through the
+/// `key_owner` group.
 struct KeyOwner;
 
+/// What the key owner answers, from this node or any other.
+#[derive(RactorClusterMessage)]
 enum KeyOwnerMsg {
-    /// Replies with the owner of the key.
-    Owner(String, RpcReplyPort<Option<NodeName>>),
+    /// Replies with the owner of the key (empty if there is none).
+    #[rpc]
+    Owner(String, RpcReplyPort<String>),
+    /// Replies with this node's name.
+    #[rpc]
+    WhoAmI(RpcReplyPort<String>),
 }
-impl ractor::Message for KeyOwnerMsg {}
 
 impl Actor for KeyOwner {
     type Msg = KeyOwnerMsg;
@@ -312,9 +332,10 @@ impl Actor for KeyOwner {
 
     async fn pre_start(
         &self,
-        _: ActorRef<KeyOwnerMsg>,
+        myself: ActorRef<KeyOwnerMsg>,
         cloister: Cloister,
     ) -> Result<Cloister, ActorProcessingErr> {
+        cloister_ractor::join_group("key_owner", myself.get_cell());
         emit(cloister.me(), "app_started", json!({}));
         Ok(cloister)
     }
@@ -327,10 +348,76 @@ impl Actor for KeyOwner {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             KeyOwnerMsg::Owner(key, reply) => {
-                let _ = reply.send(cloister.node_for(key));
+                let owner = cloister.node_for(key).map(|n| n.to_string());
+                let _ = reply.send(owner.unwrap_or_default());
+            }
+            KeyOwnerMsg::WhoAmI(reply) => {
+                let _ = reply.send(cloister.me().to_string());
             }
         }
         Ok(())
+    }
+}
+
+/// Rounds of requests across the cluster, to show (and test) routing.
+struct Probe {
+    keys: Option<u32>,
+    multicall: bool,
+}
+
+impl Probe {
+    async fn run(self, cloister: Cloister) {
+        let me = cloister.me().clone();
+        let timeout = Duration::from_millis(500);
+        loop {
+            if let Some(n) = self.keys {
+                let (mut reached, mut errors, mut first_error) = (0u32, 0u32, None);
+                for i in 0..n {
+                    let key = format!("key-{i}");
+                    let expected = cloister.node_for(&key).map(|o| o.to_string());
+                    let asked = cloister
+                        .call_owner("key_owner", &key, KeyOwnerMsg::WhoAmI, timeout)
+                        .await;
+                    match asked {
+                        Ok(who) if Some(&who) == expected.as_ref() => reached += 1,
+                        Ok(who) => {
+                            errors += 1;
+                            first_error.get_or_insert(format!("{key}: answered by {who}"));
+                        }
+                        Err(error) => {
+                            errors += 1;
+                            first_error.get_or_insert(format!("{key}: {error}"));
+                        }
+                    }
+                }
+                emit(
+                    &me,
+                    "probe",
+                    json!({
+                        "keys": n, "reached_owner": reached, "errors": errors,
+                        "first_error": first_error, "ring_digest": cloister.digest(),
+                    }),
+                );
+            }
+            if self.multicall {
+                let answers = cloister
+                    .multicall("key_owner", KeyOwnerMsg::WhoAmI, timeout)
+                    .await;
+                let replies: Vec<String> =
+                    answers.replies.into_iter().map(|(_, who)| who).collect();
+                let failures: Vec<Value> = answers
+                    .failures
+                    .iter()
+                    .map(|(node, error)| json!({ "node": node, "error": error.to_string() }))
+                    .collect();
+                emit(
+                    &me,
+                    "multicall",
+                    json!({ "replies": replies, "failures": failures }),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 }
 
@@ -341,6 +428,7 @@ struct RootArgs {
     config: Config,
     show_keys: Vec<String>,
     key_sample: Option<u32>,
+    probe: Probe,
 }
 
 impl Actor for Root {
@@ -381,10 +469,13 @@ impl Actor for Root {
         Actor::spawn_linked(
             Some("key_owner".into()),
             KeyOwner,
-            cloister,
+            cloister.clone(),
             myself.get_cell(),
         )
         .await?;
+        if args.probe.keys.is_some() || args.probe.multicall {
+            tokio::spawn(args.probe.run(cloister));
+        }
         Ok(manager)
     }
 
@@ -424,6 +515,10 @@ async fn main() {
         config,
         show_keys: args.show_keys,
         key_sample: args.key_sample,
+        probe: Probe {
+            keys: args.probe_keys,
+            multicall: args.probe_multicall,
+        },
     };
     let (root, join) = match Actor::spawn(None, Root, root).await {
         Ok(spawned) => spawned,

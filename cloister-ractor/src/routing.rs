@@ -1,0 +1,272 @@
+//! Working across the cluster: reach the actor that owns a key, or a named
+//! group's actor on every member.
+//!
+//! A *group* is a name under which one actor per node joins (see
+//! [`join_group`]); it is a ractor `pg` group, so ractor_cluster shows each
+//! node's member to its peers. Lookups read one version of the ring and never
+//! block: when the owner's node is gone or has no actor in the group, the
+//! caller gets an error at once instead of a silent drop.
+//!
+//! Messages that cross nodes need a network-serializable type:
+//! `#[derive(ractor_cluster::RactorClusterMessage)]`, with `#[rpc]` on the
+//! variants that carry an `RpcReplyPort` (whose reply type, like every
+//! field, implements `ractor::BytesConvertable`).
+
+use std::time::Duration;
+
+use cloister_core::NodeName;
+use ractor::rpc::CallResult;
+use ractor::{ActorCell, ActorRef, Message, RpcReplyPort};
+
+use crate::handle::{Cloister, View};
+
+/// Why a message could not be routed. Nothing was sent unless said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The ring is empty: this node has left.
+    #[error("the ring has no members")]
+    EmptyRing,
+    /// The owner is a member, but no actor of the group runs on it.
+    #[error("no actor of group `{group}` on {node}")]
+    NoSuchActor {
+        /// The group asked for.
+        group: String,
+        /// The node that should have had one.
+        node: NodeName,
+    },
+    /// The node owned the key in the ring the caller read, but its session
+    /// has closed since: it is gone (or going) from the ring.
+    #[error("{0} is no longer connected")]
+    NodeGone(NodeName),
+    /// The message could not be sent (the actor stopped meanwhile).
+    #[error("sending to {node} failed: {reason}")]
+    SendFailed {
+        /// The node.
+        node: NodeName,
+        /// What ractor said.
+        reason: String,
+    },
+    /// No reply within the timeout.
+    #[error("{node} did not reply within {timeout:?}")]
+    Timeout {
+        /// The node.
+        node: NodeName,
+        /// The timeout given.
+        timeout: Duration,
+    },
+}
+
+/// The pg group cloister uses for a user's group name.
+fn pg_group(group: &str) -> String {
+    format!("cloister:group:{group}")
+}
+
+/// Adds `actor` to `group` on this node. One actor per node per group: the
+/// routing functions address the group's actor on a node.
+///
+/// ```no_run
+/// # fn demo(actor: ractor::ActorCell) {
+/// cloister_ractor::join_group("kv", actor);
+/// # }
+/// ```
+pub fn join_group(group: &str, actor: ActorCell) {
+    ractor::pg::join(pg_group(group), vec![actor]);
+}
+
+/// Every reply of a [`Cloister::multicall`], and every node that failed.
+#[derive(Debug)]
+pub struct Multicall<R> {
+    /// The replies, by node, in member order.
+    pub replies: Vec<(NodeName, R)>,
+    /// The members that did not reply, and why.
+    pub failures: Vec<(NodeName, RouteError)>,
+}
+
+impl View {
+    /// The group's actor on `node`, per this view.
+    fn actor_on(
+        &self,
+        me: &NodeName,
+        group: &str,
+        node: &NodeName,
+    ) -> Result<ActorCell, RouteError> {
+        let on_node = |cell: &ActorCell| {
+            let id = cell.get_id();
+            if id.is_local() {
+                node == me
+            } else {
+                self.sessions.get(&id.node()) == Some(node)
+            }
+        };
+        if let Some(cell) = ractor::pg::get_members(&pg_group(group))
+            .into_iter()
+            .find(on_node)
+        {
+            return Ok(cell);
+        }
+        if node != me && !self.sessions.values().any(|n| n == node) {
+            return Err(RouteError::NodeGone(node.clone()));
+        }
+        Err(RouteError::NoSuchActor {
+            group: group.to_string(),
+            node: node.clone(),
+        })
+    }
+}
+
+impl Cloister {
+    /// The owner of `key` and its actor in `group`.
+    ///
+    /// ```no_run
+    /// # enum Kv { Put(String) }
+    /// # impl ractor::Message for Kv {}
+    /// # fn demo(cloister: cloister_ractor::Cloister) -> Result<(), cloister_ractor::RouteError> {
+    /// let (owner, actor) = cloister.owner_of::<Kv>("kv", "user:42")?;
+    /// # let _ = (owner, actor); Ok(()) }
+    /// ```
+    pub fn owner_of<M: Message>(
+        &self,
+        group: &str,
+        key: impl AsRef<[u8]>,
+    ) -> Result<(NodeName, ActorRef<M>), RouteError> {
+        let view = self.view();
+        let owner = view
+            .ring
+            .node_for(key)
+            .ok_or(RouteError::EmptyRing)?
+            .clone();
+        let cell = view.actor_on(self.me(), group, &owner)?;
+        Ok((owner, cell.into()))
+    }
+
+    /// Sends `message` to the owner of `key` in `group`; returns the owner.
+    ///
+    /// ```no_run
+    /// # enum Kv { Put(String) }
+    /// # impl ractor::Message for Kv {}
+    /// # fn demo(cloister: cloister_ractor::Cloister) -> Result<(), cloister_ractor::RouteError> {
+    /// cloister.route("kv", "user:42", Kv::Put("hello".into()))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn route<M: Message>(
+        &self,
+        group: &str,
+        key: impl AsRef<[u8]>,
+        message: M,
+    ) -> Result<NodeName, RouteError> {
+        let (owner, actor) = self.owner_of::<M>(group, key)?;
+        actor
+            .send_message(message)
+            .map_err(|e| RouteError::SendFailed {
+                node: owner.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(owner)
+    }
+
+    /// Asks the owner of `key` in `group`, waiting at most `timeout`.
+    ///
+    /// ```no_run
+    /// # enum Kv { Get(String, ractor::RpcReplyPort<String>) }
+    /// # impl ractor::Message for Kv {}
+    /// # async fn demo(cloister: cloister_ractor::Cloister) -> Result<(), cloister_ractor::RouteError> {
+    /// let value: String = cloister
+    ///     .call_owner("kv", "user:42", |reply| Kv::Get("user:42".into(), reply),
+    ///                 std::time::Duration::from_millis(500))
+    ///     .await?;
+    /// # let _ = value; Ok(()) }
+    /// ```
+    pub async fn call_owner<M, R>(
+        &self,
+        group: &str,
+        key: impl AsRef<[u8]>,
+        request: impl FnOnce(RpcReplyPort<R>) -> M,
+        timeout: Duration,
+    ) -> Result<R, RouteError>
+    where
+        M: Message,
+        R: Send + 'static,
+    {
+        let (owner, actor) = self.owner_of::<M>(group, key)?;
+        call(owner, &actor, request, timeout).await
+    }
+
+    /// Sends `message` to the group's actor on every member, this node's
+    /// included (without a network hop); returns each member's outcome.
+    pub fn multicast<M: Message + Clone>(
+        &self,
+        group: &str,
+        message: M,
+    ) -> Vec<(NodeName, Result<(), RouteError>)> {
+        let view = self.view();
+        view.ring
+            .members()
+            .iter()
+            .map(|node| {
+                let sent = view.actor_on(self.me(), group, node).and_then(|cell| {
+                    ActorRef::<M>::from(cell)
+                        .send_message(message.clone())
+                        .map_err(|e| RouteError::SendFailed {
+                            node: node.clone(),
+                            reason: e.to_string(),
+                        })
+                });
+                (node.clone(), sent)
+            })
+            .collect()
+    }
+
+    /// Asks the group's actor on every member at once and waits at most
+    /// `timeout` for all of them: every reply with its node, and separately
+    /// every member that failed and why (timeout, gone, no such actor).
+    pub async fn multicall<M, R>(
+        &self,
+        group: &str,
+        request: impl Fn(RpcReplyPort<R>) -> M,
+        timeout: Duration,
+    ) -> Multicall<R>
+    where
+        M: Message,
+        R: Send + 'static,
+    {
+        let mut calls = Vec::new();
+        let mut failures = Vec::new();
+        {
+            let view = self.view();
+            for node in view.ring.members() {
+                match view.actor_on(self.me(), group, node) {
+                    Ok(cell) => calls.push((node.clone(), ActorRef::<M>::from(cell))),
+                    Err(error) => failures.push((node.clone(), error)),
+                }
+            }
+        }
+        let asked = calls
+            .iter()
+            .map(|(node, actor)| call(node.clone(), actor, &request, timeout));
+        let mut replies = Vec::new();
+        for ((node, _), outcome) in calls.iter().zip(futures::future::join_all(asked).await) {
+            match outcome {
+                Ok(reply) => replies.push((node.clone(), reply)),
+                Err(error) => failures.push((node.clone(), error)),
+            }
+        }
+        Multicall { replies, failures }
+    }
+}
+
+async fn call<M: Message, R: Send + 'static>(
+    node: NodeName,
+    actor: &ActorRef<M>,
+    request: impl FnOnce(RpcReplyPort<R>) -> M,
+    timeout: Duration,
+) -> Result<R, RouteError> {
+    match actor.call(request, Some(timeout)).await {
+        Ok(CallResult::Success(reply)) => Ok(reply),
+        Ok(CallResult::Timeout) => Err(RouteError::Timeout { node, timeout }),
+        Ok(CallResult::SenderError) => Err(RouteError::NodeGone(node)),
+        Err(error) => Err(RouteError::SendFailed {
+            node,
+            reason: error.to_string(),
+        }),
+    }
+}

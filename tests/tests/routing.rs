@@ -1,0 +1,83 @@
+//! Routing by key and multicall over real processes: each `cloister-node`
+//! runs a key-owner actor in the `key_owner` group and, with the probe
+//! flags, asks across the cluster in rounds, printing what it got.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cloister_examples::cluster::{all_of, DEFAULT_TIMEOUT};
+use cloister_tests::{cluster, ok, serial};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// A probe round in which every one of `keys` calls reached the key's owner.
+fn all_reached(events: &[Value], keys: u64) -> bool {
+    all_of(events, "probe").any(|e| e["reached_owner"] == keys && e["errors"] == 0)
+}
+
+fn call_owner_reaches_the_owner_of_every_key(nodes: usize) {
+    let _serial = serial();
+    let keys = 10_000;
+    let cluster = cluster(nodes)
+        .consensus(nodes)
+        .extra_args(["--probe-keys", &keys.to_string()])
+        .start()
+        .unwrap();
+    let all: Vec<usize> = (0..nodes).collect();
+    ok(cluster.wait_ready(&all, DEFAULT_TIMEOUT));
+    // Each node asks the owner of every key through `call_owner`; the owner
+    // answers with its name, which must be the name the caller's ring gave.
+    ok(
+        cluster.wait_until("every node reached every owner", DEADLINE, |c| {
+            all.iter().all(|&i| all_reached(&c.events(i), keys))
+        }),
+    );
+}
+
+#[test]
+fn call_owner_reaches_the_owner_of_10000_keys_on_3_nodes() {
+    call_owner_reaches_the_owner_of_every_key(3);
+}
+
+#[test]
+fn call_owner_reaches_the_owner_of_10000_keys_on_5_nodes() {
+    call_owner_reaches_the_owner_of_every_key(5);
+}
+
+#[test]
+fn multicall_names_a_paused_node_as_failed_and_returns_the_others() {
+    let _serial = serial();
+    // A long heartbeat timeout keeps the paused node a member: multicall
+    // itself has to notice it (its per-call timeout is 500 ms).
+    let cluster = cluster(3)
+        .consensus(3)
+        .extra_args(["--probe-multicall", "--heartbeat-timeout", "20s"])
+        .start()
+        .unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT));
+    let everyone = |e: &Value| e["replies"].as_array().is_some_and(|r| r.len() == 3);
+    ok(cluster.wait_for(0, DEFAULT_TIMEOUT, |events| {
+        all_of(events, "multicall").any(everyone)
+    }));
+
+    let paused = cluster.node_name(2).to_string();
+    let mark = cluster.event_count(0);
+    cluster.pause(2).unwrap();
+    let others_and_a_failure = |e: &Value| {
+        let replies = e["replies"].as_array().map(Vec::len);
+        let failed = e["failures"].as_array().is_some_and(|f| {
+            f.len() == 1
+                && f[0]["node"] == paused.as_str()
+                && f[0]["error"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("did not reply"))
+        });
+        replies == Some(2) && failed
+    };
+    let result = cluster.wait_for(0, DEFAULT_TIMEOUT, |events| {
+        all_of(&events[mark.min(events.len())..], "multicall").any(others_and_a_failure)
+    });
+    cluster.resume(2).unwrap();
+    ok(result);
+}
