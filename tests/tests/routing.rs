@@ -81,3 +81,53 @@ fn multicall_names_a_paused_node_as_failed_and_returns_the_others() {
     cluster.resume(2).unwrap();
     ok(result);
 }
+
+#[test]
+fn after_a_kill_calls_fail_with_an_error_then_reach_the_new_owner() {
+    let _serial = serial();
+    let keys = 2_000;
+    let mut cluster = cluster(3)
+        .consensus(2)
+        .extra_args(["--probe-keys", &keys.to_string()])
+        .start()
+        .unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT));
+    ok(
+        cluster.wait_until("every node reached every owner", DEADLINE, |c| {
+            (0..3).all(|i| all_reached(&c.events(i), keys))
+        }),
+    );
+    let victim = cluster.node_name(2).to_string();
+    let marks: Vec<usize> = (0..3).map(|i| cluster.event_count(i)).collect();
+    cluster.kill(2).unwrap();
+
+    // Once the survivors' rings have dropped the dead node, every key is
+    // reached at its new owner.
+    ok(
+        cluster.wait_until("survivors reach every new owner", DEADLINE, |c| {
+            [0, 1].iter().all(|&i| {
+                let events = c.events(i);
+                let after = &events[marks[i].min(events.len())..];
+                let dropped = all_of(after, "ring_changed").any(|e| {
+                    e["members"]
+                        .as_array()
+                        .is_some_and(|m| m.len() == 2 && !m.iter().any(|n| n == victim.as_str()))
+                });
+                dropped && all_reached(after, keys)
+            })
+        }),
+    );
+    // In between, a call for a dead node's key failed with an error that
+    // names the node; none hung, and none reached a wrong node.
+    for i in [0, 1] {
+        let events = cluster.events(i);
+        for probe in all_of(&events[marks[i]..], "probe") {
+            if let Some(error) = probe["first_error"].as_str() {
+                assert!(
+                    error.contains(&victim) && !error.contains("answered by"),
+                    "unexpected probe error on node {i}: {error}"
+                );
+            }
+        }
+    }
+}
