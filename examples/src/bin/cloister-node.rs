@@ -49,6 +49,12 @@ struct Args {
     #[arg(long)]
     #[serde(skip)]
     probe_multicall: bool,
+    /// Once the application runs, time N `call_owner` round trips against N
+    /// raw remote calls to the same actor, and multicall latency; print a
+    /// `bench_routing` line.
+    #[arg(long)]
+    #[serde(skip)]
+    bench_routing: Option<u32>,
 
     /// The application name (node names are `{node_name}@{host}`).
     #[arg(long)]
@@ -363,6 +369,7 @@ impl Actor for KeyOwner {
 struct Probe {
     keys: Option<u32>,
     multicall: bool,
+    bench: Option<u32>,
 }
 
 impl Probe {
@@ -421,6 +428,79 @@ impl Probe {
     }
 }
 
+/// Times `call_owner` against a raw remote call to the same actor, and
+/// `multicall`, then prints one `bench_routing` line.
+async fn bench_routing(cloister: Cloister, calls: u32) {
+    let me = cloister.me().clone();
+    let timeout = Duration::from_secs(2);
+    // Wait until every member's key owner answers.
+    for _ in 0..100 {
+        let answers = cloister
+            .multicall("key_owner", KeyOwnerMsg::WhoAmI, timeout)
+            .await;
+        if answers.failures.is_empty() && answers.replies.len() == cloister.members().len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(remote) = cloister.members().into_iter().find(|m| *m != me) else {
+        return emit(&me, "bench_routing", json!({ "error": "no other member" }));
+    };
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| cloister.node_for(k).as_ref() == Some(&remote))
+        .take(100)
+        .collect();
+    let Ok((_, actor)) = cloister.owner_of::<KeyOwnerMsg>("key_owner", &keys[0]) else {
+        return emit(
+            &me,
+            "bench_routing",
+            json!({ "error": "no key owner on the remote" }),
+        );
+    };
+    // Interleaved rounds, so load from elsewhere hits both alike.
+    let (mut raw, mut ours) = (Vec::new(), Vec::new());
+    let per_round = (calls / 10).max(1);
+    for _ in 0..10 {
+        let start = std::time::Instant::now();
+        for _ in 0..per_round {
+            let _ = actor.call(KeyOwnerMsg::WhoAmI, Some(timeout)).await;
+        }
+        raw.push(start.elapsed().as_secs_f64() * 1e6 / f64::from(per_round));
+        let start = std::time::Instant::now();
+        for i in 0..per_round {
+            let key = &keys[i as usize % keys.len()];
+            let _ = cloister
+                .call_owner("key_owner", key, KeyOwnerMsg::WhoAmI, timeout)
+                .await;
+        }
+        ours.push(start.elapsed().as_secs_f64() * 1e6 / f64::from(per_round));
+    }
+    let mut multicall = Vec::new();
+    for _ in 0..200 {
+        let start = std::time::Instant::now();
+        let _ = cloister
+            .multicall("key_owner", KeyOwnerMsg::WhoAmI, timeout)
+            .await;
+        multicall.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    emit(
+        &me,
+        "bench_routing",
+        json!({
+            "members": cloister.members().len(),
+            "calls": per_round * 10,
+            "raw_call_us": median(&mut raw),
+            "call_owner_us": median(&mut ours),
+            "multicall_us": median(&mut multicall),
+        }),
+    );
+}
+
 /// The node's supervisor: the Manager first, then the application.
 struct Root;
 
@@ -473,6 +553,9 @@ impl Actor for Root {
             myself.get_cell(),
         )
         .await?;
+        if let Some(calls) = args.probe.bench {
+            tokio::spawn(bench_routing(cloister.clone(), calls));
+        }
         if args.probe.keys.is_some() || args.probe.multicall {
             tokio::spawn(args.probe.run(cloister));
         }
@@ -518,6 +601,7 @@ async fn main() {
         probe: Probe {
             keys: args.probe_keys,
             multicall: args.probe_multicall,
+            bench: args.bench_routing,
         },
     };
     let (root, join) = match Actor::spawn(None, Root, root).await {
