@@ -28,20 +28,16 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 /// The figment version cloister-core is built with, for merging more providers
 /// (CLI flags, another file) into [`Config::figment`].
 pub use figment;
-use figment::error::Kind;
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::value::{Dict, Map, Value};
-use figment::{Figment, Metadata, Profile, Provider};
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::names::{Host, NameError, NodeName, SentryNode};
+use crate::names::{Host, NameError, NodeName};
 
 /// Why a configuration was refused. Building, loading or validating a config
 /// never changes anything else: on error there is simply no `Config`.
@@ -86,152 +82,11 @@ fn duration(value: Duration) -> String {
     humantime_serde::re::humantime::format_duration(value).to_string()
 }
 
-/// How a node finds its peers: cloister's `sentry`.
-///
-/// In files and environment variables a list is static nodes and a string is a
-/// DNS service name, except that a string containing `@` is a comma-separated
-/// node list (a DNS name never contains `@`). So these two lines mean the same,
-/// and so does `CLOISTER_SENTRY=node1@127.0.0.1:4001,node2@127.0.0.1:4002`:
-///
-/// ```toml
-/// sentry = ["node1@127.0.0.1:4001", "node2@127.0.0.1:4002"]
-/// sentry = "node1@127.0.0.1:4001,node2@127.0.0.1:4002"
-/// ```
-///
-/// The same rule parses text in code:
-///
-/// ```
-/// use cloister_core::Sentry;
-/// let nodes: Sentry = "node1@127.0.0.1:4001,node2@127.0.0.1:4002".parse()?;
-/// assert_eq!(nodes.nodes().map(<[_]>::len), Some(2));
-/// let srv: Sentry = "_node._tcp.cloister.default.svc.cluster.local".parse()?;
-/// assert!(srv.is_srv());
-/// # Ok::<(), cloister_core::ConfigError>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum Sentry {
-    /// A static list of `name@host:port` entries. It may include this node or
-    /// omit it.
-    Nodes(Vec<SentryNode>),
-    /// A DNS service name: its A/AAAA records, or its SRV records when it
-    /// starts with `_` (see [`Sentry::is_srv`]).
-    Service(String),
-}
+mod load;
+mod sentry;
 
-impl Sentry {
-    /// A static list from `name@host:port` texts; the error names the first bad
-    /// entry.
-    pub fn parse_nodes<I, S>(entries: I) -> Result<Sentry, ConfigError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let parse = |entry: S| {
-            let entry = entry.as_ref().trim();
-            let node = entry.parse::<SentryNode>();
-            node.map_err(|err| invalid("sentry", quoted(entry), err))
-        };
-        let nodes = entries.into_iter().map(parse).collect::<Result<_, _>>()?;
-        Ok(Sentry::Nodes(nodes))
-    }
-
-    /// The static list, or `None` for a service.
-    pub fn nodes(&self) -> Option<&[SentryNode]> {
-        match self {
-            Sentry::Nodes(nodes) => Some(nodes),
-            Sentry::Service(_) => None,
-        }
-    }
-
-    /// The DNS service name, or `None` for a static list.
-    pub fn service(&self) -> Option<&str> {
-        match self {
-            Sentry::Nodes(_) => None,
-            Sentry::Service(name) => Some(name),
-        }
-    }
-
-    /// Whether this is an SRV service name (`_node._tcp.example.local`), whose
-    /// records carry a port per peer.
-    pub fn is_srv(&self) -> bool {
-        self.service().is_some_and(|name| name.starts_with('_'))
-    }
-
-    fn check(&self) -> Result<(), ConfigError> {
-        match self {
-            Sentry::Nodes(nodes) if nodes.is_empty() => Err(invalid(
-                "sentry",
-                "[]",
-                "is required (it has no default): a list of `name@host:port` nodes \
-                 or a DNS service name",
-            )),
-            Sentry::Nodes(_) => Ok(()),
-            Sentry::Service(name) => match name.parse::<Host>() {
-                Ok(Host::Dns(_)) => Ok(()),
-                _ => Err(invalid(
-                    "sentry",
-                    quoted(name),
-                    "must be a DNS service name (labels of letters, digits, `-` and `_` \
-                     joined by dots; SRV names start with `_`) or `name@host:port` nodes",
-                )),
-            },
-        }
-    }
-}
-
-impl FromStr for Sentry {
-    type Err = ConfigError;
-
-    /// A comma-separated node list if the text contains `@`, else a service name.
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let sentry = if text.contains('@') {
-            Sentry::parse_nodes(text.split(',').filter(|entry| !entry.trim().is_empty()))?
-        } else {
-            Sentry::Service(text.trim().to_string())
-        };
-        sentry.check()?;
-        Ok(sentry)
-    }
-}
-
-impl<'de> Deserialize<'de> for Sentry {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(SentryVisitor)
-    }
-}
-
-/// Reads a string or a list of strings, so that a bad entry is reported as
-/// itself rather than as "data did not match any variant".
-struct SentryVisitor;
-
-impl<'de> Visitor<'de> for SentryVisitor {
-    type Value = Sentry;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(SENTRY)
-    }
-
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Sentry, E> {
-        text.parse().map_err(reason)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Sentry, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(entry) = seq.next_element::<String>()? {
-            entries.push(entry);
-        }
-        Sentry::parse_nodes(entries).map_err(reason)
-    }
-}
-
-/// Only the reason: the loader adds the field, the value and the source.
-fn reason<E: de::Error>(error: ConfigError) -> E {
-    match error {
-        ConfigError::Invalid { allowed, .. } => E::custom(allowed),
-        other => E::custom(other),
-    }
-}
+use load::{describe, EnvVars};
+pub use sentry::Sentry;
 
 /// Everything a node needs to join its cluster. Durations are written as
 /// humantime text in files and the environment: `"300ms"`, `"2s"`, `"1m 30s"`.
@@ -651,90 +506,6 @@ impl Config {
     /// Loads defaults < environment: `CLOISTER_SENTRY`, `CLOISTER_CONSENSUS`, ...
     pub fn from_env() -> Result<Config, ConfigError> {
         Config::load(None)
-    }
-}
-
-/// The `CLOISTER_<FIELD>` variables of known fields, as a figment provider.
-/// Text fields are taken as written (trimmed); other values are parsed as
-/// figment's `Env` parses them, so `[a, b]` is a list.
-struct EnvVars;
-
-impl Provider for EnvVars {
-    fn metadata(&self) -> Metadata {
-        let var =
-            |_: &Profile, keys: &[&str]| format!("CLOISTER_{}", keys.join("_").to_uppercase());
-        Metadata::named(ENV_SOURCE).interpolater(var)
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let names = FIELDS.map(|(name, _)| name);
-        let dict = Env::prefixed("CLOISTER_")
-            .only(&names)
-            .iter()
-            .filter(|(_, raw)| !raw.trim().is_empty())
-            .map(|(key, raw)| {
-                let value = if TEXT_FIELDS.contains(&key.as_str()) {
-                    Value::from(raw.trim().to_string())
-                } else {
-                    let Ok(value) = raw.parse::<Value>();
-                    value
-                };
-                (key.to_string(), value)
-            })
-            .collect();
-        Ok(Profile::Default.collect(dict))
-    }
-}
-
-/// One figment error as a sentence naming the key, the value and the source.
-fn describe(error: &figment::Error, figment: &Figment) -> String {
-    let origin = match &error.metadata {
-        Some(md) if md.name == ENV_SOURCE => {
-            let var = md.interpolate(&Profile::Default, error.path.get(..1).unwrap_or_default());
-            format!("{ENV_SOURCE} `{var}`")
-        }
-        Some(md) => match md.source.as_ref().and_then(|source| source.file_path()) {
-            Some(path) => format!("{} `{}`", md.name, path.display()),
-            None => md.name.to_string(),
-        },
-        None => "the configuration".to_string(),
-    };
-    let key = error.path.first();
-    let field = key.and_then(|key| FIELDS.iter().find(|(name, _)| name == key));
-    match (&error.kind, field) {
-        (Kind::UnknownField(key, _), _) => {
-            let known: Vec<String> = FIELDS.iter().map(|(name, _)| format!("`{name}`")).collect();
-            let known = known.join(", ");
-            format!("unknown key `{key}` in {origin}: the keys are {known}")
-        }
-        (kind, Some((name, allowed))) => {
-            let value = figment.find_value(name).map_or("?".into(), |v| render(&v));
-            let why = match kind {
-                Kind::Message(reason) => reason.clone(),
-                _ => format!("expected {allowed}"),
-            };
-            format!("invalid `{name}` = {value} in {origin}: {why}")
-        }
-        (kind, None) => format!("cannot load {origin}: {}", kind.to_string().trim_end()),
-    }
-}
-
-/// A value as it would be written in TOML.
-fn render(value: &Value) -> String {
-    use figment::error::Actual;
-    match value {
-        Value::String(_, text) => quoted(text),
-        Value::Array(_, items) => {
-            let items: Vec<String> = items.iter().map(render).collect();
-            format!("[{}]", items.join(", "))
-        }
-        other => match other.to_actual() {
-            Actual::Unsigned(n) => n.to_string(),
-            Actual::Signed(n) => n.to_string(),
-            Actual::Float(n) => n.to_string(),
-            Actual::Bool(b) => b.to_string(),
-            actual => actual.to_string(),
-        },
     }
 }
 
