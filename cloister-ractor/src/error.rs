@@ -1,7 +1,7 @@
 //! The errors the runtime gives its callers.
 
 use cloister_core::membership::AssemblyReport;
-use cloister_core::{ConfigError, NameError, NodeName};
+use cloister_core::{ConfigError, NameError};
 
 /// What can go wrong starting or using cloister. Each variant says what
 /// happened; none leaves a half-started node behind.
@@ -29,12 +29,6 @@ pub enum CloisterError {
     /// The Manager is gone (stopped or crashed); the call could not be made.
     #[error("the cloister manager is not running: {0}")]
     ManagerGone(String),
-    /// There is no member to own a key (this node has left, or the ring is empty).
-    #[error("the ring has no members")]
-    EmptyRing,
-    /// The node that owned the key is no longer a member.
-    #[error("{0} is no longer a member")]
-    NodeGone(NodeName),
 }
 
 fn describe_timeout(report: &AssemblyReport) -> String {

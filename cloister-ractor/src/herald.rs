@@ -8,7 +8,7 @@
 //! learns of a session, the peer's herald can be found.
 
 use cloister_core::{Heartbeat, NodeName};
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, BytesConvertable};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorClusterMessage;
 
 use crate::manager::{CloisterMessage, Internal};
@@ -33,31 +33,6 @@ pub(crate) fn group(app: &str) -> String {
 /// The registered name of the herald speaking for `node`.
 pub(crate) fn name(app: &str, node: &NodeName) -> String {
     format!("cloister:{app}:{node}")
-}
-
-/// Finds the herald of `peer` among the app's group members. While
-/// ractor_cluster replaces a duplicate session, the group can hold the peer's
-/// herald twice, once per session; the one on `current` (the session the
-/// membership machine counts) is preferred, because a message cast to the
-/// other is lost with its session.
-pub(crate) fn find(
-    app: &str,
-    peer: &NodeName,
-    current: Option<u64>,
-) -> Option<ActorRef<HeraldMessage>> {
-    let wanted = name(app, peer);
-    let mut found: Option<ActorCell> = None;
-    for cell in ractor::pg::get_members(&group(app)) {
-        let id = cell.get_id();
-        if id.is_local() || cell.get_name().as_deref() != Some(&*wanted) {
-            continue;
-        }
-        if current == Some(id.node()) {
-            return Some(cell.into());
-        }
-        found.get_or_insert(cell);
-    }
-    found.map(ActorRef::from)
 }
 
 /// Encodes a heartbeat for the wire.
@@ -96,7 +71,3 @@ impl Actor for Herald {
         Ok(())
     }
 }
-
-// `Vec<u8>` already converts to and from bytes; this keeps the import used
-// where the derive expands.
-const _: fn(Vec<u8>) -> Vec<u8> = <Vec<u8> as BytesConvertable>::into_bytes;

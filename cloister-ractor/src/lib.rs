@@ -55,6 +55,7 @@ mod error;
 mod handle;
 pub mod herald;
 mod manager;
+mod members;
 mod routing;
 mod sessions;
 mod subscribe;

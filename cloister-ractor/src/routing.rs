@@ -19,6 +19,7 @@ use ractor::rpc::CallResult;
 use ractor::{ActorCell, ActorRef, Message, RpcReplyPort};
 
 use crate::handle::{Cloister, View};
+use crate::members::member_on;
 
 /// Why a message could not be routed. Nothing was sent unless said.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,18 +91,7 @@ impl View {
         group: &str,
         node: &NodeName,
     ) -> Result<ActorCell, RouteError> {
-        let on_node = |cell: &ActorCell| {
-            let id = cell.get_id();
-            if id.is_local() {
-                node == me
-            } else {
-                self.sessions.get(&id.node()) == Some(node)
-            }
-        };
-        if let Some(cell) = ractor::pg::get_members(&pg_group(group))
-            .into_iter()
-            .find(on_node)
-        {
+        if let Some(cell) = member_on(&pg_group(group), node, me, &self.sessions) {
             return Ok(cell);
         }
         if node != me && !self.sessions.values().any(|n| n == node) {

@@ -17,6 +17,7 @@ use ractor_cluster::{NodeServerMessage, NodeSessionMessage};
 use crate::discovery::Discovery;
 use crate::handle::View;
 use crate::herald;
+use crate::members::member_on;
 use crate::sessions::SessionEvent;
 use crate::subscribe::{EventPort, Listener, Published};
 
@@ -65,6 +66,7 @@ impl ManagerState {
                 let now = self.now();
                 self.machine.handle_timeout(now);
                 self.apply(myself);
+                self.log_progress();
                 self.expire_waiters();
                 self.expire_handshakes();
             }
@@ -155,14 +157,11 @@ impl ManagerState {
                 }
                 Effect::SendHeartbeat { to, heartbeat } => {
                     // The newest ready session with this peer (ids only grow).
-                    let current = self
-                        .sessions
-                        .iter()
-                        .rev()
-                        .find(|(_, name)| **name == to)
-                        .map(|(id, _)| *id);
-                    match herald::find(&self.config.app, &to, current) {
+                    let group = herald::group(&self.config.app);
+                    let me = self.machine.name();
+                    match member_on(&group, &to, me, &self.sessions).map(ActorRef::from) {
                         Some(herald) => {
+                            let herald: ActorRef<herald::HeraldMessage> = herald;
                             let _ = herald.cast(herald::encode(&heartbeat));
                         }
                         None => tracing::trace!(peer = %to, "no cloister herald on this peer yet"),
@@ -276,8 +275,8 @@ impl ManagerState {
         }
     }
 
-    /// Answers waiters whose deadline passed, and logs what assembly waits for.
-    pub(super) fn expire_waiters(&mut self) {
+    /// Logs what assembly waits for, when that changed.
+    pub(super) fn log_progress(&mut self) {
         if self.machine.state() == NodeState::Assembling {
             let report = self.machine.report();
             let progress = progress_line(&report);
@@ -286,6 +285,10 @@ impl ManagerState {
                 self.last_progress = progress;
             }
         }
+    }
+
+    /// Answers waiters whose deadline passed with what assembly waited for.
+    pub(super) fn expire_waiters(&mut self) {
         let now = Instant::now();
         if self.waiters.iter().any(|(deadline, _)| *deadline <= now) {
             let report = Box::new(self.machine.report());
