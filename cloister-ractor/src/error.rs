@@ -5,6 +5,25 @@ use cloister_core::{ConfigError, NameError};
 
 /// What can go wrong starting or using cloister. Each variant says what
 /// happened; none leaves a half-started node behind.
+///
+/// # Examples
+///
+/// Say which peers were missing when the cluster did not assemble in time:
+///
+/// ```no_run
+/// use cloister_ractor::{CloisterError, CloisterManager};
+/// # async fn example(config: cloister_core::Config) {
+/// match CloisterManager::spawn(None, config).await {
+///     Ok((_manager, cloister, _)) => println!("ready as {}", cloister.me()),
+///     Err(CloisterError::ConsensusTimeout(report)) => {
+///         for peer in &report.missing {
+///             eprintln!("{} not connected: {}", peer.name, peer.why);
+///         }
+///     }
+///     Err(error) => eprintln!("cannot start: {error}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum CloisterError {
     /// The configuration is invalid; nothing was started.

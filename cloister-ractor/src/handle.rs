@@ -29,7 +29,7 @@ pub(crate) struct View {
 /// match cloister.node_for("user:42") {
 ///     Some(owner) if owner == *cloister.me() => { /* handle it here */ }
 ///     Some(owner) => { /* forward to owner */ let _ = owner; }
-///     None => { /* this node has left the cluster */ }
+///     None => { /* an empty ring: not published, the ring always holds this node */ }
 /// }
 /// # }
 /// ```
@@ -50,17 +50,55 @@ impl Cloister {
     }
 
     /// This node's name.
+    ///
+    /// # Examples
+    ///
+    /// Print this node's name, or compare an owner with it:
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// println!("running as {}", cloister.me()); // e.g. `shop@10.0.0.1`
+    /// let local = cloister.node_for("user:42").as_ref() == Some(cloister.me());
+    /// # let _ = local; }
+    /// ```
     pub fn me(&self) -> &NodeName {
         &self.me
     }
 
-    /// The member that owns `key`; `None` only when the ring is empty.
+    /// The member that owns `key`; `None` only when the ring is empty, which
+    /// the Manager never publishes (its ring always holds this node).
+    ///
+    /// # Examples
+    ///
+    /// Find where a key lives, from any thread, without an actor round trip:
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// if let Some(owner) = cloister.node_for("user:42") {
+    ///     println!("user:42 is kept on {owner}");
+    /// }
+    /// # }
+    /// ```
     pub fn node_for(&self, key: impl AsRef<[u8]>) -> Option<NodeName> {
         self.view.load().ring.node_for(key).cloned()
     }
 
     /// Up to `n` distinct members for `key`, its owner first: where to keep
     /// replicas.
+    ///
+    /// # Examples
+    ///
+    /// Pick the owner and two replicas of a key (fewer in a smaller cluster):
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// let replicas = cloister.nodes_for("user:42", 3);
+    /// assert_eq!(replicas.first(), cloister.node_for("user:42").as_ref());
+    /// for node in &replicas[1..] {
+    ///     println!("copy to {node}");
+    /// }
+    /// # }
+    /// ```
     pub fn nodes_for(&self, key: impl AsRef<[u8]>, n: usize) -> Vec<NodeName> {
         self.view
             .load()
@@ -72,21 +110,72 @@ impl Cloister {
     }
 
     /// True when this node owns `key` (cloister's `mine?`).
+    ///
+    /// # Examples
+    ///
+    /// Keep only the keys this node is responsible for:
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister, keys: Vec<String>) {
+    /// let mine: Vec<String> = keys.into_iter().filter(|key| cloister.is_mine(key)).collect();
+    /// # let _ = mine; }
+    /// ```
     pub fn is_mine(&self, key: impl AsRef<[u8]>) -> bool {
         self.view.load().ring.node_for(key) == Some(&self.me)
     }
 
     /// The members, sorted, this node included.
+    ///
+    /// # Examples
+    ///
+    /// List the cluster, for a status page or a log line:
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// let members = cloister.members();
+    /// println!("{} member(s): {members:?}", members.len());
+    /// # }
+    /// ```
     pub fn members(&self) -> Vec<NodeName> {
         self.view.load().ring.members().to_vec()
     }
 
     /// The current ring itself, for many lookups against one version.
+    ///
+    /// # Examples
+    ///
+    /// Place a batch of keys against one ring, even if the topology changes
+    /// meanwhile:
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister, keys: &[&str]) {
+    /// let ring = cloister.ring();
+    /// for key in keys {
+    ///     println!("{key} -> {:?}", ring.node_for(key));
+    /// }
+    /// # }
+    /// ```
     pub fn ring(&self) -> Arc<Ring> {
         Arc::clone(&self.view.load().ring)
     }
 
-    /// This node's state.
+    /// This node's state. After [`CloisterMessage::Leave`] it is `Stopping`,
+    /// then `Stopped`, while the ring stays the last one published.
+    ///
+    /// [`CloisterMessage::Leave`]: crate::CloisterMessage::Leave
+    ///
+    /// # Examples
+    ///
+    /// Refuse work while the cluster is below `consensus`:
+    ///
+    /// ```no_run
+    /// use cloister_core::NodeState;
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// if cloister.state() != NodeState::Ready {
+    ///     eprintln!("not ready ({}), try again later", cloister.state());
+    /// }
+    /// # }
+    /// ```
     pub fn state(&self) -> NodeState {
         self.view.load().snapshot.state
     }
@@ -95,21 +184,70 @@ impl Cloister {
     /// (cloister's sentry). Every member that agrees on the membership (equal
     /// [`Cloister::digest`]) agrees on it, with no extra message; two sides of
     /// a partition each have their own.
+    ///
+    /// # Examples
+    ///
+    /// Say where singleton work runs:
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// println!("singleton jobs run on {}", cloister.sentry());
+    /// # }
+    /// ```
     pub fn sentry(&self) -> NodeName {
         self.view.load().snapshot.sentry.clone()
     }
 
     /// True when this node is the sentry.
+    ///
+    /// # Examples
+    ///
+    /// Run a periodic cleanup on exactly one member (per side of a partition):
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// if cloister.is_sentry() {
+    ///     // purge expired sessions cluster-wide
+    /// }
+    /// # }
+    /// ```
     pub fn is_sentry(&self) -> bool {
         self.view.load().snapshot.sentry == self.me
     }
 
     /// The digest of the current ring.
+    ///
+    /// # Examples
+    ///
+    /// Check that a peer places keys as this node does (given the same
+    /// `ring_vnodes`), from a digest it reported:
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister, peer_digest: cloister_core::Digest) {
+    /// if cloister.digest() != peer_digest {
+    ///     println!("rings differ: ours is {}", cloister.digest());
+    /// }
+    /// # }
+    /// ```
     pub fn digest(&self) -> Digest {
         self.view.load().ring.digest()
     }
 
     /// The whole view: state, members, digest, whether members agree.
+    ///
+    /// # Examples
+    ///
+    /// Report health from one consistent view:
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// let view = cloister.snapshot();
+    /// println!(
+    ///     "{} is {} with {}/{} members, converged: {}",
+    ///     view.node, view.state, view.members.len(), view.consensus, view.converged
+    /// );
+    /// # }
+    /// ```
     pub fn snapshot(&self) -> Snapshot {
         self.view.load().snapshot.clone()
     }

@@ -43,7 +43,7 @@
 //!
 //! ractor_cluster turns on ractor's `cluster` feature, which removes the
 //! blanket `impl Message for T`: in a binary that uses cloister, every actor
-//! message type needs `#[derive(ractor::RactorMessage)]` (or
+//! message type needs `#[derive(ractor_cluster::RactorMessage)]` (or
 //! `impl ractor::Message for MyMsg {}`) when it stays local, and
 //! `#[derive(ractor_cluster::RactorClusterMessage)]` when it crosses nodes
 //! (its fields must implement `ractor::BytesConvertable`).
@@ -59,6 +59,8 @@ mod members;
 mod routing;
 mod sessions;
 mod subscribe;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::CloisterError;
 pub use handle::Cloister;

@@ -13,13 +13,47 @@ use crate::manager::CloisterMessage;
 /// Manager, in event order, before subscribers are sent the event and before
 /// anyone waiting for consensus is released: keep it quick and never block.
 /// Its first `on_event` is a [`TopologyEvent::Snapshot`] of the view when it
-/// was added.
+/// was added. Add one with [`add_listener`], or from the start with
+/// [`StartOptions::listeners`](crate::StartOptions::listeners).
 pub trait Listener: Send + 'static {
     /// The node state changed from `from` to `to`; `snapshot` is the view
     /// right after.
+    ///
+    /// # Examples
+    ///
+    /// Log every state change:
+    ///
+    /// ```no_run
+    /// use cloister_core::{NodeState, Snapshot};
+    ///
+    /// struct LogStates;
+    /// impl cloister_ractor::Listener for LogStates {
+    ///     fn on_state_change(&self, from: NodeState, to: NodeState, snapshot: &Snapshot) {
+    ///         println!("{}: {from} -> {to}", snapshot.node);
+    ///     }
+    /// }
+    /// ```
     fn on_state_change(&self, from: NodeState, to: NodeState, snapshot: &Snapshot);
 
     /// Any topology event, state changes included. Does nothing by default.
+    ///
+    /// # Examples
+    ///
+    /// Log why members leave, besides the state changes:
+    ///
+    /// ```no_run
+    /// use cloister_core::{NodeState, Snapshot, TopologyEvent};
+    ///
+    /// struct LogDowns;
+    /// impl cloister_ractor::Listener for LogDowns {
+    ///     fn on_state_change(&self, _: NodeState, _: NodeState, _: &Snapshot) {}
+    ///     fn on_event(&self, event: &TopologyEvent) {
+    ///         if let TopologyEvent::NodeDown { node, reason, .. } = event {
+    ///             eprintln!("{node} left the ring: {reason}");
+    ///         }
+    ///     }
+    /// }
+    /// ```
     fn on_event(&self, _event: &TopologyEvent) {}
 }
 
@@ -37,7 +71,9 @@ pub(crate) type EventPort = OutputPort<Published>;
 /// Hands the first event to a subscriber, then subscribes it to the port.
 type Attach = Box<dyn FnOnce(&EventPort, TopologyEvent) + Send>;
 
-/// A pending subscription: the converter and the receiver, erased.
+/// A pending subscription: the converter and the receiver, erased. Only
+/// [`subscribe`] makes one (and sends it to the Manager itself); it is public
+/// because [`CloisterMessage::Subscribe`] carries it.
 pub struct Subscriber(Attach);
 
 impl Subscriber {
@@ -53,14 +89,23 @@ impl Subscriber {
 /// The first event is always [`TopologyEvent::Snapshot`] with the current
 /// view, then every change in order.
 ///
+/// # Examples
+///
+/// Send an actor the initial view and every ring change, skipping the rest:
+///
 /// ```no_run
+/// use cloister_core::TopologyEvent;
 /// # use ractor::ActorRef;
-/// # use cloister_core::TopologyEvent;
-/// enum MyMsg { Topology(TopologyEvent) }
-/// impl ractor::Message for MyMsg {}
-/// # fn demo(manager: &ActorRef<cloister_ractor::CloisterMessage>, me: ActorRef<MyMsg>) {
-/// cloister_ractor::subscribe(manager, me, |event| Some(MyMsg::Topology(event))).unwrap();
-/// # }
+///
+/// enum AppMsg { Topology(TopologyEvent) }
+/// impl ractor::Message for AppMsg {}
+///
+/// # fn demo(manager: &ActorRef<cloister_ractor::CloisterMessage>, app: ActorRef<AppMsg>) -> Result<(), cloister_ractor::CloisterError> {
+/// cloister_ractor::subscribe(manager, app, |event| match event {
+///     TopologyEvent::Snapshot { .. } | TopologyEvent::RingChanged { .. } => Some(AppMsg::Topology(event)),
+///     _ => None,
+/// })?;
+/// # Ok(()) }
 /// ```
 pub fn subscribe<M, F>(
     manager: &ActorRef<CloisterMessage>,
@@ -83,7 +128,28 @@ where
         .map_err(|e| CloisterError::ManagerGone(e.to_string()))
 }
 
-/// Adds a callback [`Listener`] to `manager`.
+/// Adds a callback [`Listener`] to `manager`. Its first event is a snapshot
+/// of the view at that moment.
+///
+/// # Examples
+///
+/// Warn when the cluster falls below `consensus`:
+///
+/// ```no_run
+/// use cloister_core::{NodeState, Snapshot};
+///
+/// struct BelowConsensus;
+/// impl cloister_ractor::Listener for BelowConsensus {
+///     fn on_state_change(&self, _: NodeState, to: NodeState, view: &Snapshot) {
+///         if to == NodeState::Rehashing {
+///             eprintln!("only {} of {} members", view.members.len(), view.consensus);
+///         }
+///     }
+/// }
+/// # fn demo(manager: &ractor::ActorRef<cloister_ractor::CloisterMessage>) -> Result<(), cloister_ractor::CloisterError> {
+/// cloister_ractor::add_listener(manager, BelowConsensus)?;
+/// # Ok(()) }
+/// ```
 pub fn add_listener(
     manager: &ActorRef<CloisterMessage>,
     listener: impl Listener,
@@ -93,8 +159,21 @@ pub fn add_listener(
         .map_err(|e| CloisterError::ManagerGone(e.to_string()))
 }
 
-/// Waits until `manager`'s node is `Ready`; fails with the assembly report
-/// once `startup_deadline` passes.
+/// Waits until `manager`'s node is `Ready` (answers at once if it is); fails
+/// with [`CloisterError::ConsensusTimeout`] and the assembly report if it is
+/// not `Ready` within `startup_deadline` of this call.
+///
+/// # Examples
+///
+/// After [`CloisterManager::spawn_unheld`](crate::CloisterManager::spawn_unheld),
+/// hold the rest of the boot until the cluster has assembled:
+///
+/// ```no_run
+/// # async fn example(manager: ractor::ActorRef<cloister_ractor::CloisterMessage>) -> Result<(), Box<dyn std::error::Error>> {
+/// let view = cloister_ractor::await_consensus(&manager).await?;
+/// println!("ready with {:?}", view.members);
+/// # Ok(()) }
+/// ```
 pub async fn await_consensus(
     manager: &ActorRef<CloisterMessage>,
 ) -> Result<Snapshot, CloisterError> {

@@ -65,8 +65,8 @@ pub enum CloisterMessage {
     NodeFor(String, RpcReplyPort<Option<NodeName>>),
     /// Replies with the peers that have a live ractor_cluster session.
     Sessions(RpcReplyPort<Vec<NodeName>>),
-    /// Subscribes an actor to topology events; build it with
-    /// [`crate::subscribe`].
+    /// Subscribes an actor to topology events; sent by [`crate::subscribe`],
+    /// the only way to make a [`Subscriber`].
     Subscribe(Subscriber),
     /// Adds a callback listener.
     AddListener(Box<dyn Listener>),
@@ -109,6 +109,29 @@ impl CloisterManager {
     /// At `startup_deadline` it stops what it started and fails with
     /// [`CloisterError::ConsensusTimeout`], which says whom it had and whom
     /// it could not reach, and why.
+    ///
+    /// # Examples
+    ///
+    /// Start the Manager first in your supervisor, so later children start in
+    /// an assembled cluster:
+    ///
+    /// ```no_run
+    /// use cloister_core::Config;
+    /// use cloister_ractor::{Cloister, CloisterManager};
+    /// # use ractor::{Actor, ActorProcessingErr, ActorRef};
+    /// # struct Root;
+    ///
+    /// impl Actor for Root {
+    /// #   type Msg = (); type State = Cloister; type Arguments = ();
+    ///     async fn pre_start(&self, myself: ActorRef<()>, _: ()) -> Result<Cloister, ActorProcessingErr> {
+    ///         let config = Config::nodes("shop", ["shop@10.0.0.1:4000", "shop@10.0.0.2:4000"])?
+    ///             .with_consensus(2);
+    ///         let (_manager, cloister, _) =
+    ///             CloisterManager::spawn_linked(Some("cloister".into()), config, myself.get_cell()).await?;
+    ///         Ok(cloister)
+    ///     }
+    /// }
+    /// ```
     pub async fn spawn_linked(
         name: Option<String>,
         config: Config,
@@ -127,6 +150,23 @@ impl CloisterManager {
     }
 
     /// [`CloisterManager::spawn_linked`] without a supervisor.
+    ///
+    /// # Examples
+    ///
+    /// Join the cluster from `main`, configured by `CLOISTER_*` environment
+    /// variables; returns once `consensus` members are connected:
+    ///
+    /// ```no_run
+    /// use cloister_core::Config;
+    /// use cloister_ractor::CloisterManager;
+    ///
+    /// #[tokio::main]
+    /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     let (_manager, cloister, _) = CloisterManager::spawn(None, Config::from_env()?).await?;
+    ///     println!("{} joined {:?}", cloister.me(), cloister.members());
+    ///     Ok(())
+    /// }
+    /// ```
     pub async fn spawn(
         name: Option<String>,
         config: Config,
@@ -146,6 +186,24 @@ impl CloisterManager {
     /// Spawns the Manager and returns at once, before consensus. Send
     /// [`CloisterMessage::AwaitConsensus`] (or use [`crate::await_consensus`])
     /// to wait for it later.
+    ///
+    /// # Examples
+    ///
+    /// Start at once, subscribe to topology events, then wait for consensus:
+    ///
+    /// ```no_run
+    /// use cloister_ractor::CloisterManager;
+    /// # enum AppMsg { Topology(cloister_core::TopologyEvent) }
+    /// # impl ractor::Message for AppMsg {}
+    /// # async fn example(config: cloister_core::Config, app: ractor::ActorRef<AppMsg>) -> Result<(), Box<dyn std::error::Error>> {
+    ///
+    /// let (manager, cloister, _) = CloisterManager::spawn_unheld(None, config, None).await?;
+    /// println!("{} started, {}", cloister.me(), cloister.state());
+    /// // `app` sees the assembly as it happens.
+    /// cloister_ractor::subscribe(&manager, app, |event| Some(AppMsg::Topology(event)))?;
+    /// cloister_ractor::await_consensus(&manager).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn spawn_unheld(
         name: Option<String>,
         config: Config,
@@ -167,6 +225,30 @@ impl CloisterManager {
     /// whether to hold until consensus, and listeners that see every event
     /// from the very first (a listener added later with [`crate::add_listener`]
     /// sees a snapshot, then what follows).
+    ///
+    /// # Examples
+    ///
+    /// Start held until consensus, with a listener that sees every event from
+    /// the first:
+    ///
+    /// ```no_run
+    /// use cloister_ractor::{CloisterManager, StartOptions};
+    /// # use cloister_core::{NodeState, Snapshot};
+    /// # struct LogStates;
+    /// # impl cloister_ractor::Listener for LogStates {
+    /// #     fn on_state_change(&self, _: NodeState, _: NodeState, _: &Snapshot) {}
+    /// # }
+    /// # async fn example(config: cloister_core::Config) -> Result<(), Box<dyn std::error::Error>> {
+    ///
+    /// let options = StartOptions {
+    ///     name: Some("cloister".into()),
+    ///     hold: true,
+    ///     listeners: vec![Box::new(LogStates)],
+    ///     ..StartOptions::default()
+    /// };
+    /// let (manager, cloister, _) = CloisterManager::start(config, options).await?;
+    /// # let _ = (manager, cloister); Ok(()) }
+    /// ```
     pub async fn start(
         config: Config,
         options: StartOptions,
