@@ -24,7 +24,8 @@ use crate::members::member_on;
 /// Why a message could not be routed. Nothing was sent unless said.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    /// The ring is empty: this node has left.
+    /// The ring is empty. Not expected from a [`Cloister`]: the Manager's
+    /// ring always holds this node, even after it leaves.
     #[error("the ring has no members")]
     EmptyRing,
     /// The owner is a member, but no actor of the group runs on it.
@@ -65,10 +66,24 @@ fn pg_group(group: &str) -> String {
 /// Adds `actor` to `group` on this node. One actor per node per group: the
 /// routing functions address the group's actor on a node.
 ///
+/// # Examples
+///
+/// Make an actor this node's `kv` actor, reachable by key from every node:
+///
 /// ```no_run
-/// # fn demo(actor: ractor::ActorCell) {
-/// cloister_ractor::join_group("kv", actor);
-/// # }
+/// use ractor::{Actor, ActorProcessingErr, ActorRef};
+/// # struct KvShard;
+/// # #[derive(ractor_cluster::RactorClusterMessage)]
+/// # enum KvMsg { Put(String, String) }
+///
+/// impl Actor for KvShard {
+/// #   type Msg = KvMsg; type State = (); type Arguments = ();
+/// #   async fn handle(&self, _: ActorRef<KvMsg>, _: KvMsg, _: &mut ()) -> Result<(), ActorProcessingErr> { Ok(()) }
+///     async fn pre_start(&self, myself: ActorRef<KvMsg>, _: ()) -> Result<(), ActorProcessingErr> {
+///         cloister_ractor::join_group("kv", myself.get_cell());
+///         Ok(())
+///     }
+/// }
 /// ```
 pub fn join_group(group: &str, actor: ActorCell) {
     ractor::pg::join(pg_group(group), vec![actor]);
@@ -105,14 +120,49 @@ impl View {
 }
 
 impl Cloister {
-    /// The owner of `key` and its actor in `group`.
+    /// The group's actor on a given member: for replicas (the nodes of
+    /// [`Cloister::nodes_for`]) or for placement the application keeps
+    /// itself. This node's own actor comes without a network hop.
+    ///
+    /// # Examples
+    ///
+    /// Put a key on its owner and on the next node of the ring:
     ///
     /// ```no_run
-    /// # enum Kv { Put(String) }
-    /// # impl ractor::Message for Kv {}
-    /// # fn demo(cloister: cloister_ractor::Cloister) -> Result<(), cloister_ractor::RouteError> {
-    /// let (owner, actor) = cloister.owner_of::<Kv>("kv", "user:42")?;
-    /// # let _ = (owner, actor); Ok(()) }
+    /// # #[derive(ractor_cluster::RactorClusterMessage)]
+    /// # enum KvMsg { Put(String, String) }
+    /// # fn demo(cloister: cloister_ractor::Cloister) -> Result<(), Box<dyn std::error::Error>> {
+    /// for node in cloister.nodes_for("user:42", 2) {
+    ///     let kv = cloister.actor_on::<KvMsg>("kv", &node)?;
+    ///     kv.cast(KvMsg::Put("user:42".into(), "Ada".into()))?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn actor_on<M: Message>(
+        &self,
+        group: &str,
+        node: &NodeName,
+    ) -> Result<ActorRef<M>, RouteError> {
+        let cell = self.view().actor_on(self.me(), group, node)?;
+        Ok(cell.into())
+    }
+
+    /// The owner of `key` and its actor in `group`.
+    ///
+    /// # Examples
+    ///
+    /// Look the owner up once, then talk to its actor directly (`KvMsg`
+    /// derives `ractor_cluster::RactorClusterMessage`, as the owner is
+    /// usually on another node):
+    ///
+    /// ```no_run
+    /// # #[derive(ractor_cluster::RactorClusterMessage)]
+    /// # enum KvMsg { Put(String, String) }
+    /// # fn demo(cloister: cloister_ractor::Cloister) -> Result<(), Box<dyn std::error::Error>> {
+    /// let (owner, kv) = cloister.owner_of::<KvMsg>("kv", "user:42")?;
+    /// kv.cast(KvMsg::Put("user:42".into(), "Ada".into()))?;
+    /// println!("user:42 is kept on {owner}");
+    /// # Ok(()) }
     /// ```
     pub fn owner_of<M: Message>(
         &self,
@@ -131,12 +181,19 @@ impl Cloister {
 
     /// Sends `message` to the owner of `key` in `group`; returns the owner.
     ///
+    /// # Examples
+    ///
+    /// Fire and forget to whichever node owns the key:
+    ///
     /// ```no_run
-    /// # enum Kv { Put(String) }
-    /// # impl ractor::Message for Kv {}
+    /// #[derive(ractor_cluster::RactorClusterMessage)]
+    /// enum KvMsg {
+    ///     Put(String, String),
+    /// }
+    ///
     /// # fn demo(cloister: cloister_ractor::Cloister) -> Result<(), cloister_ractor::RouteError> {
-    /// cloister.route("kv", "user:42", Kv::Put("hello".into()))?;
-    /// # Ok(()) }
+    /// let owner = cloister.route("kv", "user:42", KvMsg::Put("user:42".into(), "Ada".into()))?;
+    /// # let _ = owner; Ok(()) }
     /// ```
     pub fn route<M: Message>(
         &self,
@@ -156,14 +213,23 @@ impl Cloister {
 
     /// Asks the owner of `key` in `group`, waiting at most `timeout`.
     ///
+    /// # Examples
+    ///
+    /// Read a value from the node that owns it (`#[rpc]` marks the variant
+    /// that carries the reply port):
+    ///
     /// ```no_run
-    /// # enum Kv { Get(String, ractor::RpcReplyPort<String>) }
-    /// # impl ractor::Message for Kv {}
+    /// use std::time::Duration;
+    ///
+    /// #[derive(ractor_cluster::RactorClusterMessage)]
+    /// enum KvMsg {
+    ///     #[rpc]
+    ///     Get(String, ractor::RpcReplyPort<String>),
+    /// }
+    ///
     /// # async fn demo(cloister: cloister_ractor::Cloister) -> Result<(), cloister_ractor::RouteError> {
-    /// let value: String = cloister
-    ///     .call_owner("kv", "user:42", |reply| Kv::Get("user:42".into(), reply),
-    ///                 std::time::Duration::from_millis(500))
-    ///     .await?;
+    /// let get = |reply| KvMsg::Get("user:42".into(), reply);
+    /// let value = cloister.call_owner("kv", "user:42", get, Duration::from_millis(500)).await?;
     /// # let _ = value; Ok(()) }
     /// ```
     pub async fn call_owner<M, R>(
@@ -183,6 +249,22 @@ impl Cloister {
 
     /// Sends `message` to the group's actor on every member, this node's
     /// included (without a network hop); returns each member's outcome.
+    ///
+    /// # Examples
+    ///
+    /// Tell every node's `cache` actor to drop a key, and log the misses:
+    ///
+    /// ```no_run
+    /// # #[derive(ractor_cluster::RactorClusterMessage, Clone)]
+    /// # enum CacheMsg { Evict(String) }
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// for (node, sent) in cloister.multicast("cache", CacheMsg::Evict("user:42".into())) {
+    ///     if let Err(error) = sent {
+    ///         eprintln!("{node} not told: {error}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn multicast<M: Message + Clone>(
         &self,
         group: &str,
@@ -209,6 +291,24 @@ impl Cloister {
     /// Asks the group's actor on every member at once and waits at most
     /// `timeout` for all of them: every reply with its node, and separately
     /// every member that failed and why (timeout, gone, no such actor).
+    ///
+    /// # Examples
+    ///
+    /// Count the keys held across the cluster, naming the nodes that did not
+    /// answer:
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[derive(ractor_cluster::RactorClusterMessage)]
+    /// # enum KvMsg { #[rpc] Count(ractor::RpcReplyPort<u64>) }
+    /// # async fn demo(cloister: cloister_ractor::Cloister) {
+    /// let all = cloister.multicall("kv", KvMsg::Count, Duration::from_millis(500)).await;
+    /// let total: u64 = all.replies.iter().map(|(_, count)| count).sum();
+    /// for (node, error) in &all.failures {
+    ///     eprintln!("{node} not counted: {error}");
+    /// }
+    /// # let _ = total; }
+    /// ```
     pub async fn multicall<M, R>(
         &self,
         group: &str,

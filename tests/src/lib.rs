@@ -2,12 +2,13 @@
 //! built once per test binary, and the rule that clusters run one at a time.
 //!
 //! The tests themselves live in `tests/` and drive real processes through
-//! [`cloister_examples::cluster::LocalCluster`].
+//! [`cloister_ractor::testing::LocalCluster`].
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
-use cloister_examples::cluster::{LocalCluster, LocalClusterBuilder};
+use cloister_examples::build_node_binary;
+use cloister_ractor::testing::{LocalCluster, LocalClusterBuilder};
 
 /// Builds `cloister-node` (with `$CARGO`, in this workspace, debug profile)
 /// the first time it is asked for, and returns its path.
@@ -17,7 +18,7 @@ use cloister_examples::cluster::{LocalCluster, LocalClusterBuilder};
 /// hence the nested `cargo build`. Panics with cargo's error if it fails.
 pub fn ensure_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| match LocalCluster::build_binary() {
+    BINARY.get_or_init(|| match build_node_binary("cloister-node") {
         Ok(path) => path,
         Err(err) => panic!("cannot build cloister-node: {err}"),
     })
@@ -25,7 +26,7 @@ pub fn ensure_binary() -> &'static Path {
 
 /// A cluster builder of `size` nodes that runs the freshly built binary.
 pub fn cluster(size: usize) -> LocalClusterBuilder {
-    LocalCluster::builder(size).binary(ensure_binary())
+    LocalCluster::builder(ensure_binary(), size)
 }
 
 /// Holds the right to run a cluster: the nodes use 100 ms heartbeats and a

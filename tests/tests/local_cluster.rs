@@ -1,8 +1,8 @@
 //! End-to-end tests over real `cloister-node` processes on 127.0.0.1.
 //!
 //! Each test starts its own cluster through `LocalCluster` (free ports, a
-//! static sentry list of every node, `--preset tests` timers: 100 ms
-//! heartbeats, 500 ms heartbeat timeout) and asserts on the JSON events the
+//! static sentry list of every node, the test timers of
+//! `Config::for_tests`: 100 ms heartbeats, 500 ms heartbeat timeout) and asserts on the JSON events the
 //! nodes print. Waits have generous deadlines and nothing asserts how fast
 //! anything happens. Clusters run one at a time (see `serial`), and dropping
 //! a cluster kills its processes, also when an assertion fails.
@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
-use cloister_examples::cluster::{
+use cloister_ractor::testing::{
     all_of, last_of, process_exists, LocalCluster, DEFAULT_TIMEOUT as DEADLINE,
 };
 use cloister_tests::{cluster, ensure_binary, ok, serial};
@@ -197,7 +197,8 @@ fn consensus_holds_the_application_back_until_enough_nodes_are_connected() {
 fn a_node_that_misses_its_startup_deadline_reports_why_and_exits_1() {
     let _serial = serial();
     // node1 gets its 2 s deadline from the flag, node2 from the environment
-    // (which must win over `--preset tests`); node3 never comes.
+    // (set after the harness's own test timers, so it wins); node3 never
+    // comes.
     let mut cluster = cluster(3)
         .consensus(3)
         .env("CLOISTER_STARTUP_DEADLINE", "2s")
@@ -408,14 +409,9 @@ fn nodes_started_at_the_same_instant_end_with_one_session_per_pair() {
 #[test]
 fn a_panicking_test_leaves_no_process_behind() {
     let _serial = serial();
-    // The default binary is the one next to the test executable.
-    let built = ensure_binary().canonicalize().unwrap();
-    let found = LocalCluster::find_binary().map(|path| path.canonicalize().unwrap());
-    assert_eq!(found, Some(built));
-
     let (pids, log_dir) = (Mutex::new(Vec::new()), Mutex::new(None));
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let cluster = LocalCluster::builder(3).start().unwrap();
+        let cluster = cluster(3).start().unwrap();
         *pids.lock().unwrap() = cluster.pids();
         *log_dir.lock().unwrap() = Some(cluster.log_dir().to_path_buf());
         ok(cluster.wait_for(0, DEADLINE, |events| !events.is_empty()));
@@ -431,6 +427,62 @@ fn a_panicking_test_leaves_no_process_behind() {
     }
     // A panic keeps the logs for a post-mortem; this one was on purpose.
     std::fs::remove_dir_all(log_dir.into_inner().unwrap().unwrap()).unwrap();
+}
+
+/// Kills the child if the test fails before it exits.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_node_exits_when_its_harness_dies_without_unwinding() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    // A harness killed outright (SIGKILL, an aborting panic) runs no Drop;
+    // what it leaves is its end of each node's stdin, closed by the kernel.
+    // Played here by hand: start a node as LocalCluster would, read its
+    // first line, close its stdin.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut node = Reap(
+        Command::new(ensure_binary())
+            .env("CLOISTER_UNDER_HARNESS", "1")
+            .env("CLOISTER_NODE_NAME", "lonely")
+            .env("CLOISTER_LISTEN_PORT", port.to_string())
+            .env("CLOISTER_SENTRY", format!("lonely@127.0.0.1:{port}"))
+            .env("CLOISTER_CONSENSUS", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Kept open to the end: a node printing into a closed pipe would fail
+    // for that reason instead.
+    let mut lines = BufReader::new(node.0.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("\"snapshot\""), "first line: {first}");
+    assert!(process_exists(node.0.id()));
+
+    drop(node.0.stdin.take());
+    let mut status = None;
+    for _ in 0..2_000 {
+        status = node.0.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let status = status.expect("the node still runs 20 s after its stdin closed");
+    assert!(status.success(), "{status}");
 }
 
 /// Bytes that look random enough to a frame decoder (xorshift, fixed seed).

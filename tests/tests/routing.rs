@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use cloister_examples::cluster::{all_of, DEFAULT_TIMEOUT};
+use cloister_ractor::testing::{all_of, DEFAULT_TIMEOUT};
 use cloister_tests::{cluster, ok, serial};
 use serde_json::Value;
 

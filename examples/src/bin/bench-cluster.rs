@@ -24,9 +24,9 @@
 //! 4. Memory: 10 ready nodes idle for 5 s; VmRSS and VmHWM of each from
 //!    `/proc/<pid>/status`, and the CPU each used while idle.
 //!
-//! Configuration: `LocalCluster` always passes `--preset tests`; this program
+//! Configuration: `LocalCluster` sets the test timers as `CLOISTER_*` variables; this program
 //! overrides every timer back to `Config::default()` with `CLOISTER_*`
-//! variables (the environment outranks the preset) and passes
+//! variables (a builder's own variables come last and win) and passes
 //! `--heartbeat-interval`/`--heartbeat-timeout` explicitly, so the figures are
 //! those of the library defaults. `--tests-preset` keeps the test timers.
 //!
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use cloister_core::Config;
-use cloister_examples::cluster::{all_of, LocalCluster};
+use cloister_ractor::testing::{all_of, LocalCluster};
 use serde_json::Value;
 
 /// Times formation, failure detection and memory of real cloister-node processes.
@@ -50,7 +50,7 @@ struct Args {
     /// The cloister-node executable (default: build it with this program's profile).
     #[arg(long)]
     binary: Option<PathBuf>,
-    /// Keep the harness's `--preset tests` timers instead of the defaults.
+    /// Keep the harness's test timers instead of the defaults.
     #[arg(long)]
     tests_preset: bool,
     /// Repeats of the 3-node formation.
@@ -95,7 +95,8 @@ fn main() -> Result<()> {
     }
     let binary = match &args.binary {
         Some(path) => path.clone(),
-        None => LocalCluster::build_binary().context("building cloister-node")?,
+        None => cloister_examples::build_node_binary("cloister-node")
+            .context("building cloister-node")?,
     };
     let bench = Bench::new(binary, args.tests_preset);
     eprintln!("cloister-node: {}", bench.binary.display());
@@ -267,9 +268,8 @@ impl Bench {
     }
 
     fn cluster(&self, n: usize) -> Result<LocalCluster> {
-        let mut builder = LocalCluster::builder(n)
+        let mut builder = LocalCluster::builder(&self.binary, n)
             .consensus(n)
-            .binary(&self.binary)
             .extra_args(self.extra_args.iter().cloned());
         for (key, value) in &self.env {
             builder = builder.env(key, value);

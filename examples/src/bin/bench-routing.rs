@@ -12,20 +12,18 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use cloister_examples::cluster::{all_of, LocalCluster};
+use cloister_ractor::testing::{all_of, LocalCluster};
 
 fn main() -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; run with `cargo run --release` for real figures");
     }
-    let binary = LocalCluster::build_binary().context("building cloister-node")?;
+    let binary =
+        cloister_examples::build_node_binary("cloister-node").context("building cloister-node")?;
     println!("| members | raw remote call | call_owner | ratio | multicall |");
     println!("|---|---|---|---|---|");
     for n in [3, 10] {
-        let mut cluster = LocalCluster::builder(n)
-            .consensus(n)
-            .binary(&binary)
-            .build()?;
+        let mut cluster = LocalCluster::builder(&binary, n).consensus(n).build()?;
         for i in 1..n {
             cluster.start_node(i)?;
         }

@@ -1,18 +1,20 @@
 //! `cloister-node`: a demo node. It runs a supervisor with the cloister
 //! Manager and a small key-owner actor that starts only once the cluster is
 //! assembled, and writes one JSON object per line to stdout for every topology
-//! event. Logs go to stderr. Configured by `CLOISTER_*` variables, a TOML file
-//! and the flags below (flags win).
+//! event (`cloister_ractor::testing::EventLines`). Logs go to stderr.
+//! Configured by `CLOISTER_*` variables, a TOML file and the flags below
+//! (flags win), so `LocalCluster` drives it like any user's binary.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Parser;
 use cloister_core::config::figment::providers::Serialized;
 use cloister_core::config::figment::value::{Dict, Map};
 use cloister_core::config::figment::{self, Metadata, Profile, Provider};
-use cloister_core::{Config, NodeName, NodeState, TopologyEvent};
+use cloister_core::{Config, NodeName, TopologyEvent};
+use cloister_ractor::testing::EventLines;
 use cloister_ractor::{Cloister, CloisterManager, CloisterMessage, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorClusterMessage;
@@ -125,17 +127,8 @@ impl Provider for &Args {
 }
 
 /// Writes one JSON line to stdout.
-fn emit(node: &NodeName, event: &str, mut fields: Value) {
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
-    if let Value::Object(map) = &mut fields {
-        map.insert("event".into(), json!(event));
-        map.insert("node".into(), json!(node.to_string()));
-        map.insert("ts".into(), json!(ts));
-    }
-    println!("{fields}");
+fn emit(node: &NodeName, event: &str, fields: Value) {
+    cloister_ractor::testing::print_line(node, event, fields);
 }
 
 /// Reports a failed start once, on stdout (JSON) and stderr.
@@ -205,66 +198,6 @@ impl Actor for Printer {
             }
         }
         Ok(())
-    }
-}
-
-/// Writes every topology event as a JSON line, synchronously. The node's
-/// name comes with the first event, a snapshot.
-#[derive(Default)]
-struct EventLines(std::sync::OnceLock<NodeName>);
-
-impl cloister_ractor::Listener for EventLines {
-    fn on_state_change(&self, _: NodeState, _: NodeState, _: &cloister_core::Snapshot) {}
-
-    fn on_event(&self, event: &TopologyEvent) {
-        if let TopologyEvent::Snapshot { snapshot } = event {
-            let _ = self.0.set(snapshot.node.clone());
-        }
-        if let Some(me) = self.0.get() {
-            print_event(me, event);
-        }
-    }
-}
-
-fn print_event(me: &NodeName, event: &TopologyEvent) {
-    match event {
-        TopologyEvent::Snapshot { snapshot } => emit(
-            me,
-            "snapshot",
-            json!({
-                "state": snapshot.state, "members": snapshot.members,
-                "ring_digest": snapshot.digest, "incarnation": snapshot.incarnation.to_string(),
-                "sentry": snapshot.sentry,
-            }),
-        ),
-        TopologyEvent::StateChanged { from, to, snapshot } => emit(
-            me,
-            "state_changed",
-            json!({
-                "from": from, "to": to, "members": snapshot.members, "ring_digest": snapshot.digest,
-                "sentry": snapshot.sentry,
-            }),
-        ),
-        TopologyEvent::NodeUp { node, incarnation } => {
-            emit(
-                me,
-                "node_up",
-                json!({ "peer": node, "incarnation": incarnation.to_string() }),
-            );
-        }
-        TopologyEvent::NodeDown { node, reason, .. } => {
-            emit(me, "node_down", json!({ "peer": node, "reason": reason }));
-        }
-        TopologyEvent::SentryChanged { sentry } => {
-            emit(me, "sentry_changed", json!({ "sentry": sentry }));
-        }
-        TopologyEvent::RingChanged { members, digest } => {
-            emit(
-                me,
-                "ring_changed",
-                json!({ "members": members, "ring_digest": digest }),
-            );
-        }
     }
 }
 
@@ -587,6 +520,8 @@ async fn main() {
         )
         .init();
     let args = Args::parse();
+    // Under a test's LocalCluster: exit when the test goes away.
+    cloister_ractor::testing::exit_with_harness();
     let config = match load(&args) {
         Ok(config) => config,
         Err(error) => {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context};
-use cloister_examples::cluster::{last_of, LocalCluster};
+use cloister_ractor::testing::{last_of, LocalCluster};
 use serde_json::Value;
 
 const KEYS: &str = "user:1,user:2,user:3,order:42";
@@ -30,10 +30,10 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<()> {
     println!("Building cloister-node (the first run compiles it)...");
-    let binary = LocalCluster::build_binary().context("building cloister-node")?;
-    let mut cluster = LocalCluster::builder(3)
+    let binary =
+        cloister_examples::build_node_binary("cloister-node").context("building cloister-node")?;
+    let mut cluster = LocalCluster::builder(binary, 3)
         .consensus(3)
-        .binary(binary)
         .extra_args(["--show-keys", KEYS])
         .start()
         .context("starting three nodes")?;

@@ -1,9 +1,9 @@
-//! `LocalCluster`: a process harness that runs `cloister-node` processes on
-//! 127.0.0.1 and records what each one prints.
+//! [`LocalCluster`]: N processes of a binary on 127.0.0.1, and what they print.
 //!
 //! Every node gets a free TCP port and the same static sentry list of all the
 //! nodes (`node1@127.0.0.1:{port}` .. `nodeN@127.0.0.1:{port}`; node `i` is
-//! 0-based, so `node_name(0)` is `node1@127.0.0.1`). A thread per process reads
+//! 0-based, so `node_name(0)` is `node1@127.0.0.1`), passed with the rest of
+//! its configuration as `CLOISTER_*` variables. A thread per process reads
 //! its stdout, one JSON object per line, into an append-only event log; the
 //! log starts afresh at every (re)start of the node. Stderr goes to a file per
 //! node in a temporary directory, which is deleted when the cluster is dropped
@@ -12,30 +12,35 @@
 //!
 //! Everything here is synchronous (std threads and polling), so plain
 //! `#[test]`s can drive it. Every wait takes a timeout and, when it runs out,
-//! returns an error that shows each node's last events. Dropping the cluster kills (SIGKILL) and
-//! reaps every process it started, also while a test unwinds from a panic.
+//! returns an error that shows each node's last events. Dropping the cluster
+//! kills (SIGKILL) and reaps every process it started, also while a test
+//! unwinds from a panic; a node that calls
+//! [`exit_with_harness`](super::exit_with_harness) also exits when the test
+//! process dies without unwinding, because its stdin closes.
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use cloister_core::Config;
 use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 use serde_json::{json, Value};
 
-/// A timeout long enough for anything a healthy cluster does on loopback,
-/// even on a loaded two-core machine.
+use super::{last_digest, last_members, last_state, HARNESS_VAR};
+
+/// A timeout long enough for anything a healthy cluster does on loopback
+/// with the harness's timers, even on a loaded two-core machine.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How often waits look again: short next to any timer of `--preset tests`.
 const POLL: Duration = Duration::from_millis(10);
-const BINARY: &str = "cloister-node";
 const HOST: &str = "127.0.0.1";
 const VERBOSE_VAR: &str = "CLOISTER_HARNESS_VERBOSE";
 
@@ -44,7 +49,7 @@ const VERBOSE_VAR: &str = "CLOISTER_HARNESS_VERBOSE";
 pub struct LocalClusterBuilder {
     size: usize,
     consensus: usize,
-    binary: Option<PathBuf>,
+    binary: PathBuf,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
 }
@@ -53,12 +58,6 @@ impl LocalClusterBuilder {
     /// `--consensus` for every node. Default: the cluster size.
     pub fn consensus(mut self, consensus: usize) -> Self {
         self.consensus = consensus;
-        self
-    }
-
-    /// The `cloister-node` executable. Default: [`LocalCluster::find_binary`].
-    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
-        self.binary = Some(path.into());
         self
     }
 
@@ -72,8 +71,9 @@ impl LocalClusterBuilder {
         self
     }
 
-    /// An environment variable for every node. Inherited `CLOISTER_*`
-    /// variables are removed, so only these reach the nodes.
+    /// An environment variable for every node, set after the harness's own
+    /// (so `CLOISTER_HEARTBEAT_TIMEOUT` here wins). Inherited `CLOISTER_*`
+    /// variables are removed, so only the harness's and these reach the nodes.
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
         self
@@ -82,14 +82,10 @@ impl LocalClusterBuilder {
     /// Picks the ports and the log directory without starting any process:
     /// start nodes one by one with [`LocalCluster::start_node`].
     pub fn build(self) -> io::Result<LocalCluster> {
-        let binary = match self.binary.clone() {
-            Some(path) => path,
-            None => LocalCluster::find_binary().ok_or_else(|| {
-                let why = "cloister-node not found near the current executable: \
-                           run `cargo build -p cloister-examples --bin cloister-node`";
-                io::Error::new(io::ErrorKind::NotFound, why)
-            })?,
-        };
+        if !self.binary.is_file() {
+            let why = format!("no executable at {}", self.binary.display());
+            return Err(io::Error::new(io::ErrorKind::NotFound, why));
+        }
         let ports = free_ports(self.size)?;
         let sentry = (0..self.size)
             .map(|i| format!("{}:{}", name_of(i), ports[i]))
@@ -113,10 +109,7 @@ impl LocalClusterBuilder {
             })
             .collect();
         Ok(LocalCluster {
-            setup: LocalClusterBuilder {
-                binary: Some(binary),
-                ..self
-            },
+            setup: self,
             sentry,
             nodes,
             log_dir,
@@ -135,10 +128,22 @@ impl LocalClusterBuilder {
     }
 }
 
-/// `cloister-node` processes on 127.0.0.1 and what they printed.
+/// Processes of one binary on 127.0.0.1, each a cluster node, and what
+/// they printed. See the [module docs](super) for what the binary must do.
+///
+/// ```no_run
+/// use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+///
+/// // In an integration test of the package that builds `my-node`.
+/// let mut cluster = LocalCluster::builder(env!("CARGO_BIN_EXE_my-node"), 3).start()?;
+/// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
+/// cluster.kill(2)?;
+/// cluster.wait_ready(&[0, 1], DEFAULT_TIMEOUT)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct LocalCluster {
-    /// What the cluster was built with, `binary` resolved.
+    /// What the cluster was built with.
     setup: LocalClusterBuilder,
     /// All the nodes as `name@host:port`, given to each one as `--sentry`.
     sentry: String,
@@ -165,67 +170,24 @@ struct Node {
 #[derive(Debug)]
 struct Running {
     child: Child,
+    /// Held open while the process runs: a node watching it exits when it
+    /// closes (see `exit_with_harness`).
+    stdin: Option<ChildStdin>,
     reader: Option<JoinHandle<()>>,
 }
 
 impl LocalCluster {
-    /// A cluster of `size` nodes; see [`LocalClusterBuilder`].
-    pub fn builder(size: usize) -> LocalClusterBuilder {
+    /// A cluster of `size` nodes running `binary`; see [`LocalClusterBuilder`].
+    /// In an integration test, `env!("CARGO_BIN_EXE_<name>")` names a binary
+    /// of the same package, built by cargo before the test runs.
+    pub fn builder(binary: impl Into<PathBuf>, size: usize) -> LocalClusterBuilder {
         LocalClusterBuilder {
             size,
             consensus: size,
-            binary: None,
+            binary: binary.into(),
             extra_args: Vec::new(),
             env: Vec::new(),
         }
-    }
-
-    /// Looks for `cloister-node` next to the current executable and in
-    /// `target/{debug,release}` of each directory above it. Tests live in
-    /// `target/debug/deps`, examples in `target/debug`: both find the node
-    /// built with the same profile.
-    pub fn find_binary() -> Option<PathBuf> {
-        let exe = std::env::current_exe().ok()?;
-        let dirs = exe.ancestors().skip(1);
-        let near = dirs.clone().map(|dir| dir.join(BINARY));
-        let below = dirs.flat_map(|dir| {
-            ["debug", "release"].map(|profile| dir.join("target").join(profile).join(BINARY))
-        });
-        near.chain(below).find(|path| path.is_file())
-    }
-
-    /// Builds `cloister-node` with cargo (`$CARGO`, else `cargo` on the PATH)
-    /// in this workspace, with the profile of the running executable, and
-    /// returns the path cargo reports for it.
-    pub fn build_binary() -> io::Result<PathBuf> {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap_or(Path::new("."));
-        let mut command = Command::new(cargo);
-        command
-            .current_dir(workspace)
-            .args([
-                "build",
-                "--quiet",
-                "--message-format=json-render-diagnostics",
-            ])
-            .args(["-p", "cloister-examples", "--bin", BINARY]);
-        if !cfg!(debug_assertions) {
-            command.arg("--release");
-        }
-        let output = command.stderr(Stdio::inherit()).output()?;
-        if !output.status.success() {
-            let why = format!("cargo build of {BINARY} failed: {}", output.status);
-            return Err(io::Error::other(why));
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let executable = stdout
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|message| message["target"]["name"] == BINARY)
-            .find_map(|message| message["executable"].as_str().map(PathBuf::from));
-        executable.ok_or_else(|| io::Error::other(format!("cargo reported no {BINARY} executable")))
     }
 
     /// How many nodes the cluster has (started or not).
@@ -272,22 +234,23 @@ impl LocalCluster {
         let node = &self.nodes[i];
         let node_name = node.name.split('@').next().unwrap_or(&node.name);
         let setup = &self.setup;
-        let mut command = Command::new(setup.binary.as_deref().unwrap_or(Path::new(BINARY)));
+        let mut command = Command::new(&setup.binary);
         command
-            .args(["--node-name", node_name, "--advertised-host", HOST])
-            .args(["--listen-port", &node.port.to_string()])
-            .args(["--sentry", &self.sentry])
-            .args(["--consensus", &setup.consensus.to_string()])
-            .args(["--preset", "tests"])
             .args(&setup.extra_args)
             .args(&node.args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("CLOISTER_") {
                 command.env_remove(key);
             }
         }
+        command.envs(harness_env(
+            node_name,
+            node.port,
+            &self.sentry,
+            setup.consensus,
+        ));
         command.envs(setup.env.iter().map(|(k, v)| (k, v)));
         if self.verbose {
             command.stderr(Stdio::inherit());
@@ -309,8 +272,33 @@ impl LocalCluster {
         let node = &mut self.nodes[i];
         node.log = log;
         node.exit = None;
-        node.process = Some(Running { child, reader });
+        let stdin = child.stdin.take();
+        node.process = Some(Running {
+            child,
+            stdin,
+            reader,
+        });
         Ok(())
+    }
+
+    /// Writes `line` (a newline is added) to node `i`'s stdin, where the
+    /// node reads it from [`control_lines`](super::control_lines).
+    ///
+    /// ```no_run
+    /// # let cluster: cloister_ractor::testing::LocalCluster = todo!();
+    /// cluster.send_line(0, "put user:42 alice")?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn send_line(&self, i: usize, line: &str) -> io::Result<()> {
+        let node = &self.nodes[i];
+        let not_running = || {
+            let why = format!("{} is not running", node.name);
+            io::Error::new(io::ErrorKind::NotFound, why)
+        };
+        let running = node.process.as_ref().ok_or_else(not_running)?;
+        let mut stdin = running.stdin.as_ref().ok_or_else(not_running)?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()
     }
 
     /// Kills node `i` with SIGKILL and reaps it. Nothing happens if it is not
@@ -559,51 +547,6 @@ pub fn process_exists(pid: u32) -> bool {
     !matches!(test_kill_process(pid), Err(rustix::io::Errno::SRCH))
 }
 
-/// The last state in `events`: `to` of `state_changed`, `state` of `snapshot`.
-pub fn last_state(events: &[Value]) -> Option<String> {
-    events
-        .iter()
-        .rev()
-        .find_map(|event| match event["event"].as_str() {
-            Some("state_changed") => event["to"].as_str().map(str::to_string),
-            Some("snapshot") => event["state"].as_str().map(str::to_string),
-            _ => None,
-        })
-}
-
-/// The members of the last event that carries them, sorted.
-pub fn last_members(events: &[Value]) -> Option<Vec<String>> {
-    let members = events
-        .iter()
-        .rev()
-        .find_map(|event| event["members"].as_array())?;
-    let mut names: Vec<String> = members
-        .iter()
-        .filter_map(|name| name.as_str().map(str::to_string))
-        .collect();
-    names.sort();
-    Some(names)
-}
-
-/// The ring digest of the last event that carries members.
-pub fn last_digest(events: &[Value]) -> Option<String> {
-    let event = events
-        .iter()
-        .rev()
-        .find(|event| event["members"].is_array())?;
-    event["ring_digest"].as_str().map(str::to_string)
-}
-
-/// The last event of this kind (`"sessions"`, `"owners_digest"`, ...).
-pub fn last_of<'a>(events: &'a [Value], kind: &str) -> Option<&'a Value> {
-    events.iter().rev().find(|event| event["event"] == kind)
-}
-
-/// The events of this kind, in order.
-pub fn all_of<'a>(events: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-    events.iter().filter(move |event| event["event"] == kind)
-}
-
 /// An event on one line without the fields every line has.
 fn brief(event: &Value) -> String {
     let mut event = event.clone();
@@ -612,6 +555,37 @@ fn brief(event: &Value) -> String {
         fields.remove("ts");
     }
     event.to_string()
+}
+
+/// The environment that makes a binary node `node_name` of the cluster:
+/// its name and port, the sentry list, consensus, and the short timers of
+/// [`Config::for_tests`] (100 ms heartbeats, a 500 ms timeout).
+fn harness_env(
+    node_name: &str,
+    port: u16,
+    sentry: &str,
+    consensus: usize,
+) -> Vec<(String, String)> {
+    let timers = Config::for_tests();
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    [
+        (HARNESS_VAR, "1".to_string()),
+        ("CLOISTER_NODE_NAME", node_name.to_string()),
+        ("CLOISTER_ADVERTISED_HOST", HOST.to_string()),
+        ("CLOISTER_LISTEN_PORT", port.to_string()),
+        ("CLOISTER_SENTRY", sentry.to_string()),
+        ("CLOISTER_CONSENSUS", consensus.to_string()),
+        ("CLOISTER_DISCOVERY_TICK", ms(timers.discovery_tick)),
+        ("CLOISTER_DIAL_BACKOFF_MIN", ms(timers.dial_backoff_min)),
+        ("CLOISTER_DIAL_BACKOFF_MAX", ms(timers.dial_backoff_max)),
+        ("CLOISTER_DIAL_TIMEOUT", ms(timers.dial_timeout)),
+        ("CLOISTER_HEARTBEAT_INTERVAL", ms(timers.heartbeat_interval)),
+        ("CLOISTER_HEARTBEAT_TIMEOUT", ms(timers.heartbeat_timeout)),
+        ("CLOISTER_STARTUP_DEADLINE", ms(timers.startup_deadline)),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_string(), value))
+    .collect()
 }
 
 fn name_of(i: usize) -> String {

@@ -1,0 +1,269 @@
+//! `kv-node`: a clustered key-value store in one small file.
+//!
+//! Every key lives on the two nodes `nodes_for(key, 2)` gives: its owner and
+//! the next node on the ring. Each node's store is a `kv` group actor. When
+//! the ring changes or a node comes up, every store hands each key it holds
+//! to the nodes that should hold it now, and drops the keys it should no
+//! longer keep. So a key
+//! survives the loss of any one node, and a node that restarts empty is
+//! filled again by re-puts from the others.
+//!
+//! Commands, one per line on stdin (sent by a test with
+//! `LocalCluster::send_line`, or typed): `put KEY VALUE`, `get KEY` (asks the
+//! owner, then the other replica) and `count` (the keys this node holds).
+//! Each answer is a JSON line on stdout, next to the topology lines of
+//! `cloister_ractor::testing::EventLines`. Configured by `CLOISTER_*`
+//! variables, like any node `LocalCluster` runs.
+//!
+//! What a real store would add: sending only the keys whose placement
+//! changed (this re-puts all of them on every ring change), and versions
+//! that do not trust wall clocks (a write's version is its put time in
+//! microseconds, and the newer version wins).
+//!
+//! ```text
+//! CLOISTER_SENTRY=kv@127.0.0.1:4000 CLOISTER_CONSENSUS=1 cargo run -p cloister-examples --bin kv-node
+//! put user:42 Ada
+//! get user:42
+//! ```
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cloister_core::{Config, TopologyEvent};
+use cloister_ractor::testing::{control_lines, print_line, EventLines};
+use cloister_ractor::{Cloister, CloisterManager, StartOptions};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use serde_json::{json, Value};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// How many nodes keep each key.
+const REPLICAS: usize = 2;
+/// The group every node's store joins.
+const GROUP: &str = "kv";
+/// How long a `get` waits for one replica.
+const GET_TIMEOUT: Duration = Duration::from_millis(500);
+/// How soon a handoff that could not reach a node is tried again.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// What stores send each other; also what the local node sends its store.
+#[derive(RactorClusterMessage)]
+enum KvMsg {
+    /// Keep `value` under `key` unless a newer version is already there.
+    Put(String, String, u64),
+    /// Replies with `{"value": .., "node": ..}` (`value` null when absent).
+    #[rpc]
+    Get(String, RpcReplyPort<String>),
+    /// Replies with how many keys this store holds.
+    #[rpc]
+    Count(RpcReplyPort<u64>),
+    /// The ring changed (or a handoff failed): put every key where it
+    /// belongs now. Sent by this node only.
+    Rebalance,
+}
+
+struct Store;
+
+struct Shard {
+    cloister: Cloister,
+    data: HashMap<String, (u64, String)>,
+    /// A retry is already scheduled.
+    retrying: bool,
+}
+
+impl Actor for Store {
+    type Msg = KvMsg;
+    type State = Shard;
+    type Arguments = Cloister;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<KvMsg>,
+        cloister: Cloister,
+    ) -> Result<Shard, ActorProcessingErr> {
+        cloister_ractor::join_group(GROUP, myself.get_cell());
+        print_line(cloister.me(), "kv_started", json!({}));
+        Ok(Shard {
+            cloister,
+            data: HashMap::new(),
+            retrying: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<KvMsg>,
+        message: KvMsg,
+        shard: &mut Shard,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            KvMsg::Put(key, value, version) => {
+                let newer = shard.data.get(&key).is_none_or(|(old, _)| version > *old);
+                if newer {
+                    shard.data.insert(key, (version, value));
+                }
+            }
+            KvMsg::Get(key, reply) => {
+                let value = shard.data.get(&key).map(|(_, value)| value);
+                let answer = json!({ "value": value, "node": shard.cloister.me() });
+                let _ = reply.send(answer.to_string());
+            }
+            KvMsg::Count(reply) => {
+                let _ = reply.send(shard.data.len() as u64);
+            }
+            KvMsg::Rebalance => {
+                shard.retrying = false;
+                if !shard.hand_off() {
+                    shard.retrying = true;
+                    myself.send_after(RETRY, || KvMsg::Rebalance);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Shard {
+    /// Puts every key on the other nodes that should hold it, and drops the
+    /// ones this node should no longer keep once they are handed over.
+    /// Returns false if some node could not be reached (try again later).
+    fn hand_off(&mut self) -> bool {
+        let me = self.cloister.me().clone();
+        let mut complete = true;
+        let cloister = &self.cloister;
+        self.data.retain(|key, (version, value)| {
+            let holders = cloister.nodes_for(key, REPLICAS);
+            let mut handed = true;
+            for node in holders.iter().filter(|node| **node != me) {
+                let put = KvMsg::Put(key.clone(), value.clone(), *version);
+                let sent = cloister.actor_on::<KvMsg>(GROUP, node).map(|a| a.cast(put));
+                if !matches!(sent, Ok(Ok(()))) {
+                    handed = false;
+                }
+            }
+            complete &= handed;
+            holders.contains(&me) || !handed
+        });
+        complete
+    }
+}
+
+/// Runs one command line and prints its answer.
+async fn run(cloister: &Cloister, line: &str) {
+    let me = cloister.me();
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("put"), Some(key), Some(value)) => {
+            let version = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            let mut stored_on = Vec::new();
+            let mut errors = Vec::new();
+            for node in cloister.nodes_for(key, REPLICAS) {
+                let put = KvMsg::Put(key.into(), value.into(), version);
+                match cloister.actor_on::<KvMsg>(GROUP, &node) {
+                    Ok(store) => match store.cast(put) {
+                        Ok(()) => stored_on.push(node),
+                        Err(error) => errors.push(format!("{node}: {error}")),
+                    },
+                    Err(error) => errors.push(error.to_string()),
+                }
+            }
+            let fields = json!({ "key": key, "stored_on": stored_on, "errors": errors });
+            print_line(me, "put", fields);
+        }
+        (Some("get"), Some(key), None) => print_line(me, "get", get(cloister, key).await),
+        (Some("count"), None, None) => {
+            let count = match cloister.actor_on::<KvMsg>(GROUP, me) {
+                Ok(store) => ractor::call_t!(store, KvMsg::Count, 1_000).ok(),
+                Err(_) => None,
+            };
+            print_line(me, "count", json!({ "keys": count }));
+        }
+        _ => print_line(
+            me,
+            "bad_command",
+            json!({ "line": line, "expected": "put KEY VALUE | get KEY | count" }),
+        ),
+    }
+}
+
+/// Asks the key's holders in ring order for its value: the owner first, then
+/// the replica (the owner may have just restarted and not been re-put yet).
+async fn get(cloister: &Cloister, key: &str) -> Value {
+    let mut errors = Vec::new();
+    for node in cloister.nodes_for(key, REPLICAS) {
+        let asked = match cloister.actor_on::<KvMsg>(GROUP, &node) {
+            Ok(store) => store
+                .call(|reply| KvMsg::Get(key.into(), reply), Some(GET_TIMEOUT))
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|result| result.success_or(()).map_err(|()| "no reply".into())),
+            Err(error) => Err(error.to_string()),
+        };
+        match asked.map(|answer| serde_json::from_str::<Value>(&answer)) {
+            Ok(Ok(answer)) if !answer["value"].is_null() => {
+                return json!({ "key": key, "value": answer["value"], "from": node });
+            }
+            Ok(_) => errors.push(format!("{node}: not there")),
+            Err(error) => errors.push(format!("{node}: {error}")),
+        }
+    }
+    json!({ "key": key, "value": null, "errors": errors })
+}
+
+/// The harness's command lines, or stdin's when run by hand.
+fn commands() -> UnboundedReceiver<String> {
+    if let Some(lines) = control_lines() {
+        return lines;
+    }
+    let (sender, receiver) = unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = sender.send(line);
+        }
+    });
+    receiver
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("info,ractor_cluster=warn,ractor=warn")
+        .init();
+    if let Err(error) = serve().await {
+        eprintln!("kv-node: {error}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+    let mut commands = commands();
+    let config = Config::from_env()?;
+    let options = StartOptions {
+        name: Some("cloister".into()),
+        hold: true,
+        listeners: vec![Box::new(EventLines::default())],
+        ..StartOptions::default()
+    };
+    let (manager, cloister, _) = CloisterManager::start(config, options).await?;
+    let (store, _) = Actor::spawn(None, Store, cloister.clone()).await?;
+    // Snapshot first, then every ring change, and every node that comes up:
+    // a node restarted between two heartbeats is back under its old name,
+    // so the ring does not change, but its store is empty.
+    cloister_ractor::subscribe(&manager, store, |event| match event {
+        TopologyEvent::Snapshot { .. }
+        | TopologyEvent::RingChanged { .. }
+        | TopologyEvent::NodeUp { .. } => Some(KvMsg::Rebalance),
+        _ => None,
+    })?;
+    while let Some(line) = commands.recv().await {
+        if !line.trim().is_empty() {
+            run(&cloister, line.trim()).await;
+        }
+    }
+    Ok(())
+}

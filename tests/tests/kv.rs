@@ -1,0 +1,126 @@
+//! The clustered key-value example (`kv-node`) on `LocalCluster`: keys put
+//! through one node survive the restart of another and the loss of a third.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use cloister_examples::build_node_binary;
+use cloister_ractor::testing::{all_of, last_of, LocalCluster, DEFAULT_TIMEOUT};
+use cloister_tests::{ok, serial};
+use serde_json::Value;
+
+const KEYS: usize = 300;
+
+fn kv_node() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| build_node_binary("kv-node").expect("building kv-node"))
+}
+
+fn started(cluster: &LocalCluster, i: usize) -> bool {
+    last_of(&cluster.events(i), "kv_started").is_some()
+}
+
+/// Sends `count` to node `i` and returns the number it answers.
+fn count(cluster: &LocalCluster, i: usize) -> u64 {
+    let mark = cluster.event_count(i);
+    cluster.send_line(i, "count").unwrap();
+    ok(cluster.wait_for(i, DEFAULT_TIMEOUT, |events| {
+        all_of(&events[mark..], "count").next().is_some()
+    }));
+    let events = cluster.events(i);
+    let answer = all_of(&events[mark..], "count").next().unwrap();
+    answer["keys"].as_u64().unwrap()
+}
+
+/// Asks node `i` for every key, again until each one has its value or the
+/// deadline passes; returns what was missing or wrong in the last round.
+fn read_all(cluster: &LocalCluster, i: usize, expected: &BTreeMap<String, String>) -> Vec<Value> {
+    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    loop {
+        let mark = cluster.event_count(i);
+        for key in expected.keys() {
+            cluster.send_line(i, &format!("get {key}")).unwrap();
+        }
+        ok(cluster.wait_for(i, DEFAULT_TIMEOUT, |events| {
+            all_of(&events[mark..], "get").count() == expected.len()
+        }));
+        let events = cluster.events(i);
+        let wrong: Vec<Value> = all_of(&events[mark..], "get")
+            .filter(|get| {
+                let key = get["key"].as_str().unwrap_or_default();
+                get["value"].as_str() != expected.get(key).map(String::as_str)
+            })
+            .cloned()
+            .collect();
+        if wrong.is_empty() || Instant::now() >= deadline {
+            return wrong;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn keys_survive_a_restart_and_a_kill_by_being_re_put() {
+    let _serial = serial();
+    let mut cluster = LocalCluster::builder(kv_node(), 3)
+        .consensus(2)
+        .start()
+        .unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT));
+    ok(
+        cluster.wait_until("every store started", DEFAULT_TIMEOUT, |c| {
+            (0..3).all(|i| started(c, i))
+        }),
+    );
+
+    let expected: BTreeMap<String, String> = (0..KEYS)
+        .map(|k| (format!("key-{k}"), format!("value-{k}")))
+        .collect();
+    for (key, value) in &expected {
+        cluster.send_line(0, &format!("put {key} {value}")).unwrap();
+    }
+    ok(cluster.wait_for(0, DEFAULT_TIMEOUT, |events| {
+        all_of(events, "put").count() == KEYS
+    }));
+    let events = cluster.events(0);
+    for put in all_of(&events, "put") {
+        assert_eq!(put["stored_on"].as_array().unwrap().len(), 2, "{put}");
+        assert_eq!(put["errors"], serde_json::json!([]), "{put}");
+    }
+    // Two copies of every key across three nodes.
+    ok(
+        cluster.wait_until("two copies of every key", DEFAULT_TIMEOUT, |c| {
+            (0..3).map(|i| count(c, i)).sum::<u64>() == 2 * KEYS as u64
+        }),
+    );
+
+    // node2 comes back empty; the others re-put its share into it.
+    cluster.restart(1).unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT));
+    ok(
+        cluster.wait_until("node2 holds its share again", DEFAULT_TIMEOUT, |c| {
+            count(c, 1) > 0 && (0..3).map(|i| count(c, i)).sum::<u64>() == 2 * KEYS as u64
+        }),
+    );
+
+    // node3 dies for good: with two nodes left, both hold every key, and the
+    // restarted node2 answers for all of them.
+    cluster.kill(2).unwrap();
+    ok(cluster.wait_ready(&[0, 1], DEFAULT_TIMEOUT));
+    ok(
+        cluster.wait_until("both survivors hold every key", DEFAULT_TIMEOUT, |c| {
+            count(c, 0) == KEYS as u64 && count(c, 1) == KEYS as u64
+        }),
+    );
+    let wrong = read_all(&cluster, 1, &expected);
+    assert!(
+        wrong.is_empty(),
+        "{} keys wrong or missing: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
