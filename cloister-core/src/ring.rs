@@ -173,7 +173,7 @@ impl Hash for KeyBytes<'_> {
 pub struct Ring {
     /// Sorted and distinct; `VirtualNode::member` indexes into it.
     members: Vec<NodeName>,
-    /// Virtual nodes per member, at least 1.
+    /// Virtual nodes per member: at least 1, or 0 for a members-only ring.
     vnodes: u32,
     /// Owns the placement: every lookup goes through `HashRing::get`.
     placement: HashRing<VirtualNode>,
@@ -236,7 +236,33 @@ impl Ring {
         }
     }
 
-    /// The member that owns `key`, or `None` when the ring is empty.
+    /// A ring that only lists its members (for `ring = "external"`): the
+    /// same members and digest as [`Ring::new`] would have, no virtual
+    /// nodes, and `None` from every lookup.
+    ///
+    /// ```
+    /// use cloister_core::{NodeName, Ring};
+    /// let members: Vec<NodeName> = vec!["a@h".parse().unwrap(), "b@h".parse().unwrap()];
+    /// let ring = Ring::members_only(members.clone());
+    /// assert_eq!(ring.digest(), Ring::new(members, 256).digest());
+    /// assert_eq!(ring.node_for("user:42"), None);
+    /// ```
+    pub fn members_only(members: impl IntoIterator<Item = NodeName>) -> Ring {
+        let mut members: Vec<NodeName> = members.into_iter().collect();
+        members.sort_unstable();
+        members.dedup();
+        let digest = Digest::of(&members);
+        Ring {
+            members,
+            vnodes: 0,
+            placement: HashRing::new(),
+            clockwise: Vec::new(),
+            digest,
+        }
+    }
+
+    /// The member that owns `key`, or `None` when the ring is empty (or
+    /// [members only](Ring::members_only)).
     pub fn node_for(&self, key: impl AsRef<[u8]>) -> Option<&NodeName> {
         self.placement
             .get(&KeyBytes(key.as_ref()))
@@ -277,7 +303,7 @@ impl Ring {
         self.digest
     }
 
-    /// Virtual nodes per member.
+    /// Virtual nodes per member; 0 for a [members-only](Ring::members_only) ring.
     pub fn vnodes(&self) -> u32 {
         self.vnodes
     }

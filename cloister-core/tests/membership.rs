@@ -888,3 +888,29 @@ fn the_sentry_is_the_member_up_longest_and_moves_when_it_goes() {
         "{effects:?}"
     );
 }
+
+#[test]
+fn an_external_ring_keeps_members_digest_and_events_but_places_no_key() {
+    use cloister_core::config::RingMode;
+    let builtin = config(&[B], 2);
+    let external = Config {
+        ring: RingMode::External,
+        ..builtin.clone()
+    };
+    let mut rings = Vec::new();
+    for config in [builtin, external] {
+        let mut m = machine(config, SEED);
+        m.handle(ms(0), Input::Start);
+        drain(&mut m);
+        // The same NodeUp, ring change and Ready either way.
+        admit(&mut m, ms(10), B, 1, 7);
+        assert_eq!(m.state(), NodeState::Ready);
+        rings.push(m.ring().clone());
+    }
+    let (builtin, external) = (&rings[0], &rings[1]);
+    assert_eq!(external.members(), builtin.members());
+    assert_eq!(external.digest(), builtin.digest());
+    assert!(builtin.node_for("user:42").is_some());
+    assert_eq!(external.node_for("user:42"), None);
+    assert!(external.nodes_for("user:42", 2).is_empty());
+}

@@ -65,8 +65,9 @@ impl Cloister {
         &self.me
     }
 
-    /// The member that owns `key`; `None` only when the ring is empty, which
-    /// the Manager never publishes (its ring always holds this node).
+    /// The member that owns `key`. `None` under `ring = "external"` (the
+    /// application keeps its own ring), never otherwise: the Manager's ring
+    /// always holds at least this node.
     ///
     /// # Examples
     ///

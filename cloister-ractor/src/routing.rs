@@ -28,6 +28,11 @@ pub enum RouteError {
     /// ring always holds this node, even after it leaves.
     #[error("the ring has no members")]
     EmptyRing,
+    /// This node runs with `ring = "external"`: cloister keeps no hash ring
+    /// to route by. Find the node with your own ring, then use
+    /// [`Cloister::actor_on`].
+    #[error("cloister keeps no ring to route by (`ring = \"external\"`): place the key with your own ring and use `actor_on`")]
+    ExternalRing,
     /// The owner is a member, but no actor of the group runs on it.
     #[error("no actor of group `{group}` on {node}")]
     NoSuchActor {
@@ -170,11 +175,11 @@ impl Cloister {
         key: impl AsRef<[u8]>,
     ) -> Result<(NodeName, ActorRef<M>), RouteError> {
         let view = self.view();
-        let owner = view
-            .ring
-            .node_for(key)
-            .ok_or(RouteError::EmptyRing)?
-            .clone();
+        let owner = match view.ring.node_for(key) {
+            Some(owner) => owner.clone(),
+            None if view.ring.vnodes() == 0 => return Err(RouteError::ExternalRing),
+            None => return Err(RouteError::EmptyRing),
+        };
         let cell = view.actor_on(self.me(), group, &owner)?;
         Ok((owner, cell.into()))
     }

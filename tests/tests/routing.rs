@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use cloister_ractor::testing::{all_of, DEFAULT_TIMEOUT};
+use cloister_examples::build_node_binary;
+use cloister_ractor::testing::{all_of, last_of, LocalCluster, DEFAULT_TIMEOUT};
 use cloister_tests::{cluster, ok, serial};
 use serde_json::Value;
 
@@ -130,4 +131,50 @@ fn after_a_kill_calls_fail_with_an_error_then_reach_the_new_owner() {
             }
         }
     }
+}
+
+/// The last `own_ring` line of node `i` (see examples/src/bin/own-ring.rs).
+fn own_ring(cluster: &LocalCluster, i: usize) -> Option<serde_json::Value> {
+    last_of(&cluster.events(i), "own_ring").cloned()
+}
+
+#[test]
+fn an_application_keeps_its_own_ring_from_the_events() {
+    let _serial = serial();
+    let binary = build_node_binary("own-ring").expect("building own-ring");
+    let mut cluster = LocalCluster::builder(binary, 3)
+        .consensus(2)
+        .start()
+        .unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT));
+    // Every node places the sample keys alike, from three members.
+    let agree = |c: &LocalCluster, nodes: &[usize], size: usize| {
+        let lines: Vec<_> = nodes.iter().map(|&i| own_ring(c, i)).collect();
+        lines.iter().all(|line| {
+            line.as_ref().is_some_and(|line| {
+                line["members"].as_array().map(Vec::len) == Some(size)
+                    && line["owners_digest"] == lines[0].as_ref().unwrap()["owners_digest"]
+            })
+        })
+    };
+    ok(
+        cluster.wait_until("three nodes place keys alike", DEFAULT_TIMEOUT, |c| {
+            agree(c, &[0, 1, 2], 3)
+        }),
+    );
+    let three = own_ring(&cluster, 0).unwrap();
+    // cloister itself places nothing, and says why when asked to route.
+    assert_eq!(three["builtin_owner"], serde_json::Value::Null, "{three}");
+    let error = three["route_error"].as_str().unwrap_or_default();
+    assert!(error.contains("external"), "{three}");
+
+    // The placement follows the members when one dies.
+    cluster.kill(2).unwrap();
+    ok(
+        cluster.wait_until("two nodes place keys alike", DEFAULT_TIMEOUT, |c| {
+            agree(c, &[0, 1], 2)
+        }),
+    );
+    let two = own_ring(&cluster, 0).unwrap();
+    assert_ne!(two["owners_digest"], three["owners_digest"], "{two}");
 }

@@ -86,7 +86,7 @@ mod load;
 mod sentry;
 
 use load::{describe, EnvVars};
-pub use sentry::Sentry;
+pub use sentry::{RingMode, Sentry};
 
 /// Everything a node needs to join its cluster. Durations are written as
 /// humantime text in files and the environment: `"300ms"`, `"2s"`, `"1m 30s"`.
@@ -179,6 +179,14 @@ pub struct Config {
     /// 4096. More spreads keys more evenly, for more memory and slower rehashes.
     /// Every node must use the same value, or they place keys differently.
     pub ring_vnodes: u32,
+    /// Who keeps the consistent-hash ring: `builtin` (default) or `external`,
+    /// the original's `ring:` option. Under `external` cloister still tracks
+    /// the members, their digest and every topology event, but builds no
+    /// hash ring: `node_for` answers `None` and the routing functions refuse
+    /// with [`RouteError::ExternalRing`](../../cloister_ractor/enum.RouteError.html),
+    /// while the application places keys with a ring of its own, kept from
+    /// the events.
+    pub ring: RingMode,
 }
 
 /// Like a derived `Debug`, but the cookie is never printed: configs end up in
@@ -203,6 +211,7 @@ impl std::fmt::Debug for Config {
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("startup_deadline", &self.startup_deadline)
             .field("ring_vnodes", &self.ring_vnodes)
+            .field("ring", &self.ring)
             .finish()
     }
 }
@@ -227,13 +236,14 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_millis(1500),
             startup_deadline: Duration::from_secs(60),
             ring_vnodes: 256,
+            ring: RingMode::Builtin,
         }
     }
 }
 
 /// Every field with what it accepts: the keys read from `CLOISTER_*` and the
 /// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 17] = [
+const FIELDS: [(&str, &str); 18] = [
     ("app", NAME_PART),
     ("node_name", NAME_PART),
     ("sentry", SENTRY),
@@ -251,6 +261,10 @@ const FIELDS: [(&str, &str); 17] = [
     ("heartbeat_timeout", DURATION),
     ("startup_deadline", DURATION),
     ("ring_vnodes", "a whole number from 1 to 4096"),
+    (
+        "ring",
+        "`builtin` (cloister keeps the ring) or `external` (the application keeps its own)",
+    ),
 ];
 const SENTRY: &str =
     "a list of `name@host:port` nodes (or one string of them joined by commas) or a DNS service name";

@@ -1,4 +1,5 @@
-//! `Sentry`: how a node finds its peers, and how it is read from text.
+//! `Sentry`: how a node finds its peers, and how it is read from text; and
+//! `RingMode`, who keeps the ring.
 
 use std::fmt;
 use std::str::FromStr;
@@ -154,4 +155,16 @@ fn reason<E: de::Error>(error: ConfigError) -> E {
         ConfigError::Invalid { allowed, .. } => E::custom(allowed),
         other => E::custom(other),
     }
+}
+
+/// Who keeps the consistent-hash ring (config `ring`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingMode {
+    /// cloister builds the ring of the members; `node_for` and routing use it.
+    #[default]
+    Builtin,
+    /// The application keeps its own ring from the topology events; cloister
+    /// builds none (members, digest and events are unchanged).
+    External,
 }

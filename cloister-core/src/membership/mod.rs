@@ -36,7 +36,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Sentry};
+use crate::config::{Config, RingMode, Sentry};
 use crate::events::{DownReason, NodeState, Snapshot, TopologyEvent};
 use crate::names::{Incarnation, NodeName, SentryNode};
 use crate::ring::Ring;
@@ -70,7 +70,7 @@ impl Membership {
     /// A node named `me`, in state `Down`. `seed` drives the dial jitter, so a
     /// simulation replays exactly; the runtime passes a random seed.
     pub fn new(config: Config, me: NodeName, incarnation: Incarnation, seed: u64) -> Self {
-        let ring = Arc::new(Ring::new([me.clone()], config.ring_vnodes));
+        let ring = Arc::new(build_ring(&config, [me.clone()]));
         Membership {
             config,
             sentry: me.clone(),
@@ -549,7 +549,7 @@ impl Membership {
                 .filter(|(_, p)| p.member.is_some())
                 .map(|(n, _)| n.clone()),
         );
-        self.ring = Arc::new(Ring::new(members, self.config.ring_vnodes));
+        self.ring = Arc::new(build_ring(&self.config, members));
         self.publish(TopologyEvent::RingChanged {
             members: self.ring.members().to_vec(),
             digest: self.ring.digest(),
@@ -656,5 +656,13 @@ impl Membership {
 
     fn publish(&mut self, event: TopologyEvent) {
         self.effects.push_back(Effect::Publish(event));
+    }
+}
+
+/// The ring of `members` that `config.ring` asks for.
+fn build_ring(config: &Config, members: impl IntoIterator<Item = NodeName>) -> Ring {
+    match config.ring {
+        RingMode::Builtin => Ring::new(members, config.ring_vnodes),
+        RingMode::External => Ring::members_only(members),
     }
 }

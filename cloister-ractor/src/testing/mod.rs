@@ -227,7 +227,18 @@ pub fn last_state(events: &[Value]) -> Option<String> {
         })
 }
 
-/// The members of the last event that carries them, sorted.
+/// The lines that carry the members and the ring digest.
+const MEMBERSHIP_LINES: [&str; 3] = ["snapshot", "state_changed", "ring_changed"];
+
+/// The last topology line that carries the members (`snapshot`,
+/// `state_changed`, `ring_changed`; a binary's own lines never count).
+fn last_membership(events: &[Value]) -> Option<&Value> {
+    events.iter().rev().find(|event| {
+        MEMBERSHIP_LINES.iter().any(|kind| event["event"] == *kind) && event["members"].is_array()
+    })
+}
+
+/// The members of the last topology line that carries them, sorted.
 ///
 /// ```
 /// use serde_json::json;
@@ -235,10 +246,7 @@ pub fn last_state(events: &[Value]) -> Option<String> {
 /// assert_eq!(cloister_ractor::testing::last_members(&events), Some(vec!["a@h".into(), "b@h".into()]));
 /// ```
 pub fn last_members(events: &[Value]) -> Option<Vec<String>> {
-    let members = events
-        .iter()
-        .rev()
-        .find_map(|event| event["members"].as_array())?;
+    let members = last_membership(events)?["members"].as_array()?;
     let mut names: Vec<String> = members
         .iter()
         .filter_map(|name| name.as_str().map(str::to_string))
@@ -247,7 +255,7 @@ pub fn last_members(events: &[Value]) -> Option<Vec<String>> {
     Some(names)
 }
 
-/// The ring digest of the last event that carries members.
+/// The ring digest of the last topology line that carries the members.
 ///
 /// ```
 /// use serde_json::json;
@@ -255,11 +263,9 @@ pub fn last_members(events: &[Value]) -> Option<Vec<String>> {
 /// assert_eq!(cloister_ractor::testing::last_digest(&events).as_deref(), Some("0f"));
 /// ```
 pub fn last_digest(events: &[Value]) -> Option<String> {
-    let event = events
-        .iter()
-        .rev()
-        .find(|event| event["members"].is_array())?;
-    event["ring_digest"].as_str().map(str::to_string)
+    last_membership(events)?["ring_digest"]
+        .as_str()
+        .map(str::to_string)
 }
 
 /// The last event of this kind (`"node_down"`, or a binary's own).
