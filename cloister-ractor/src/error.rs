@@ -1,7 +1,7 @@
 //! The errors the runtime gives its callers.
 
 use cloister_core::membership::AssemblyReport;
-use cloister_core::{ConfigError, NameError};
+use cloister_core::ConfigError;
 
 /// What can go wrong starting or using cloister. Each variant says what
 /// happened; none leaves a half-started node behind.
@@ -29,12 +29,11 @@ pub enum CloisterError {
     /// The configuration is invalid; nothing was started.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// This node's own name could not be formed from the config.
-    #[error("cannot name this node: {0}")]
-    Name(#[from] NameError),
-    /// The ractor_cluster NodeServer (or the Manager) could not start, for
-    /// example because the listen port is taken; nothing was started.
-    #[error("cannot start the cluster node on port {port}: {reason}")]
+    /// The Manager could not start, and nothing was left running: the
+    /// listen port is taken, or this node cannot tell its own name (no
+    /// address of this machine in the service's DNS answer), or the
+    /// NodeServer failed; `reason` says which.
+    #[error("cannot start the cloister manager (listen port {port}): {reason}")]
     Spawn {
         /// The configured listen port.
         port: u16,

@@ -53,6 +53,11 @@ pub enum RouteError {
         /// What ractor said.
         reason: String,
     },
+    /// The actor took the request but dropped it without replying (it
+    /// stopped, or a handler let the reply port go); its node is still
+    /// connected.
+    #[error("{0}'s actor dropped the request without replying")]
+    NoReply(NodeName),
     /// No reply within the timeout.
     #[error("{node} did not reply within {timeout:?}")]
     Timeout {
@@ -249,7 +254,7 @@ impl Cloister {
         R: Send + 'static,
     {
         let (owner, actor) = self.owner_of::<M>(group, key)?;
-        call(owner, &actor, request, timeout).await
+        self.call(owner, &actor, request, timeout).await
     }
 
     /// Sends `message` to the group's actor on every member, this node's
@@ -337,7 +342,7 @@ impl Cloister {
         }
         let asked = calls
             .iter()
-            .map(|(node, actor)| call(node.clone(), actor, &request, timeout));
+            .map(|(node, actor)| self.call(node.clone(), actor, &request, timeout));
         let mut replies = Vec::new();
         for ((node, _), outcome) in calls.iter().zip(futures::future::join_all(asked).await) {
             match outcome {
@@ -349,19 +354,32 @@ impl Cloister {
     }
 }
 
-async fn call<M: Message, R: Send + 'static>(
-    node: NodeName,
-    actor: &ActorRef<M>,
-    request: impl FnOnce(RpcReplyPort<R>) -> M,
-    timeout: Duration,
-) -> Result<R, RouteError> {
-    match actor.call(request, Some(timeout)).await {
-        Ok(CallResult::Success(reply)) => Ok(reply),
-        Ok(CallResult::Timeout) => Err(RouteError::Timeout { node, timeout }),
-        Ok(CallResult::SenderError) => Err(RouteError::NodeGone(node)),
-        Err(error) => Err(RouteError::SendFailed {
-            node,
-            reason: error.to_string(),
-        }),
+impl Cloister {
+    /// Asks `actor` on `node`. A dropped reply port means the node went away
+    /// when its session is gone too, else that the actor dropped the request.
+    async fn call<M: Message, R: Send + 'static>(
+        &self,
+        node: NodeName,
+        actor: &ActorRef<M>,
+        request: impl FnOnce(RpcReplyPort<R>) -> M,
+        timeout: Duration,
+    ) -> Result<R, RouteError> {
+        match actor.call(request, Some(timeout)).await {
+            Ok(CallResult::Success(reply)) => Ok(reply),
+            Ok(CallResult::Timeout) => Err(RouteError::Timeout { node, timeout }),
+            Ok(CallResult::SenderError) => {
+                let view = self.view();
+                let connected = node == *self.me() || view.sessions.values().any(|n| *n == node);
+                Err(if connected {
+                    RouteError::NoReply(node)
+                } else {
+                    RouteError::NodeGone(node)
+                })
+            }
+            Err(error) => Err(RouteError::SendFailed {
+                node,
+                reason: error.to_string(),
+            }),
+        }
     }
 }

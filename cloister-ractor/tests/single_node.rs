@@ -19,7 +19,13 @@ fn free_port() -> u16 {
 }
 
 fn alone(port: u16) -> Config {
-    let mut config = Config::nodes("solo", [format!("solo@127.0.0.1:{port}")])
+    alone_as("solo", port)
+}
+
+/// A lone node of `app`. Names are process-wide (the registry, pg): tests
+/// that may overlap in time use different apps.
+fn alone_as(app: &str, port: u16) -> Config {
+    let mut config = Config::nodes(app, [format!("{app}@127.0.0.1:{port}")])
         .unwrap()
         .with_listen_port(port);
     config.advertised_host = Some(Host::Ip([127, 0, 0, 1].into()));
@@ -139,4 +145,89 @@ async fn a_bad_config_is_refused_before_anything_starts() {
     config.consensus = 0;
     let error = CloisterManager::spawn(None, config).await.unwrap_err();
     assert!(error.to_string().contains("consensus"), "{error}");
+}
+
+/// Takes every request and drops its reply port.
+struct Silent;
+
+enum Ask {
+    Ping(ractor::RpcReplyPort<u32>),
+}
+impl ractor::Message for Ask {}
+
+impl Actor for Silent {
+    type Msg = Ask;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, myself: ActorRef<Ask>, _: ()) -> Result<(), ActorProcessingErr> {
+        cloister_ractor::join_group("silent", myself.get_cell());
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Ask>,
+        Ask::Ping(reply): Ask,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        drop(reply);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_routing_error_says_what_went_wrong() {
+    use cloister_ractor::RouteError;
+    let (manager, cloister, join) = CloisterManager::spawn(None, alone_as("routing", free_port()))
+        .await
+        .unwrap();
+    let (silent, silent_join) = Actor::spawn(None, Silent, ()).await.unwrap();
+    let timeout = Duration::from_secs(5);
+
+    let dropped = cloister
+        .call_owner("silent", "user:42", Ask::Ping, timeout)
+        .await;
+    assert_eq!(
+        dropped.unwrap_err(),
+        RouteError::NoReply(cloister.me().clone())
+    );
+    let missing = cloister
+        .call_owner("nobody", "user:42", Ask::Ping, timeout)
+        .await;
+    assert_eq!(
+        missing.unwrap_err(),
+        RouteError::NoSuchActor {
+            group: "nobody".into(),
+            node: cloister.me().clone()
+        }
+    );
+
+    silent.stop(None);
+    silent_join.await.unwrap();
+    manager.stop(None);
+    join.await.unwrap();
+}
+
+#[tokio::test]
+async fn under_an_external_ring_routing_refuses_and_says_why() {
+    use cloister_core::config::RingMode;
+    use cloister_ractor::RouteError;
+    let config = Config {
+        ring: RingMode::External,
+        ..alone_as("external", free_port())
+    };
+    let (manager, cloister, join) = CloisterManager::spawn(None, config).await.unwrap();
+    assert_eq!(cloister.members(), vec![cloister.me().clone()]);
+    assert_eq!(cloister.node_for("user:42"), None);
+    let refused = cloister.route(
+        "anything",
+        "user:42",
+        Ask::Ping(ractor::concurrency::oneshot().0.into()),
+    );
+    let error = refused.unwrap_err();
+    assert_eq!(error, RouteError::ExternalRing);
+    assert!(error.to_string().contains("actor_on"), "{error}");
+    manager.stop(None);
+    join.await.unwrap();
 }
