@@ -460,14 +460,18 @@ fn debug_output_never_shows_the_cookie() {
 fn the_ring_is_builtin_unless_the_application_keeps_its_own() {
     use cloister_core::config::RingMode;
     assert_eq!(Config::default().ring, RingMode::Builtin);
-    let external = from_toml(&format!("{TWO_NODES}\nring = \"external\"")).expect("ring = external loads");
+    let external =
+        from_toml(&format!("{TWO_NODES}\nring = \"external\"")).expect("ring = external loads");
     assert_eq!(external.ring, RingMode::External);
     {
         let _env = EnvGuard::set(&[
             ("CLOISTER_SENTRY", "node1@127.0.0.1:4001"),
             ("CLOISTER_RING", "external"),
         ]);
-        assert_eq!(Config::from_env().expect("CLOISTER_RING loads").ring, RingMode::External);
+        assert_eq!(
+            Config::from_env().expect("CLOISTER_RING loads").ring,
+            RingMode::External
+        );
     }
     let error = message(from_toml(&format!("{TWO_NODES}\nring = \"libring\"")));
     assert!(error.contains("`ring`"), "{error}");
