@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cloister_core::{Config, Host, NodeAddr, Sentry, SentryNode};
 use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::{Name, TokioResolver};
+use hickory_resolver::{Name, ResolverBuilder, TokioResolver};
 use ractor::ActorRef;
 
 use crate::manager::{CloisterMessage, Internal};
@@ -42,20 +42,11 @@ impl Discovery {
         match &config.sentry {
             Sentry::Nodes(nodes) => Ok(Discovery::List(nodes.clone())),
             Sentry::Service(name) => {
-                let mut builder = TokioResolver::builder(TokioConnectionProvider::default())
+                let builder = TokioResolver::builder(TokioConnectionProvider::default())
                     .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
-                let options = builder.options_mut();
-                options.cache_size = 0;
-                options.positive_max_ttl = Some(Duration::ZERO);
-                options.negative_max_ttl = Some(Duration::ZERO);
-                options.timeout = Duration::from_secs(2);
-                options.attempts = 1;
-                Ok(Discovery::Service(Box::new(Service {
-                    name: name.clone(),
-                    node_name: config.effective_node_name().to_string(),
-                    port: config.listen_port,
-                    resolver: builder.build(),
-                })))
+                Ok(Discovery::Service(Box::new(Service::new(
+                    config, name, builder,
+                ))))
             }
         }
     }
@@ -113,6 +104,26 @@ impl Discovery {
 }
 
 impl Service {
+    /// `name`, asked through `builder`'s name servers, with caching off.
+    fn new(
+        config: &Config,
+        name: &str,
+        mut builder: ResolverBuilder<TokioConnectionProvider>,
+    ) -> Service {
+        let options = builder.options_mut();
+        options.cache_size = 0;
+        options.positive_max_ttl = Some(Duration::ZERO);
+        options.negative_max_ttl = Some(Duration::ZERO);
+        options.timeout = Duration::from_secs(2);
+        options.attempts = 1;
+        Service {
+            name: name.to_string(),
+            node_name: config.effective_node_name().to_string(),
+            port: config.listen_port,
+            resolver: builder.build(),
+        }
+    }
+
     /// The peers the service names now, this node among them if it is up.
     async fn resolve(&self) -> Result<Vec<SentryNode>, String> {
         // Relaxed: hickory's strict parsing (IDNA, STD3) refuses `_` inside a
@@ -215,7 +226,118 @@ impl Service {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+    use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+    use hickory_resolver::proto::rr::rdata::{A, SRV};
+    use hickory_resolver::proto::rr::{RData, Record, RecordType};
+
     use super::*;
+
+    const SRV_NAME: &str = "_cloister._tcp.shop.svc.cluster.local.";
+
+    /// A name server on 127.0.0.1 for one headless Service: an SRV record per
+    /// pod (`pod-N.shop...` on port `400N`), and each pod's A record
+    /// (`10.1.0.N`). Any other name does not exist.
+    async fn name_server(pods: u8) -> u16 {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = socket.local_addr().expect("address").port();
+        let pod =
+            |n: u8| Name::from_ascii(format!("pod-{n}.shop.svc.cluster.local.")).expect("name");
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 1500];
+            while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
+                let Ok(query) = Message::from_vec(&buffer[..len]) else {
+                    continue;
+                };
+                let mut answer = Message::new();
+                answer
+                    .set_id(query.id())
+                    .set_message_type(MessageType::Response);
+                answer.set_op_code(query.op_code()).set_authoritative(true);
+                answer.set_recursion_desired(query.recursion_desired());
+                answer.add_queries(query.queries().to_vec());
+                let mut known = false;
+                for question in query.queries() {
+                    let name = question.name();
+                    if name.to_ascii() == SRV_NAME {
+                        known = true;
+                        if question.query_type() == RecordType::SRV {
+                            for n in 1..=pods {
+                                let srv = SRV::new(0, 0, 4000 + u16::from(n), pod(n));
+                                answer.add_answer(Record::from_rdata(
+                                    name.clone(),
+                                    5,
+                                    RData::SRV(srv),
+                                ));
+                            }
+                        }
+                    }
+                    for n in 1..=pods {
+                        if *name == pod(n) {
+                            known = true;
+                            if question.query_type() == RecordType::A {
+                                let a = A(Ipv4Addr::new(10, 1, 0, n));
+                                answer.add_answer(Record::from_rdata(name.clone(), 5, RData::A(a)));
+                            }
+                        }
+                    }
+                }
+                if !known {
+                    answer.set_response_code(ResponseCode::NXDomain);
+                }
+                if let Ok(bytes) = answer.to_vec() {
+                    let _ = socket.send_to(&bytes, from).await;
+                }
+            }
+        });
+        port
+    }
+
+    fn service_at(name: &str, dns_port: u16) -> Service {
+        let servers =
+            NameServerConfigGroup::from_ips_clear(&[Ipv4Addr::LOCALHOST.into()], dns_port, true);
+        let config = ResolverConfig::from_parts(None, Vec::new(), servers);
+        let builder =
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default());
+        let config = Config::service("shop", name);
+        Service::new(&config, name, builder)
+    }
+
+    #[tokio::test]
+    async fn an_srv_service_gives_each_pod_with_its_own_port() {
+        let dns = name_server(3).await;
+        let peers = service_at(SRV_NAME, dns).resolve().await.expect("resolves");
+        let found: Vec<String> = peers
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.addr))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "shop@10.1.0.1 10.1.0.1:4001",
+                "shop@10.1.0.2 10.1.0.2:4002",
+                "shop@10.1.0.3 10.1.0.3:4003",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_srv_service_is_an_error_that_names_it() {
+        let dns = name_server(1).await;
+        let missing = "_cloister._tcp.nothing.svc.cluster.local.";
+        let error = service_at(missing, dns)
+            .resolve()
+            .await
+            .expect_err("NXDOMAIN");
+        assert!(
+            error.contains("SRV lookup") && error.contains(missing),
+            "{error}"
+        );
+    }
 
     #[test]
     fn compose_aliases_with_underscores_are_names() {
