@@ -56,12 +56,40 @@ pub struct LocalClusterBuilder {
 
 impl LocalClusterBuilder {
     /// `--consensus` for every node. Default: the cluster size.
+    ///
+    /// # Examples
+    ///
+    /// Five nodes that are ready as soon as any three of them are connected.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(binary: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut cluster = LocalCluster::builder(binary, 5).consensus(3).build()?;
+    /// for i in 0..3 {
+    ///     cluster.start_node(i)?;
+    /// }
+    /// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
+    /// # Ok(()) }
+    /// ```
     pub fn consensus(mut self, consensus: usize) -> Self {
         self.consensus = consensus;
         self
     }
 
     /// Flags appended to every node's command line (`--key-sample 10000`).
+    ///
+    /// # Examples
+    ///
+    /// Every node's command line ends with `--key-sample 10000`, a flag of the binary.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster};
+    /// # fn demo(binary: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder(binary, 3)
+    ///     .extra_args(["--key-sample", "10000"])
+    ///     .start()?;
+    /// # Ok(()) }
+    /// ```
     pub fn extra_args<I, S>(mut self, args: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -74,6 +102,20 @@ impl LocalClusterBuilder {
     /// An environment variable for every node, set after the harness's own
     /// (so `CLOISTER_HEARTBEAT_TIMEOUT` here wins). Inherited `CLOISTER_*`
     /// variables are removed, so only the harness's and these reach the nodes.
+    ///
+    /// # Examples
+    ///
+    /// Every node gets a 2 s heartbeat timeout instead of the harness's 500 ms, and debug logs.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster};
+    /// # fn demo(binary: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder(binary, 3)
+    ///     .env("CLOISTER_HEARTBEAT_TIMEOUT", "2s")
+    ///     .env("RUST_LOG", "debug")
+    ///     .start()?;
+    /// # Ok(()) }
+    /// ```
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
         self
@@ -81,6 +123,21 @@ impl LocalClusterBuilder {
 
     /// Picks the ports and the log directory without starting any process:
     /// start nodes one by one with [`LocalCluster::start_node`].
+    ///
+    /// # Examples
+    ///
+    /// Build a cluster with no process running yet, then start its nodes one by one.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster};
+    /// # fn demo(binary: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut cluster = LocalCluster::builder(binary, 3).build()?;
+    /// assert!(cluster.pids().is_empty());
+    /// for i in 0..cluster.size() {
+    ///     cluster.start_node(i)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn build(self) -> io::Result<LocalCluster> {
         if !self.binary.is_file() {
             let why = format!("no executable at {}", self.binary.display());
@@ -119,6 +176,18 @@ impl LocalClusterBuilder {
     }
 
     /// Builds the cluster and starts every node, back to back.
+    ///
+    /// # Examples
+    ///
+    /// Start three nodes at once and wait until they form one ready cluster.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(binary: &str) -> Result<(), Box<dyn std::error::Error>> {
+    /// let cluster = LocalCluster::builder(binary, 3).start()?;
+    /// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
+    /// # Ok(()) }
+    /// ```
     pub fn start(self) -> io::Result<LocalCluster> {
         let mut cluster = self.build()?;
         for i in 0..cluster.size() {
@@ -133,9 +202,11 @@ impl LocalClusterBuilder {
 ///
 /// ```no_run
 /// use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+/// # // `CARGO_BIN_EXE_*` is set for integration tests only, not for this doctest.
+/// # macro_rules! env { ($name:literal) => { "target/debug/my-node" } }
 ///
 /// // In an integration test of the package that builds `my-node`.
-/// let mut cluster = LocalCluster::builder(env!("CARGO_BIN_EXE_my-node"), 3).start()?;
+/// let mut cluster = LocalCluster::builder(env!("CARGO_BIN_EXE_my-node"), 3).consensus(2).start()?;
 /// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
 /// cluster.kill(2)?;
 /// cluster.wait_ready(&[0, 1], DEFAULT_TIMEOUT)?;
@@ -180,6 +251,21 @@ impl LocalCluster {
     /// A cluster of `size` nodes running `binary`; see [`LocalClusterBuilder`].
     /// In an integration test, `env!("CARGO_BIN_EXE_<name>")` names a binary
     /// of the same package, built by cargo before the test runs.
+    ///
+    /// # Examples
+    ///
+    /// In an integration test of the package that builds `my-node`, three of them, ready with any two.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # // `CARGO_BIN_EXE_*` is set for integration tests only, not for this doctest.
+    /// # macro_rules! env { ($name:literal) => { "target/debug/my-node" } }
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let builder = LocalCluster::builder(env!("CARGO_BIN_EXE_my-node"), 3);
+    /// let cluster = builder.consensus(2).start()?;
+    /// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
+    /// # Ok(()) }
+    /// ```
     pub fn builder(binary: impl Into<PathBuf>, size: usize) -> LocalClusterBuilder {
         LocalClusterBuilder {
             size,
@@ -191,21 +277,72 @@ impl LocalCluster {
     }
 
     /// How many nodes the cluster has (started or not).
+    ///
+    /// # Examples
+    ///
+    /// Wait until every node of the cluster, whatever its size, is ready.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let all: Vec<usize> = (0..cluster.size()).collect();
+    /// cluster.wait_ready(&all, DEFAULT_TIMEOUT)?;
+    /// # Ok(()) }
+    /// ```
     pub fn size(&self) -> usize {
         self.nodes.len()
     }
 
     /// Node `i`'s ractor_cluster name, `node{i+1}@127.0.0.1`.
+    ///
+    /// # Examples
+    ///
+    /// Wait until node1 has seen node2 come up.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{all_of, LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let node2 = cluster.node_name(1);
+    /// cluster.wait_for(0, DEFAULT_TIMEOUT, |events| {
+    ///     all_of(events, "node_up").any(|up| up["peer"] == node2)
+    /// })?;
+    /// # Ok(()) }
+    /// ```
     pub fn node_name(&self, i: usize) -> &str {
         &self.nodes[i].name
     }
 
     /// Node `i`'s listening port.
+    ///
+    /// # Examples
+    ///
+    /// Open a raw TCP connection to node1's port, e.g. to send it garbage.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::io::Write;
+    /// let mut stream = std::net::TcpStream::connect(("127.0.0.1", cluster.port(0)))?;
+    /// stream.write_all(b"not a handshake")?;
+    /// # Ok(()) }
+    /// ```
     pub fn port(&self, i: usize) -> u16 {
         self.nodes[i].port
     }
 
     /// Where the stderr logs go (`node{i+1}.stderr`).
+    ///
+    /// # Examples
+    ///
+    /// Read what node1 wrote on stderr so far, and fail if it panicked.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let stderr = std::fs::read_to_string(cluster.log_dir().join("node1.stderr"))?;
+    /// assert!(!stderr.contains("panicked"), "node1 panicked:\n{stderr}");
+    /// # Ok(()) }
+    /// ```
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
     }
@@ -219,12 +356,42 @@ impl LocalCluster {
     }
 
     /// Starts node `i` with the cluster's flags.
+    ///
+    /// # Examples
+    ///
+    /// In a built, not started, cluster of three: start two nodes, and the third once they met.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{last_of, LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// cluster.start_node(0)?;
+    /// cluster.start_node(1)?;
+    /// cluster.wait_for(0, DEFAULT_TIMEOUT, |events| last_of(events, "node_up").is_some())?;
+    /// cluster.start_node(2)?;
+    /// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
+    /// # Ok(()) }
+    /// ```
     pub fn start_node(&mut self, i: usize) -> io::Result<()> {
         self.start_node_with(i, &[])
     }
 
     /// Starts node `i` with the cluster's flags followed by `args` (a later
     /// flag wins, so `--cookie other` overrides); `restart` reuses them.
+    ///
+    /// # Examples
+    ///
+    /// Start three nodes, then a fourth with another cookie than the cluster's (a later flag wins).
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// for i in 0..3 {
+    ///     cluster.start_node(i)?;
+    /// }
+    /// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
+    /// cluster.start_node_with(3, &["--cookie", "not-the-cluster-cookie"])?;
+    /// # Ok(()) }
+    /// ```
     pub fn start_node_with(&mut self, i: usize, args: &[&str]) -> io::Result<()> {
         if self.nodes[i].process.is_some() {
             let why = format!("{} is already running", self.nodes[i].name);
@@ -284,6 +451,10 @@ impl LocalCluster {
     /// Writes `line` (a newline is added) to node `i`'s stdin, where the
     /// node reads it from [`control_lines`](super::control_lines).
     ///
+    /// # Examples
+    ///
+    /// Send node1 a command of the binary's own.
+    ///
     /// ```no_run
     /// # let cluster: cloister_ractor::testing::LocalCluster = todo!();
     /// cluster.send_line(0, "put user:42 alice")?;
@@ -303,6 +474,19 @@ impl LocalCluster {
 
     /// Kills node `i` with SIGKILL and reaps it. Nothing happens if it is not
     /// running.
+    ///
+    /// # Examples
+    ///
+    /// In a cluster with consensus 2, kill node3: the other two stay a ready cluster.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// cluster.kill(2)?;
+    /// assert!(!cluster.is_running(2));
+    /// cluster.wait_ready(&[0, 1], DEFAULT_TIMEOUT)?;
+    /// # Ok(()) }
+    /// ```
     pub fn kill(&mut self, i: usize) -> io::Result<()> {
         let node = &mut self.nodes[i];
         if let Some(mut running) = node.process.take() {
@@ -315,17 +499,58 @@ impl LocalCluster {
 
     /// Freezes node `i` with SIGSTOP: its sockets stay open but it answers
     /// nothing, like a hung machine.
+    ///
+    /// # Examples
+    ///
+    /// Freeze node1: the others report it unresponsive once its heartbeats stop.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{all_of, LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let node1 = cluster.node_name(0);
+    /// cluster.pause(0)?;
+    /// cluster.wait_for(1, DEFAULT_TIMEOUT, |events| {
+    ///     all_of(events, "node_down").any(|down| down["peer"] == node1 && down["reason"] == "unresponsive")
+    /// })?;
+    /// # Ok(()) }
+    /// ```
     pub fn pause(&self, i: usize) -> io::Result<()> {
         self.signal(i, Signal::STOP)
     }
 
     /// Thaws node `i` with SIGCONT.
+    ///
+    /// # Examples
+    ///
+    /// Keep node2 frozen past the heartbeat timeout, then thaw it and wait for it to rejoin.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// cluster.pause(1)?;
+    /// std::thread::sleep(std::time::Duration::from_secs(2));
+    /// cluster.resume(1)?;
+    /// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
+    /// # Ok(()) }
+    /// ```
     pub fn resume(&self, i: usize) -> io::Result<()> {
         self.signal(i, Signal::CONT)
     }
 
     /// Kills node `i` if it runs, then starts it again on the same port with
     /// the same flags: a new incarnation of the same node.
+    ///
+    /// # Examples
+    ///
+    /// Restart node1 as a new incarnation and wait until all three agree again.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// cluster.restart(0)?;
+    /// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
+    /// # Ok(()) }
+    /// ```
     pub fn restart(&mut self, i: usize) -> io::Result<()> {
         self.kill(i)?;
         let args = self.nodes[i].args.clone();
@@ -334,6 +559,18 @@ impl LocalCluster {
 
     /// Asks node `i` to leave with SIGTERM and waits up to `timeout` for it to
     /// exit; past that it is killed and the error says so.
+    ///
+    /// # Examples
+    ///
+    /// Ask node3 to leave gracefully and check that it exited with status 0.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let status = cluster.terminate(2, DEFAULT_TIMEOUT)?;
+    /// assert!(status.success(), "node3 exited with {status}");
+    /// # Ok(()) }
+    /// ```
     pub fn terminate(&mut self, i: usize, timeout: Duration) -> Result<ExitStatus, String> {
         self.signal(i, Signal::TERM)
             .map_err(|err| format!("SIGTERM to {}: {err}", self.nodes[i].name))?;
@@ -344,6 +581,19 @@ impl LocalCluster {
 
     /// Waits up to `timeout` for node `i` to exit by itself and returns its
     /// status. Its last lines are all in [`events`](Self::events) afterwards.
+    ///
+    /// # Examples
+    ///
+    /// With consensus 3 and `CLOISTER_STARTUP_DEADLINE=2s`, a lone node1 gives up and exits.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// cluster.start_node(0)?;
+    /// let status = cluster.wait_exit(0, DEFAULT_TIMEOUT)?;
+    /// assert!(!status.success(), "{status}; events: {:?}", cluster.events(0));
+    /// # Ok(()) }
+    /// ```
     pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Result<ExitStatus, String> {
         let deadline = Instant::now() + timeout;
         while self.is_running(i) {
@@ -360,6 +610,19 @@ impl LocalCluster {
 
     /// Whether node `i` has a process that has not exited (a paused one
     /// runs). A process found dead is reaped, and its output read to the end.
+    ///
+    /// # Examples
+    ///
+    /// Check that no node has exited while the test hammered the cluster.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster};
+    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// for i in 0..cluster.size() {
+    ///     assert!(cluster.is_running(i), "{} exited", cluster.node_name(i));
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn is_running(&mut self, i: usize) -> bool {
         let node = &mut self.nodes[i];
         let Some(running) = node.process.as_mut() else {
@@ -378,6 +641,18 @@ impl LocalCluster {
     }
 
     /// Node `i`'s process id, while the harness holds a process for it.
+    ///
+    /// # Examples
+    ///
+    /// Look node1's process up outside the harness, e.g. its memory use in /proc.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let pid = cluster.pid(0).expect("node1 runs");
+    /// let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    /// # Ok(()) }
+    /// ```
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.nodes[i]
             .process
@@ -386,37 +661,129 @@ impl LocalCluster {
     }
 
     /// The process ids of every node that has one.
+    ///
+    /// # Examples
+    ///
+    /// Once the cluster is dropped, none of its processes is left.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{process_exists, LocalCluster};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let pids = cluster.pids();
+    /// drop(cluster);
+    /// assert!(pids.iter().all(|&pid| !process_exists(pid)));
+    /// # Ok(()) }
+    /// ```
     pub fn pids(&self) -> Vec<u32> {
         (0..self.size()).filter_map(|i| self.pid(i)).collect()
     }
 
     /// A copy of the events node `i`'s current (or last) process printed.
+    ///
+    /// # Examples
+    ///
+    /// Check node1's lines: it printed its own `app_started`, and lost no member.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{all_of, last_of, LocalCluster};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let events = cluster.events(0);
+    /// assert!(last_of(&events, "app_started").is_some(), "{events:?}");
+    /// assert_eq!(all_of(&events, "node_down").count(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn events(&self, i: usize) -> Vec<Value> {
         lock(&self.nodes[i].log).clone()
     }
 
     /// How many events node `i`'s current process printed so far: a mark to
     /// look only at what comes after it (`&events[mark..]`).
+    ///
+    /// # Examples
+    ///
+    /// Mark node1's log, send it a command, and wait for an answer after the mark.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{last_of, LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mark = cluster.event_count(0);
+    /// cluster.send_line(0, "count")?;
+    /// cluster.wait_for(0, DEFAULT_TIMEOUT, |events| last_of(&events[mark..], "count").is_some())?;
+    /// # Ok(()) }
+    /// ```
     pub fn event_count(&self, i: usize) -> usize {
         lock(&self.nodes[i].log).len()
     }
 
     /// Node `i`'s last state (`"ready"`, ...), from `snapshot` or `state_changed`.
+    ///
+    /// # Examples
+    ///
+    /// With consensus 3, two started nodes of three must not become ready.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster};
+    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// cluster.start_node(0)?;
+    /// cluster.start_node(1)?;
+    /// std::thread::sleep(std::time::Duration::from_secs(2));
+    /// assert_ne!(cluster.state(0).as_deref(), Some("ready"));
+    /// # Ok(()) }
+    /// ```
     pub fn state(&self, i: usize) -> Option<String> {
         last_state(&lock(&self.nodes[i].log))
     }
 
     /// Node `i`'s members at its last membership change, sorted.
+    ///
+    /// # Examples
+    ///
+    /// With consensus 2, once node3 is killed node1's members are node1 and node2.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// cluster.kill(2)?;
+    /// cluster.wait_ready(&[0, 1], DEFAULT_TIMEOUT)?;
+    /// assert_eq!(cluster.members(0).unwrap(), ["node1@127.0.0.1", "node2@127.0.0.1"]);
+    /// # Ok(()) }
+    /// ```
     pub fn members(&self, i: usize) -> Option<Vec<String>> {
         last_members(&lock(&self.nodes[i].log))
     }
 
     /// Node `i`'s ring digest at its last membership change.
+    ///
+    /// # Examples
+    ///
+    /// Accept node1's own `owners_digest` line only if it was printed for its current ring.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{last_of, LocalCluster};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// let events = cluster.events(0);
+    /// let line = last_of(&events, "owners_digest").expect("printed");
+    /// assert_eq!(line["ring_digest"].as_str(), cluster.digest(0).as_deref());
+    /// # Ok(()) }
+    /// ```
     pub fn digest(&self, i: usize) -> Option<String> {
         last_digest(&lock(&self.nodes[i].log))
     }
 
     /// Waits up to `timeout` for `condition` to hold on node `i`'s events.
+    ///
+    /// # Examples
+    ///
+    /// Wait until node2 prints the binary's own `kv_started` line.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{last_of, LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// cluster.wait_for(1, DEFAULT_TIMEOUT, |events| {
+    ///     last_of(events, "kv_started").is_some()
+    /// })?;
+    /// # Ok(()) }
+    /// ```
     pub fn wait_for<F>(&self, i: usize, timeout: Duration, mut condition: F) -> Result<(), String>
     where
         F: FnMut(&[Value]) -> bool,
@@ -429,6 +796,19 @@ impl LocalCluster {
 
     /// Waits up to `timeout` for `condition` to hold on the whole cluster;
     /// `what` names the condition in the error.
+    ///
+    /// # Examples
+    ///
+    /// Wait until every node has printed its own `app_started` line.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{last_of, LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// cluster.wait_until("every node started its application", DEFAULT_TIMEOUT, |c| {
+    ///     (0..c.size()).all(|i| last_of(&c.events(i), "app_started").is_some())
+    /// })?;
+    /// # Ok(()) }
+    /// ```
     pub fn wait_until<F>(
         &self,
         what: &str,
@@ -450,6 +830,20 @@ impl LocalCluster {
 
     /// Whether the `nodes` all are in `state` right now, with exactly
     /// themselves as members and one ring digest.
+    ///
+    /// # Examples
+    ///
+    /// Send garbage to node1's port, and check a while later that the cluster did not change.
+    ///
+    /// ```no_run
+    /// # use std::io::Write;
+    /// # use cloister_ractor::testing::{LocalCluster};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// std::net::TcpStream::connect(("127.0.0.1", cluster.port(0)))?.write_all(b"garbage")?;
+    /// std::thread::sleep(std::time::Duration::from_secs(3));
+    /// assert!(cluster.agree(&[0, 1, 2], "ready"), "the cluster changed");
+    /// # Ok(()) }
+    /// ```
     pub fn agree(&self, nodes: &[usize], state: &str) -> bool {
         let expected: BTreeSet<&str> = nodes.iter().map(|&i| self.node_name(i)).collect();
         let digests: BTreeSet<_> = nodes.iter().map(|&i| self.digest(i)).collect();
@@ -464,6 +858,18 @@ impl LocalCluster {
     }
 
     /// Waits until [`agree`](Self::agree) holds.
+    ///
+    /// # Examples
+    ///
+    /// With consensus 3, the two nodes left when node1 freezes agree that they are rehashing.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// cluster.pause(0)?;
+    /// cluster.wait_agree(&[1, 2], "rehashing", DEFAULT_TIMEOUT)?;
+    /// # Ok(()) }
+    /// ```
     pub fn wait_agree(
         &self,
         nodes: &[usize],
@@ -476,6 +882,19 @@ impl LocalCluster {
     }
 
     /// [`wait_agree`](Self::wait_agree) on `"ready"`.
+    ///
+    /// # Examples
+    ///
+    /// Wait until all three nodes are ready on one ring, and fail the test with the report if not.
+    ///
+    /// ```no_run
+    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+    /// if let Err(report) = cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT) {
+    ///     panic!("the cluster never formed: {report}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn wait_ready(&self, nodes: &[usize], timeout: Duration) -> Result<(), String> {
         self.wait_agree(nodes, "ready", timeout)
     }
@@ -540,6 +959,19 @@ impl Running {
 }
 
 /// Whether a process with this id exists (`kill(pid, 0)`); a zombie counts.
+///
+/// # Examples
+///
+/// Once node1 is killed, its old process id is gone.
+///
+/// ```no_run
+/// # use cloister_ractor::testing::{process_exists, LocalCluster};
+/// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
+/// let pid = cluster.pid(0).expect("node1 runs");
+/// cluster.kill(0)?;
+/// assert!(!process_exists(pid));
+/// # Ok(()) }
+/// ```
 pub fn process_exists(pid: u32) -> bool {
     let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
         return false;
