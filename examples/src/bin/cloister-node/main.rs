@@ -21,6 +21,10 @@ use ractor_cluster::RactorClusterMessage;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod probe;
+
+use probe::{bench_routing, Probe};
+
 /// A cloister demo node. Every flag has a `CLOISTER_*` variable twin.
 #[derive(Parser, Debug, Serialize)]
 #[command(version)]
@@ -52,8 +56,8 @@ struct Args {
     #[serde(skip)]
     probe_multicall: bool,
     /// Once the application runs, time N `call_owner` round trips against N
-    /// raw remote calls to the same actor, and multicall latency; print a
-    /// `bench_routing` line.
+    /// raw remote calls to the same actor, one-way `route` casts against raw
+    /// casts, and multicall latency; print a `bench_routing` line.
     #[arg(long)]
     #[serde(skip)]
     bench_routing: Option<u32>,
@@ -262,176 +266,55 @@ enum KeyOwnerMsg {
     /// Replies with this node's name.
     #[rpc]
     WhoAmI(RpcReplyPort<String>),
+    /// Counted, nothing else: the one-way message of `--bench-routing`.
+    Tick(u64),
+    /// Replies with the number of `Tick`s received so far.
+    #[rpc]
+    Ticks(RpcReplyPort<u64>),
+}
+
+/// The key owner's state: the handle, and the `Tick`s counted.
+struct KeyOwnerState {
+    cloister: Cloister,
+    ticks: u64,
 }
 
 impl Actor for KeyOwner {
     type Msg = KeyOwnerMsg;
-    type State = Cloister;
+    type State = KeyOwnerState;
     type Arguments = Cloister;
 
     async fn pre_start(
         &self,
         myself: ActorRef<KeyOwnerMsg>,
         cloister: Cloister,
-    ) -> Result<Cloister, ActorProcessingErr> {
+    ) -> Result<KeyOwnerState, ActorProcessingErr> {
         cloister_ractor::join_group("key_owner", myself.get_cell());
         emit(cloister.me(), "app_started", json!({}));
-        Ok(cloister)
+        Ok(KeyOwnerState { cloister, ticks: 0 })
     }
 
     async fn handle(
         &self,
         _: ActorRef<KeyOwnerMsg>,
         message: KeyOwnerMsg,
-        cloister: &mut Cloister,
+        state: &mut KeyOwnerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             KeyOwnerMsg::Owner(key, reply) => {
-                let owner = cloister.node_for(key).map(|n| n.to_string());
+                let owner = state.cloister.node_for(key).map(|n| n.to_string());
                 let _ = reply.send(owner.unwrap_or_default());
             }
             KeyOwnerMsg::WhoAmI(reply) => {
-                let _ = reply.send(cloister.me().to_string());
+                let _ = reply.send(state.cloister.me().to_string());
+            }
+            KeyOwnerMsg::Tick(_) => state.ticks += 1,
+            KeyOwnerMsg::Ticks(reply) => {
+                let _ = reply.send(state.ticks);
             }
         }
         Ok(())
     }
-}
-
-/// Rounds of requests across the cluster, to show (and test) routing.
-struct Probe {
-    keys: Option<u32>,
-    multicall: bool,
-    bench: Option<u32>,
-}
-
-impl Probe {
-    async fn run(self, cloister: Cloister) {
-        let me = cloister.me().clone();
-        let timeout = Duration::from_millis(500);
-        loop {
-            if let Some(n) = self.keys {
-                let (mut reached, mut errors, mut first_error) = (0u32, 0u32, None);
-                for i in 0..n {
-                    let key = format!("key-{i}");
-                    let expected = cloister.node_for(&key).map(|o| o.to_string());
-                    let asked = cloister
-                        .call_owner("key_owner", &key, KeyOwnerMsg::WhoAmI, timeout)
-                        .await;
-                    match asked {
-                        Ok(who) if Some(&who) == expected.as_ref() => reached += 1,
-                        Ok(who) => {
-                            errors += 1;
-                            first_error.get_or_insert(format!("{key}: answered by {who}"));
-                        }
-                        Err(error) => {
-                            errors += 1;
-                            first_error.get_or_insert(format!("{key}: {error}"));
-                        }
-                    }
-                }
-                emit(
-                    &me,
-                    "probe",
-                    json!({
-                        "keys": n, "reached_owner": reached, "errors": errors,
-                        "first_error": first_error, "ring_digest": cloister.digest(),
-                    }),
-                );
-            }
-            if self.multicall {
-                let answers = cloister
-                    .multicall("key_owner", KeyOwnerMsg::WhoAmI, timeout)
-                    .await;
-                let replies: Vec<String> =
-                    answers.replies.into_iter().map(|(_, who)| who).collect();
-                let failures: Vec<Value> = answers
-                    .failures
-                    .iter()
-                    .map(|(node, error)| json!({ "node": node, "error": error.to_string() }))
-                    .collect();
-                emit(
-                    &me,
-                    "multicall",
-                    json!({ "replies": replies, "failures": failures }),
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-}
-
-/// Times `call_owner` against a raw remote call to the same actor, and
-/// `multicall`, then prints one `bench_routing` line.
-async fn bench_routing(cloister: Cloister, calls: u32) {
-    let me = cloister.me().clone();
-    let timeout = Duration::from_secs(2);
-    // Wait until every member's key owner answers.
-    for _ in 0..100 {
-        let answers = cloister
-            .multicall("key_owner", KeyOwnerMsg::WhoAmI, timeout)
-            .await;
-        if answers.failures.is_empty() && answers.replies.len() == cloister.members().len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let Some(remote) = cloister.members().into_iter().find(|m| *m != me) else {
-        return emit(&me, "bench_routing", json!({ "error": "no other member" }));
-    };
-    let keys: Vec<String> = (0..)
-        .map(|i| format!("key-{i}"))
-        .filter(|k| cloister.node_for(k).as_ref() == Some(&remote))
-        .take(100)
-        .collect();
-    let Ok((_, actor)) = cloister.owner_of::<KeyOwnerMsg>("key_owner", &keys[0]) else {
-        return emit(
-            &me,
-            "bench_routing",
-            json!({ "error": "no key owner on the remote" }),
-        );
-    };
-    // Interleaved rounds, so load from elsewhere hits both alike.
-    let (mut raw, mut ours) = (Vec::new(), Vec::new());
-    let per_round = (calls / 10).max(1);
-    for _ in 0..10 {
-        let start = std::time::Instant::now();
-        for _ in 0..per_round {
-            let _ = actor.call(KeyOwnerMsg::WhoAmI, Some(timeout)).await;
-        }
-        raw.push(start.elapsed().as_secs_f64() * 1e6 / f64::from(per_round));
-        let start = std::time::Instant::now();
-        for i in 0..per_round {
-            let key = &keys[i as usize % keys.len()];
-            let _ = cloister
-                .call_owner("key_owner", key, KeyOwnerMsg::WhoAmI, timeout)
-                .await;
-        }
-        ours.push(start.elapsed().as_secs_f64() * 1e6 / f64::from(per_round));
-    }
-    let mut multicall = Vec::new();
-    for _ in 0..200 {
-        let start = std::time::Instant::now();
-        let _ = cloister
-            .multicall("key_owner", KeyOwnerMsg::WhoAmI, timeout)
-            .await;
-        multicall.push(start.elapsed().as_secs_f64() * 1e6);
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    emit(
-        &me,
-        "bench_routing",
-        json!({
-            "members": cloister.members().len(),
-            "calls": per_round * 10,
-            "raw_call_us": median(&mut raw),
-            "call_owner_us": median(&mut ours),
-            "multicall_us": median(&mut multicall),
-        }),
-    );
 }
 
 /// The node's supervisor: the Manager first, then the application.
