@@ -18,22 +18,22 @@
 //! [`exit_with_harness`](super::exit_with_harness) also exits when the test
 //! process dies without unwinding, because its stdin closes.
 
-use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use cloister_core::Config;
 use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 use serde_json::{json, Value};
 
-use super::{last_digest, last_members, last_state, HARNESS_VAR};
+mod builder;
+mod observe;
+
+use builder::harness_env;
+pub use builder::LocalClusterBuilder;
 
 /// A timeout long enough for anything a healthy cluster does on loopback
 /// with the harness's timers, even on a loaded two-core machine.
@@ -43,159 +43,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(10);
 const HOST: &str = "127.0.0.1";
 const VERBOSE_VAR: &str = "CLOISTER_HARNESS_VERBOSE";
-
-/// Builds a [`LocalCluster`]; see [`LocalCluster::builder`].
-#[derive(Debug, Clone)]
-pub struct LocalClusterBuilder {
-    size: usize,
-    consensus: usize,
-    binary: PathBuf,
-    extra_args: Vec<String>,
-    env: Vec<(String, String)>,
-}
-
-impl LocalClusterBuilder {
-    /// `--consensus` for every node. Default: the cluster size.
-    ///
-    /// # Examples
-    ///
-    /// Five nodes that are ready as soon as any three of them are connected.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
-    /// # fn demo(binary: &str) -> Result<(), Box<dyn std::error::Error>> {
-    /// let mut cluster = LocalCluster::builder(binary, 5).consensus(3).build()?;
-    /// for i in 0..3 {
-    ///     cluster.start_node(i)?;
-    /// }
-    /// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
-    /// # Ok(()) }
-    /// ```
-    pub fn consensus(mut self, consensus: usize) -> Self {
-        self.consensus = consensus;
-        self
-    }
-
-    /// Flags appended to every node's command line (`--key-sample 10000`).
-    ///
-    /// # Examples
-    ///
-    /// Every node's command line ends with `--key-sample 10000`, a flag of the binary.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{LocalCluster};
-    /// # fn demo(binary: &str) -> Result<(), Box<dyn std::error::Error>> {
-    /// let cluster = LocalCluster::builder(binary, 3)
-    ///     .extra_args(["--key-sample", "10000"])
-    ///     .start()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn extra_args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.extra_args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    /// An environment variable for every node, set after the harness's own
-    /// (so `CLOISTER_HEARTBEAT_TIMEOUT` here wins). Inherited `CLOISTER_*`
-    /// variables are removed, so only the harness's and these reach the nodes.
-    ///
-    /// # Examples
-    ///
-    /// Every node gets a 2 s heartbeat timeout instead of the harness's 500 ms, and debug logs.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{LocalCluster};
-    /// # fn demo(binary: &str) -> Result<(), Box<dyn std::error::Error>> {
-    /// let cluster = LocalCluster::builder(binary, 3)
-    ///     .env("CLOISTER_HEARTBEAT_TIMEOUT", "2s")
-    ///     .env("RUST_LOG", "debug")
-    ///     .start()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
-    /// Picks the ports and the log directory without starting any process:
-    /// start nodes one by one with [`LocalCluster::start_node`].
-    ///
-    /// # Examples
-    ///
-    /// Build a cluster with no process running yet, then start its nodes one by one.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{LocalCluster};
-    /// # fn demo(binary: &str) -> Result<(), Box<dyn std::error::Error>> {
-    /// let mut cluster = LocalCluster::builder(binary, 3).build()?;
-    /// assert!(cluster.pids().is_empty());
-    /// for i in 0..cluster.size() {
-    ///     cluster.start_node(i)?;
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub fn build(self) -> io::Result<LocalCluster> {
-        if !self.binary.is_file() {
-            let why = format!("no executable at {}", self.binary.display());
-            return Err(io::Error::new(io::ErrorKind::NotFound, why));
-        }
-        let ports = free_ports(self.size)?;
-        let sentry = (0..self.size)
-            .map(|i| format!("{}:{}", name_of(i), ports[i]))
-            .collect::<Vec<_>>()
-            .join(",");
-        static CLUSTERS: AtomicU64 = AtomicU64::new(0);
-        let serial = CLUSTERS.fetch_add(1, Ordering::Relaxed);
-        let log_dir =
-            std::env::temp_dir().join(format!("cloister-cluster-{}-{serial}", std::process::id()));
-        fs::create_dir_all(&log_dir)?;
-        let nodes = ports
-            .into_iter()
-            .enumerate()
-            .map(|(i, port)| Node {
-                name: name_of(i),
-                port,
-                args: Vec::new(),
-                process: None,
-                exit: None,
-                log: Arc::default(),
-            })
-            .collect();
-        Ok(LocalCluster {
-            setup: self,
-            sentry,
-            nodes,
-            log_dir,
-            verbose: std::env::var_os(VERBOSE_VAR).is_some_and(|v| !v.is_empty()),
-            keep_logs: Mutex::new(false),
-        })
-    }
-
-    /// Builds the cluster and starts every node, back to back.
-    ///
-    /// # Examples
-    ///
-    /// Start three nodes at once and wait until they form one ready cluster.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
-    /// # fn demo(binary: &str) -> Result<(), Box<dyn std::error::Error>> {
-    /// let cluster = LocalCluster::builder(binary, 3).start()?;
-    /// cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT)?;
-    /// # Ok(()) }
-    /// ```
-    pub fn start(self) -> io::Result<LocalCluster> {
-        let mut cluster = self.build()?;
-        for i in 0..cluster.size() {
-            cluster.start_node(i)?;
-        }
-        Ok(cluster)
-    }
-}
 
 /// Processes of one binary on 127.0.0.1, each a cluster node, and what
 /// they printed. See the [module docs](super) for what the binary must do.
@@ -678,227 +525,6 @@ impl LocalCluster {
         (0..self.size()).filter_map(|i| self.pid(i)).collect()
     }
 
-    /// A copy of the events node `i`'s current (or last) process printed.
-    ///
-    /// # Examples
-    ///
-    /// Check node1's lines: it printed its own `app_started`, and lost no member.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{all_of, last_of, LocalCluster};
-    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
-    /// let events = cluster.events(0);
-    /// assert!(last_of(&events, "app_started").is_some(), "{events:?}");
-    /// assert_eq!(all_of(&events, "node_down").count(), 0);
-    /// # Ok(()) }
-    /// ```
-    pub fn events(&self, i: usize) -> Vec<Value> {
-        lock(&self.nodes[i].log).clone()
-    }
-
-    /// How many events node `i`'s current process printed so far: a mark to
-    /// look only at what comes after it (`&events[mark..]`).
-    ///
-    /// # Examples
-    ///
-    /// Mark node1's log, send it a command, and wait for an answer after the mark.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{last_of, LocalCluster, DEFAULT_TIMEOUT};
-    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
-    /// let mark = cluster.event_count(0);
-    /// cluster.send_line(0, "count")?;
-    /// cluster.wait_for(0, DEFAULT_TIMEOUT, |events| last_of(&events[mark..], "count").is_some())?;
-    /// # Ok(()) }
-    /// ```
-    pub fn event_count(&self, i: usize) -> usize {
-        lock(&self.nodes[i].log).len()
-    }
-
-    /// Node `i`'s last state (`"ready"`, ...), from `snapshot` or `state_changed`.
-    ///
-    /// # Examples
-    ///
-    /// With consensus 3, two started nodes of three must not become ready.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{LocalCluster};
-    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
-    /// cluster.start_node(0)?;
-    /// cluster.start_node(1)?;
-    /// std::thread::sleep(std::time::Duration::from_secs(2));
-    /// assert_ne!(cluster.state(0).as_deref(), Some("ready"));
-    /// # Ok(()) }
-    /// ```
-    pub fn state(&self, i: usize) -> Option<String> {
-        last_state(&lock(&self.nodes[i].log))
-    }
-
-    /// Node `i`'s members at its last membership change, sorted.
-    ///
-    /// # Examples
-    ///
-    /// With consensus 2, once node3 is killed node1's members are node1 and node2.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
-    /// # fn demo(mut cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
-    /// cluster.kill(2)?;
-    /// cluster.wait_ready(&[0, 1], DEFAULT_TIMEOUT)?;
-    /// assert_eq!(cluster.members(0).unwrap(), ["node1@127.0.0.1", "node2@127.0.0.1"]);
-    /// # Ok(()) }
-    /// ```
-    pub fn members(&self, i: usize) -> Option<Vec<String>> {
-        last_members(&lock(&self.nodes[i].log))
-    }
-
-    /// Node `i`'s ring digest at its last membership change.
-    ///
-    /// # Examples
-    ///
-    /// Accept node1's own `owners_digest` line only if it was printed for its current ring.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{last_of, LocalCluster};
-    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
-    /// let events = cluster.events(0);
-    /// let line = last_of(&events, "owners_digest").expect("printed");
-    /// assert_eq!(line["ring_digest"].as_str(), cluster.digest(0).as_deref());
-    /// # Ok(()) }
-    /// ```
-    pub fn digest(&self, i: usize) -> Option<String> {
-        last_digest(&lock(&self.nodes[i].log))
-    }
-
-    /// Waits up to `timeout` for `condition` to hold on node `i`'s events.
-    ///
-    /// # Examples
-    ///
-    /// Wait until node2 prints the binary's own `kv_started` line.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{last_of, LocalCluster, DEFAULT_TIMEOUT};
-    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
-    /// cluster.wait_for(1, DEFAULT_TIMEOUT, |events| {
-    ///     last_of(events, "kv_started").is_some()
-    /// })?;
-    /// # Ok(()) }
-    /// ```
-    pub fn wait_for<F>(&self, i: usize, timeout: Duration, mut condition: F) -> Result<(), String>
-    where
-        F: FnMut(&[Value]) -> bool,
-    {
-        let what = format!("a condition on {}'s events", self.nodes[i].name);
-        self.wait_until(&what, timeout, |cluster| {
-            condition(&lock(&cluster.nodes[i].log))
-        })
-    }
-
-    /// Waits up to `timeout` for `condition` to hold on the whole cluster;
-    /// `what` names the condition in the error.
-    ///
-    /// # Examples
-    ///
-    /// Wait until every node has printed its own `app_started` line.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{last_of, LocalCluster, DEFAULT_TIMEOUT};
-    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
-    /// cluster.wait_until("every node started its application", DEFAULT_TIMEOUT, |c| {
-    ///     (0..c.size()).all(|i| last_of(&c.events(i), "app_started").is_some())
-    /// })?;
-    /// # Ok(()) }
-    /// ```
-    pub fn wait_until<F>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut condition: F,
-    ) -> Result<(), String>
-    where
-        F: FnMut(&LocalCluster) -> bool,
-    {
-        let deadline = Instant::now() + timeout;
-        while !condition(self) {
-            if Instant::now() >= deadline {
-                return Err(self.timed_out(what, timeout));
-            }
-            thread::sleep(POLL);
-        }
-        Ok(())
-    }
-
-    /// Whether the `nodes` all are in `state` right now, with exactly
-    /// themselves as members and one ring digest.
-    ///
-    /// # Examples
-    ///
-    /// Send garbage to node1's port, and check a while later that the cluster did not change.
-    ///
-    /// ```no_run
-    /// # use std::io::Write;
-    /// # use cloister_ractor::testing::{LocalCluster};
-    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
-    /// std::net::TcpStream::connect(("127.0.0.1", cluster.port(0)))?.write_all(b"garbage")?;
-    /// std::thread::sleep(std::time::Duration::from_secs(3));
-    /// assert!(cluster.agree(&[0, 1, 2], "ready"), "the cluster changed");
-    /// # Ok(()) }
-    /// ```
-    pub fn agree(&self, nodes: &[usize], state: &str) -> bool {
-        let expected: BTreeSet<&str> = nodes.iter().map(|&i| self.node_name(i)).collect();
-        let digests: BTreeSet<_> = nodes.iter().map(|&i| self.digest(i)).collect();
-        digests.len() == 1
-            && digests.first().is_some_and(Option::is_some)
-            && nodes.iter().all(|&i| {
-                let members = self.members(i).unwrap_or_default();
-                self.state(i).as_deref() == Some(state)
-                    && members.len() == nodes.len()
-                    && members.iter().map(String::as_str).collect::<BTreeSet<_>>() == expected
-            })
-    }
-
-    /// Waits until [`agree`](Self::agree) holds.
-    ///
-    /// # Examples
-    ///
-    /// With consensus 3, the two nodes left when node1 freezes agree that they are rehashing.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
-    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
-    /// cluster.pause(0)?;
-    /// cluster.wait_agree(&[1, 2], "rehashing", DEFAULT_TIMEOUT)?;
-    /// # Ok(()) }
-    /// ```
-    pub fn wait_agree(
-        &self,
-        nodes: &[usize],
-        state: &str,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let names: Vec<&str> = nodes.iter().map(|&i| self.node_name(i)).collect();
-        let what = format!("{names:?} all {state} with one ring of exactly themselves");
-        self.wait_until(&what, timeout, |cluster| cluster.agree(nodes, state))
-    }
-
-    /// [`wait_agree`](Self::wait_agree) on `"ready"`.
-    ///
-    /// # Examples
-    ///
-    /// Wait until all three nodes are ready on one ring, and fail the test with the report if not.
-    ///
-    /// ```no_run
-    /// # use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
-    /// # fn demo(cluster: LocalCluster) -> Result<(), Box<dyn std::error::Error>> {
-    /// if let Err(report) = cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT) {
-    ///     panic!("the cluster never formed: {report}");
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub fn wait_ready(&self, nodes: &[usize], timeout: Duration) -> Result<(), String> {
-        self.wait_agree(nodes, "ready", timeout)
-    }
-
     fn signal(&self, i: usize, signal: Signal) -> io::Result<()> {
         let node = &self.nodes[i];
         let running = node.process.as_ref().ok_or_else(|| {
@@ -908,26 +534,6 @@ impl LocalCluster {
             )
         })?;
         Ok(kill_process(Pid::from_child(&running.child), signal)?)
-    }
-
-    /// The error of a wait that ran out: each node's status and last events.
-    fn timed_out(&self, what: &str, timeout: Duration) -> String {
-        *lock(&self.keep_logs) = true;
-        let mut report = format!("timed out after {timeout:?} waiting for {what}");
-        for node in &self.nodes {
-            let status = match (&node.process, node.exit) {
-                (Some(running), _) => format!("pid {}", running.child.id()),
-                (None, Some(status)) => format!("exited, {status}"),
-                (None, None) => "not running".to_string(),
-            };
-            report.push_str(&format!("\n  {} ({status}), last events:", node.name));
-            let log = lock(&node.log);
-            for event in &log[log.len().saturating_sub(6)..] {
-                report.push_str(&format!("\n    {}", brief(event)));
-            }
-        }
-        report.push_str(&format!("\n  stderr logs: {}", self.log_dir.display()));
-        report
     }
 }
 
@@ -977,63 +583,6 @@ pub fn process_exists(pid: u32) -> bool {
         return false;
     };
     !matches!(test_kill_process(pid), Err(rustix::io::Errno::SRCH))
-}
-
-/// An event on one line without the fields every line has.
-fn brief(event: &Value) -> String {
-    let mut event = event.clone();
-    if let Some(fields) = event.as_object_mut() {
-        fields.remove("node");
-        fields.remove("ts");
-    }
-    event.to_string()
-}
-
-/// The environment that makes a binary node `node_name` of the cluster:
-/// its name and port, the sentry list, consensus, and the short timers of
-/// [`Config::for_tests`] (100 ms heartbeats, a 500 ms timeout).
-fn harness_env(
-    node_name: &str,
-    port: u16,
-    sentry: &str,
-    consensus: usize,
-) -> Vec<(String, String)> {
-    let timers = Config::for_tests();
-    let ms = |d: Duration| format!("{}ms", d.as_millis());
-    [
-        (HARNESS_VAR, "1".to_string()),
-        ("CLOISTER_NODE_NAME", node_name.to_string()),
-        ("CLOISTER_ADVERTISED_HOST", HOST.to_string()),
-        ("CLOISTER_LISTEN_PORT", port.to_string()),
-        ("CLOISTER_SENTRY", sentry.to_string()),
-        ("CLOISTER_CONSENSUS", consensus.to_string()),
-        ("CLOISTER_DISCOVERY_TICK", ms(timers.discovery_tick)),
-        ("CLOISTER_DIAL_BACKOFF_MIN", ms(timers.dial_backoff_min)),
-        ("CLOISTER_DIAL_BACKOFF_MAX", ms(timers.dial_backoff_max)),
-        ("CLOISTER_DIAL_TIMEOUT", ms(timers.dial_timeout)),
-        ("CLOISTER_HEARTBEAT_INTERVAL", ms(timers.heartbeat_interval)),
-        ("CLOISTER_HEARTBEAT_TIMEOUT", ms(timers.heartbeat_timeout)),
-        ("CLOISTER_STARTUP_DEADLINE", ms(timers.startup_deadline)),
-    ]
-    .into_iter()
-    .map(|(key, value)| (key.to_string(), value))
-    .collect()
-}
-
-fn name_of(i: usize) -> String {
-    format!("node{}@{HOST}", i + 1)
-}
-
-/// Ports the OS calls free right now: all bound at once so they differ, then
-/// released for the nodes to take.
-fn free_ports(count: usize) -> io::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind((HOST, 0)))
-        .collect::<io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|listener| Ok(listener.local_addr()?.port()))
-        .collect()
 }
 
 fn read_events(stdout: ChildStdout, log: &Mutex<Vec<Value>>, echo: Option<String>) {
