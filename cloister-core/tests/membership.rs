@@ -56,6 +56,7 @@ fn hb(from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
         app: "cloister".into(),
         incarnation: Incarnation(incarnation),
         digest,
+        ring_vnodes: Config::default().ring_vnodes,
         leaving: false,
     }
 }
@@ -177,6 +178,7 @@ fn send(to: &str, ring: &[&str], leaving: bool) -> Effect {
             app: "cloister".into(),
             incarnation: Incarnation(MY_INCARNATION),
             digest: digest(ring),
+            ring_vnodes: Config::default().ring_vnodes,
             leaving,
         },
     }
@@ -329,6 +331,44 @@ fn a_heartbeat_from_another_app_is_ignored() {
     assert_eq!(drain(&mut m), []);
     assert_eq!(m.state(), Assembling);
     assert_eq!(m.report().missing[0].name, n(A));
+}
+
+#[test]
+fn a_peer_that_places_keys_differently_is_refused_and_the_report_says_why() {
+    let mut m = started(&[A, B], 2);
+    m.handle(ms(1), session_up(A, 1));
+    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+
+    // A was started with another ring_vnodes: it would own other keys.
+    let misfit = Heartbeat {
+        ring_vnodes: 128,
+        ..hb(A, 7, digest(&[A]))
+    };
+    m.handle(ms(2), Input::Heartbeat(misfit));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.state(), Assembling);
+    let report = m.report();
+    let a = report.missing.iter().find(|p| p.name == n(A)).unwrap();
+    assert!(a.why.contains("`ring_vnodes = 128`"), "{}", a.why);
+    assert!(a.why.contains("`ring_vnodes = 256`"), "{}", a.why);
+
+    // B keeps its own ring (`ring = "external"`): refused too.
+    m.handle(ms(3), session_up(B, 2));
+    drain(&mut m);
+    let own_ring = Heartbeat {
+        ring_vnodes: 0,
+        ..hb(B, 9, digest(&[B]))
+    };
+    m.handle(ms(4), Input::Heartbeat(own_ring));
+    assert_eq!(drain(&mut m), []);
+    let report = m.report();
+    let b = report.missing.iter().find(|p| p.name == n(B)).unwrap();
+    assert!(b.why.contains("`ring = \"external\"`"), "{}", b.why);
+
+    // Once A runs the same ring, it is admitted.
+    m.handle(ms(5), Input::Heartbeat(hb(A, 8, digest(&[A, ME]))));
+    assert!(drain(&mut m).contains(&up(A, 8)));
+    assert_eq!(m.state(), Ready);
 }
 
 #[test]
@@ -899,11 +939,22 @@ fn an_external_ring_keeps_members_digest_and_events_but_places_no_key() {
     };
     let mut rings = Vec::new();
     for config in [builtin, external] {
+        // B runs the same ring configuration as ME (0: external).
+        let vnodes = match config.ring {
+            RingMode::Builtin => config.ring_vnodes,
+            RingMode::External => 0,
+        };
         let mut m = machine(config, SEED);
         m.handle(ms(0), Input::Start);
         drain(&mut m);
+        m.handle(ms(10), session_up(B, 1));
+        let from_b = Heartbeat {
+            ring_vnodes: vnodes,
+            ..hb(B, 7, digest(&[B, ME]))
+        };
+        m.handle(ms(10), Input::Heartbeat(from_b));
         // The same NodeUp, ring change and Ready either way.
-        admit(&mut m, ms(10), B, 1, 7);
+        assert!(drain(&mut m).contains(&up(B, 7)));
         assert_eq!(m.state(), NodeState::Ready);
         rings.push(m.ring().clone());
     }

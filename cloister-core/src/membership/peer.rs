@@ -33,6 +33,8 @@ pub(super) struct Peer {
     pub(super) dial: Dial,
     pub(super) failed_dials: u32,
     pub(super) last_error: Option<String>,
+    /// Why its heartbeats are refused (it places keys differently).
+    pub(super) refused: Option<String>,
     pub(super) member: Option<Member>,
     /// A heartbeat that arrived before its session's ready event.
     pub(super) early: Option<Heartbeat>,
@@ -56,6 +58,7 @@ impl Peer {
             dial: Dial::Idle { at: now },
             failed_dials: 0,
             last_error: None,
+            refused: None,
             member: None,
             early: None,
             left: None,

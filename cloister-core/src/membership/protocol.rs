@@ -27,6 +27,10 @@ pub struct Heartbeat {
     pub incarnation: Incarnation,
     /// The digest of the sender's ring, to tell whether members agree.
     pub digest: Digest,
+    /// The sender's virtual nodes per member, 0 when its application keeps
+    /// its own ring (`ring = "external"`). Nodes that would place keys
+    /// differently do not admit each other.
+    pub ring_vnodes: u32,
     /// True in the goodbye a leaving node sends.
     pub leaving: bool,
 }

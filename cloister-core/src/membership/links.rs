@@ -1,0 +1,169 @@
+//! Connections: discovery answers, dials with backoff, sessions opening
+//! and closing, and the grace that hides a replaced session.
+
+use std::time::Duration;
+
+use super::*;
+
+impl Membership {
+    pub(super) fn start(&mut self, now: Duration) {
+        if self.state != NodeState::Down {
+            return;
+        }
+        self.set_state(NodeState::Assembling);
+        self.next_heartbeat = Some(now + self.config.heartbeat_interval);
+        match self.config.sentry.clone() {
+            Sentry::Nodes(nodes) => self.discovered(now, nodes),
+            Sentry::Service(_) => {
+                self.effects.push_back(Effect::Resolve);
+                self.next_resolve = Some(now + self.config.discovery_tick);
+            }
+        }
+        self.evaluate();
+    }
+
+    pub(super) fn discovered(&mut self, now: Duration, found: Vec<SentryNode>) {
+        self.discovery_error = None;
+        if !self.is_running() {
+            return;
+        }
+        for peer in self.peers.values_mut() {
+            peer.wanted = false;
+        }
+        for SentryNode { name, addr } in found {
+            if name == self.me {
+                continue;
+            }
+            let peer = self
+                .peers
+                .entry(name)
+                .or_insert_with(|| Peer::new(None, now));
+            peer.addr = Some(addr);
+            peer.wanted = true;
+        }
+        // A peer gone from the answer is forgotten unless it is still connected.
+        self.peers
+            .retain(|_, p| p.wanted || p.session.is_some() || p.member.is_some());
+        self.run_dials(now);
+    }
+
+    /// Dials every wanted peer without a session whose time has come, and
+    /// counts overdue dials as failed.
+    pub(super) fn run_dials(&mut self, now: Duration) {
+        let mut next: Option<Duration> = None;
+        let timeout = self.config.heartbeat_timeout;
+        for (name, peer) in &mut self.peers {
+            if let Some(member) = &peer.member {
+                next = earliest(next, member.last_heard + timeout);
+            }
+            if let Some(until) = peer.grace_until {
+                next = earliest(next, until);
+                continue;
+            }
+            if peer.session.is_some() || !peer.wanted {
+                continue;
+            }
+            let Some(addr) = peer.addr.clone() else {
+                continue;
+            };
+            if let Dial::Pending { deadline } = peer.dial {
+                if deadline > now {
+                    next = earliest(next, deadline);
+                    continue;
+                }
+                peer.last_error = Some(format!(
+                    "dialed, but no ready session within {:?} (wrong cookie, not a cloister node, or frozen)",
+                    self.config.dial_timeout
+                ));
+                let delay = backoff(&self.config, &mut self.rng, peer.failed_dials);
+                peer.failed_dials = peer.failed_dials.saturating_add(1);
+                peer.dial = Dial::Idle { at: now + delay };
+            }
+            match peer.dial {
+                Dial::Idle { at } if at <= now => {
+                    let deadline = now + self.config.dial_timeout;
+                    peer.dial = Dial::Pending { deadline };
+                    next = earliest(next, deadline);
+                    self.effects.push_back(Effect::Dial {
+                        peer: name.clone(),
+                        addr,
+                    });
+                }
+                Dial::Idle { at } | Dial::Pending { deadline: at } => next = earliest(next, at),
+            }
+        }
+        self.next_peer_timer = next;
+    }
+
+    pub(super) fn dial_failed(&mut self, now: Duration, name: &NodeName, error: String) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        if peer.session.is_some() || !matches!(peer.dial, Dial::Pending { .. }) {
+            return;
+        }
+        let delay = backoff(&self.config, &mut self.rng, peer.failed_dials);
+        peer.failed_dials = peer.failed_dials.saturating_add(1);
+        peer.last_error = Some(error);
+        peer.dial = Dial::Idle { at: now + delay };
+        self.next_peer_timer = earliest(self.next_peer_timer, now + delay);
+    }
+
+    pub(super) fn session_up(&mut self, now: Duration, name: NodeName, session: SessionId) {
+        if name == self.me || !self.is_running() {
+            return;
+        }
+        let peer = self
+            .peers
+            .entry(name.clone())
+            .or_insert_with(|| Peer::new(None, now));
+        peer.session = Some(session);
+        peer.grace_until = None;
+        peer.introduce_until = Some(now + self.config.heartbeat_interval);
+        peer.failed_dials = 0;
+        peer.last_error = None;
+        peer.dial = Dial::Idle { at: now };
+        let early = peer.early.take();
+        self.send_heartbeat(&name, false);
+        self.next_introduce = earliest(self.next_introduce, now + self.introduce_every());
+        if let Some(heartbeat) = early {
+            self.heartbeat(now, heartbeat);
+        }
+    }
+
+    pub(super) fn session_down(&mut self, now: Duration, name: &NodeName, session: SessionId) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        if peer.session != Some(session) {
+            return; // a session that was already replaced or dropped
+        }
+        peer.session = None;
+        peer.dial = Dial::Idle { at: now };
+        if peer.member.is_some() {
+            if self.config.session_grace.is_zero() {
+                self.remove_member(name, DownReason::Crashed);
+            } else {
+                peer.grace_until = Some(now + self.config.session_grace);
+            }
+        }
+        self.run_dials(now);
+    }
+
+    /// Members whose session closed and whose grace ran out crashed.
+    pub(super) fn expire_graces(&mut self, now: Duration) {
+        let expired: Vec<NodeName> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.grace_until.is_some_and(|until| until <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            if let Some(peer) = self.peers.get_mut(&name) {
+                peer.grace_until = None;
+                peer.dial = Dial::Idle { at: now };
+            }
+            self.remove_member(&name, DownReason::Crashed);
+        }
+    }
+}
