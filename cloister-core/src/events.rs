@@ -91,8 +91,8 @@ pub struct Snapshot {
     /// The ring's members, sorted; this node is one of them.
     pub members: Vec<NodeName>,
     /// The ring's digest: a hash of the member names. Equal digests mean equal
-    /// rings when every node runs with the same `ring_vnodes` (which a cluster
-    /// must: the digest does not cover it).
+    /// rings: the digest does not cover `ring_vnodes`, but members must share
+    /// it (a peer with another value is refused).
     pub digest: Digest,
     /// True when every other member's last heartbeat carried this node's digest:
     /// the members agree on the ring.

@@ -21,8 +21,8 @@ pub(crate) struct View {
 ///
 /// Every read loads the latest snapshot the Manager published (an atomic
 /// pointer swap): no actor round trip, callable from any thread, never
-/// blocking. Two nodes whose `digest()` is equal answer `node_for` alike,
-/// provided they run with the same `ring_vnodes` (a cluster-wide setting).
+/// blocking. Two members whose `digest()` is equal answer `node_for` alike
+/// (members share `ring_vnodes`: a peer with another value is refused).
 ///
 /// ```no_run
 /// # fn demo(cloister: cloister_ractor::Cloister) {
@@ -220,8 +220,8 @@ impl Cloister {
     ///
     /// # Examples
     ///
-    /// Check that a peer places keys as this node does (given the same
-    /// `ring_vnodes`), from a digest it reported:
+    /// Check that a peer places keys as this node does, from a digest it
+    /// reported:
     ///
     /// ```no_run
     /// # fn demo(cloister: cloister_ractor::Cloister, peer_digest: cloister_core::Digest) {

@@ -177,7 +177,9 @@ pub struct Config {
     pub startup_deadline: Duration,
     /// Virtual nodes per member on the consistent-hash ring. Default 256, 1 to
     /// 4096. More spreads keys more evenly, for more memory and slower rehashes.
-    /// Every node must use the same value, or they place keys differently.
+    /// Every node must use the same value, or they would place keys
+    /// differently: a peer with another value is refused, and the assembly
+    /// report says so.
     pub ring_vnodes: u32,
     /// Who keeps the consistent-hash ring: `builtin` (default) or `external`,
     /// the original's `ring:` option. Under `external` cloister still tracks
