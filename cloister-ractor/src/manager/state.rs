@@ -178,16 +178,27 @@ impl ManagerState {
         let timeout = self.config.dial_timeout;
         tokio::spawn(async move {
             // Dialing a peer that already has a session can tear it down
-            // (ractor_cluster's duplicate election): look first.
+            // (ractor_cluster's duplicate election): look first. The core
+            // dials only peers it knows no ready session with, so a session
+            // listed here was never reported ready: ractor_cluster reports
+            // readiness only if the session is elected at that moment, and
+            // says nothing when it wins a later election. Adopt it, or the
+            // peer stays unreachable while its session is fine.
             if let Ok(sessions) =
                 ractor::call_t!(node_server, NodeServerMessage::GetSessions, 1_000)
             {
-                let connected = sessions.values().any(|s| {
+                let existing = sessions.values().find(|s| {
                     s.peer_name
                         .as_ref()
                         .is_some_and(|p| p.name == peer.as_str())
                 });
-                if connected {
+                if let Some(session) = existing {
+                    tracing::debug!(%peer, id = session.node_id, "adopting a session never reported ready");
+                    let ready = SessionEvent::Ready {
+                        id: session.node_id,
+                        peer: peer.to_string(),
+                    };
+                    let _ = myself.cast(CloisterMessage::Internal(Internal::Session(ready)));
                     return;
                 }
             }
