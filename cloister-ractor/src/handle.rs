@@ -1,10 +1,11 @@
 //! The ring handle: lock-free reads of the latest ring and view, from any thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cloister_core::{Digest, NodeName, NodeState, Ring, Snapshot};
+use ractor::ActorCell;
 
 /// What a [`Cloister`] handle reads: replaced whole by the Manager on every
 /// change, never mutated.
@@ -15,6 +16,29 @@ pub(crate) struct View {
     /// Ready ractor_cluster sessions by id: which node a remote actor is on
     /// (a remote `ActorId`'s node is its session's id).
     pub(crate) sessions: Arc<BTreeMap<u64, NodeName>>,
+    /// Each group's actor on each node, as routing found it in this view
+    /// (see `routing::View::actor_on`): a lookup by name instead of a scan
+    /// of the group. Starts empty with every view.
+    pub(crate) found: ArcSwap<Found>,
+}
+
+/// Group name -> node -> that node's actor in the group.
+pub(crate) type Found = HashMap<String, HashMap<NodeName, ActorCell>>;
+
+impl View {
+    /// A view with nothing found yet.
+    pub(crate) fn new(
+        ring: Arc<Ring>,
+        snapshot: Snapshot,
+        sessions: Arc<BTreeMap<u64, NodeName>>,
+    ) -> View {
+        View {
+            ring,
+            snapshot,
+            sessions,
+            found: ArcSwap::default(),
+        }
+    }
 }
 
 /// A cheap, cloneable handle on this node's view of the cluster.

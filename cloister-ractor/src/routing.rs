@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use cloister_core::NodeName;
 use ractor::rpc::CallResult;
-use ractor::{ActorCell, ActorRef, Message, RpcReplyPort};
+use ractor::{ActorCell, ActorRef, ActorStatus, Message, RpcReplyPort};
 
-use crate::handle::{Cloister, View};
+use crate::handle::{Cloister, Found, View};
 use crate::members::member_on;
 
 /// Why a message could not be routed. Nothing was sent unless said.
@@ -109,14 +109,32 @@ pub struct Multicall<R> {
 }
 
 impl View {
-    /// The group's actor on `node`, per this view.
+    /// The group's actor on `node`, per this view. Found once by scanning
+    /// the group, then by name while it runs: an actor that stops is looked
+    /// up again, and a session change brings a new view, found afresh.
     fn actor_on(
         &self,
         me: &NodeName,
         group: &str,
         node: &NodeName,
     ) -> Result<ActorCell, RouteError> {
+        let found = self.found.load();
+        if let Some(cell) = found.get(group).and_then(|nodes| nodes.get(node)) {
+            let stopping = matches!(
+                cell.get_status(),
+                ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+            );
+            if !stopping {
+                return Ok(cell.clone());
+            }
+        }
         if let Some(cell) = member_on(&pg_group(group), node, me, &self.sessions) {
+            self.found.rcu(|found| {
+                let mut found = Found::clone(found);
+                let nodes = found.entry(group.to_string()).or_default();
+                nodes.insert(node.clone(), cell.clone());
+                found
+            });
             return Ok(cell);
         }
         if node != me && !self.sessions.values().any(|n| n == node) {

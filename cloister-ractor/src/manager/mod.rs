@@ -338,11 +338,11 @@ impl Actor for CloisterManager {
         );
         let seed = incarnation.0 ^ u64::from(std::process::id());
         let machine = Membership::new(config.clone(), me.clone(), incarnation, seed);
-        let view = Arc::new(ArcSwap::from_pointee(View {
-            ring: machine.shared_ring(),
-            snapshot: machine.snapshot(),
-            sessions: Arc::default(),
-        }));
+        let view = Arc::new(ArcSwap::from_pointee(View::new(
+            machine.shared_ring(),
+            machine.snapshot(),
+            Arc::default(),
+        )));
         tracing::info!(
             %incarnation, port = config.listen_port, consensus = config.consensus,
             "cloister node {me} starting"

@@ -137,11 +137,11 @@ impl ManagerState {
 
     /// Publishes the current ring, view and sessions to the handles.
     pub(super) fn store_view(&self) {
-        self.view.store(Arc::new(View {
-            ring: self.machine.shared_ring(),
-            snapshot: self.machine.snapshot(),
-            sessions: Arc::new(self.sessions.clone()),
-        }));
+        self.view.store(Arc::new(View::new(
+            self.machine.shared_ring(),
+            self.machine.snapshot(),
+            Arc::new(self.sessions.clone()),
+        )));
     }
 
     /// Carries out every effect the machine has queued.
