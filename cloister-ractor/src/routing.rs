@@ -74,7 +74,9 @@ fn pg_group(group: &str) -> String {
 }
 
 /// Adds `actor` to `group` on this node. One actor per node per group: the
-/// routing functions address the group's actor on a node.
+/// routing functions address the group's actor on a node. It stays that
+/// node's actor in the group until it stops (routing remembers it per view);
+/// to replace it, stop it and join the new one.
 ///
 /// # Examples
 ///
