@@ -76,8 +76,9 @@ impl Discovery {
                 };
                 chosen.map(|n| n.addr.host().clone()).ok_or_else(|| {
                     format!(
-                        "cannot tell this node's host: no `sentry` entry is named `{}` on port {}; \
-                         list this node there or set `advertised_host`",
+                        "cannot tell this node's host: no `sentry` entry is named `{}` (its \
+                         `node_name`, or `app` when that is unset) on port {}; list this node \
+                         in `sentry`, or set `node_name` or `advertised_host`",
                         config.effective_node_name(),
                         config.listen_port
                     )

@@ -270,7 +270,11 @@ impl CloisterManager {
         };
         let (actor, join) = spawned.map_err(|e| CloisterError::Spawn {
             port,
-            reason: e.to_string(),
+            // ractor words every failed start as a panic; say only why.
+            reason: match e {
+                ractor::SpawnErr::StartupFailed(why) => why.to_string(),
+                other => other.to_string(),
+            },
         })?;
         let gone = |e: &dyn std::fmt::Display| CloisterError::ManagerGone(e.to_string());
         let cloister = ractor::call!(actor, CloisterMessage::Handle).map_err(|e| gone(&e))?;
