@@ -231,3 +231,54 @@ async fn under_an_external_ring_routing_refuses_and_says_why() {
     manager.stop(None);
     join.await.unwrap();
 }
+
+/// Answers every ping with its own number.
+struct Numbered;
+
+impl Actor for Numbered {
+    type Msg = Ask;
+    type State = u32;
+    type Arguments = u32;
+
+    async fn pre_start(&self, myself: ActorRef<Ask>, n: u32) -> Result<u32, ActorProcessingErr> {
+        cloister_ractor::join_group("numbered", myself.get_cell());
+        Ok(n)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Ask>,
+        Ask::Ping(reply): Ask,
+        n: &mut u32,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = reply.send(*n);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn routing_reaches_the_actor_that_replaced_a_stopped_one() {
+    let (manager, cloister, join) = CloisterManager::spawn(None, alone_as("replaced", free_port()))
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(5);
+    let (first, first_join) = Actor::spawn(None, Numbered, 1).await.unwrap();
+    let asked = cloister
+        .call_owner("numbered", "k", Ask::Ping, timeout)
+        .await;
+    assert_eq!(asked, Ok(1));
+
+    // Routing remembered the first actor; a stopped one is looked up again.
+    first.stop(None);
+    first_join.await.unwrap();
+    let (second, second_join) = Actor::spawn(None, Numbered, 2).await.unwrap();
+    let asked = cloister
+        .call_owner("numbered", "k", Ask::Ping, timeout)
+        .await;
+    assert_eq!(asked, Ok(2));
+
+    second.stop(None);
+    second_join.await.unwrap();
+    manager.stop(None);
+    join.await.unwrap();
+}
