@@ -53,7 +53,7 @@
 mod discovery;
 mod error;
 mod handle;
-pub mod herald;
+mod herald;
 mod manager;
 mod members;
 mod routing;
