@@ -386,6 +386,7 @@ impl Sim {
                 }
             }
             Effect::Publish(event) => self.nodes[i].events.push(event),
+            Effect::Refused { .. } => {}
         }
     }
 

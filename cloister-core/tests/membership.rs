@@ -344,7 +344,14 @@ fn a_peer_that_places_keys_differently_is_refused_and_the_report_says_why() {
         ring_vnodes: 128,
         ..hb(A, 7, digest(&[A]))
     };
-    m.handle(ms(2), Input::Heartbeat(misfit));
+    m.handle(ms(2), Input::Heartbeat(misfit.clone()));
+    let refused = drain(&mut m);
+    assert!(
+        matches!(refused.as_slice(), [Effect::Refused { peer, .. }] if *peer == n(A)),
+        "{refused:#?}"
+    );
+    // Said once, not for every heartbeat.
+    m.handle(ms(3), Input::Heartbeat(misfit));
     assert_eq!(drain(&mut m), []);
     assert_eq!(m.state(), Assembling);
     let report = m.report();
@@ -360,7 +367,7 @@ fn a_peer_that_places_keys_differently_is_refused_and_the_report_says_why() {
         ..hb(B, 9, digest(&[B]))
     };
     m.handle(ms(4), Input::Heartbeat(own_ring));
-    assert_eq!(drain(&mut m), []);
+    assert_eq!(drain(&mut m).len(), 1, "one Refused for B");
     let report = m.report();
     let b = report.missing.iter().find(|p| p.name == n(B)).unwrap();
     assert!(b.why.contains("`ring = \"external\"`"), "{}", b.why);

@@ -20,9 +20,12 @@ impl Membership {
             );
             let peer = self
                 .peers
-                .entry(name)
+                .entry(name.clone())
                 .or_insert_with(|| Peer::new(None, now));
-            peer.refused = Some(why);
+            if peer.refused.as_ref() != Some(&why) {
+                peer.refused = Some(why.clone());
+                self.effects.push_back(Effect::Refused { peer: name, why });
+            }
             return;
         }
         let Some(peer) = self.peers.get_mut(&name) else {

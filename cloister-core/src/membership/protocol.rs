@@ -103,6 +103,15 @@ pub enum Effect {
     },
     /// Tell subscribers.
     Publish(TopologyEvent),
+    /// A peer's heartbeats are refused from now on (it would place keys
+    /// differently); for the operator's log. Emitted when the reason first
+    /// appears or changes, not for every refused heartbeat.
+    Refused {
+        /// The peer.
+        peer: NodeName,
+        /// Why, in words.
+        why: String,
+    },
 }
 
 /// Where assembly stands: what the node waits for, for progress logs and for

@@ -168,6 +168,7 @@ impl ManagerState {
                     }
                 }
                 Effect::Publish(event) => self.publish(event),
+                Effect::Refused { peer, why } => tracing::warn!(%peer, "{why}"),
             }
         }
     }
