@@ -58,9 +58,12 @@ enum KvMsg {
     /// Replies with how many keys this store holds.
     #[rpc]
     Count(RpcReplyPort<u64>),
-    /// The ring changed (or a handoff failed): put every key where it
-    /// belongs now. Sent by this node only.
+    /// The ring changed or a node came up: put every key where it belongs
+    /// now. Sent by this node only.
     Rebalance,
+    /// The scheduled retry of a handoff that could not reach every node.
+    /// Sent by this node only.
+    Retry,
 }
 
 struct Store;
@@ -112,12 +115,10 @@ impl Actor for Store {
             KvMsg::Count(reply) => {
                 let _ = reply.send(shard.data.len() as u64);
             }
-            KvMsg::Rebalance => {
+            KvMsg::Rebalance => shard.rebalance(&myself),
+            KvMsg::Retry => {
                 shard.retrying = false;
-                if !shard.hand_off() {
-                    shard.retrying = true;
-                    myself.send_after(RETRY, || KvMsg::Rebalance);
-                }
+                shard.rebalance(&myself);
             }
         }
         Ok(())
@@ -125,6 +126,15 @@ impl Actor for Store {
 }
 
 impl Shard {
+    /// Hands off, and schedules a retry if some node could not be reached:
+    /// one retry chain at most, however many events come meanwhile.
+    fn rebalance(&mut self, myself: &ActorRef<KvMsg>) {
+        if !self.hand_off() && !self.retrying {
+            self.retrying = true;
+            myself.send_after(RETRY, || KvMsg::Retry);
+        }
+    }
+
     /// Puts every key on the other nodes that should hold it, and drops the
     /// ones this node should no longer keep once they are handed over.
     /// Returns false if some node could not be reached (try again later).
