@@ -39,7 +39,7 @@ pub use builder::LocalClusterBuilder;
 /// with the harness's timers, even on a loaded two-core machine.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How often waits look again: short next to any timer of `--preset tests`.
+/// How often waits look again: short next to any timer of `Config::for_tests`.
 const POLL: Duration = Duration::from_millis(10);
 const HOST: &str = "127.0.0.1";
 const VERBOSE_VAR: &str = "CLOISTER_HARNESS_VERBOSE";
@@ -585,16 +585,27 @@ pub fn process_exists(pid: u32) -> bool {
     !matches!(test_kill_process(pid), Err(rustix::io::Errno::SRCH))
 }
 
+/// Reads lines to the end of the output. A line that is not UTF-8 is kept
+/// lossily rather than ending the read: a reader that stopped would close the
+/// pipe, and the node's next line would fail.
 fn read_events(stdout: ChildStdout, log: &Mutex<Vec<Value>>, echo: Option<String>) {
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
+    let mut reader = BufReader::new(stdout);
+    let mut bytes = Vec::new();
+    loop {
+        bytes.clear();
+        match reader.read_until(b'\n', &mut bytes) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&bytes);
+        let line = line.trim_end_matches(['\n', '\r']);
         if line.trim().is_empty() {
             continue;
         }
         if let Some(name) = &echo {
             eprintln!("[{name}] {line}");
         }
-        let event = serde_json::from_str(&line)
+        let event = serde_json::from_str(line)
             .unwrap_or_else(|_| json!({ "event": "unparsed", "line": line }));
         lock(log).push(event);
     }
