@@ -122,6 +122,7 @@ impl Membership {
         peer.introduce_until = Some(now + self.config.heartbeat_interval);
         peer.failed_dials = 0;
         peer.last_error = None;
+        peer.refused = None; // a new session: its heartbeats will tell
         peer.dial = Dial::Idle { at: now };
         let early = peer.early.take();
         self.send_heartbeat(&name, false);
