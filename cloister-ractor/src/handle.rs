@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cloister_core::{Digest, NodeName, NodeState, Ring, Snapshot};
-use ractor::ActorCell;
+use ractor::{ActorCell, ActorStatus};
 
 /// What a [`Cloister`] handle reads: replaced whole by the Manager on every
 /// change, never mutated.
@@ -16,6 +16,8 @@ pub(crate) struct View {
     /// Ready ractor_cluster sessions by id: which node a remote actor is on
     /// (a remote `ActorId`'s node is its session's id).
     pub(crate) sessions: Arc<BTreeMap<u64, NodeName>>,
+    /// The actors of those sessions (where the Manager saw them open).
+    pub(crate) links: Arc<BTreeMap<u64, ActorCell>>,
     /// Each group's actor on each node, as routing found it in this view
     /// (see `routing::View::actor_on`): a lookup by name instead of a scan
     /// of the group. Starts empty with every view.
@@ -31,13 +33,30 @@ impl View {
         ring: Arc<Ring>,
         snapshot: Snapshot,
         sessions: Arc<BTreeMap<u64, NodeName>>,
+        links: Arc<BTreeMap<u64, ActorCell>>,
     ) -> View {
         View {
             ring,
             snapshot,
             sessions,
+            links,
             found: ArcSwap::default(),
         }
+    }
+
+    /// Whether `node` has a ready session that is not closing. A session
+    /// dies before its close is reported (ractor stops its actor, and with
+    /// it the proxies of remote actors, first), so the status says it first.
+    pub(crate) fn connected(&self, node: &NodeName) -> bool {
+        self.sessions.iter().any(|(id, peer)| {
+            peer == node
+                && self.links.get(id).is_none_or(|link| {
+                    !matches!(
+                        link.get_status(),
+                        ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+                    )
+                })
+        })
     }
 }
 

@@ -53,9 +53,10 @@ pub enum RouteError {
         /// What ractor said.
         reason: String,
     },
-    /// The actor took the request but dropped it without replying (it
-    /// stopped, or a handler let the reply port go); its node is still
-    /// connected.
+    /// The actor took the request but dropped it without replying, and its
+    /// node is still connected: the actor stopped, or (on this node) a
+    /// handler let the reply port go. A remote handler that drops the port
+    /// sends nothing back: the caller sees [`RouteError::Timeout`].
     #[error("{0}'s actor dropped the request without replying")]
     NoReply(NodeName),
     /// No reply within the timeout.
@@ -139,7 +140,7 @@ impl View {
             });
             return Ok(cell);
         }
-        if node != me && !self.sessions.values().any(|n| n == node) {
+        if node != me && !self.connected(node) {
             return Err(RouteError::NodeGone(node.clone()));
         }
         Err(RouteError::NoSuchActor {
@@ -388,8 +389,7 @@ impl Cloister {
             Ok(CallResult::Success(reply)) => Ok(reply),
             Ok(CallResult::Timeout) => Err(RouteError::Timeout { node, timeout }),
             Ok(CallResult::SenderError) => {
-                let view = self.view();
-                let connected = node == *self.me() || view.sessions.values().any(|n| *n == node);
+                let connected = node == *self.me() || self.view().connected(&node);
                 Err(if connected {
                     RouteError::NoReply(node)
                 } else {

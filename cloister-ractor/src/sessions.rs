@@ -24,6 +24,13 @@ pub(crate) enum SessionEvent {
     Authenticated { id: u64 },
     /// The session is ready: the peer is up.
     Ready { id: u64, peer: String },
+    /// A session the NodeServer lists but never reported ready, found when
+    /// dialing its peer (see `ManagerState::dial`).
+    Adopted {
+        id: u64,
+        peer: String,
+        actor: ActorRef<NodeSessionMessage>,
+    },
     /// The session closed (for any reason, authenticated or not).
     Closed { id: u64, peer: Option<String> },
 }

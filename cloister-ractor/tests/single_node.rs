@@ -137,6 +137,7 @@ async fn a_taken_port_is_an_error_not_a_panic() {
     let error = CloisterManager::spawn(None, alone(port)).await.unwrap_err();
     let text = error.to_string();
     assert!(text.contains(&port.to_string()), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
 }
 
 #[tokio::test]

@@ -128,6 +128,11 @@ fn after_a_kill_calls_fail_with_an_error_then_reach_the_new_owner() {
                     error.contains(&victim) && !error.contains("answered by"),
                     "unexpected probe error on node {i}: {error}"
                 );
+                // A dead node is gone, not an actor that dropped a request.
+                assert!(
+                    !error.contains("dropped the request"),
+                    "a dead node reported as alive on node {i}: {error}"
+                );
             }
         }
     }

@@ -270,11 +270,7 @@ impl CloisterManager {
         };
         let (actor, join) = spawned.map_err(|e| CloisterError::Spawn {
             port,
-            // ractor words every failed start as a panic; say only why.
-            reason: match e {
-                ractor::SpawnErr::StartupFailed(why) => why.to_string(),
-                other => other.to_string(),
-            },
+            reason: why_not_started(&e),
         })?;
         let gone = |e: &dyn std::fmt::Display| CloisterError::ManagerGone(e.to_string());
         let cloister = ractor::call!(actor, CloisterMessage::Handle).map_err(|e| gone(&e))?;
@@ -320,7 +316,13 @@ impl Actor for CloisterManager {
         );
         let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell())
             .await
-            .map_err(|e| format!("cannot listen on port {}: {e}", config.listen_port))?;
+            .map_err(|e| {
+                format!(
+                    "cannot listen on port {}: {}",
+                    config.listen_port,
+                    why_not_started(&e)
+                )
+            })?;
         node_server.cast(NodeServerMessage::SubscribeToEvents {
             id: "cloister".into(),
             subscription: Box::new(Forwarder(myself.clone())),
@@ -346,6 +348,7 @@ impl Actor for CloisterManager {
             machine.shared_ring(),
             machine.snapshot(),
             Arc::default(),
+            Arc::default(),
         )));
         tracing::info!(
             %incarnation, port = config.listen_port, consensus = config.consensus,
@@ -362,6 +365,7 @@ impl Actor for CloisterManager {
             timer_at: None,
             handshakes: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            links: BTreeMap::new(),
             discovery: discovery.for_service(),
             last_progress: String::new(),
             discovery_error: None,
@@ -454,5 +458,18 @@ impl Actor for CloisterManager {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// Why an actor did not start, without ractor's wording of every failed
+/// start as a panic ("Actor panicked during startup '...'"), however deep
+/// the failure was (a listener inside the NodeServer inside the Manager).
+fn why_not_started(error: &ractor::SpawnErr) -> String {
+    match error {
+        ractor::SpawnErr::StartupFailed(inner) => match inner.downcast_ref::<ractor::SpawnErr>() {
+            Some(nested) => why_not_started(nested),
+            None => inner.to_string(),
+        },
+        other => other.to_string(),
     }
 }

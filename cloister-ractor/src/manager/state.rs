@@ -11,7 +11,7 @@ use cloister_core::{
     Config, Effect, Host, Input, Membership, NodeAddr, NodeName, NodeState, SessionId,
     TopologyEvent,
 };
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::{ActorCell, ActorRef, ActorStatus, RpcReplyPort};
 use ractor_cluster::{NodeServerMessage, NodeSessionMessage};
 
 use crate::discovery::Discovery;
@@ -40,6 +40,9 @@ pub struct ManagerState {
     pub(super) handshakes: BTreeMap<u64, (Instant, ActorRef<NodeSessionMessage>)>,
     /// Ready sessions by id: what `Sessions` reports.
     pub(super) sessions: BTreeMap<u64, NodeName>,
+    /// Every open session's actor by id, to tell the handles whether a
+    /// session is closing before its close is reported.
+    pub(super) links: BTreeMap<u64, ActorCell>,
     pub(super) discovery: Option<Discovery>,
     /// The last progress line logged while assembling, to log changes only.
     pub(super) last_progress: String,
@@ -105,10 +108,27 @@ impl ManagerState {
             SessionEvent::Opened { id, actor } => {
                 let deadline =
                     Instant::now() + self.config.dial_timeout.max(Duration::from_secs(1));
+                self.links.insert(id, actor.get_cell());
                 self.handshakes.insert(id, (deadline, actor));
             }
             SessionEvent::Authenticated { id } => {
                 self.handshakes.remove(&id);
+            }
+            SessionEvent::Adopted { id, peer, actor } => {
+                // Cast from the dial task, so unordered with the NodeServer's
+                // own events: a session that closed meanwhile, or a peer
+                // that has a ready session by now, is left alone.
+                let closing = matches!(
+                    actor.get_status(),
+                    ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+                );
+                let known = self.sessions.values().any(|p| p.as_str() == peer);
+                if closing || known {
+                    return;
+                }
+                tracing::debug!(%peer, id, "adopting a session never reported ready");
+                self.links.insert(id, actor.get_cell());
+                self.session_event(myself, SessionEvent::Ready { id, peer });
             }
             SessionEvent::Ready { id, peer } => {
                 self.handshakes.remove(&id);
@@ -123,6 +143,7 @@ impl ManagerState {
             }
             SessionEvent::Closed { id, peer } => {
                 self.handshakes.remove(&id);
+                self.links.remove(&id);
                 if self.sessions.remove(&id).is_some() {
                     self.store_view();
                 }
@@ -137,10 +158,16 @@ impl ManagerState {
 
     /// Publishes the current ring, view and sessions to the handles.
     pub(super) fn store_view(&self) {
+        let links = self
+            .sessions
+            .keys()
+            .filter_map(|id| Some((*id, self.links.get(id)?.clone())))
+            .collect();
         self.view.store(Arc::new(View::new(
             self.machine.shared_ring(),
             self.machine.snapshot(),
             Arc::new(self.sessions.clone()),
+            Arc::new(links),
         )));
     }
 
@@ -181,25 +208,32 @@ impl ManagerState {
             // Dialing a peer that already has a session can tear it down
             // (ractor_cluster's duplicate election): look first. The core
             // dials only peers it knows no ready session with, so a session
-            // listed here was never reported ready: ractor_cluster reports
-            // readiness only if the session is elected at that moment, and
-            // says nothing when it wins a later election. Adopt it, or the
-            // peer stays unreachable while its session is fine.
+            // listed here was never reported ready: usually one still
+            // syncing (its Ready follows), but ractor_cluster reports
+            // readiness only if the session is elected at that moment and
+            // says nothing when it wins later, so without adoption such a
+            // peer stayed unreachable while its session was fine. Adopted
+            // early, a session may not show the peer's herald yet: the
+            // core's hello resend covers that.
             if let Ok(sessions) =
                 ractor::call_t!(node_server, NodeServerMessage::GetSessions, 1_000)
             {
-                let existing = sessions.values().find(|s| {
-                    s.peer_name
-                        .as_ref()
-                        .is_some_and(|p| p.name == peer.as_str())
-                });
+                // The newest, if several: ids only grow.
+                let existing = sessions
+                    .values()
+                    .filter(|s| {
+                        s.peer_name
+                            .as_ref()
+                            .is_some_and(|p| p.name == peer.as_str())
+                    })
+                    .max_by_key(|s| s.node_id);
                 if let Some(session) = existing {
-                    tracing::debug!(%peer, id = session.node_id, "adopting a session never reported ready");
-                    let ready = SessionEvent::Ready {
+                    let adopted = SessionEvent::Adopted {
                         id: session.node_id,
                         peer: peer.to_string(),
+                        actor: session.actor.clone(),
                     };
-                    let _ = myself.cast(CloisterMessage::Internal(Internal::Session(ready)));
+                    let _ = myself.cast(CloisterMessage::Internal(Internal::Session(adopted)));
                     return;
                 }
             }
