@@ -80,14 +80,32 @@ fn keys_survive_a_restart_and_a_kill_by_being_re_put() {
     let expected: BTreeMap<String, String> = (0..KEYS)
         .map(|k| (format!("key-{k}"), format!("value-{k}")))
         .collect();
+    // A store prints `kv_started` when it joins its group; the join reaches
+    // the other nodes a moment later. Put one key until node1 reaches both
+    // of its holders, so the puts below meet every store.
+    let first = expected.iter().next().unwrap();
+    ok(
+        cluster.wait_until("node1 reaches the stores", DEFAULT_TIMEOUT, |c| {
+            let mark = c.event_count(0);
+            c.send_line(0, &format!("put {} {}", first.0, first.1))
+                .unwrap();
+            let answered = c.wait_for(0, DEFAULT_TIMEOUT, |events| {
+                all_of(&events[mark..], "put").next().is_some()
+            });
+            let events = c.events(0);
+            answered.is_ok()
+                && all_of(&events[mark..], "put").all(|put| put["errors"] == serde_json::json!([]))
+        }),
+    );
+    let warmup = cluster.event_count(0);
     for (key, value) in &expected {
         cluster.send_line(0, &format!("put {key} {value}")).unwrap();
     }
     ok(cluster.wait_for(0, DEFAULT_TIMEOUT, |events| {
-        all_of(events, "put").count() == KEYS
+        all_of(&events[warmup..], "put").count() == KEYS
     }));
     let events = cluster.events(0);
-    for put in all_of(&events, "put") {
+    for put in all_of(&events[warmup..], "put") {
         assert_eq!(put["stored_on"].as_array().unwrap().len(), 2, "{put}");
         assert_eq!(put["errors"], serde_json::json!([]), "{put}");
     }
