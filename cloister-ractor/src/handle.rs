@@ -72,7 +72,7 @@ impl View {
 /// match cloister.node_for("user:42") {
 ///     Some(owner) if owner == *cloister.me() => { /* handle it here */ }
 ///     Some(owner) => { /* forward to owner */ let _ = owner; }
-///     None => { /* an empty ring: not published, the ring always holds this node */ }
+///     None => { /* only under `ring = "external"`: place it with your own ring */ }
 /// }
 /// # }
 /// ```
