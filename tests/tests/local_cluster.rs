@@ -537,3 +537,41 @@ fn every_node_names_the_same_sentry_and_it_moves_when_the_sentry_is_killed() {
         assert!(told >= 1, "{} got no sentry_changed", cluster.node_name(i));
     }
 }
+
+#[test]
+fn a_node_that_would_place_keys_differently_is_refused_and_told_why() {
+    let _serial = serial();
+    let mut cluster = cluster(3).consensus(2).build().unwrap();
+    cluster.start_node(0).unwrap();
+    cluster.start_node(1).unwrap();
+    ok(cluster.wait_ready(&[0, 1], DEADLINE));
+    let mark = marks(&cluster);
+    let misfit = cluster.node_name(2).to_string();
+
+    // node3 runs 128 virtual nodes per member where the others run 256.
+    cluster
+        .start_node_with(2, &["--ring-vnodes", "128", "--startup-deadline", "2s"])
+        .unwrap();
+    let status = ok(cluster.wait_exit(2, DEADLINE));
+    assert_eq!(status.code(), Some(1), "{:?}", cluster.events(2));
+    let events = cluster.events(2);
+    let error = last_of(&events, "startup_failed")
+        .and_then(|event| event["error"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("refused") && error.contains("`ring_vnodes = 256`"),
+        "{error}"
+    );
+    // The others never took it in.
+    for i in 0..2 {
+        let events = cluster.events(i);
+        let about = mentions(&events, mark[i], &misfit);
+        assert!(
+            about.is_empty(),
+            "{} admitted it: {about:?}",
+            cluster.node_name(i)
+        );
+    }
+    assert!(cluster.agree(&[0, 1], "ready"));
+}

@@ -102,6 +102,10 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     startup_deadline: Option<String>,
+    /// Virtual nodes per member on the ring (every member must agree).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ring_vnodes: Option<u32>,
 }
 
 fn load(args: &Args) -> Result<Config, String> {
