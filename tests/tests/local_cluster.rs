@@ -564,9 +564,9 @@ fn a_node_that_would_place_keys_differently_is_refused_and_told_why() {
         "{error}"
     );
     // The others never took it in.
-    for i in 0..2 {
+    for (i, &since) in mark.iter().enumerate().take(2) {
         let events = cluster.events(i);
-        let about = mentions(&events, mark[i], &misfit);
+        let about = mentions(&events, since, &misfit);
         assert!(
             about.is_empty(),
             "{} admitted it: {about:?}",
