@@ -329,46 +329,32 @@ def formation(n, i):
             f"(starts spread over {max(starts) - min(starts)} ms, first ready at {min(ready) - max(starts)} ms)")
 
 
-def kill(i):
-    with Project(f"kill{i}", 3) as p:
+def fault(action, i):
+    """3 ready containers; `docker kill` or `docker pause` one: the action ->
+    the last other container's node_down (for a pause, "unresponsive")."""
+    reason = "unresponsive" if action == "pause" else None
+    with Project(f"{action}{i}", 3) as p:
         p.up(3)
         views = p.wait("3 ready", all_agree(3))
-        victim = views[i % 3]
-        name = node(victim)
+        target = views[i % 3]
+        name = node(target)
         marks = {v["id"]: len(v["events"]) for v in views}
         t0 = now_ms()
-        run(["docker", "kill", victim["id"]])
+        run(["docker", action, target["id"]])
 
         def check(views):
-            seen = [saw_down(v, marks.get(v["id"], 0), name) for v in views if v["id"] != victim["id"]]
+            seen = [saw_down(v, marks.get(v["id"], 0), name, reason)
+                    for v in views if v["id"] != target["id"]]
             return seen if all(seen) else None
-        downs = p.wait(f"survivors see {name} down", check)
+        downs = p.wait(f"the others see {name} down", check)
         ms = max(e["ts"] for e in downs) - t0
         reasons = sorted({e.get("reason") for e in downs})
-        record("kill", ms, reasons=reasons)
-        log(f"kill #{i}: docker kill -> node_down on every survivor {ms} ms (reason {','.join(reasons)})")
-
-
-def pause(i):
-    with Project(f"pause{i}", 3) as p:
-        p.up(3)
-        views = p.wait("3 ready", all_agree(3))
-        frozen = views[i % 3]
-        name = node(frozen)
-        marks = {v["id"]: len(v["events"]) for v in views}
-        t0 = now_ms()
-        run(["docker", "pause", frozen["id"]])
-
-        def check(views):
-            seen = [saw_down(v, marks.get(v["id"], 0), name, "unresponsive")
-                    for v in views if v["id"] != frozen["id"]]
-            return seen if all(seen) else None
-        downs = p.wait(f"the others see {name} unresponsive", check)
-        ms = max(e["ts"] for e in downs) - t0
-        record("pause", ms, each=[e["ts"] - t0 for e in downs])
-        log(f"pause #{i}: docker pause -> node_down unresponsive on every other {ms} ms "
-            f"(each: {', '.join(str(e['ts'] - t0) for e in downs)})")
-        run(["docker", "unpause", frozen["id"]])
+        each = [e["ts"] - t0 for e in downs]
+        record(action, ms, reasons=reasons, each=each)
+        log(f"{action} #{i}: docker {action} -> node_down on every other {ms} ms "
+            f"(reason {','.join(reasons)}; each: {', '.join(map(str, each))})")
+        if action == "pause":
+            run(["docker", "unpause", target["id"]])
 
 
 def recreate(i):
@@ -407,8 +393,8 @@ def recreate(i):
 
 plan = {
     "formation": [(formation, (3, i)) for i in range(1, 6)] + [(formation, (10, i)) for i in range(1, 4)],
-    "kill": [(kill, (i,)) for i in range(1, 6)],
-    "pause": [(pause, (i,)) for i in range(1, 4)],
+    "kill": [(fault, ("kill", i)) for i in range(1, 6)],
+    "pause": [(fault, ("pause", i)) for i in range(1, 4)],
     "recreate": [(recreate, (i,)) for i in range(1, 4)],
 }
 began = time.monotonic()

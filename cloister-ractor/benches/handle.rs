@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use cloister_core::{Config, Host, NodeName, Ring};
 use cloister_ractor::{Cloister, CloisterManager, CloisterMessage};
-use criterion::Criterion;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
 use hashring::HashRing;
 use ractor::ActorRef;
 
@@ -90,58 +91,52 @@ fn start_manager(runtime: &tokio::runtime::Runtime) -> (ActorRef<CloisterMessage
     })
 }
 
+/// Times `lookup` over the keys in turn, as `name` in `group`.
+fn over_keys<R>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    keys: &[String],
+    mut lookup: impl FnMut(&str) -> R,
+) {
+    group.bench_function(name, |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            lookup(black_box(keys[i].as_str()))
+        })
+    });
+}
+
+/// The ring's own lookups, then the handle's mirror over the same ring.
+fn ring_lookups(group: &mut BenchmarkGroup<'_, WallTime>, ring: &Arc<Ring>, keys: &[String]) {
+    over_keys(group, "Ring::node_for", keys, |key| {
+        ring.node_for(key).is_some()
+    });
+    over_keys(group, "Ring::node_for+clone", keys, |key| {
+        ring.node_for(key).cloned()
+    });
+    let view = ArcSwap::from_pointee(View {
+        ring: Arc::clone(ring),
+    });
+    over_keys(group, "ArcSwap+Ring::node_for+clone", keys, |key| {
+        view.load().ring.node_for(key).cloned()
+    });
+}
+
 fn handle(c: &mut Criterion, cloister: &Cloister) {
     let keys = keys();
     assert!(cloister.node_for("probe").is_some(), "the ring is empty");
     let mut group = c.benchmark_group(format!("handle_{}", cloister.members().len()));
-    group.bench_function("Cloister::node_for", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            cloister.node_for(black_box(keys[i].as_str()))
-        })
+    over_keys(&mut group, "Cloister::node_for", &keys, |key| {
+        cloister.node_for(key)
     });
-    group.bench_function("cloister.ring().node_for", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            cloister
-                .ring()
-                .node_for(black_box(keys[i].as_str()))
-                .cloned()
-        })
+    over_keys(&mut group, "cloister.ring().node_for", &keys, |key| {
+        cloister.ring().node_for(key).cloned()
     });
     group.bench_function("Cloister::digest", |b| {
         b.iter(|| black_box(cloister.digest()))
     });
-    let ring = cloister.ring();
-    group.bench_function("Ring::node_for", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            ring.node_for(black_box(keys[i].as_str())).is_some()
-        })
-    });
-    group.bench_function("Ring::node_for+clone", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            ring.node_for(black_box(keys[i].as_str())).cloned()
-        })
-    });
-    let view = ArcSwap::from_pointee(View {
-        ring: Arc::clone(&ring),
-    });
-    group.bench_function("ArcSwap+Ring::node_for+clone", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            view.load()
-                .ring
-                .node_for(black_box(keys[i].as_str()))
-                .cloned()
-        })
-    });
+    ring_lookups(&mut group, &cloister.ring(), &keys);
     group.finish();
 }
 
@@ -151,9 +146,6 @@ fn hundred(c: &mut Criterion) {
     let keys = keys();
     let names = member_names(MEMBERS);
     let ring = Arc::new(Ring::new(names.clone(), VNODES));
-    let view = ArcSwap::from_pointee(View {
-        ring: Arc::clone(&ring),
-    });
     let mut raw: HashRing<(String, u32)> = HashRing::new();
     raw.batch_add(
         names
@@ -163,40 +155,14 @@ fn hundred(c: &mut Criterion) {
     );
 
     let mut group = c.benchmark_group(format!("ring_{MEMBERS}x{VNODES}"));
-    group.bench_function("Ring::node_for", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            ring.node_for(black_box(keys[i].as_str())).is_some()
-        })
-    });
-    group.bench_function("Ring::node_for+clone", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            ring.node_for(black_box(keys[i].as_str())).cloned()
-        })
-    });
-    group.bench_function("ArcSwap+Ring::node_for+clone", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            view.load()
-                .ring
-                .node_for(black_box(keys[i].as_str()))
-                .cloned()
-        })
+    ring_lookups(&mut group, &ring, &keys);
+    let view = ArcSwap::from_pointee(View {
+        ring: Arc::clone(&ring),
     });
     group.bench_function("ArcSwap load only", |b| {
         b.iter(|| black_box(view.load().ring.digest()))
     });
-    group.bench_function("hashring", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            raw.get(&black_box(keys[i].as_str())).is_some()
-        })
-    });
+    over_keys(&mut group, "hashring", &keys, |key| raw.get(&key).is_some());
     group.finish();
 }
 

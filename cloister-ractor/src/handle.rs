@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cloister_core::{Digest, NodeName, NodeState, Ring, Snapshot};
-use ractor::{ActorCell, ActorStatus};
+use ractor::ActorCell;
+
+use crate::members::is_closing;
 
 /// What a [`Cloister`] handle reads: replaced whole by the Manager on every
 /// change, never mutated.
@@ -49,13 +51,7 @@ impl View {
     /// it the proxies of remote actors, first), so the status says it first.
     pub(crate) fn connected(&self, node: &NodeName) -> bool {
         self.sessions.iter().any(|(id, peer)| {
-            peer == node
-                && self.links.get(id).is_none_or(|link| {
-                    !matches!(
-                        link.get_status(),
-                        ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
-                    )
-                })
+            peer == node && self.links.get(id).is_none_or(|link| !is_closing(link))
         })
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use cloister_core::NodeName;
-use ractor::ActorCell;
+use ractor::{ActorCell, ActorStatus};
 
 /// The member of pg `group` on `node`: the local one when `node` is this
 /// node, else the one on `node`'s newest ready session (or an older one if
@@ -42,4 +42,14 @@ pub(crate) fn member_on(
         older.get_or_insert(cell);
     }
     older
+}
+
+/// Whether `actor` is on its way out (draining, stopping or stopped): a
+/// session whose close is not reported yet, or a remote actor's proxy that a
+/// dying session took down with it.
+pub(crate) fn is_closing(actor: &ActorCell) -> bool {
+    matches!(
+        actor.get_status(),
+        ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
+    )
 }

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use cloister_core::NodeName;
 use ractor::rpc::CallResult;
-use ractor::{ActorCell, ActorRef, ActorStatus, Message, RpcReplyPort};
+use ractor::{ActorCell, ActorRef, Message, RpcReplyPort};
 
 use crate::handle::{Cloister, Found, View};
-use crate::members::member_on;
+use crate::members::{is_closing, member_on};
 
 /// Why a message could not be routed. Nothing was sent unless said.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,11 +123,7 @@ impl View {
     ) -> Result<ActorCell, RouteError> {
         let found = self.found.load();
         if let Some(cell) = found.get(group).and_then(|nodes| nodes.get(node)) {
-            let stopping = matches!(
-                cell.get_status(),
-                ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
-            );
-            if !stopping {
+            if !is_closing(cell) {
                 return Ok(cell.clone());
             }
         }

@@ -46,3 +46,18 @@ pub fn build_node_binary(bin: &str) -> io::Result<PathBuf> {
         .find_map(|message| message["executable"].as_str().map(PathBuf::from));
     executable.ok_or_else(|| io::Error::other(format!("cargo reported no {bin} executable")))
 }
+
+/// Logs to stderr, as every example binary does: `RUST_LOG` when set, else
+/// `info` with ractor's own chatter at `warn`; colours only on a terminal
+/// (a harness's log files stay plain text).
+pub fn init_logs() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ractor_cluster=warn,ractor=warn".into()),
+        )
+        .init();
+}

@@ -11,13 +11,13 @@ use cloister_core::{
     Config, Effect, Host, Input, Membership, NodeAddr, NodeName, NodeState, SessionId,
     TopologyEvent,
 };
-use ractor::{ActorCell, ActorRef, ActorStatus, RpcReplyPort};
+use ractor::{ActorCell, ActorRef, RpcReplyPort};
 use ractor_cluster::{NodeServerMessage, NodeSessionMessage};
 
 use crate::discovery::Discovery;
 use crate::handle::View;
 use crate::herald;
-use crate::members::member_on;
+use crate::members::{is_closing, member_on};
 use crate::sessions::SessionEvent;
 use crate::subscribe::{EventPort, Listener, Published};
 
@@ -118,10 +118,7 @@ impl ManagerState {
                 // Cast from the dial task, so unordered with the NodeServer's
                 // own events: a session that closed meanwhile, or a peer
                 // that has a ready session by now, is left alone.
-                let closing = matches!(
-                    actor.get_status(),
-                    ActorStatus::Draining | ActorStatus::Stopping | ActorStatus::Stopped
-                );
+                let closing = is_closing(&actor.get_cell());
                 let known = self.sessions.values().any(|p| p.as_str() == peer);
                 if closing || known {
                     return;

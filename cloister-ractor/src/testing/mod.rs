@@ -61,16 +61,18 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::Listener;
 
-pub use cluster::{process_exists, LocalCluster, LocalClusterBuilder, DEFAULT_TIMEOUT};
+pub use cluster::{process_exists, timer_env, LocalCluster, LocalClusterBuilder, DEFAULT_TIMEOUT};
 
 /// Set by [`LocalCluster`] in every node's environment.
 pub const HARNESS_VAR: &str = "CLOISTER_UNDER_HARNESS";
 
 /// Whether this process was started by a [`LocalCluster`].
 ///
-/// ```
-/// // A test binary run by hand is not under the harness.
-/// assert!(!cloister_ractor::testing::under_harness() || std::env::var_os("CLOISTER_UNDER_HARNESS").is_some());
+/// ```no_run
+/// // Print a line only the harness needs when there is one to read it.
+/// if cloister_ractor::testing::under_harness() {
+///     println!("{{\"event\": \"store_opened\"}}");
+/// }
 /// ```
 pub fn under_harness() -> bool {
     std::env::var_os(HARNESS_VAR).is_some_and(|value| value == "1")
@@ -116,8 +118,7 @@ fn stdin_watch() -> Option<&'static Mutex<Option<UnboundedReceiver<String>>>> {
             }
             let (sender, receiver) = unbounded_channel();
             let reader = move || {
-                for line in std::io::stdin().lock().lines() {
-                    let Ok(line) = line else { break };
+                for line in lossy_lines(std::io::stdin().lock()) {
                     let _ = sender.send(line);
                 }
                 tracing::info!("the test harness is gone (stdin closed): exiting");
@@ -132,6 +133,23 @@ fn stdin_watch() -> Option<&'static Mutex<Option<UnboundedReceiver<String>>>> {
             Some(Mutex::new(Some(receiver)))
         })
         .as_ref()
+}
+
+/// The lines of `reader` to its end, without their line endings. A line
+/// that is not UTF-8 is kept lossily instead of ending the read: both ends
+/// of the harness's pipes read this way.
+pub(crate) fn lossy_lines(mut reader: impl BufRead) -> impl Iterator<Item = String> {
+    let mut bytes = Vec::new();
+    std::iter::from_fn(move || {
+        bytes.clear();
+        match reader.read_until(b'\n', &mut bytes) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&bytes);
+                Some(line.trim_end_matches(['\n', '\r']).to_string())
+            }
+        }
+    })
 }
 
 /// Writes one JSON line to stdout: `fields` (an object) with `event`, `node`

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use cloister_core::Config;
-use cloister_ractor::testing::{all_of, LocalCluster};
+use cloister_ractor::testing::{all_of, timer_env, LocalCluster};
 use serde_json::Value;
 
 /// Times formation, failure detection and memory of real cloister-node processes.
@@ -207,24 +207,16 @@ impl Bench {
         let env = if tests_preset {
             Vec::new()
         } else {
-            vec![
-                ("CLOISTER_DISCOVERY_TICK", ms(config.discovery_tick)),
-                ("CLOISTER_DIAL_BACKOFF_MIN", ms(config.dial_backoff_min)),
-                ("CLOISTER_DIAL_BACKOFF_MAX", ms(config.dial_backoff_max)),
+            let rest = [
                 (
                     "CLOISTER_DIAL_BACKOFF_JITTER",
                     config.dial_backoff_jitter.to_string(),
                 ),
-                ("CLOISTER_DIAL_TIMEOUT", ms(config.dial_timeout)),
                 ("CLOISTER_SESSION_GRACE", ms(config.session_grace)),
-                ("CLOISTER_HEARTBEAT_INTERVAL", ms(config.heartbeat_interval)),
-                ("CLOISTER_HEARTBEAT_TIMEOUT", ms(config.heartbeat_timeout)),
-                ("CLOISTER_STARTUP_DEADLINE", ms(config.startup_deadline)),
                 ("CLOISTER_RING_VNODES", config.ring_vnodes.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
+            ];
+            let rest = rest.into_iter().map(|(k, v)| (k.to_string(), v));
+            timer_env(&config).into_iter().chain(rest).collect()
         };
         let extra_args = vec![
             "--heartbeat-interval".into(),

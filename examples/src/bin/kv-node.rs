@@ -240,10 +240,7 @@ fn commands() -> UnboundedReceiver<String> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter("info,ractor_cluster=warn,ractor=warn")
-        .init();
+    cloister_examples::init_logs();
     if let Err(error) = serve().await {
         eprintln!("kv-node: {error}");
         std::process::exit(1);

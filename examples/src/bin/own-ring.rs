@@ -108,10 +108,7 @@ impl Actor for Placement {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter("info,ractor_cluster=warn,ractor=warn")
-        .init();
+    cloister_examples::init_logs();
     exit_with_harness();
     if let Err(error) = run().await {
         eprintln!("own-ring: {error}");

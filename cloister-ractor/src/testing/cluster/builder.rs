@@ -175,22 +175,48 @@ pub(super) fn harness_env(
     sentry: &str,
     consensus: usize,
 ) -> Vec<(String, String)> {
-    let timers = Config::for_tests();
-    let ms = |d: Duration| format!("{}ms", d.as_millis());
-    [
+    let node = [
         (HARNESS_VAR, "1".to_string()),
         ("CLOISTER_NODE_NAME", node_name.to_string()),
         ("CLOISTER_ADVERTISED_HOST", HOST.to_string()),
         ("CLOISTER_LISTEN_PORT", port.to_string()),
         ("CLOISTER_SENTRY", sentry.to_string()),
         ("CLOISTER_CONSENSUS", consensus.to_string()),
-        ("CLOISTER_DISCOVERY_TICK", ms(timers.discovery_tick)),
-        ("CLOISTER_DIAL_BACKOFF_MIN", ms(timers.dial_backoff_min)),
-        ("CLOISTER_DIAL_BACKOFF_MAX", ms(timers.dial_backoff_max)),
-        ("CLOISTER_DIAL_TIMEOUT", ms(timers.dial_timeout)),
-        ("CLOISTER_HEARTBEAT_INTERVAL", ms(timers.heartbeat_interval)),
-        ("CLOISTER_HEARTBEAT_TIMEOUT", ms(timers.heartbeat_timeout)),
-        ("CLOISTER_STARTUP_DEADLINE", ms(timers.startup_deadline)),
+    ];
+    let node = node
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value));
+    node.chain(timer_env(&Config::for_tests())).collect()
+}
+
+/// `config`'s timers as the `CLOISTER_*` variables the harness sets: the
+/// discovery tick, dial backoff bounds and timeout, heartbeat interval and
+/// timeout, and the startup deadline. Give a builder these over
+/// [`LocalClusterBuilder::env`] to run nodes with other timers.
+///
+/// # Examples
+///
+/// Run the nodes with the library's default timers instead of the short
+/// test ones:
+///
+/// ```no_run
+/// # use cloister_ractor::testing::{timer_env, LocalCluster};
+/// # use cloister_core::Config;
+/// let mut builder = LocalCluster::builder("target/debug/my-node", 3);
+/// for (key, value) in timer_env(&Config::default()) {
+///     builder = builder.env(key, value);
+/// }
+/// ```
+pub fn timer_env(config: &Config) -> Vec<(String, String)> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    [
+        ("CLOISTER_DISCOVERY_TICK", ms(config.discovery_tick)),
+        ("CLOISTER_DIAL_BACKOFF_MIN", ms(config.dial_backoff_min)),
+        ("CLOISTER_DIAL_BACKOFF_MAX", ms(config.dial_backoff_max)),
+        ("CLOISTER_DIAL_TIMEOUT", ms(config.dial_timeout)),
+        ("CLOISTER_HEARTBEAT_INTERVAL", ms(config.heartbeat_interval)),
+        ("CLOISTER_HEARTBEAT_TIMEOUT", ms(config.heartbeat_timeout)),
+        ("CLOISTER_STARTUP_DEADLINE", ms(config.startup_deadline)),
     ]
     .into_iter()
     .map(|(key, value)| (key.to_string(), value))

@@ -19,7 +19,7 @@
 //! process dies without unwinding, because its stdin closes.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -29,11 +29,13 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 use serde_json::{json, Value};
 
+use super::lossy_lines;
+
 mod builder;
 mod observe;
 
 use builder::harness_env;
-pub use builder::LocalClusterBuilder;
+pub use builder::{timer_env, LocalClusterBuilder};
 
 /// A timeout long enough for anything a healthy cluster does on loopback
 /// with the harness's timers, even on a loaded two-core machine.
@@ -308,13 +310,8 @@ impl LocalCluster {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn send_line(&self, i: usize, line: &str) -> io::Result<()> {
-        let node = &self.nodes[i];
-        let not_running = || {
-            let why = format!("{} is not running", node.name);
-            io::Error::new(io::ErrorKind::NotFound, why)
-        };
-        let running = node.process.as_ref().ok_or_else(not_running)?;
-        let mut stdin = running.stdin.as_ref().ok_or_else(not_running)?;
+        let running = self.running(i)?;
+        let mut stdin = running.stdin.as_ref().ok_or_else(|| self.not_running(i))?;
         writeln!(stdin, "{line}")?;
         stdin.flush()
     }
@@ -526,14 +523,21 @@ impl LocalCluster {
     }
 
     fn signal(&self, i: usize, signal: Signal) -> io::Result<()> {
-        let node = &self.nodes[i];
-        let running = node.process.as_ref().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} is not running", node.name),
-            )
-        })?;
+        let running = self.running(i)?;
         Ok(kill_process(Pid::from_child(&running.child), signal)?)
+    }
+
+    /// Node `i`'s process, or the error that it has none.
+    fn running(&self, i: usize) -> io::Result<&Running> {
+        self.nodes[i]
+            .process
+            .as_ref()
+            .ok_or_else(|| self.not_running(i))
+    }
+
+    fn not_running(&self, i: usize) -> io::Error {
+        let why = format!("{} is not running", self.nodes[i].name);
+        io::Error::new(io::ErrorKind::NotFound, why)
     }
 }
 
@@ -585,27 +589,17 @@ pub fn process_exists(pid: u32) -> bool {
     !matches!(test_kill_process(pid), Err(rustix::io::Errno::SRCH))
 }
 
-/// Reads lines to the end of the output. A line that is not UTF-8 is kept
-/// lossily rather than ending the read: a reader that stopped would close the
-/// pipe, and the node's next line would fail.
+/// Reads lines to the end of the output (see `lossy_lines`: a reader that
+/// stopped early would close the pipe, and the node's next line would fail).
 fn read_events(stdout: ChildStdout, log: &Mutex<Vec<Value>>, echo: Option<String>) {
-    let mut reader = BufReader::new(stdout);
-    let mut bytes = Vec::new();
-    loop {
-        bytes.clear();
-        match reader.read_until(b'\n', &mut bytes) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let line = String::from_utf8_lossy(&bytes);
-        let line = line.trim_end_matches(['\n', '\r']);
+    for line in lossy_lines(BufReader::new(stdout)) {
         if line.trim().is_empty() {
             continue;
         }
         if let Some(name) = &echo {
             eprintln!("[{name}] {line}");
         }
-        let event = serde_json::from_str(line)
+        let event = serde_json::from_str(&line)
             .unwrap_or_else(|_| json!({ "event": "unparsed", "line": line }));
         lock(log).push(event);
     }

@@ -397,15 +397,7 @@ impl Actor for Root {
 
 #[tokio::main]
 async fn main() {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ractor_cluster=warn,ractor=warn".into()),
-        )
-        .init();
+    cloister_examples::init_logs();
     let args = Args::parse();
     // Under a test's LocalCluster: exit when the test goes away.
     cloister_ractor::testing::exit_with_harness();
