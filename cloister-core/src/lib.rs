@@ -18,9 +18,12 @@ pub mod names;
 pub mod ring;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod tally;
+pub mod timer;
 
 pub use config::{Config, ConfigError, Sentry};
 pub use events::{DownReason, NodeState, Snapshot, TopologyEvent};
 pub use membership::{Effect, Heartbeat, Input, Membership, SessionId};
 pub use names::{Host, Incarnation, NameError, NodeAddr, NodeName, SentryNode};
 pub use ring::{Digest, Ring};
+pub use timer::{Timer, TimerCounts, TimerToken};

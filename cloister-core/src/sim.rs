@@ -17,6 +17,7 @@ use crate::config::{Config, Sentry};
 use crate::events::{NodeState, TopologyEvent};
 use crate::membership::{Effect, Input, Membership, SessionId};
 use crate::names::{Host, Incarnation, NodeAddr, NodeName, SentryNode};
+use crate::timer::{Arm, Timer, TimerToken};
 
 /// The simulated network's behaviour.
 #[derive(Debug, Clone)]
@@ -49,8 +50,8 @@ struct Node {
     alive: bool,
     /// Bumped on kill and restart, so messages to an older process are dropped.
     generation: u32,
-    /// The timer already queued for this node, to avoid queuing duplicates.
-    timer: Option<Duration>,
+    /// The node's wake-ups, under the rule the runtime follows too.
+    timer: Timer,
     /// Every event this node published, in order.
     events: Vec<TopologyEvent>,
 }
@@ -58,7 +59,7 @@ struct Node {
 #[derive(Debug)]
 enum What {
     Input(Input),
-    Timer,
+    Timer(TimerToken),
     Connect { from: usize, generation: u32 },
 }
 
@@ -142,7 +143,7 @@ impl Sim {
                 entry,
                 alive: false,
                 generation: 0,
-                timer: None,
+                timer: Timer::new(),
                 events: Vec::new(),
             });
         }
@@ -196,7 +197,7 @@ impl Sim {
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].alive = false;
         self.nodes[i].generation += 1;
-        self.nodes[i].timer = None;
+        self.nodes[i].timer.clear();
         let closed: Vec<((usize, usize), SessionId)> = self
             .sessions
             .iter()
@@ -302,11 +303,10 @@ impl Sim {
                 self.delivered += 1;
                 self.nodes[i].machine.handle(self.now, input);
             }
-            What::Timer => {
-                if self.nodes[i].timer != Some(next.at) {
-                    return; // superseded by an earlier timer
+            What::Timer(token) => {
+                if !self.nodes[i].timer.fire(token) {
+                    return; // replaced by an earlier wake-up
                 }
-                self.nodes[i].timer = None;
                 self.nodes[i].machine.handle_timeout(self.now);
             }
             What::Connect { from, generation } => self.connect(from, generation, i),
@@ -318,13 +318,9 @@ impl Sim {
         while let Some(effect) = self.nodes[i].machine.poll() {
             self.carry_out(i, effect);
         }
-        if let Some(at) = self.nodes[i].machine.poll_timeout() {
-            // A timer due now fires a moment later, so a node cannot spin.
-            let at = at.max(self.now + Duration::from_micros(1));
-            if self.nodes[i].timer.is_none_or(|queued| at < queued) {
-                self.nodes[i].timer = Some(at);
-                self.schedule(at, i, What::Timer);
-            }
+        let due = self.nodes[i].machine.poll_timeout();
+        if let Some(Arm { token, at }) = self.nodes[i].timer.arm(self.now, due) {
+            self.schedule(at, i, What::Timer(token));
         }
     }
 
@@ -386,7 +382,8 @@ impl Sim {
                 }
             }
             Effect::Publish(event) => self.nodes[i].events.push(event),
-            Effect::Refused { .. } => {}
+            // Simulated sessions open authenticated: no handshake to expire.
+            Effect::Refused { .. } | Effect::CloseSession { .. } | Effect::Strangers { .. } => {}
         }
     }
 
