@@ -394,6 +394,13 @@ impl Config {
         self.node_name.as_deref().unwrap_or(&self.app)
     }
 
+    /// How long a connection may take to authenticate before it is closed:
+    /// `dial_timeout`, but at least a second, so a slow but honest peer is
+    /// not cut off on a loaded machine.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.dial_timeout.max(Duration::from_secs(1))
+    }
+
     /// This node's name on `host`: `{effective_node_name}@{host}`.
     pub fn node_name_for(&self, host: &Host) -> Result<NodeName, NameError> {
         NodeName::new(self.effective_node_name(), host)

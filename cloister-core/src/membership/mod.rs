@@ -29,6 +29,7 @@
 //! Events and effects never depend on a HashMap's order: peers live in a
 //! BTreeMap, so two nodes with the same inputs emit the same outputs.
 
+mod handshakes;
 mod links;
 mod members;
 mod peer;
@@ -42,6 +43,7 @@ use crate::config::{Config, RingMode, Sentry};
 use crate::events::{DownReason, NodeState, Snapshot, TopologyEvent};
 use crate::names::{Incarnation, NodeName, SentryNode};
 use crate::ring::Ring;
+use crate::tally::Tally;
 
 use peer::{backoff, earliest, Dial, Member, Peer};
 pub use protocol::{AssemblyReport, Effect, Heartbeat, Input, MissingPeer, SessionId};
@@ -66,6 +68,10 @@ pub struct Membership {
     /// A lower bound of the earliest per-peer timer; recomputed on timeouts.
     next_peer_timer: Option<Duration>,
     discovery_error: Option<String>,
+    /// Connections still in their handshake, with their deadlines.
+    handshakes: BTreeMap<SessionId, Duration>,
+    /// Connections that closed without authenticating, for the log.
+    strangers: Tally,
 }
 
 impl Membership {
@@ -88,6 +94,8 @@ impl Membership {
             next_introduce: None,
             next_peer_timer: None,
             discovery_error: None,
+            handshakes: BTreeMap::new(),
+            strangers: Tally::new(),
         }
     }
 
@@ -207,6 +215,8 @@ impl Membership {
             self.next_heartbeat,
             self.next_introduce,
             self.next_peer_timer,
+            self.handshakes.values().min().copied(),
+            self.strangers.due(),
         ]
         .into_iter()
         .flatten()
@@ -225,8 +235,14 @@ impl Membership {
             Input::Discovered(peers) => self.discovered(now, peers),
             Input::DiscoveryFailed(error) => self.discovery_error = Some(error),
             Input::DialFailed { peer, error } => self.dial_failed(now, &peer, error),
+            Input::SessionOpened { session } => self.session_opened(now, session),
+            Input::SessionAuthenticated { session } => self.authenticated(session),
+            Input::ConnectionClosed { session } => self.connection_closed(now, session),
             Input::SessionUp { peer, session } => self.session_up(now, peer, session),
-            Input::SessionDown { peer, session } => self.session_down(now, &peer, session),
+            Input::SessionDown { peer, session } => {
+                self.connection_closed(now, session);
+                self.session_down(now, &peer, session);
+            }
             Input::Heartbeat(heartbeat) => self.heartbeat(now, heartbeat),
             Input::Leave => self.leave(),
             Input::LeaveComplete => self.leave_complete(),
@@ -250,6 +266,7 @@ impl Membership {
             self.heartbeat_all(false);
             self.next_heartbeat = Some(now + self.config.heartbeat_interval);
         }
+        self.expire_handshakes(now);
         self.expire_graces(now);
         self.expire_silent_members(now);
         self.run_dials(now);

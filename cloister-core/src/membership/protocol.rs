@@ -52,6 +52,24 @@ pub enum Input {
         /// What went wrong, for the operator.
         error: String,
     },
+    /// ractor_cluster opened a connection, either side; its handshake has
+    /// not run. It is closed ([`Effect::CloseSession`]) if it does not
+    /// authenticate within [`Config::handshake_timeout`](crate::Config::handshake_timeout).
+    SessionOpened {
+        /// The connection's id.
+        session: SessionId,
+    },
+    /// The connection passed the cookie check.
+    SessionAuthenticated {
+        /// The connection's id.
+        session: SessionId,
+    },
+    /// A connection closed before it said whose it was (no peer name). A
+    /// connection with a peer name closes as [`Input::SessionDown`].
+    ConnectionClosed {
+        /// The connection's id.
+        session: SessionId,
+    },
     /// A session with `peer` became ready (authenticated), whoever dialed.
     SessionUp {
         /// The peer.
@@ -59,7 +77,7 @@ pub enum Input {
         /// This session's id.
         session: SessionId,
     },
-    /// A session with `peer` closed.
+    /// A session with `peer` closed (authenticated or not).
     SessionDown {
         /// The peer.
         peer: NodeName,
@@ -90,6 +108,20 @@ pub enum Effect {
         peer: NodeName,
         /// The session to close.
         session: SessionId,
+    },
+    /// Close this connection: it did not authenticate within
+    /// [`Config::handshake_timeout`](crate::Config::handshake_timeout)
+    /// (garbage on the port, a wrong cookie, a half-finished handshake).
+    CloseSession {
+        /// The connection's id.
+        session: SessionId,
+    },
+    /// Connections closed without authenticating, for the operator's log:
+    /// the first at once, then a count at most every
+    /// [`REPORT_EVERY`](crate::tally::REPORT_EVERY), never a line each.
+    Strangers {
+        /// How many since the last report.
+        count: u64,
     },
     /// Resolve the DNS service now and answer with [`Input::Discovered`] or
     /// [`Input::DiscoveryFailed`]. Comes again every `discovery_tick`.

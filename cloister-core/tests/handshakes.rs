@@ -1,0 +1,127 @@
+//! Connections before they authenticate: a deadline each, and strangers
+//! counted for the log rather than a line each. One protocol story per test,
+//! on a virtual clock, asserting on the exact effects.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use cloister_core::tally::REPORT_EVERY;
+use cloister_core::{Config, Effect, Incarnation, Input, Membership, Sentry, SessionId};
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+/// A lone node (consensus 1) started at 0 ms, its start-up effects drained.
+fn started() -> Membership {
+    let config = Config {
+        sentry: Sentry::Nodes(vec!["cloister@127.0.0.1:4000".parse().unwrap()]),
+        ..Config::for_tests()
+    };
+    let me = "cloister@127.0.0.1".parse().unwrap();
+    let mut m = Membership::new(config, me, Incarnation(1), 7);
+    m.handle(ms(0), Input::Start);
+    drain(&mut m);
+    m
+}
+
+fn drain(m: &mut Membership) -> Vec<Effect> {
+    std::iter::from_fn(|| m.poll()).collect()
+}
+
+/// Runs every timeout up to `until`; returns the effects that are not heartbeats.
+fn run_until(m: &mut Membership, until: Duration) -> Vec<(Duration, Effect)> {
+    let mut effects = Vec::new();
+    while let Some(at) = m.poll_timeout().filter(|at| *at <= until) {
+        m.handle_timeout(at);
+        effects.extend(drain(m).into_iter().map(|e| (at, e)));
+        assert!(effects.len() < 100_000, "the machine does not settle");
+    }
+    effects.retain(|(_, e)| !matches!(e, Effect::SendHeartbeat { .. }));
+    effects
+}
+
+fn opened(session: u64) -> Input {
+    Input::SessionOpened {
+        session: SessionId(session),
+    }
+}
+
+#[test]
+fn a_connection_that_never_authenticates_is_closed_at_its_deadline() {
+    let mut m = started();
+    let deadline = Config::for_tests().handshake_timeout();
+    // Someone connects at 5 ms and says nothing.
+    m.handle(ms(5), opened(1));
+    assert!(drain(&mut m).is_empty());
+    // Nothing happens before the deadline...
+    assert!(run_until(&mut m, ms(5) + deadline - ms(1)).is_empty());
+    // ...then the connection is closed, and the first stranger is logged at once.
+    let effects = run_until(&mut m, ms(5) + deadline);
+    assert_eq!(
+        effects,
+        vec![
+            (
+                ms(5) + deadline,
+                Effect::CloseSession {
+                    session: SessionId(1)
+                }
+            ),
+            (ms(5) + deadline, Effect::Strangers { count: 1 }),
+        ]
+    );
+}
+
+#[test]
+fn an_authenticated_connection_is_left_alone() {
+    let mut m = started();
+    m.handle(ms(5), opened(1));
+    m.handle(
+        ms(6),
+        Input::SessionAuthenticated {
+            session: SessionId(1),
+        },
+    );
+    assert!(run_until(&mut m, ms(10_000)).is_empty());
+}
+
+#[test]
+fn thousands_of_strangers_make_one_line_per_interval() {
+    let mut m = started();
+    // 6,000 connections in the first second, each closed before it
+    // authenticates (a wrong cookie, garbage): the first is reported at once.
+    let mut reports = Vec::new();
+    for i in 0..6_000u64 {
+        let at = Duration::from_micros(i * 150);
+        m.handle(at, opened(i));
+        m.handle(
+            at,
+            Input::ConnectionClosed {
+                session: SessionId(i),
+            },
+        );
+        reports.extend(drain(&mut m));
+    }
+    assert_eq!(reports, vec![Effect::Strangers { count: 1 }]);
+    // The other 5,999 come in one count when the interval is over.
+    let later = run_until(&mut m, REPORT_EVERY * 3);
+    assert_eq!(
+        later,
+        vec![(REPORT_EVERY, Effect::Strangers { count: 5_999 })]
+    );
+}
+
+#[test]
+fn a_named_session_that_closes_before_authenticating_is_a_stranger_too() {
+    let mut m = started();
+    // A wrong-cookie peer says its name before the cookie check fails.
+    m.handle(ms(5), opened(3));
+    m.handle(
+        ms(6),
+        Input::SessionDown {
+            peer: "rogue@127.0.0.9".parse().unwrap(),
+            session: SessionId(3),
+        },
+    );
+    assert_eq!(drain(&mut m), vec![Effect::Strangers { count: 1 }]);
+}
