@@ -58,14 +58,14 @@ mod manager;
 mod members;
 mod routing;
 mod sessions;
+mod stats;
 mod subscribe;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use error::CloisterError;
 pub use handle::Cloister;
-pub use manager::{
-    Assembled, CloisterManager, CloisterMessage, Internal, ManagerState, StartOptions,
-};
+pub use manager::{Assembled, CloisterManager, CloisterMessage, StartOptions};
 pub use routing::{join_group, Multicall, RouteError};
+pub use stats::Stats;
 pub use subscribe::{add_listener, await_consensus, subscribe, Listener, Subscriber};

@@ -67,6 +67,13 @@ pub enum RouteError {
         /// The timeout given.
         timeout: Duration,
     },
+    /// The cloister Manager of this node is gone (it left, failed or was
+    /// stopped): this handle no longer routes. A restarted Manager gives a
+    /// new handle.
+    #[error(
+        "the cloister manager of this node is not running ({0}); this handle no longer routes"
+    )]
+    Stopped(String),
 }
 
 /// The pg group cloister uses for a user's group name.
@@ -112,6 +119,16 @@ pub struct Multicall<R> {
 }
 
 impl View {
+    /// Whom multicast and multicall address: every member, or this node
+    /// alone once the Manager is gone, so the caller sees `Stopped` rather
+    /// than an empty answer.
+    fn targets(&self, me: &NodeName) -> Vec<NodeName> {
+        match self.stopped {
+            Some(_) => vec![me.clone()],
+            None => self.ring.members().to_vec(),
+        }
+    }
+
     /// The group's actor on `node`, per this view. Found once by scanning
     /// the group, then by name while it runs: an actor that stops is looked
     /// up again, and a session change brings a new view, found afresh.
@@ -121,6 +138,9 @@ impl View {
         group: &str,
         node: &NodeName,
     ) -> Result<ActorCell, RouteError> {
+        if let Some(cause) = &self.stopped {
+            return Err(RouteError::Stopped(cause.clone()));
+        }
         let found = self.found.load();
         if let Some(cell) = found.get(group).and_then(|nodes| nodes.get(node)) {
             if !is_closing(cell) {
@@ -197,6 +217,9 @@ impl Cloister {
         key: impl AsRef<[u8]>,
     ) -> Result<(NodeName, ActorRef<M>), RouteError> {
         let view = self.view();
+        if let Some(cause) = &view.stopped {
+            return Err(RouteError::Stopped(cause.clone()));
+        }
         let owner = match view.ring.node_for(key) {
             Some(owner) => owner.clone(),
             None if view.ring.vnodes() == 0 => return Err(RouteError::ExternalRing),
@@ -298,8 +321,7 @@ impl Cloister {
         message: M,
     ) -> Vec<(NodeName, Result<(), RouteError>)> {
         let view = self.view();
-        view.ring
-            .members()
+        view.targets(self.me())
             .iter()
             .map(|node| {
                 let sent = view.actor_on(self.me(), group, node).and_then(|cell| {
@@ -350,7 +372,7 @@ impl Cloister {
         let mut failures = Vec::new();
         {
             let view = self.view();
-            for node in view.ring.members() {
+            for node in &view.targets(self.me()) {
                 match view.actor_on(self.me(), group, node) {
                     Ok(cell) => calls.push((node.clone(), ActorRef::<M>::from(cell))),
                     Err(error) => failures.push((node.clone(), error)),

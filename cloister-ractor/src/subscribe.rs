@@ -1,10 +1,8 @@
-//! Subscribing to topology events: actors through ractor's `OutputPort`,
-//! callbacks through [`Listener`].
-
-use std::sync::Arc;
+//! Subscribing to topology events: actors through a lossless fan-out into
+//! their mailboxes, callbacks through [`Listener`].
 
 use cloister_core::{NodeState, Snapshot, TopologyEvent};
-use ractor::{ActorRef, Message, OutputPort};
+use ractor::{ActorRef, ActorStatus, Message};
 
 use crate::error::CloisterError;
 use crate::manager::CloisterMessage;
@@ -57,19 +55,27 @@ pub trait Listener: Send + 'static {
     fn on_event(&self, _event: &TopologyEvent) {}
 }
 
-/// What the Manager's output port carries. A local wrapper because, with the
-/// `cluster` feature, an `OutputPort`'s type must implement ractor's
-/// `Message`, which cloister-core (free of ractor) cannot.
-#[derive(Clone, Debug)]
-pub(crate) struct Published(pub(crate) TopologyEvent);
+/// Every subscribed actor, each behind its converter. Events go straight
+/// into each actor's mailbox, which ractor never bounds: every subscriber
+/// gets every event, in order, however far behind it is. (ractor's
+/// `OutputPort` is a broadcast channel of 10 that skips on lag; a subscriber
+/// that keeps state from events cannot afford that.) A subscriber that
+/// stopped is dropped at the next event.
+#[derive(Default)]
+pub(crate) struct Subscribers(Vec<Deliver>);
 
-impl Message for Published {}
+/// Delivers one event to one subscriber; false once the subscriber is gone.
+type Deliver = Box<dyn Fn(&TopologyEvent) -> bool + Send>;
 
-/// The Manager's topology output port.
-pub(crate) type EventPort = OutputPort<Published>;
+impl Subscribers {
+    /// Delivers `event` to every live subscriber, forgetting the stopped ones.
+    pub(crate) fn send(&mut self, event: &TopologyEvent) {
+        self.0.retain(|deliver| deliver(event));
+    }
+}
 
-/// Hands the first event to a subscriber, then subscribes it to the port.
-type Attach = Box<dyn FnOnce(&EventPort, TopologyEvent) + Send>;
+/// Hands the first event to a subscriber, then returns its delivery.
+type Attach = Box<dyn FnOnce(TopologyEvent) -> Deliver + Send>;
 
 /// A pending subscription: the converter and the receiver, erased. Only
 /// [`subscribe`] makes one (and sends it to the Manager itself); it is public
@@ -77,10 +83,10 @@ type Attach = Box<dyn FnOnce(&EventPort, TopologyEvent) + Send>;
 pub struct Subscriber(Attach);
 
 impl Subscriber {
-    /// Sends `first` to the subscriber, then subscribes it to the port, so
+    /// Sends `first` to the subscriber, then adds it to `subscribers`, so
     /// nothing published after `first` can arrive before it.
-    pub(crate) fn attach(self, port: &EventPort, first: TopologyEvent) {
-        (self.0)(port, first);
+    pub(crate) fn attach(self, subscribers: &mut Subscribers, first: TopologyEvent) {
+        subscribers.0.push((self.0)(first));
     }
 }
 
@@ -116,16 +122,29 @@ where
     M: Message,
     F: Fn(TopologyEvent) -> Option<M> + Send + Sync + 'static,
 {
-    let convert = Arc::new(convert);
-    let attach = move |port: &EventPort, first: TopologyEvent| {
-        if let Some(message) = convert(first) {
-            let _ = receiver.send_message(message);
-        }
-        port.subscribe(receiver, move |Published(event)| convert(event));
-    };
     manager
-        .cast(CloisterMessage::Subscribe(Subscriber(Box::new(attach))))
+        .cast(CloisterMessage::Subscribe(subscriber(receiver, convert)))
         .map_err(|e| CloisterError::ManagerGone(e.to_string()))
+}
+
+/// The subscription [`subscribe`] sends the Manager.
+fn subscriber<M, F>(receiver: ActorRef<M>, convert: F) -> Subscriber
+where
+    M: Message,
+    F: Fn(TopologyEvent) -> Option<M> + Send + Sync + 'static,
+{
+    let attach = move |first: TopologyEvent| -> Deliver {
+        let deliver = move |event: &TopologyEvent| match convert(event.clone()) {
+            Some(message) => receiver.send_message(message).is_ok(),
+            None => !matches!(
+                receiver.get_status(),
+                ActorStatus::Stopping | ActorStatus::Stopped
+            ),
+        };
+        deliver(&first);
+        Box::new(deliver)
+    };
+    Subscriber(Box::new(attach))
 }
 
 /// Adds a callback [`Listener`] to `manager`. Its first event is a snapshot
@@ -181,5 +200,87 @@ pub async fn await_consensus(
         Ok(Ok(snapshot)) => Ok(snapshot),
         Ok(Err(report)) => Err(CloisterError::ConsensusTimeout(report)),
         Err(error) => Err(CloisterError::ManagerGone(error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use cloister_core::{Digest, NodeName, TopologyEvent};
+    use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+    use super::*;
+
+    /// Takes 2 ms over each event, far slower than the Manager publishes.
+    struct Slow;
+
+    struct Seen(TopologyEvent);
+    impl Message for Seen {}
+
+    impl Actor for Slow {
+        type Msg = Seen;
+        type State = Arc<Mutex<Vec<TopologyEvent>>>;
+        type Arguments = Arc<Mutex<Vec<TopologyEvent>>>;
+
+        async fn pre_start(
+            &self,
+            _: ActorRef<Seen>,
+            seen: Self::Arguments,
+        ) -> Result<Self::State, ActorProcessingErr> {
+            Ok(seen)
+        }
+
+        async fn handle(
+            &self,
+            _: ActorRef<Seen>,
+            Seen(event): Seen,
+            seen: &mut Self::State,
+        ) -> Result<(), ActorProcessingErr> {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            seen.lock().map_err(|e| e.to_string())?.push(event);
+            Ok(())
+        }
+    }
+
+    fn ring_event(i: u64) -> TopologyEvent {
+        let name: NodeName = format!("n{i}@127.0.0.1").parse().expect("a valid name");
+        TopologyEvent::RingChanged {
+            digest: Digest::of(std::slice::from_ref(&name)),
+            members: vec![name],
+        }
+    }
+
+    /// A node resumed after a long pause drops all its peers in one tick: a
+    /// burst of events, published in one go. A slow subscriber gets every
+    /// one of them, in order (ractor's `OutputPort`, used before, skipped
+    /// all but the last 10 or so).
+    #[tokio::test]
+    async fn a_slow_subscriber_gets_every_event_of_a_burst_in_order() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (slow, handle) = Actor::spawn(None, Slow, Arc::clone(&seen))
+            .await
+            .expect("spawn");
+        let mut subscribers = Subscribers::default();
+        subscriber(slow.clone(), |event| Some(Seen(event))).attach(&mut subscribers, ring_event(0));
+        let burst: Vec<TopologyEvent> = (1..=500).map(ring_event).collect();
+        for event in &burst {
+            subscribers.send(event);
+        }
+        let mut expected = vec![ring_event(0)];
+        expected.extend(burst);
+        for _ in 0..1_000 {
+            if seen.lock().expect("lock").len() >= expected.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*seen.lock().expect("lock"), expected);
+        slow.stop(None);
+        handle.await.expect("the subscriber stops");
+        // A stopped subscriber is dropped at the next event.
+        subscribers.send(&ring_event(501));
+        assert!(subscribers.0.is_empty());
     }
 }

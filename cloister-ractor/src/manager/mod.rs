@@ -12,11 +12,9 @@ use arc_swap::ArcSwap;
 use cloister_core::membership::AssemblyReport;
 use cloister_core::{
     Config, Heartbeat, Incarnation, Input, Membership, NodeName, NodeState, SentryNode, Snapshot,
-    TopologyEvent,
+    Timer, TimerToken, TopologyEvent,
 };
-use ractor::{
-    Actor, ActorCell, ActorProcessingErr, ActorRef, OutputPort, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use tokio::task::JoinHandle;
@@ -26,7 +24,8 @@ use crate::error::CloisterError;
 use crate::handle::{Cloister, View};
 use crate::herald::{self, Herald};
 use crate::sessions::{Forwarder, SessionEvent};
-use crate::subscribe::{Listener, Subscriber};
+use crate::stats::Counters;
+use crate::subscribe::{Listener, Subscriber, Subscribers};
 
 mod state;
 
@@ -83,12 +82,13 @@ impl ractor::Message for CloisterMessage {}
 /// what assembly still waited for at the deadline.
 pub type Assembled = Result<Snapshot, Box<AssemblyReport>>;
 
-/// Runtime plumbing between the Manager and its helpers.
-#[doc(hidden)]
+/// Runtime plumbing between the Manager and its helpers. Public only as
+/// the payload of a hidden variant: it cannot be named outside this crate,
+/// so no other code can inject heartbeats or session events.
 #[derive(Debug)]
 pub enum Internal {
-    /// A timer came due.
-    Tick,
+    /// A wake-up came due; dropped when another replaced it.
+    Tick(TimerToken),
     /// A NodeServer session event.
     #[allow(private_interfaces)]
     Session(SessionEvent),
@@ -359,11 +359,13 @@ impl Actor for CloisterManager {
             epoch: Instant::now(),
             node_server,
             view,
-            events: OutputPort::default(),
+            subscribers: Subscribers::default(),
             listeners: Vec::new(),
             waiters: Vec::new(),
-            timer_at: None,
-            handshakes: BTreeMap::new(),
+            timer: Timer::new(),
+            next_progress: Duration::ZERO,
+            counters: Arc::new(Counters::default()),
+            stop_cause: None,
             sessions: BTreeMap::new(),
             links: BTreeMap::new(),
             discovery: discovery.for_service(),
@@ -393,12 +395,16 @@ impl Actor for CloisterManager {
                 if state.machine.state() == NodeState::Ready {
                     let _ = reply.send(Ok(state.machine.snapshot()));
                 } else {
-                    let deadline = Instant::now() + state.config.startup_deadline;
+                    let deadline = state.now().saturating_add(state.config.startup_deadline);
                     state.waiters.push((deadline, reply));
                 }
             }
             CloisterMessage::Handle(reply) => {
-                let handle = Cloister::new(Arc::clone(&state.view), state.machine.name().clone());
+                let handle = Cloister::new(
+                    Arc::clone(&state.view),
+                    state.machine.name().clone(),
+                    Arc::clone(&state.counters),
+                );
                 let _ = reply.send(handle);
             }
             CloisterMessage::Snapshot(reply) => {
@@ -418,7 +424,7 @@ impl Actor for CloisterManager {
             }
             CloisterMessage::Subscribe(subscriber) => {
                 let snapshot = state.machine.snapshot();
-                subscriber.attach(&state.events, TopologyEvent::Snapshot { snapshot });
+                subscriber.attach(&mut state.subscribers, TopologyEvent::Snapshot { snapshot });
             }
             CloisterMessage::AddListener(listener) => {
                 let snapshot = state.machine.snapshot();
@@ -442,23 +448,34 @@ impl Actor for CloisterManager {
         &self,
         myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // The NodeServer and the herald are what this node is: without either
         // it cannot be a member, so stop and let the user's supervisor decide.
         match event {
             SupervisionEvent::ActorFailed(child, error) => {
                 tracing::error!(child = ?child.get_name(), %error, "a cloister child failed");
+                state.stop_cause =
+                    Some(format!("its child {} failed: {error}", child_name(&child)));
                 myself.stop(Some(format!("child failed: {error}")));
             }
             SupervisionEvent::ActorTerminated(child, _, reason) => {
                 tracing::warn!(child = ?child.get_name(), ?reason, "a cloister child stopped");
+                let why = reason.unwrap_or_else(|| "no reason given".into());
+                state.stop_cause = Some(format!("its child {} stopped: {why}", child_name(&child)));
                 myself.stop(Some("child stopped".into()));
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+/// A child's registered name, or its id.
+fn child_name(child: &ActorCell) -> String {
+    child
+        .get_name()
+        .unwrap_or_else(|| format!("actor {}", child.get_id()))
 }
 
 /// Why an actor did not start, without ractor's wording of every failed

@@ -5,21 +5,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cloister_core::timer::Arm;
+
 use arc_swap::ArcSwap;
 use cloister_core::membership::AssemblyReport;
 use cloister_core::{
-    Config, Effect, Host, Input, Membership, NodeAddr, NodeName, NodeState, SessionId,
+    Config, Effect, Host, Input, Membership, NodeAddr, NodeName, NodeState, SessionId, Timer,
     TopologyEvent,
 };
 use ractor::{ActorCell, ActorRef, RpcReplyPort};
-use ractor_cluster::{NodeServerMessage, NodeSessionMessage};
+use ractor_cluster::NodeServerMessage;
 
 use crate::discovery::Discovery;
 use crate::handle::View;
 use crate::herald;
 use crate::members::{is_closing, member_on};
 use crate::sessions::SessionEvent;
-use crate::subscribe::{EventPort, Listener, Published};
+use crate::stats::Counters;
+use crate::subscribe::{Listener, Subscribers};
 
 use super::{Assembled, CloisterMessage, Internal};
 
@@ -31,17 +34,22 @@ pub struct ManagerState {
     pub(super) epoch: Instant,
     pub(super) node_server: ActorRef<NodeServerMessage>,
     pub(super) view: Arc<ArcSwap<View>>,
-    pub(super) events: EventPort,
+    pub(super) subscribers: Subscribers,
     pub(super) listeners: Vec<Box<dyn Listener>>,
-    pub(super) waiters: Vec<(Instant, RpcReplyPort<Assembled>)>,
-    /// The earliest Tick already on its way, so timers are not duplicated.
-    pub(super) timer_at: Option<Instant>,
-    /// Sessions still in their handshake, closed if it does not finish.
-    pub(super) handshakes: BTreeMap<u64, (Instant, ActorRef<NodeSessionMessage>)>,
+    /// Who waits for `Ready`, each until its deadline (on the core's clock).
+    pub(super) waiters: Vec<(Duration, RpcReplyPort<Assembled>)>,
+    /// The one live wake-up, under the rule the simulator follows too.
+    pub(super) timer: Timer,
+    /// When to log assembly progress next, while assembling.
+    pub(super) next_progress: Duration,
+    pub(super) counters: Arc<Counters>,
+    /// Why the Manager stops, once it knows; what handles say afterwards.
+    pub(super) stop_cause: Option<String>,
     /// Ready sessions by id: what `Sessions` reports.
     pub(super) sessions: BTreeMap<u64, NodeName>,
-    /// Every open session's actor by id, to tell the handles whether a
-    /// session is closing before its close is reported.
+    /// Every open session's actor by id: to tell the handles whether a
+    /// session is closing before its close is reported, and to close one
+    /// the core gives up on.
     pub(super) links: BTreeMap<u64, ActorCell>,
     pub(super) discovery: Option<Discovery>,
     /// The last progress line logged while assembling, to log changes only.
@@ -64,14 +72,17 @@ impl ManagerState {
 
     pub(super) fn internal(&mut self, myself: &ActorRef<CloisterMessage>, message: Internal) {
         match message {
-            Internal::Tick => {
-                self.timer_at = None;
+            Internal::Tick(token) => {
+                let fired = self.timer.fire(token);
+                self.counters.timer(self.timer.counts());
+                if !fired {
+                    return; // replaced by an earlier wake-up: nothing is due
+                }
                 let now = self.now();
                 self.machine.handle_timeout(now);
                 self.apply(myself);
-                self.log_progress();
-                self.expire_waiters();
-                self.expire_handshakes();
+                self.log_progress(now);
+                self.expire_waiters(now);
             }
             Internal::Session(event) => self.session_event(myself, event),
             Internal::Heartbeat(heartbeat) => self.feed(myself, Input::Heartbeat(heartbeat)),
@@ -93,6 +104,7 @@ impl ManagerState {
                 self.feed(myself, Input::DiscoveryFailed(error));
             }
             Internal::LeaveDone => {
+                self.stop_cause = Some("it left the cluster".into());
                 self.feed(myself, Input::LeaveComplete);
                 myself.stop(Some("left the cluster".into()));
             }
@@ -106,13 +118,13 @@ impl ManagerState {
     ) {
         match event {
             SessionEvent::Opened { id, actor } => {
-                let deadline =
-                    Instant::now() + self.config.dial_timeout.max(Duration::from_secs(1));
                 self.links.insert(id, actor.get_cell());
-                self.handshakes.insert(id, (deadline, actor));
+                let session = SessionId(id);
+                self.feed(myself, Input::SessionOpened { session });
             }
             SessionEvent::Authenticated { id } => {
-                self.handshakes.remove(&id);
+                let session = SessionId(id);
+                self.feed(myself, Input::SessionAuthenticated { session });
             }
             SessionEvent::Adopted { id, peer, actor } => {
                 // Cast from the dial task, so unordered with the NodeServer's
@@ -128,7 +140,6 @@ impl ManagerState {
                 self.session_event(myself, SessionEvent::Ready { id, peer });
             }
             SessionEvent::Ready { id, peer } => {
-                self.handshakes.remove(&id);
                 let Ok(peer) = peer.parse::<NodeName>() else {
                     tracing::debug!(%peer, "a session with a peer whose name is not name@host");
                     return;
@@ -139,16 +150,15 @@ impl ManagerState {
                 self.feed(myself, Input::SessionUp { peer, session });
             }
             SessionEvent::Closed { id, peer } => {
-                self.handshakes.remove(&id);
                 self.links.remove(&id);
                 if self.sessions.remove(&id).is_some() {
                     self.store_view();
                 }
-                let Some(peer) = peer.and_then(|p| p.parse::<NodeName>().ok()) else {
-                    return;
-                };
                 let session = SessionId(id);
-                self.feed(myself, Input::SessionDown { peer, session });
+                match peer.and_then(|p| p.parse::<NodeName>().ok()) {
+                    Some(peer) => self.feed(myself, Input::SessionDown { peer, session }),
+                    None => self.feed(myself, Input::ConnectionClosed { session }),
+                }
             }
         }
     }
@@ -193,6 +203,24 @@ impl ManagerState {
                 }
                 Effect::Publish(event) => self.publish(event),
                 Effect::Refused { peer, why } => tracing::warn!(%peer, "{why}"),
+                Effect::CloseSession { session } => {
+                    if let Some(link) = self.links.get(&session.0) {
+                        tracing::debug!(
+                            session = session.0,
+                            "closing a connection that never authenticated"
+                        );
+                        link.stop(Some("cloister: handshake timed out".into()));
+                    }
+                }
+                Effect::Strangers { count } => {
+                    self.counters.strangers(count);
+                    tracing::warn!(
+                        count,
+                        "{count} connection(s) closed without authenticating (a wrong cookie, not a \
+                         cloister node, or garbage on the port); counted, logged at most every {:?}",
+                        cloister_core::tally::REPORT_EVERY
+                    );
+                }
             }
         }
     }
@@ -310,7 +338,8 @@ impl ManagerState {
             } => Some(snapshot.clone()),
             _ => None,
         };
-        self.events.send(Published(event));
+        self.counters.event();
+        self.subscribers.send(&event);
         if let Some(snapshot) = ready {
             for (_, reply) in self.waiters.drain(..) {
                 let _ = reply.send(Ok(snapshot.clone()));
@@ -319,8 +348,9 @@ impl ManagerState {
     }
 
     /// Logs what assembly waits for, when that changed.
-    pub(super) fn log_progress(&mut self) {
-        if self.machine.state() == NodeState::Assembling {
+    pub(super) fn log_progress(&mut self, now: Duration) {
+        if self.machine.state() == NodeState::Assembling && self.next_progress <= now {
+            self.next_progress = now + PROGRESS_EVERY;
             let report = self.machine.report();
             let progress = progress_line(&report);
             if progress != self.last_progress {
@@ -331,8 +361,7 @@ impl ManagerState {
     }
 
     /// Answers waiters whose deadline passed with what assembly waited for.
-    pub(super) fn expire_waiters(&mut self) {
-        let now = Instant::now();
+    pub(super) fn expire_waiters(&mut self, now: Duration) {
         if self.waiters.iter().any(|(deadline, _)| *deadline <= now) {
             let report = Box::new(self.machine.report());
             let (expired, waiting) = self.waiters.drain(..).partition(|(d, _)| *d <= now);
@@ -343,51 +372,54 @@ impl ManagerState {
         }
     }
 
-    /// Closes sessions that opened but never passed the handshake: garbage on
-    /// the port, a wrong cookie, or a half-finished handshake.
-    pub(super) fn expire_handshakes(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<u64> = self
-            .handshakes
-            .iter()
-            .filter(|(_, (deadline, _))| *deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some((_, actor)) = self.handshakes.remove(&id) {
-                tracing::debug!(
-                    session = id,
-                    "closing a session that never finished its handshake"
-                );
-                actor.stop(Some("cloister: handshake timed out".into()));
-            }
-        }
-    }
-
-    /// Makes sure a Tick arrives by the earliest deadline of the machine, the
-    /// waiters and the handshakes.
+    /// Makes sure a wake-up comes by the earliest deadline of the machine,
+    /// the waiters and the progress log, under the one timer rule
+    /// ([`Timer`]): a new wake-up only when the armed one comes too late.
     pub(super) fn arm_timer(&mut self, myself: &ActorRef<CloisterMessage>) {
-        let machine = self.machine.poll_timeout().map(|at| self.epoch + at);
-        let next = [
-            machine,
+        let now = self.now();
+        let due = [
+            self.machine.poll_timeout(),
             self.waiters.iter().map(|(d, _)| *d).min(),
-            self.handshakes.values().map(|(d, _)| *d).min(),
-            // While assembling, wake up now and then to log progress.
-            (self.machine.state() == NodeState::Assembling)
-                .then(|| Instant::now() + Duration::from_secs(2)),
+            (self.machine.state() == NodeState::Assembling).then_some(self.next_progress),
         ]
         .into_iter()
         .flatten()
         .min();
-        let Some(next) = next else { return };
-        if self.timer_at.is_some_and(|armed| armed <= next) {
-            return;
+        if let Some(Arm { token, at }) = self.timer.arm(now, due) {
+            let delay = at.saturating_sub(now);
+            myself.send_after(delay, move || {
+                CloisterMessage::Internal(Internal::Tick(token))
+            });
         }
-        self.timer_at = Some(next);
-        let delay = next.saturating_duration_since(Instant::now());
-        myself.send_after(delay, || CloisterMessage::Internal(Internal::Tick));
+    }
+
+    /// Publishes the view handles keep once the Manager is gone.
+    pub(super) fn store_stopped_view(&self) {
+        let cause = self.stop_cause.clone().unwrap_or_else(|| {
+            "it stopped (panicked, or was killed or stopped by its supervisor)".into()
+        });
+        let ring = Arc::new(cloister_core::Ring::new(
+            std::iter::empty::<NodeName>(),
+            self.config.ring_vnodes,
+        ));
+        self.view.store(Arc::new(View::stopped(
+            self.machine.snapshot(),
+            ring,
+            cause,
+        )));
     }
 }
+
+impl Drop for ManagerState {
+    /// However the Manager ends (a leave, a failed child, a panic, a kill),
+    /// its state is dropped: from then on, every handle says so.
+    fn drop(&mut self) {
+        self.store_stopped_view();
+    }
+}
+
+/// How often assembly progress is logged while assembling.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 fn progress_line(report: &AssemblyReport) -> String {
     let missing: Vec<String> = report

@@ -1,0 +1,241 @@
+//! A Manager over a long life and at its end: its wake-ups stay flat however
+//! many sessions come and go, and once it is gone its handles say so.
+//! One Manager per test, each of its own app (pg and the registry are
+//! process-wide).
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cloister_core::{Config, Host, NodeState};
+use cloister_ractor::{Cloister, CloisterManager, CloisterMessage, RouteError};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor_cluster::node::NodeConnectionMode;
+use ractor_cluster::{NodeServer, NodeServerMessage};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A lone node of `app` on 127.0.0.1, with the default timers.
+fn alone_as(app: &str, port: u16) -> Config {
+    let mut config = Config::nodes(app, [format!("{app}@127.0.0.1:{port}")])
+        .unwrap()
+        .with_listen_port(port)
+        .with_cookie("lifecycle-cookie");
+    config.advertised_host = Some(Host::Ip([127, 0, 0, 1].into()));
+    config
+}
+
+/// Timer messages per second over `spell`, those that ran the machine and
+/// those dropped as replaced, read from the handle's counters.
+async fn wakeup_rate(cloister: &Cloister, spell: Duration) -> f64 {
+    let ticks = || {
+        let stats = cloister.stats();
+        stats.wakeups + stats.stale_wakeups
+    };
+    let (start, before) = (Instant::now(), ticks());
+    tokio::time::sleep(spell).await;
+    let woke = ticks() - before;
+    woke as f64 / start.elapsed().as_secs_f64()
+}
+
+/// How many sessions the churner opens and closes: each is four session
+/// events on the node under test (opened, authenticated, ready, closed).
+const CHURN_SESSIONS: u32 = 250;
+
+#[tokio::test]
+async fn wakeups_stay_flat_after_a_thousand_session_events() {
+    let port = free_port();
+    let (manager, cloister, join) = CloisterManager::spawn(None, alone_as("flat", port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_start = wakeup_rate(&cloister, Duration::from_secs(3)).await;
+
+    // Another process, a plain ractor_cluster node with the cookie, opens
+    // and closes sessions with this node, one after another. Each session
+    // coming up makes the machine want to run sooner (it introduces itself
+    // to the newcomer), so each one arms an earlier wake-up than the one
+    // already on its way.
+    let churner = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "churner", "--ignored", "--nocapture"])
+        .env("CHURN_TARGET_PORT", port.to_string())
+        .env("CHURN_SESSIONS", CHURN_SESSIONS.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let output = tokio::task::spawn_blocking(move || churner.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "the churner failed: {said}");
+    assert!(
+        said.contains(&format!("churned {CHURN_SESSIONS}")),
+        "{said}"
+    );
+    let events = cloister.stats();
+    assert!(
+        events.wakeups > 0 && cloister.state() == NodeState::Ready,
+        "{events:?}"
+    );
+
+    // Every replaced wake-up was dropped when it came: the node wakes as
+    // often as it did at start, not once more per session it ever saw.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = wakeup_rate(&cloister, Duration::from_secs(3)).await;
+    let stats = cloister.stats();
+    assert!(
+        after <= at_start * 2.0 + 5.0,
+        "{after:.1} wake-ups/s after {CHURN_SESSIONS} sessions came and went, \
+         {at_start:.1}/s at start ({stats:?})"
+    );
+    assert!(
+        stats.stale_wakeups > 0,
+        "no wake-up was ever replaced: {stats:?}"
+    );
+
+    manager.cast(CloisterMessage::Leave).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), join)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Run by the test above in a process of its own (the test binary, started
+/// again): opens and closes `CHURN_SESSIONS` sessions with the node at
+/// `CHURN_TARGET_PORT`, one at a time. Does nothing when run by hand.
+#[tokio::test]
+#[ignore = "a helper process of wakeups_stay_flat_after_a_thousand_session_events"]
+async fn churner() {
+    let Ok(port) = std::env::var("CHURN_TARGET_PORT") else {
+        return;
+    };
+    let sessions: u32 = std::env::var("CHURN_SESSIONS").unwrap().parse().unwrap();
+    let server = NodeServer::new(
+        free_port(),
+        "lifecycle-cookie".into(),
+        "churner".into(),
+        "127.0.0.1".into(),
+        None,
+        Some(NodeConnectionMode::Isolated),
+    );
+    let (server, _) = Actor::spawn(None, server, ()).await.unwrap();
+    let target = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for i in 0..sessions {
+        assert!(Instant::now() < deadline, "only {i} sessions in 120 s");
+        ractor_cluster::client_connect(&server, target.as_str())
+            .await
+            .unwrap();
+        // Wait for the session to authenticate, then close it and wait
+        // until it is gone.
+        let session = loop {
+            let listed = ractor::call_t!(server, NodeServerMessage::GetSessions, 5_000).unwrap();
+            if let Some(s) = listed.into_values().find(|s| s.peer_name.is_some()) {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "session {i} never came up");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        session.actor.stop(None);
+        loop {
+            let listed = ractor::call_t!(server, NodeServerMessage::GetSessions, 5_000).unwrap();
+            if listed.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "session {i} never closed");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    println!("churned {sessions}");
+    server.stop(None);
+}
+
+/// A group actor that does nothing, to route to.
+struct Idle;
+
+impl Actor for Idle {
+    type Msg = Nudge;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, myself: ActorRef<Nudge>, _: ()) -> Result<(), ActorProcessingErr> {
+        cloister_ractor::join_group("idle", myself.get_cell());
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct Nudge;
+impl ractor::Message for Nudge {}
+
+/// What every handle must say once its Manager is gone, `cause` in its errors.
+fn assert_stopped(cloister: &Cloister, cause: &str) {
+    assert_eq!(cloister.state(), NodeState::Stopped);
+    assert!(
+        !cloister.is_sentry(),
+        "a stopped node says it is the sentry"
+    );
+    assert!(cloister.members().is_empty(), "{:?}", cloister.members());
+    assert_eq!(cloister.node_for("user:42"), None);
+    match cloister.route("idle", "user:42", Nudge) {
+        Err(RouteError::Stopped(why)) => assert!(why.contains(cause), "{why}"),
+        other => panic!("route after the Manager stopped: {other:?}"),
+    }
+    let sent = cloister.multicast("idle", Nudge);
+    assert!(
+        matches!(sent.as_slice(), [(node, Err(RouteError::Stopped(_)))] if node == cloister.me()),
+        "{sent:?}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_leave_every_handle_says_stopped() {
+    let (manager, cloister, join) = CloisterManager::spawn(None, alone_as("left", free_port()))
+        .await
+        .unwrap();
+    let (idle, _) = Actor::spawn(None, Idle, ()).await.unwrap();
+    let copy = cloister.clone();
+    assert!(cloister.is_sentry());
+    assert!(cloister.route("idle", "user:42", Nudge).is_ok());
+
+    manager.cast(CloisterMessage::Leave).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), join)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_stopped(&cloister, "left the cluster");
+    assert_stopped(&copy, "left the cluster");
+    idle.stop(None);
+}
+
+#[tokio::test]
+async fn when_the_node_server_dies_every_handle_says_stopped_and_why() {
+    let (manager, cloister, join) = CloisterManager::spawn(None, alone_as("failed", free_port()))
+        .await
+        .unwrap();
+    let (idle, _) = Actor::spawn(None, Idle, ()).await.unwrap();
+    assert_eq!(cloister.state(), NodeState::Ready);
+
+    // The NodeServer is what this node is: it dies, the Manager stops.
+    let children = manager.get_children();
+    let node_server = children
+        .iter()
+        .find(|c| c.get_name().is_none_or(|n| !n.starts_with("cloister:")))
+        .expect("the Manager has a NodeServer child");
+    node_server.kill();
+    tokio::time::timeout(Duration::from_secs(10), join)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_stopped(&cloister, "child");
+    idle.stop(None);
+}
