@@ -87,7 +87,7 @@ fn start_manager(runtime: &tokio::runtime::Runtime) -> (ActorRef<CloisterMessage
         .await
         .expect("the Manager is ready within 20s")
         .expect("the Manager starts");
-        (spawned.0, spawned.1)
+        (spawned.0, spawned.2)
     })
 }
 

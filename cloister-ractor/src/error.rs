@@ -14,7 +14,7 @@ use cloister_core::ConfigError;
 /// use cloister_ractor::{CloisterError, CloisterManager};
 /// # async fn example(config: cloister_core::Config) {
 /// match CloisterManager::spawn(None, config).await {
-///     Ok((_manager, cloister, _)) => println!("ready as {}", cloister.me()),
+///     Ok((_manager, _, cloister)) => println!("ready as {}", cloister.me()),
 ///     Err(CloisterError::ConsensusTimeout(report)) => {
 ///         for peer in &report.missing {
 ///             eprintln!("{} not connected: {}", peer.name, peer.why);

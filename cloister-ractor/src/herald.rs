@@ -7,6 +7,9 @@
 //! to a peer before it reports the session ready, so by the time the Manager
 //! learns of a session, the peer's herald can be found.
 
+use std::time::Instant;
+
+use cloister_core::tally::Tally;
 use cloister_core::{Heartbeat, NodeName};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorClusterMessage;
@@ -22,8 +25,16 @@ pub enum HeraldMessage {
     Heartbeat(Vec<u8>),
 }
 
-/// The herald actor; its only state is its Manager.
+/// The herald actor.
 pub struct Herald;
+
+/// The herald's Manager, and a count of payloads that did not parse (anyone
+/// with the cookie can send them: one line per interval, not one each).
+pub struct HeraldState {
+    manager: ActorRef<CloisterMessage>,
+    garbled: Tally,
+    epoch: Instant,
+}
 
 /// The `pg` group of an app's heralds.
 pub(crate) fn group(app: &str) -> String {
@@ -43,7 +54,7 @@ pub(crate) fn encode(heartbeat: &Heartbeat) -> HeraldMessage {
 
 impl Actor for Herald {
     type Msg = HeraldMessage;
-    type State = ActorRef<CloisterMessage>;
+    type State = HeraldState;
     type Arguments = ActorRef<CloisterMessage>;
 
     async fn pre_start(
@@ -51,21 +62,34 @@ impl Actor for Herald {
         _myself: ActorRef<Self::Msg>,
         manager: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(manager)
+        Ok(HeraldState {
+            manager,
+            garbled: Tally::new(),
+            epoch: Instant::now(),
+        })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        manager: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             HeraldMessage::Heartbeat(bytes) => match serde_json::from_slice::<Heartbeat>(&bytes) {
                 Ok(heartbeat) => {
-                    let _ = manager.cast(CloisterMessage::Internal(Internal::Heartbeat(heartbeat)));
+                    let heartbeat = CloisterMessage::Internal(Internal::Heartbeat(heartbeat));
+                    let _ = state.manager.cast(heartbeat);
                 }
-                Err(error) => tracing::warn!(%error, "dropped a heartbeat that does not parse"),
+                Err(error) => {
+                    if let Some(count) = state.garbled.note(state.epoch.elapsed()) {
+                        tracing::warn!(
+                            %error, count,
+                            "dropped {count} heartbeat(s) that do not parse; counted, logged at \
+                             most every {:?}", cloister_core::tally::REPORT_EVERY
+                        );
+                    }
+                }
             },
         }
         Ok(())

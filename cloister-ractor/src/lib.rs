@@ -28,7 +28,7 @@
 //!     type Arguments = ();
 //!     async fn pre_start(&self, myself: ActorRef<()>, _: ()) -> Result<Self::State, ActorProcessingErr> {
 //!         // Returns once `consensus` members are connected, or fails at the deadline.
-//!         let (_manager, cloister, _) = CloisterManager::spawn_linked(
+//!         let (_manager, _, cloister) = CloisterManager::spawn_linked(
 //!             Some("cloister".into()), Config::from_env()?, myself.get_cell()).await?;
 //!         // Children spawned from here on start in an assembled cluster.
 //!         Ok(cloister)
@@ -64,8 +64,22 @@ mod subscribe;
 pub mod testing;
 
 pub use error::CloisterError;
+
+/// A `tracing_subscriber::EnvFilter` directive for a node's log: `info`,
+/// ractor at `warn`, and ractor_cluster at `error`. ractor_cluster writes a
+/// warning or two for every connection that fails its handshake (garbage on
+/// the port, a wrong cookie, a port scan), so anyone who can reach the port
+/// could fill the disk; cloister counts those connections itself and logs
+/// the count at most every 10 seconds.
+///
+/// ```no_run
+/// tracing_subscriber::fmt()
+///     .with_env_filter(cloister_ractor::LOG_FILTER)
+///     .init();
+/// ```
+pub const LOG_FILTER: &str = "info,ractor=warn,ractor_cluster=error";
 pub use handle::Cloister;
-pub use manager::{Assembled, CloisterManager, CloisterMessage, StartOptions};
+pub use manager::{Assembled, CloisterManager, CloisterMessage, Spawned, StartOptions};
 pub use routing::{join_group, Multicall, RouteError};
 pub use stats::Stats;
 pub use subscribe::{add_listener, await_consensus, subscribe, Listener, Subscriber};

@@ -51,7 +51,7 @@ const CHURN_SESSIONS: u32 = 250;
 #[tokio::test]
 async fn wakeups_stay_flat_after_a_thousand_session_events() {
     let port = free_port();
-    let (manager, cloister, join) = CloisterManager::spawn(None, alone_as("flat", port))
+    let (manager, join, cloister) = CloisterManager::spawn(None, alone_as("flat", port))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -199,7 +199,7 @@ fn assert_stopped(cloister: &Cloister, cause: &str) {
 
 #[tokio::test]
 async fn after_a_leave_every_handle_says_stopped() {
-    let (manager, cloister, join) = CloisterManager::spawn(None, alone_as("left", free_port()))
+    let (manager, join, cloister) = CloisterManager::spawn(None, alone_as("left", free_port()))
         .await
         .unwrap();
     let (idle, _) = Actor::spawn(None, Idle, ()).await.unwrap();
@@ -219,7 +219,7 @@ async fn after_a_leave_every_handle_says_stopped() {
 
 #[tokio::test]
 async fn when_the_node_server_dies_every_handle_says_stopped_and_why() {
-    let (manager, cloister, join) = CloisterManager::spawn(None, alone_as("failed", free_port()))
+    let (manager, join, cloister) = CloisterManager::spawn(None, alone_as("failed", free_port()))
         .await
         .unwrap();
     let (idle, _) = Actor::spawn(None, Idle, ()).await.unwrap();

@@ -84,7 +84,7 @@ async fn wait(mut done: impl FnMut() -> bool) -> bool {
 async fn a_lone_node_with_consensus_one_is_ready_and_tells_everyone() {
     let port = free_port();
     // Consensus 1: spawn returns as soon as the node sees itself.
-    let (manager, cloister, join) = CloisterManager::spawn(None, alone(port)).await.unwrap();
+    let (manager, join, cloister) = CloisterManager::spawn(None, alone(port)).await.unwrap();
     assert_eq!(cloister.state(), NodeState::Ready);
     assert_eq!(cloister.members(), vec![cloister.me().clone()]);
     assert!(cloister.is_mine("any key"));
@@ -180,7 +180,7 @@ impl Actor for Silent {
 #[tokio::test]
 async fn a_routing_error_says_what_went_wrong() {
     use cloister_ractor::RouteError;
-    let (manager, cloister, join) = CloisterManager::spawn(None, alone_as("routing", free_port()))
+    let (manager, join, cloister) = CloisterManager::spawn(None, alone_as("routing", free_port()))
         .await
         .unwrap();
     let (silent, silent_join) = Actor::spawn(None, Silent, ()).await.unwrap();
@@ -218,7 +218,7 @@ async fn under_an_external_ring_routing_refuses_and_says_why() {
         ring: RingMode::External,
         ..alone_as("external", free_port())
     };
-    let (manager, cloister, join) = CloisterManager::spawn(None, config).await.unwrap();
+    let (manager, join, cloister) = CloisterManager::spawn(None, config).await.unwrap();
     assert_eq!(cloister.members(), vec![cloister.me().clone()]);
     assert_eq!(cloister.node_for("user:42"), None);
     let refused = cloister.route(
@@ -259,7 +259,7 @@ impl Actor for Numbered {
 
 #[tokio::test]
 async fn routing_reaches_the_actor_that_replaced_a_stopped_one() {
-    let (manager, cloister, join) = CloisterManager::spawn(None, alone_as("replaced", free_port()))
+    let (manager, join, cloister) = CloisterManager::spawn(None, alone_as("replaced", free_port()))
         .await
         .unwrap();
     let timeout = Duration::from_secs(5);

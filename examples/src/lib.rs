@@ -48,7 +48,9 @@ pub fn build_node_binary(bin: &str) -> io::Result<PathBuf> {
 }
 
 /// Logs to stderr, as every example binary does: `RUST_LOG` when set, else
-/// `info` with ractor's own chatter at `warn`; colours only on a terminal
+/// [`cloister_ractor::LOG_FILTER`] (`info`, ractor at `warn`, ractor_cluster
+/// at `error`: it writes a warning for every connection that fails its
+/// handshake, which cloister counts instead); colours only on a terminal
 /// (a harness's log files stay plain text).
 pub fn init_logs() {
     use std::io::IsTerminal;
@@ -57,7 +59,7 @@ pub fn init_logs() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ractor_cluster=warn,ractor=warn".into()),
+                .unwrap_or_else(|_| cloister_ractor::LOG_FILTER.into()),
         )
         .init();
 }

@@ -2,7 +2,14 @@
 //!
 //! It owns the ractor_cluster `NodeServer` and the herald as linked children,
 //! feeds the core every session event, heartbeat, dial failure and timer, and
-//! carries out the effects the core answers with. It decides nothing itself.
+//! carries out the effects the core answers with. The decisions are the
+//! core's (when to dial, whom to drop, when a handshake has taken too long,
+//! when to wake up: [`Timer`] is the rule the simulator follows too), with
+//! one exception kept here because it is a workaround for ractor_cluster's
+//! event order, not a membership decision: session adoption in
+//! `ManagerState::dial` (ractor_cluster reports a session ready only if it
+//! wins its duplicate election at that moment, so a session that wins later
+//! is found by listing the NodeServer's sessions before dialing).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,6 +85,10 @@ pub enum CloisterMessage {
 
 impl ractor::Message for CloisterMessage {}
 
+/// What the spawn functions return: what ractor's `Actor::spawn_linked`
+/// returns (the Manager and its join handle), plus the [`Cloister`] handle.
+pub type Spawned = (ActorRef<CloisterMessage>, JoinHandle<()>, Cloister);
+
 /// The answer to [`CloisterMessage::AwaitConsensus`]: the view once ready, or
 /// what assembly still waited for at the deadline.
 pub type Assembled = Result<Snapshot, Box<AssemblyReport>>;
@@ -136,7 +147,7 @@ impl CloisterManager {
         name: Option<String>,
         config: Config,
         supervisor: ActorCell,
-    ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
+    ) -> Result<Spawned, CloisterError> {
         Self::start(
             config,
             StartOptions {
@@ -162,15 +173,12 @@ impl CloisterManager {
     ///
     /// #[tokio::main]
     /// async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    ///     let (_manager, cloister, _) = CloisterManager::spawn(None, Config::from_env()?).await?;
+    ///     let (_manager, _, cloister) = CloisterManager::spawn(None, Config::from_env()?).await?;
     ///     println!("{} joined {:?}", cloister.me(), cloister.members());
     ///     Ok(())
     /// }
     /// ```
-    pub async fn spawn(
-        name: Option<String>,
-        config: Config,
-    ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
+    pub async fn spawn(name: Option<String>, config: Config) -> Result<Spawned, CloisterError> {
         Self::start(
             config,
             StartOptions {
@@ -197,7 +205,7 @@ impl CloisterManager {
     /// # impl ractor::Message for AppMsg {}
     /// # async fn example(config: cloister_core::Config, app: ractor::ActorRef<AppMsg>) -> Result<(), Box<dyn std::error::Error>> {
     ///
-    /// let (manager, cloister, _) = CloisterManager::spawn_unheld(None, config, None).await?;
+    /// let (manager, _, cloister) = CloisterManager::spawn_unheld(None, config, None).await?;
     /// println!("{} started, {}", cloister.me(), cloister.state());
     /// // `app` sees the assembly as it happens.
     /// cloister_ractor::subscribe(&manager, app, |event| Some(AppMsg::Topology(event)))?;
@@ -208,7 +216,7 @@ impl CloisterManager {
         name: Option<String>,
         config: Config,
         supervisor: Option<ActorCell>,
-    ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
+    ) -> Result<Spawned, CloisterError> {
         Self::start(
             config,
             StartOptions {
@@ -246,13 +254,10 @@ impl CloisterManager {
     ///     listeners: vec![Box::new(LogStates)],
     ///     ..StartOptions::default()
     /// };
-    /// let (manager, cloister, _) = CloisterManager::start(config, options).await?;
+    /// let (manager, _, cloister) = CloisterManager::start(config, options).await?;
     /// # let _ = (manager, cloister); Ok(()) }
     /// ```
-    pub async fn start(
-        config: Config,
-        options: StartOptions,
-    ) -> Result<(ActorRef<CloisterMessage>, Cloister, JoinHandle<()>), CloisterError> {
+    pub async fn start(config: Config, options: StartOptions) -> Result<Spawned, CloisterError> {
         config.validate()?;
         let port = config.listen_port;
         let StartOptions {
@@ -284,7 +289,7 @@ impl CloisterManager {
                 }
             }
         }
-        Ok((actor, cloister, join))
+        Ok((actor, join, cloister))
     }
 }
 

@@ -30,7 +30,7 @@
 //!         listeners: vec![Box::new(EventLines::default())],
 //!         ..StartOptions::default()
 //!     };
-//!     let (_manager, _cloister, done) = CloisterManager::start(Config::from_env()?, options).await?;
+//!     let (_manager, done, _cloister) = CloisterManager::start(Config::from_env()?, options).await?;
 //!     done.await?;
 //!     Ok(())
 //! }

@@ -256,7 +256,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         listeners: vec![Box::new(EventLines::default())],
         ..StartOptions::default()
     };
-    let (manager, cloister, _) = CloisterManager::start(config, options).await?;
+    let (manager, _, cloister) = CloisterManager::start(config, options).await?;
     let (store, _) = Actor::spawn(None, Store, cloister.clone()).await?;
     // Snapshot first, then every ring change, and every node that comes up:
     // a node restarted between two heartbeats is back under its old name,

@@ -126,7 +126,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         listeners: vec![Box::new(EventLines::default())],
         ..StartOptions::default()
     };
-    let (manager, cloister, done) = CloisterManager::start(config, options).await?;
+    let (manager, done, cloister) = CloisterManager::start(config, options).await?;
     let (placement, _) = Actor::spawn(None, Placement, cloister).await?;
     cloister_ractor::subscribe(&manager, placement, |event| match event {
         TopologyEvent::Snapshot { snapshot } => Some(PlacementMsg::Members(snapshot.members)),

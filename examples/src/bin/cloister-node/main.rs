@@ -352,7 +352,7 @@ impl Actor for Root {
             hold: false,
             listeners: vec![Box::new(EventLines::default())],
         };
-        let (manager, cloister, _) = CloisterManager::start(args.config, options).await?;
+        let (manager, _, cloister) = CloisterManager::start(args.config, options).await?;
         let printer = PrinterState {
             cloister: cloister.clone(),
             manager: manager.clone(),
