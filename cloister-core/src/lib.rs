@@ -21,6 +21,6 @@ pub mod sim;
 
 pub use config::{Config, ConfigError, Sentry};
 pub use events::{DownReason, NodeState, Snapshot, TopologyEvent};
-pub use membership::{Effect, Heartbeat, Input, Membership, SessionId};
+pub use membership::{DropReason, Effect, Heartbeat, Input, Membership, SessionId};
 pub use names::{Host, Incarnation, NameError, NodeAddr, NodeName, SentryNode};
 pub use ring::{Digest, Ring};

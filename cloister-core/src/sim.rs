@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Sentry};
 use crate::events::{NodeState, TopologyEvent};
-use crate::membership::{Effect, Input, Membership, SessionId};
+use crate::membership::{DropReason, Effect, Input, Membership, SessionId};
 use crate::names::{Host, Incarnation, NodeAddr, NodeName, SentryNode};
 
 /// The simulated network's behaviour.
@@ -53,6 +53,8 @@ struct Node {
     timer: Option<Duration>,
     /// Every event this node published, in order.
     events: Vec<TopologyEvent>,
+    /// Every heartbeat drop this node reported, in order.
+    dropped: Vec<(NodeName, DropReason)>,
 }
 
 #[derive(Debug)]
@@ -144,6 +146,7 @@ impl Sim {
                 generation: 0,
                 timer: None,
                 events: Vec::new(),
+                dropped: Vec::new(),
             });
         }
         sim
@@ -172,6 +175,11 @@ impl Sim {
     /// Every event node `i` published.
     pub fn events(&self, i: usize) -> &[TopologyEvent] {
         &self.nodes[i].events
+    }
+
+    /// Every heartbeat drop node `i` reported ([`Effect::Dropped`]).
+    pub fn dropped(&self, i: usize) -> &[(NodeName, DropReason)] {
+        &self.nodes[i].dropped
     }
 
     /// Node `i`'s name.
@@ -387,6 +395,7 @@ impl Sim {
             }
             Effect::Publish(event) => self.nodes[i].events.push(event),
             Effect::Refused { .. } => {}
+            Effect::Dropped { claimed, why } => self.nodes[i].dropped.push((claimed, why)),
         }
     }
 
