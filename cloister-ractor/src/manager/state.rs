@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use cloister_core::membership::AssemblyReport;
 use cloister_core::{
-    Config, Effect, Host, Input, Membership, NodeAddr, NodeName, NodeState, SessionId,
+    Config, DropReason, Effect, Host, Input, Membership, NodeAddr, NodeName, NodeState, SessionId,
     TopologyEvent,
 };
 use ractor::{ActorCell, ActorRef, RpcReplyPort};
@@ -193,6 +193,12 @@ impl ManagerState {
                 }
                 Effect::Publish(event) => self.publish(event),
                 Effect::Refused { peer, why } => tracing::warn!(%peer, "{why}"),
+                Effect::Dropped { claimed, why } => match why {
+                    DropReason::NotEchoed => tracing::warn!(peer = %claimed, "{why}"),
+                    // A peer's hello can beat the ready event of a session
+                    // this node has not heard of: not worth a warning.
+                    DropReason::NoSession => tracing::debug!(peer = %claimed, "{why}"),
+                },
             }
         }
     }
