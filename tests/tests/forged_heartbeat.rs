@@ -107,6 +107,8 @@ fn a_forged_goodbye_from_another_peer_does_not_remove_the_victim() {
     }
     let stderr = std::fs::read_to_string(&stderr_path).unwrap();
     assert_eq!(drop_lines(&stderr, &victim), 1, "{stderr}");
+    let line = stderr.lines().find(|line| line.contains(DROP_LINE));
+    println!("node1 logged: {}", line.unwrap_or_default());
     assert_eq!(cluster.state(0).as_deref(), Some("ready"));
     drop(rogue);
 }
