@@ -220,7 +220,7 @@ impl Sim {
         }
     }
 
-    /// Restarts node `i` as a new process: same name, newer incarnation.
+    /// Restarts node `i` as a new process: same name, another incarnation.
     pub fn restart(&mut self, i: usize, config: &Config) {
         if self.nodes[i].alive {
             self.kill(i);
