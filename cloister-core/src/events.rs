@@ -61,8 +61,8 @@ pub enum DownReason {
     Unresponsive,
     /// It said goodbye.
     Left,
-    /// It came back with a newer incarnation: the old process is gone and the
-    /// new one, under the same name, replaced it (a `NodeUp` follows).
+    /// It came back as another incarnation over a new session: the old process
+    /// is gone and the new one, under the same name, replaced it (a `NodeUp` follows).
     Restarted,
 }
 

@@ -23,7 +23,7 @@ pub mod timer;
 
 pub use config::{Config, ConfigError, Sentry};
 pub use events::{DownReason, NodeState, Snapshot, TopologyEvent};
-pub use membership::{Effect, Heartbeat, Input, Membership, SessionId};
+pub use membership::{DropReason, Effect, Heartbeat, Input, Membership, SessionId};
 pub use names::{Host, Incarnation, NameError, NodeAddr, NodeName, SentryNode};
 pub use ring::{Digest, Ring};
 pub use timer::{Timer, TimerCounts, TimerToken};

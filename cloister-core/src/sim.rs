@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Sentry};
 use crate::events::{NodeState, TopologyEvent};
-use crate::membership::{Effect, Input, Membership, SessionId};
+use crate::membership::{DropReason, Effect, Input, Membership, SessionId};
 use crate::names::{Host, Incarnation, NodeAddr, NodeName, SentryNode};
 use crate::timer::{Arm, Timer, TimerToken};
 
@@ -54,6 +54,8 @@ struct Node {
     timer: Timer,
     /// Every event this node published, in order.
     events: Vec<TopologyEvent>,
+    /// Every heartbeat drop this node reported, in order.
+    dropped: Vec<(NodeName, DropReason)>,
 }
 
 #[derive(Debug)]
@@ -145,6 +147,7 @@ impl Sim {
                 generation: 0,
                 timer: Timer::new(),
                 events: Vec::new(),
+                dropped: Vec::new(),
             });
         }
         sim
@@ -173,6 +176,11 @@ impl Sim {
     /// Every event node `i` published.
     pub fn events(&self, i: usize) -> &[TopologyEvent] {
         &self.nodes[i].events
+    }
+
+    /// Every heartbeat drop node `i` reported ([`Effect::Dropped`]).
+    pub fn dropped(&self, i: usize) -> &[(NodeName, DropReason)] {
+        &self.nodes[i].dropped
     }
 
     /// Node `i`'s name.
@@ -213,7 +221,7 @@ impl Sim {
         }
     }
 
-    /// Restarts node `i` as a new process: same name, newer incarnation.
+    /// Restarts node `i` as a new process: same name, another incarnation.
     pub fn restart(&mut self, i: usize, config: &Config) {
         if self.nodes[i].alive {
             self.kill(i);
@@ -384,6 +392,7 @@ impl Sim {
             Effect::Publish(event) => self.nodes[i].events.push(event),
             // Simulated sessions open authenticated: no handshake to expire.
             Effect::Refused { .. } | Effect::CloseSession { .. } | Effect::Strangers { .. } => {}
+            Effect::Dropped { claimed, why } => self.nodes[i].dropped.push((claimed, why)),
         }
     }
 

@@ -7,14 +7,15 @@
 //! `A` sorts before `ME` and `B` after it, so ring events show their sorting.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use cloister_core::membership::{AssemblyReport, MissingPeer};
 use cloister_core::DownReason::{Crashed, Left, Restarted, Unresponsive};
 use cloister_core::NodeState::{Assembling, Down, Ready, Rehashing, Stopped, Stopping};
 use cloister_core::{
-    Config, Digest, DownReason, Effect, Heartbeat, Incarnation, Input, Membership, NodeName,
-    NodeState, Sentry, SentryNode, SessionId, Snapshot, TopologyEvent,
+    Config, Digest, DownReason, DropReason, Effect, Heartbeat, Incarnation, Input, Membership,
+    NodeName, NodeState, Sentry, SentryNode, SessionId, Snapshot, TopologyEvent,
 };
 
 const ME: &str = "cloister@10.0.0.2";
@@ -49,8 +50,28 @@ fn digest(members: &[&str]) -> Digest {
     Digest::of(&names(members))
 }
 
-/// A heartbeat from `from`'s Manager, of the same app as `ME`.
-fn hb(from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
+/// The token peer `name` draws for its sessions with `ME` in these tests
+/// (`ME`'s own tokens are random and read from its effects).
+fn peer_token(name: &str) -> u64 {
+    match name {
+        A => 0xA1,
+        B => 0xB1,
+        _ => 0xF0,
+    }
+}
+
+/// A heartbeat from `from`'s Manager, of the same app as `ME`, over its
+/// session with `ME`: it carries `from`'s token and echoes the last token `ME`
+/// sent it (0 if none yet, as in a first hello).
+fn hb(m: &Me, from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
+    Heartbeat {
+        echo: m.sent.get(&n(from)).copied().unwrap_or(0),
+        ..hello(from, incarnation, digest)
+    }
+}
+
+/// `from`'s first heartbeat on a new session: it has not heard `ME`'s token.
+fn hello(from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
     Heartbeat {
         from: n(from),
         app: "cloister".into(),
@@ -58,6 +79,8 @@ fn hb(from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
         digest,
         ring_vnodes: Config::default().ring_vnodes,
         leaving: false,
+        token: peer_token(from),
+        echo: 0,
     }
 }
 
@@ -97,25 +120,66 @@ fn config(peers: &[&str], consensus: usize) -> Config {
     }
 }
 
-fn machine(config: Config, seed: u64) -> Membership {
-    Membership::new(config, n(ME), Incarnation(MY_INCARNATION), seed)
+/// The machine under test, and the last token it sent each peer: what an
+/// honest peer echoes (tests read it back from `ME`'s heartbeats, as the peer
+/// would). Reads go to the machine; `handle` and `handle_timeout` are
+/// forwarded so that an input can be built from `m` in the same call.
+struct Me {
+    m: Membership,
+    sent: BTreeMap<NodeName, u64>,
+}
+
+impl Me {
+    fn handle(&mut self, now: Duration, input: Input) {
+        self.m.handle(now, input);
+    }
+
+    fn handle_timeout(&mut self, now: Duration) {
+        self.m.handle_timeout(now);
+    }
+}
+
+impl std::ops::Deref for Me {
+    type Target = Membership;
+    fn deref(&self) -> &Membership {
+        &self.m
+    }
+}
+
+impl std::ops::DerefMut for Me {
+    fn deref_mut(&mut self) -> &mut Membership {
+        &mut self.m
+    }
+}
+
+fn machine(config: Config, seed: u64) -> Me {
+    Me {
+        m: Membership::new(config, n(ME), Incarnation(MY_INCARNATION), seed),
+        sent: BTreeMap::new(),
+    }
 }
 
 /// A node started at 0ms, its start-up effects (state change, dials) drained.
-fn started(peers: &[&str], consensus: usize) -> Membership {
+fn started(peers: &[&str], consensus: usize) -> Me {
     let mut m = machine(config(peers, consensus), SEED);
     m.handle(ms(0), Input::Start);
     drain(&mut m);
     m
 }
 
-/// `peer` connects over `session` at `at` and its Manager heartbeats at once
-/// with `incarnation`, already knowing `ME`: it becomes a member.
-fn admit(m: &mut Membership, at: Duration, peer: &str, session: u64, incarnation: u64) {
+/// `peer` connects over `session` at `at` and its Manager heartbeats with
+/// `incarnation`, already knowing `ME`: after the token handshake (its hello,
+/// `ME`'s answer echoing it, its heartbeat echoing `ME`'s token) it is a member.
+fn admit(m: &mut Me, at: Duration, peer: &str, session: u64, incarnation: u64) {
     m.handle(at, session_up(peer, session));
     m.handle(
         at,
-        Input::Heartbeat(hb(peer, incarnation, digest(&[peer, ME]))),
+        Input::Heartbeat(hello(peer, incarnation, digest(&[peer]))),
+    );
+    drain(m);
+    m.handle(
+        at,
+        Input::Heartbeat(hb(m, peer, incarnation, digest(&[peer, ME]))),
     );
     let admitted = drain(m);
     assert!(admitted.contains(&up(peer, incarnation)), "{admitted:#?}");
@@ -123,12 +187,24 @@ fn admit(m: &mut Membership, at: Duration, peer: &str, session: u64, incarnation
 
 // ---- Reading effects -------------------------------------------------------
 
-fn drain(m: &mut Membership) -> Vec<Effect> {
-    std::iter::from_fn(|| m.poll()).collect()
+/// The effects `ME` queued, in order. `ME`'s own token in each heartbeat is
+/// random: it is recorded in `m.sent` (and checked to be nonzero) and shown
+/// as 0, so tests can compare heartbeats exactly.
+fn drain(m: &mut Me) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    while let Some(mut effect) = m.m.poll() {
+        if let Effect::SendHeartbeat { to, heartbeat } = &mut effect {
+            assert_ne!(heartbeat.token, 0, "a heartbeat without a token");
+            m.sent.insert(to.clone(), heartbeat.token);
+            heartbeat.token = 0;
+        }
+        effects.push(effect);
+    }
+    effects
 }
 
 /// Jumps from timeout to timeout up to `until`, with the effects of each.
-fn run_until(m: &mut Membership, until: Duration) -> Vec<(Duration, Effect)> {
+fn run_until(m: &mut Me, until: Duration) -> Vec<(Duration, Effect)> {
     let mut effects = Vec::new();
     while let Some(at) = m.poll_timeout().filter(|at| *at <= until) {
         m.handle_timeout(at);
@@ -139,7 +215,7 @@ fn run_until(m: &mut Membership, until: Duration) -> Vec<(Duration, Effect)> {
 }
 
 /// Jumps from timeout to timeout until one has effects: when, and which.
-fn next_effects(m: &mut Membership) -> (Duration, Vec<Effect>) {
+fn next_effects(m: &mut Me) -> (Duration, Vec<Effect>) {
     for _ in 0..1_000 {
         let at = m.poll_timeout().expect("a running machine has a timer");
         m.handle_timeout(at);
@@ -160,17 +236,24 @@ fn dial(peer: &str) -> Effect {
     }
 }
 
-/// `ME`'s heartbeat to `to`, carrying the digest of `ME`'s `ring`.
+/// `ME`'s heartbeat to `to`, carrying the digest of `ME`'s `ring` and
+/// echoing `to`'s token (its own token shows as 0: see [`drain`]).
 fn beat(to: &str, ring: &[&str]) -> Effect {
-    send(to, ring, false)
+    send(to, ring, false, peer_token(to))
+}
+
+/// `ME`'s first heartbeat on a new session with `to`, before it has heard
+/// `to`'s token: it echoes 0.
+fn greet(to: &str, ring: &[&str]) -> Effect {
+    send(to, ring, false, 0)
 }
 
 /// `ME`'s goodbye to `to`.
 fn goodbye(to: &str, ring: &[&str]) -> Effect {
-    send(to, ring, true)
+    send(to, ring, true, peer_token(to))
 }
 
-fn send(to: &str, ring: &[&str], leaving: bool) -> Effect {
+fn send(to: &str, ring: &[&str], leaving: bool, echo: u64) -> Effect {
     Effect::SendHeartbeat {
         to: n(to),
         heartbeat: Heartbeat {
@@ -180,6 +263,8 @@ fn send(to: &str, ring: &[&str], leaving: bool) -> Effect {
             digest: digest(ring),
             ring_vnodes: Config::default().ring_vnodes,
             leaving,
+            token: 0,
+            echo,
         },
     }
 }
@@ -266,19 +351,22 @@ fn with_consensus_one_a_node_is_ready_alone_and_never_dials_itself() {
 fn a_peer_joins_on_its_first_heartbeat_not_on_its_session() {
     let mut m = started(&[A], 2);
 
-    // A's session is ready: ME heartbeats at once, but A is not a member yet:
-    // it might be a ractor node without a cloister Manager.
+    // A's session is ready: ME heartbeats at once, with a token drawn for
+    // this session and an echo of 0 (it has not heard A's token yet). A is
+    // not a member yet: it might be a ractor node without a cloister Manager.
     m.handle(ms(1), session_up(A, 1));
-    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+    assert_eq!(drain(&mut m), [greet(A, &[ME])]);
     assert_eq!(m.state(), Assembling);
     let why = &m.report().missing[0].why;
     assert_eq!(why, "connected, but no cloister heartbeat from it yet");
 
-    // A's Manager heartbeats (its ring is still just A): A joins, the ring
-    // grows (sorted: A before ME), ME answers with its new digest so A can
-    // admit it in the same round trip, and with two members ME is ready.
+    // A's Manager heartbeats (its ring is still just A), echoing the token
+    // ME sent over this session: it is A speaking. A joins, the ring grows
+    // (sorted: A before ME), ME answers with its new digest, echoing A's
+    // token, so A can admit it in the same round trip, and with two members
+    // ME is ready.
     // A's last digest differs from ME's ring: not converged yet.
-    m.handle(ms(2), Input::Heartbeat(hb(A, 7, digest(&[A]))));
+    m.handle(ms(2), Input::Heartbeat(hb(&m, A, 7, digest(&[A]))));
     assert_eq!(
         drain(&mut m),
         [
@@ -291,7 +379,7 @@ fn a_peer_joins_on_its_first_heartbeat_not_on_its_session() {
 
     // A's next heartbeat, same incarnation, now with ME in its ring: nothing
     // to tell anyone, and the two rings agree.
-    m.handle(ms(3), Input::Heartbeat(hb(A, 7, digest(&[A, ME]))));
+    m.handle(ms(3), Input::Heartbeat(hb(&m, A, 7, digest(&[A, ME]))));
     assert_eq!(drain(&mut m), []);
     assert!(m.converged());
 }
@@ -307,7 +395,7 @@ fn events_carrying_this_nodes_own_name_are_ignored() {
     m.handle(ms(1), session_up(ME, 9));
     m.handle(
         ms(2),
-        Input::Heartbeat(hb(ME, MY_INCARNATION, digest(&[ME]))),
+        Input::Heartbeat(hb(&m, ME, MY_INCARNATION, digest(&[ME]))),
     );
     m.handle(ms(3), session_down(ME, 9));
     assert_eq!(drain(&mut m), []);
@@ -320,12 +408,12 @@ fn events_carrying_this_nodes_own_name_are_ignored() {
 fn a_heartbeat_from_another_app_is_ignored() {
     let mut m = started(&[A], 2);
     m.handle(ms(1), session_up(A, 1));
-    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+    assert_eq!(drain(&mut m), [greet(A, &[ME])]);
 
     // A runs a cloister Manager, but for another app: it never joins.
     let other = Heartbeat {
         app: "other_app".into(),
-        ..hb(A, 7, digest(&[A]))
+        ..hb(&m, A, 7, digest(&[A]))
     };
     m.handle(ms(2), Input::Heartbeat(other));
     assert_eq!(drain(&mut m), []);
@@ -337,17 +425,19 @@ fn a_heartbeat_from_another_app_is_ignored() {
 fn a_peer_that_places_keys_differently_is_refused_and_the_report_says_why() {
     let mut m = started(&[A, B], 2);
     m.handle(ms(1), session_up(A, 1));
-    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+    assert_eq!(drain(&mut m), [greet(A, &[ME])]);
 
-    // A was started with another ring_vnodes: it would own other keys.
+    // A was started with another ring_vnodes: it would own other keys. Its
+    // heartbeat passes the token handshake (it is A) and is refused; ME still
+    // echoes A's new token, so that A can tell it is ME that it refuses.
     let misfit = Heartbeat {
         ring_vnodes: 128,
-        ..hb(A, 7, digest(&[A]))
+        ..hb(&m, A, 7, digest(&[A]))
     };
     m.handle(ms(2), Input::Heartbeat(misfit.clone()));
     let refused = drain(&mut m);
     assert!(
-        matches!(refused.as_slice(), [Effect::Refused { peer, .. }] if *peer == n(A)),
+        matches!(&refused[..], [Effect::Refused { peer, .. }, echo] if *peer == n(A) && *echo == beat(A, &[ME])),
         "{refused:#?}"
     );
     // Said once, not for every heartbeat.
@@ -364,16 +454,20 @@ fn a_peer_that_places_keys_differently_is_refused_and_the_report_says_why() {
     drain(&mut m);
     let own_ring = Heartbeat {
         ring_vnodes: 0,
-        ..hb(B, 9, digest(&[B]))
+        ..hb(&m, B, 9, digest(&[B]))
     };
     m.handle(ms(4), Input::Heartbeat(own_ring));
-    assert_eq!(drain(&mut m).len(), 1, "one Refused for B");
+    let refused = drain(&mut m);
+    assert!(
+        matches!(&refused[..], [Effect::Refused { peer, .. }, _echo] if *peer == n(B)),
+        "one Refused for B: {refused:#?}"
+    );
     let report = m.report();
     let b = report.missing.iter().find(|p| p.name == n(B)).unwrap();
     assert!(b.why.contains("`ring = \"external\"`"), "{}", b.why);
 
     // Once A runs the same ring, it is admitted.
-    m.handle(ms(5), Input::Heartbeat(hb(A, 8, digest(&[A, ME]))));
+    m.handle(ms(5), Input::Heartbeat(hb(&m, A, 8, digest(&[A, ME]))));
     assert!(drain(&mut m).contains(&up(A, 8)));
     assert_eq!(m.state(), Ready);
 }
@@ -382,19 +476,26 @@ fn a_peer_that_places_keys_differently_is_refused_and_the_report_says_why() {
 fn a_heartbeat_before_its_session_is_kept_until_the_session_is_ready() {
     let mut m = started(&[A], 2);
 
-    // A's Manager is quicker than ractor_cluster's ready event: its heartbeat
-    // arrives first. ME keeps it and says nothing yet.
-    m.handle(ms(1), Input::Heartbeat(hb(A, 7, digest(&[A]))));
+    // A's Manager is quicker than ractor_cluster's ready event: its hello
+    // arrives first. A is in ME's sentry list, so ME keeps it in A's one
+    // slot and says nothing yet.
+    m.handle(ms(1), Input::Heartbeat(hello(A, 7, digest(&[A]))));
     assert_eq!(drain(&mut m), []);
     assert_eq!(m.state(), Assembling);
 
-    // The session is ready: ME heartbeats as on any new session, then admits
-    // A from the kept heartbeat.
+    // The session is ready: ME greets A as on any new session, then reads
+    // the kept hello. It cannot echo a token ME had not drawn yet, so it
+    // does not count, but it starts the handshake: ME learns A's token and
+    // answers at once, echoing it.
     m.handle(ms(2), session_up(A, 1));
+    assert_eq!(drain(&mut m), [greet(A, &[ME]), beat(A, &[ME])]);
+    assert_eq!(m.state(), Assembling);
+
+    // A's next heartbeat echoes ME's token: A is admitted.
+    m.handle(ms(3), Input::Heartbeat(hb(&m, A, 7, digest(&[A]))));
     assert_eq!(
         drain(&mut m),
         [
-            beat(A, &[ME]),
             up(A, 7),
             ring(&[A, ME]),
             beat(A, &[A, ME]),
@@ -410,17 +511,17 @@ fn a_connected_peer_that_has_not_answered_hears_from_us_again() {
     // A's session is ready at 1ms and ME says hello, but A's answer is lost
     // (ractor_cluster can replace a duplicate session under a message).
     m.handle(ms(1), session_up(A, 1));
-    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+    assert_eq!(drain(&mut m), [greet(A, &[ME])]);
 
     // ME says hello again every eighth of the heartbeat interval (12.5ms) ...
     let again = ms(1) + Duration::from_micros(12_500);
     assert_eq!(m.poll_timeout(), Some(again));
     m.handle_timeout(again);
-    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
+    assert_eq!(drain(&mut m), [greet(A, &[ME])]);
 
     // ... until A answers: then the resends stop, and the next thing due is
     // the regular heartbeat at 100ms.
-    m.handle(ms(20), Input::Heartbeat(hb(A, 7, digest(&[A]))));
+    m.handle(ms(20), Input::Heartbeat(hb(&m, A, 7, digest(&[A]))));
     drain(&mut m);
     assert_eq!(m.poll_timeout(), Some(ms(100)));
 }
@@ -435,7 +536,7 @@ fn the_close_of_a_replaced_session_is_stale() {
     // ME and A dialed each other at once: a second session comes up, and
     // ractor_cluster closes the first one. Only the current session counts.
     m.handle(ms(3), session_up(A, 2));
-    assert_eq!(drain(&mut m), [beat(A, &[A, ME])]);
+    assert_eq!(drain(&mut m), [greet(A, &[A, ME])]);
     m.handle(ms(4), session_down(A, 1));
     assert_eq!(drain(&mut m), []);
 
@@ -457,7 +558,7 @@ fn a_session_replaced_within_the_grace_hides_the_flap() {
 
     // The replacing session is ready at 20ms, within the grace.
     m.handle(ms(20), session_up(A, 2));
-    assert_eq!(drain(&mut m), [beat(A, &[A, ME])]);
+    assert_eq!(drain(&mut m), [greet(A, &[A, ME])]);
 
     // When the grace would have run out, nothing happens: no NodeDown.
     m.handle_timeout(ms(30));
@@ -500,7 +601,8 @@ fn a_member_whose_session_closes_for_good_crashed_once_the_grace_runs_out() {
 fn a_silent_member_is_dropped_with_its_session_and_rejoins_when_it_answers() {
     let mut m = started(&[A], 2);
     m.handle(ms(0), session_up(A, 1));
-    m.handle(ms(50), Input::Heartbeat(hb(A, 7, digest(&[A, ME]))));
+    drain(&mut m);
+    m.handle(ms(50), Input::Heartbeat(hb(&m, A, 7, digest(&[A, ME]))));
     drain(&mut m);
 
     // A freezes after its heartbeat at 50ms. ME keeps heartbeating it every
@@ -538,8 +640,8 @@ fn a_silent_member_is_dropped_with_its_session_and_rejoins_when_it_answers() {
     // A thawed: the dial gives a new session, and its heartbeat (same
     // incarnation, its ring dropped ME too) makes it a member again.
     m.handle(ms(565), session_up(A, 2));
-    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
-    m.handle(ms(566), Input::Heartbeat(hb(A, 7, digest(&[A]))));
+    assert_eq!(drain(&mut m), [greet(A, &[ME])]);
+    m.handle(ms(566), Input::Heartbeat(hb(&m, A, 7, digest(&[A]))));
     assert_eq!(
         drain(&mut m),
         [
@@ -555,7 +657,7 @@ fn a_silent_member_is_dropped_with_its_session_and_rejoins_when_it_answers() {
 
 /// Fails every dial to A the moment it is made, `failures` times, and returns
 /// the wait before each redial.
-fn redial_delays(m: &mut Membership, failures: usize) -> Vec<Duration> {
+fn redial_delays(m: &mut Me, failures: usize) -> Vec<Duration> {
     let mut dialed_at = ms(0);
     let mut delays = Vec::new();
     for _ in 0..failures {
@@ -653,24 +755,41 @@ fn a_dial_that_gets_no_session_within_the_dial_timeout_failed() {
 // ---- 7. Incarnations -----------------------------------------------------------------
 
 #[test]
-fn a_newer_incarnation_replaces_the_old_one_without_a_rehash() {
-    let mut m = started(&[A], 1);
-    admit(&mut m, ms(1), A, 1, 7);
+fn a_new_process_replaces_the_old_one_without_a_rehash_whatever_its_clock() {
+    // Twice: A comes back with a newer incarnation, then with an older one (its
+    // wall clock went backwards). What tells a new process is its new session,
+    // not how the two clocks compare.
+    for (old, new) in [(7, 9), (7, 5)] {
+        let mut m = started(&[A], 1);
+        admit(&mut m, ms(1), A, 1, old);
+        let first_token = m.sent[&n(A)];
 
-    // A restarted under the same name: its heartbeat carries incarnation 9.
-    // The old process is gone and the new one takes its place; the ring, a
-    // set of names, is unchanged. ME greets the newcomer.
-    m.handle(ms(10), Input::Heartbeat(hb(A, 9, digest(&[A, ME]))));
-    assert_eq!(
-        drain(&mut m),
-        [down(A, 7, Restarted), up(A, 9), beat(A, &[A, ME])]
-    );
-    assert_eq!(m.incarnation_of(&n(A)), Some(Incarnation(9)));
+        // A restarted under the same name and its new session is ready before
+        // the old one's close arrives: ME greets it with a new token.
+        m.handle(ms(10), session_up(A, 2));
+        assert_eq!(drain(&mut m), [greet(A, &[A, ME])]);
+        assert_ne!(m.sent[&n(A)], first_token, "a new session, a new token");
 
-    // A late heartbeat from the dead incarnation 7 is ignored.
-    m.handle(ms(11), Input::Heartbeat(hb(A, 7, digest(&[A, ME]))));
-    assert_eq!(drain(&mut m), []);
-    assert_eq!(m.incarnation_of(&n(A)), Some(Incarnation(9)));
+        // The new process answers, echoing it, with incarnation `new`. The
+        // old process is gone and the new one takes its place; the ring, a
+        // set of names, is unchanged. ME greets the newcomer.
+        m.handle(ms(11), Input::Heartbeat(hb(&m, A, new, digest(&[A, ME]))));
+        assert_eq!(
+            drain(&mut m),
+            [down(A, old, Restarted), up(A, new), beat(A, &[A, ME])]
+        );
+        assert_eq!(m.incarnation_of(&n(A)), Some(Incarnation(new)));
+
+        // A late heartbeat of the dead process, echoing the first session's
+        // token, is ignored without a word: it is no forgery, just late.
+        let late = Heartbeat {
+            echo: first_token,
+            ..hello(A, old, digest(&[A, ME]))
+        };
+        m.handle(ms(12), Input::Heartbeat(late));
+        assert_eq!(drain(&mut m), []);
+        assert_eq!(m.incarnation_of(&n(A)), Some(Incarnation(new)));
+    }
 }
 
 // ---- 8. Leaving --------------------------------------------------------------------
@@ -690,7 +809,7 @@ fn leaving_says_goodbye_to_every_connected_peer_then_ignores_everything() {
         drain(&mut m),
         [
             goodbye(A, &[A, ME]),
-            goodbye(B, &[A, ME]),
+            send(B, &[A, ME], true, 0), // B never said a word: echo 0
             changed(Ready, Stopping, 1, &[A, ME], true),
         ]
     );
@@ -707,7 +826,7 @@ fn leaving_says_goodbye_to_every_connected_peer_then_ignores_everything() {
     let inputs = [
         Input::Start,
         session_up(A, 3),
-        Input::Heartbeat(hb(A, 8, digest(&[A]))),
+        Input::Heartbeat(hb(&m, A, 8, digest(&[A]))),
         session_down(A, 1),
         dial_failed(B),
         Input::Discovered(vec![entry(A), entry(B)]),
@@ -747,7 +866,7 @@ fn a_member_that_says_goodbye_left_and_its_late_heartbeats_are_ignored() {
     // A's goodbye: it left, and ME falls below consensus.
     let goodbye = Heartbeat {
         leaving: true,
-        ..hb(A, 7, digest(&[A, ME]))
+        ..hb(&m, A, 7, digest(&[A, ME]))
     };
     m.handle(ms(10), Input::Heartbeat(goodbye));
     assert_eq!(
@@ -760,7 +879,7 @@ fn a_member_that_says_goodbye_left_and_its_late_heartbeats_are_ignored() {
     );
 
     // A heartbeat A sent before its goodbye arrives late: ignored.
-    m.handle(ms(11), Input::Heartbeat(hb(A, 7, digest(&[A, ME]))));
+    m.handle(ms(11), Input::Heartbeat(hb(&m, A, 7, digest(&[A, ME]))));
     assert_eq!(drain(&mut m), []);
 
     // A's session closes. A is still in the static sentry, so ME dials it, in
@@ -770,8 +889,8 @@ fn a_member_that_says_goodbye_left_and_its_late_heartbeats_are_ignored() {
 
     // It does, restarted: incarnation 8 joins.
     m.handle(ms(20), session_up(A, 2));
-    assert_eq!(drain(&mut m), [beat(A, &[ME])]);
-    m.handle(ms(21), Input::Heartbeat(hb(A, 8, digest(&[A]))));
+    assert_eq!(drain(&mut m), [greet(A, &[ME])]);
+    m.handle(ms(21), Input::Heartbeat(hb(&m, A, 8, digest(&[A]))));
     assert_eq!(
         drain(&mut m),
         [
@@ -860,7 +979,8 @@ fn replay(seed: u64) -> Vec<(Duration, Effect)> {
     let mut now = ms(0);
     m.handle(now, Input::Start);
     loop {
-        while let Some(effect) = m.poll() {
+        let mut effects: VecDeque<Effect> = drain(&mut m).into();
+        while let Some(effect) = effects.pop_front() {
             log.push((now, effect.clone()));
             let Effect::Dial { peer, .. } = effect else {
                 continue;
@@ -870,7 +990,8 @@ fn replay(seed: u64) -> Vec<(Duration, Effect)> {
             }
             if peer == n(A) && dials_to_a == 2 {
                 m.handle(now, session_up(A, 1));
-                m.handle(now, Input::Heartbeat(hb(A, 7, digest(&[A]))));
+                effects.extend(drain(&mut m)); // ME's greeting, for A to echo
+                m.handle(now, Input::Heartbeat(hb(&m, A, 7, digest(&[A]))));
             } else {
                 m.handle(
                     now,
@@ -880,6 +1001,7 @@ fn replay(seed: u64) -> Vec<(Duration, Effect)> {
                     },
                 );
             }
+            effects.extend(drain(&mut m));
         }
         match m.poll_timeout().filter(|at| *at <= ms(3_000)) {
             Some(at) => now = at,
@@ -906,14 +1028,18 @@ fn the_same_seed_and_inputs_give_the_same_effects() {
 fn the_sentry_is_the_member_up_longest_and_moves_when_it_goes() {
     // ME started at incarnation 100; A has been up since incarnation 7.
     let config = config(&[A], 2);
-    let mut m = Membership::new(config, n(ME), Incarnation(100), 1);
+    let mut m = Me {
+        m: Membership::new(config, n(ME), Incarnation(100), 1),
+        sent: BTreeMap::new(),
+    };
     m.handle(ms(0), Input::Start);
     drain(&mut m);
     assert_eq!(m.sentry(), &n(ME), "alone, a node is its own sentry");
 
     // A is admitted: it is older, so it becomes the sentry, right after the ring.
     m.handle(ms(1), session_up(A, 1));
-    m.handle(ms(1), Input::Heartbeat(hb(A, 7, digest(&[A]))));
+    drain(&mut m);
+    m.handle(ms(1), Input::Heartbeat(hb(&m, A, 7, digest(&[A]))));
     let effects = drain(&mut m);
     let ring_at = effects
         .iter()
@@ -955,9 +1081,10 @@ fn an_external_ring_keeps_members_digest_and_events_but_places_no_key() {
         m.handle(ms(0), Input::Start);
         drain(&mut m);
         m.handle(ms(10), session_up(B, 1));
+        drain(&mut m);
         let from_b = Heartbeat {
             ring_vnodes: vnodes,
-            ..hb(B, 7, digest(&[B, ME]))
+            ..hb(&m, B, 7, digest(&[B, ME]))
         };
         m.handle(ms(10), Input::Heartbeat(from_b));
         // The same NodeUp, ring change and Ready either way.
@@ -971,4 +1098,179 @@ fn an_external_ring_keeps_members_digest_and_events_but_places_no_key() {
     assert!(builtin.node_for("user:42").is_some());
     assert_eq!(external.node_for("user:42"), None);
     assert!(external.nodes_for("user:42", 2).is_empty());
+}
+
+// ---- 12. Who is speaking -----------------------------------------------------------
+
+#[test]
+fn a_forged_goodbye_from_another_session_is_dropped_reported_once_and_changes_nothing() {
+    let mut m = started(&[A, B], 3);
+    admit(&mut m, ms(1), A, 1, 7);
+    admit(&mut m, ms(2), B, 2, 9);
+    assert_eq!(m.state(), Ready);
+
+    // B (or any peer with the cookie) sends a heartbeat naming A: A is
+    // leaving. The runtime cannot tell it came over B's session, but it does
+    // not echo the token ME gave A over A's session, which B never saw.
+    let forged_goodbye = Heartbeat {
+        leaving: true,
+        token: 0xBAD,
+        ..hello(A, 7, digest(&[A, ME, B]))
+    };
+    m.handle(ms(10), Input::Heartbeat(forged_goodbye.clone()));
+    assert_eq!(
+        drain(&mut m),
+        [Effect::Dropped {
+            claimed: n(A),
+            why: DropReason::NotEchoed,
+        }]
+    );
+    // Once per session: more forgeries (a guessed echo, a "restarted" A)
+    // are dropped without another word.
+    let guessed = Heartbeat {
+        echo: 12_345,
+        ..forged_goodbye
+    };
+    let restarted = Heartbeat {
+        token: 0xBAD,
+        ..hello(A, 8, digest(&[A]))
+    };
+    m.handle(ms(11), Input::Heartbeat(guessed));
+    m.handle(ms(11), Input::Heartbeat(restarted));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.ring().members(), names(&[A, ME, B]));
+    assert_eq!(m.incarnation_of(&n(A)), Some(Incarnation(7)));
+
+    // The forger's token did not replace A's: ME's next heartbeat to A still
+    // echoes A's own, so A keeps hearing ME.
+    let (at, effects) = next_effects(&mut m);
+    assert_eq!(at, ms(100));
+    assert!(effects.contains(&beat(A, &[A, ME, B])), "{effects:#?}");
+
+    // A's own heartbeats keep counting, and A's own goodbye is heard.
+    let goodbye = Heartbeat {
+        leaving: true,
+        ..hb(&m, A, 7, digest(&[A, ME, B]))
+    };
+    m.handle(ms(101), Input::Heartbeat(goodbye));
+    assert!(drain(&mut m).contains(&down(A, 7, Left)));
+}
+
+#[test]
+fn a_heartbeat_naming_a_stranger_keeps_no_state() {
+    let mut m = started(&[A], 2);
+
+    // Heartbeats under a thousand invented names, twice over: no session
+    // has any of those names, so none is kept. The first few names are
+    // reported, once each; the memory of reported names stays bounded.
+    let strangers: Vec<String> = (0..1_000)
+        .map(|i| format!("cloister@10.9.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let mut reported = Vec::new();
+    for _ in 0..2 {
+        for name in &strangers {
+            m.handle(ms(1), Input::Heartbeat(hello(name, 1, digest(&[name]))));
+            reported.extend(drain(&mut m));
+        }
+    }
+    assert!(!reported.is_empty());
+    assert!(reported.len() <= 32, "{} reports", reported.len());
+    for effect in &reported {
+        assert!(
+            matches!(effect, Effect::Dropped { claimed, why: DropReason::NoSession }
+                if strangers.contains(&claimed.to_string())),
+            "{effect:?}"
+        );
+    }
+    let mut claimed: Vec<&Effect> = reported.iter().collect();
+    claimed.dedup();
+    assert_eq!(claimed.len(), reported.len(), "a name reported twice");
+
+    // Nothing about them is kept: the report knows A alone, nobody is
+    // connected, and the next thing ME does is what it would have done anyway.
+    let missing: Vec<NodeName> = m.report().missing.into_iter().map(|p| p.name).collect();
+    assert_eq!(missing, names(&[A]));
+    assert_eq!(m.connected(), Vec::<NodeName>::new());
+    assert_eq!(m.ring().members(), names(&[ME]));
+}
+
+#[test]
+fn a_node_that_left_comes_back_as_a_new_process_even_with_its_clock_behind() {
+    let mut m = started(&[A], 2);
+    admit(&mut m, ms(1), A, 1, 700);
+
+    // A says goodbye over session 1, and a heartbeat it sent before arrives
+    // late over the same session: ignored.
+    let goodbye = Heartbeat {
+        leaving: true,
+        ..hb(&m, A, 700, digest(&[A, ME]))
+    };
+    m.handle(ms(10), Input::Heartbeat(goodbye));
+    assert!(drain(&mut m).contains(&down(A, 700, Left)));
+    m.handle(ms(11), Input::Heartbeat(hb(&m, A, 700, digest(&[A, ME]))));
+    assert_eq!(drain(&mut m), []);
+    m.handle(ms(15), session_down(A, 1));
+    assert_eq!(drain(&mut m), [dial(A)]);
+
+    // A starts again on a host whose wall clock is behind the old one's: its
+    // incarnation, 500, is smaller than the one that left. Its new session
+    // and a heartbeat echoing ME's new token are what count: it is admitted.
+    m.handle(ms(20), session_up(A, 2));
+    assert_eq!(drain(&mut m), [greet(A, &[ME])]);
+    m.handle(ms(21), Input::Heartbeat(hb(&m, A, 500, digest(&[A]))));
+    assert_eq!(
+        drain(&mut m),
+        [
+            up(A, 500),
+            ring(&[A, ME]),
+            beat(A, &[A, ME]),
+            changed(Rehashing, Ready, 2, &[A, ME], false),
+        ]
+    );
+}
+
+#[test]
+fn two_machines_admit_each_other_through_the_token_handshake() {
+    // ME and A, both real machines, each with the other in its sentry list.
+    // Heartbeats go straight across; the session comes up on both sides.
+    let mut me = machine(config(&[A], 2), SEED);
+    let config_a = Config {
+        sentry: Sentry::Nodes(vec![entry(ME), entry(A)]),
+        consensus: 2,
+        ..Config::for_tests()
+    };
+    let mut a = Membership::new(config_a, n(A), Incarnation(7), SEED + 1);
+    me.handle(ms(0), Input::Start);
+    a.handle(ms(0), Input::Start);
+    me.handle(ms(1), session_up(A, 1));
+    a.handle(ms(1), session_up(ME, 1));
+
+    // Deliver every heartbeat each emits to the other, round by round; a
+    // round is a one-way trip. Both are Ready after the hello, the echo and
+    // one answer: three one-way trips.
+    let mut rounds = 0;
+    while (me.state(), a.state()) != (Ready, Ready) {
+        rounds += 1;
+        assert!(rounds <= 10, "no admission after 10 one-way trips");
+        let to_a: Vec<Heartbeat> = std::iter::from_fn(|| me.m.poll())
+            .filter_map(|e| match e {
+                Effect::SendHeartbeat { heartbeat, .. } => Some(heartbeat),
+                _ => None,
+            })
+            .collect();
+        let to_me: Vec<Heartbeat> = std::iter::from_fn(|| a.poll())
+            .filter_map(|e| match e {
+                Effect::SendHeartbeat { heartbeat, .. } => Some(heartbeat),
+                _ => None,
+            })
+            .collect();
+        to_a.into_iter()
+            .for_each(|hb| a.handle(ms(1 + rounds), Input::Heartbeat(hb)));
+        to_me
+            .into_iter()
+            .for_each(|hb| me.handle(ms(1 + rounds), Input::Heartbeat(hb)));
+    }
+    assert!(rounds <= 3, "{rounds} one-way trips");
+    assert_eq!(me.ring().members(), names(&[A, ME]));
+    assert_eq!(a.ring().members(), names(&[A, ME]));
 }

@@ -117,6 +117,11 @@ impl Membership {
             .peers
             .entry(name.clone())
             .or_insert_with(|| Peer::new(None, now));
+        if peer.session != Some(session) {
+            // A new session, a new handshake; the same one reported twice
+            // (both sides dialed) keeps its tokens.
+            peer.tokens.renew(self.rng.u64(1..));
+        }
         peer.session = Some(session);
         peer.grace_until = None;
         peer.introduce_until = Some(now + self.config.heartbeat_interval);

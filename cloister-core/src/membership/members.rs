@@ -11,57 +11,123 @@ impl Membership {
             return;
         }
         let name = heartbeat.from.clone();
-        if heartbeat.ring_vnodes != self.ring_vnodes() {
+        let Some(peer) = self.peers.get_mut(&name) else {
+            // Nobody is connected, or wanted, under this name: keep nothing.
+            return self.drop_stranger(name);
+        };
+        let Some(session) = peer.session else {
+            // A known peer, quicker than its session's ready event: keep the
+            // latest in its one slot until the session is up.
+            peer.early = Some(heartbeat);
+            return;
+        };
+        let (counts, learned) = self.check_token(&name, &heartbeat);
+        let answered = counts && self.heard(now, &name, session, heartbeat);
+        if learned && !answered {
+            // Echo its new token at once, so it can hear us too.
+            self.send_heartbeat(&name, false);
+        }
+    }
+
+    /// The token handshake (see `peer::Tokens`) for `heartbeat`, which names
+    /// `name`, a peer with a session: whether it counts (it echoes our token
+    /// for that session), and whether it taught us a new token of the peer.
+    /// Reports the first suspicious drop of the session.
+    fn check_token(&mut self, name: &NodeName, heartbeat: &Heartbeat) -> (bool, bool) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return (false, false);
+        };
+        let tokens = &mut peer.tokens;
+        let counts = tokens.mine != 0 && heartbeat.echo == tokens.mine;
+        // Late heartbeats of the session this one replaced: not suspicious.
+        let late = !counts && heartbeat.echo != 0 && heartbeat.echo == tokens.previous;
+        // Before the first heartbeat that counts, the latest one's token is
+        // the best guess (that is how the handshake starts); after it, only
+        // heartbeats that count may change it.
+        let learned = heartbeat.token != 0
+            && heartbeat.token != tokens.theirs
+            && (counts || (!tokens.verified && !late));
+        if learned {
+            tokens.theirs = heartbeat.token;
+        }
+        if counts {
+            tokens.verified = true;
+        } else {
+            // A peer that has not heard our token yet says hello with 0.
+            let hello = heartbeat.echo == 0 && !tokens.verified;
+            // Its token, learned from a heartbeat that counted, is as secret
+            // as ours: the peer itself, with an echo overtaken by events.
+            let outdated = tokens.verified && heartbeat.token == tokens.theirs;
+            if !hello && !late && !outdated && !tokens.reported {
+                tokens.reported = true;
+                self.effects.push_back(Effect::Dropped {
+                    claimed: name.clone(),
+                    why: DropReason::NotEchoed,
+                });
+            }
+        }
+        (counts, learned)
+    }
+
+    /// A heartbeat naming a peer this node knows nothing of: dropped, and
+    /// reported once per name while fewer than `MAX_REPORTED_STRANGERS` were.
+    fn drop_stranger(&mut self, name: NodeName) {
+        if self.unknown_names.len() < MAX_REPORTED_STRANGERS
+            && self.unknown_names.insert(name.clone())
+        {
+            self.effects.push_back(Effect::Dropped {
+                claimed: name,
+                why: DropReason::NoSession,
+            });
+        }
+    }
+
+    /// A heartbeat that counts, from `name` over `session`: admits, refreshes,
+    /// restarts or lets go of the member. Returns whether it answered.
+    fn heard(&mut self, now: Duration, name: &NodeName, session: SessionId, hb: Heartbeat) -> bool {
+        let vnodes = self.ring_vnodes();
+        let Some(peer) = self.peers.get_mut(name) else {
+            return false;
+        };
+        if hb.ring_vnodes != vnodes {
             let why = format!(
                 "refused: it places keys with {}, this node with {} (every node needs the same \
                  `ring` and `ring_vnodes`)",
-                describe_ring(heartbeat.ring_vnodes),
-                describe_ring(self.ring_vnodes()),
+                describe_ring(hb.ring_vnodes),
+                describe_ring(vnodes),
             );
-            let peer = self
-                .peers
-                .entry(name.clone())
-                .or_insert_with(|| Peer::new(None, now));
             if peer.refused.as_ref() != Some(&why) {
                 peer.refused = Some(why.clone());
-                self.effects.push_back(Effect::Refused { peer: name, why });
+                let peer = name.clone();
+                self.effects.push_back(Effect::Refused { peer, why });
             }
-            return;
+            return false;
         }
-        let Some(peer) = self.peers.get_mut(&name) else {
-            // No session yet: keep it until the ready event arrives.
-            let mut peer = Peer::new(None, now);
-            peer.early = Some(heartbeat);
-            self.peers.insert(name, peer);
-            return;
-        };
         peer.refused = None;
-        if peer.session.is_none() {
-            peer.early = Some(heartbeat);
-            return;
+        if peer.left == Some(session) {
+            return false; // sent before the goodbye of this same session
         }
-        if peer.left.is_some_and(|left| heartbeat.incarnation <= left) {
-            return;
-        }
-        if heartbeat.leaving {
-            peer.left = Some(heartbeat.incarnation);
+        if hb.leaving {
+            peer.left = Some(session);
             if peer.member.is_some() {
-                self.remove_member(&name, DownReason::Left);
+                self.remove_member(name, DownReason::Left);
             }
-            return;
+            return false;
         }
         match &mut peer.member {
-            Some(member) if member.incarnation == heartbeat.incarnation => {
+            Some(member) if member.incarnation == hb.incarnation => {
                 member.last_heard = now;
-                member.digest = heartbeat.digest;
+                member.digest = hb.digest;
+                false
             }
-            Some(member) if member.incarnation > heartbeat.incarnation => {} // stale
             Some(member) => {
+                // Another process under the same name, proven by its session:
+                // whichever way the two wall clocks compare.
                 let old = member.incarnation;
                 *member = Member {
-                    incarnation: heartbeat.incarnation,
+                    incarnation: hb.incarnation,
                     last_heard: now,
-                    digest: heartbeat.digest,
+                    digest: hb.digest,
                 };
                 self.publish(TopologyEvent::NodeDown {
                     node: name.clone(),
@@ -70,25 +136,26 @@ impl Membership {
                 });
                 self.publish(TopologyEvent::NodeUp {
                     node: name.clone(),
-                    incarnation: heartbeat.incarnation,
+                    incarnation: hb.incarnation,
                 });
                 self.elect_sentry(); // a restarted sentry is the newest now
-                self.send_heartbeat(&name, false);
+                self.send_heartbeat(name, false);
+                true
             }
             None => {
                 peer.member = Some(Member {
-                    incarnation: heartbeat.incarnation,
+                    incarnation: hb.incarnation,
                     last_heard: now,
-                    digest: heartbeat.digest,
+                    digest: hb.digest,
                 });
                 let deadline = now + self.config.heartbeat_timeout;
                 self.next_peer_timer = earliest(self.next_peer_timer, deadline);
                 self.publish(TopologyEvent::NodeUp {
                     node: name.clone(),
-                    incarnation: heartbeat.incarnation,
+                    incarnation: hb.incarnation,
                 });
                 self.rebuild_ring();
-                self.send_heartbeat(&name, false);
+                self.send_heartbeat(name, false);
                 self.evaluate();
                 if !self
                     .peers
@@ -97,6 +164,7 @@ impl Membership {
                 {
                     self.next_introduce = None; // everyone connected has answered
                 }
+                true
             }
         }
     }
@@ -245,6 +313,7 @@ impl Membership {
     }
 
     pub(super) fn send_heartbeat(&mut self, to: &NodeName, leaving: bool) {
+        let tokens = self.peers.get(to).map(|p| p.tokens).unwrap_or_default();
         let heartbeat = Heartbeat {
             from: self.me.clone(),
             app: self.config.app.clone(),
@@ -252,6 +321,8 @@ impl Membership {
             digest: self.ring.digest(),
             ring_vnodes: self.ring_vnodes(),
             leaving,
+            token: tokens.mine,
+            echo: tokens.theirs,
         };
         self.effects.push_back(Effect::SendHeartbeat {
             to: to.clone(),

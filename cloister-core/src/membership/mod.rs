@@ -18,13 +18,25 @@
 //!    without a cloister Manager for the same app never joins the ring). On a
 //!    new session, each side sends a heartbeat at once, and answers a first
 //!    heartbeat from a new member with one of its own, so both sides admit each
-//!    other within one round trip.
+//!    other within a round trip and a half.
+//!
+//!    A heartbeat names its sender, but the runtime cannot tell which session
+//!    it came over, and any peer with the cookie can reach any herald. So
+//!    each side draws a random token per session and puts it in every
+//!    heartbeat it sends over that session; the other side echoes it. Only a
+//!    heartbeat that echoes the token this node gave the named peer on their
+//!    current session counts; anything else is dropped, creates no state, and
+//!    is reported ([`Effect::Dropped`]). A first hello (echo 0) only teaches
+//!    its token, which this node echoes at once.
 //! 4. Members count towards `consensus` (this node included): enough makes the
 //!    node `Ready`; falling short later makes it `Rehashing`.
 //! 5. A member leaves the ring when its current session closes (`Crashed`), when
 //!    it sends no heartbeat for `heartbeat_timeout` (`Unresponsive`, and its
-//!    session is dropped), when it says goodbye (`Left`), or when it comes back
-//!    with a newer incarnation (`Restarted`, immediately followed by `NodeUp`).
+//!    session is dropped), when it says goodbye (`Left`: late heartbeats of
+//!    that session are ignored, a new session is heard again), or when it
+//!    comes back as another incarnation over a new session (`Restarted`,
+//!    immediately followed by `NodeUp`), whichever way the wall clocks of the
+//!    two processes compare.
 //!
 //! Events and effects never depend on a HashMap's order: peers live in a
 //! BTreeMap, so two nodes with the same inputs emit the same outputs.
@@ -35,7 +47,7 @@ mod members;
 mod peer;
 mod protocol;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +58,7 @@ use crate::ring::Ring;
 use crate::tally::Tally;
 
 use peer::{backoff, earliest, Dial, Member, Peer};
-pub use protocol::{AssemblyReport, Effect, Heartbeat, Input, MissingPeer, SessionId};
+pub use protocol::{AssemblyReport, DropReason, Effect, Heartbeat, Input, MissingPeer, SessionId};
 
 /// One node's membership state machine. See the module docs for the protocol.
 #[derive(Debug)]
@@ -72,7 +84,14 @@ pub struct Membership {
     handshakes: BTreeMap<SessionId, Duration>,
     /// Connections that closed without authenticating, for the log.
     strangers: Tally,
+    /// Names without a session whose heartbeats were dropped and reported,
+    /// at most [`MAX_REPORTED_STRANGERS`]: each is reported once.
+    unknown_names: BTreeSet<NodeName>,
 }
+
+/// How many unknown names' dropped heartbeats are reported, at most: the
+/// memory kept for names nobody connected as stays bounded.
+const MAX_REPORTED_STRANGERS: usize = 32;
 
 impl Membership {
     /// A node named `me`, in state `Down`. `seed` drives the dial jitter, so a
@@ -96,6 +115,7 @@ impl Membership {
             discovery_error: None,
             handshakes: BTreeMap::new(),
             strangers: Tally::new(),
+            unknown_names: BTreeSet::new(),
         }
     }
 

@@ -38,8 +38,11 @@ pub(super) struct Peer {
     pub(super) member: Option<Member>,
     /// A heartbeat that arrived before its session's ready event.
     pub(super) early: Option<Heartbeat>,
-    /// The incarnation that said goodbye: its late heartbeats are ignored.
-    pub(super) left: Option<Incarnation>,
+    /// The session that said goodbye: its late heartbeats are ignored. A
+    /// new session (a new process) is heard again.
+    pub(super) left: Option<SessionId>,
+    /// Who is speaking on the current session: see [`Tokens`].
+    pub(super) tokens: Tokens,
     /// A member whose session closed stays in the ring until then, in case a
     /// replacing session is on its way (see `Config::session_grace`).
     pub(super) grace_until: Option<Duration>,
@@ -62,9 +65,41 @@ impl Peer {
             member: None,
             early: None,
             left: None,
+            tokens: Tokens::default(),
             grace_until: None,
             introduce_until: None,
         }
+    }
+}
+
+/// The token handshake of one peer's current session. Heartbeats say only
+/// whom they claim to come from, and the runtime cannot tell which session
+/// one arrived on; but ours to a peer travel over that peer's session only,
+/// so a heartbeat that echoes the token we sent there comes from that peer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Tokens {
+    /// Ours for the current session, drawn when it came up; 0 without one.
+    pub(super) mine: u64,
+    /// Ours for the session before: heartbeats still echoing it are late
+    /// ones of a replaced session, ignored without a word.
+    pub(super) previous: u64,
+    /// The peer's, echoed in every heartbeat we send it; 0 until heard.
+    pub(super) theirs: u64,
+    /// A heartbeat of this session echoed `mine`: from now on only such
+    /// heartbeats may change `theirs`, so another peer cannot.
+    pub(super) verified: bool,
+    /// A dropped heartbeat naming this peer was reported this session.
+    pub(super) reported: bool,
+}
+
+impl Tokens {
+    /// The handshake of a new session, with our fresh token `mine`.
+    pub(super) fn renew(&mut self, mine: u64) {
+        *self = Tokens {
+            mine,
+            previous: self.mine,
+            ..Tokens::default()
+        };
     }
 }
 

@@ -33,6 +33,44 @@ pub struct Heartbeat {
     pub ring_vnodes: u32,
     /// True in the goodbye a leaving node sends.
     pub leaving: bool,
+    /// The sender's token for its current session with the receiver: a
+    /// random number drawn when that session came up, sent over it only,
+    /// so only the receiver learns it. Never 0.
+    #[serde(default)]
+    pub token: u64,
+    /// The receiver's token for this session as the sender last heard it,
+    /// 0 before it has heard one. A heartbeat counts only if it echoes the
+    /// token the receiver gave its claimed sender: proof that it came from
+    /// that peer's session and not from another peer naming it.
+    #[serde(default)]
+    pub echo: u64,
+}
+
+/// Why a heartbeat was dropped unheard (see [`Effect::Dropped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DropReason {
+    /// This node has no session with the peer the heartbeat names, and does
+    /// not know it: no state is kept for a name nobody connected as.
+    NoSession,
+    /// It does not echo the token this node gave the named peer on their
+    /// current session: sent by another peer in its name, or over a session
+    /// this node has not seen come up yet (then the next one will count).
+    NotEchoed,
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropReason::NoSession => {
+                "dropped a heartbeat naming a peer this node has no session with"
+            }
+            DropReason::NotEchoed => {
+                "dropped a heartbeat that does not echo this node's token for the named peer's \
+                 session: another peer sent it in that name, or it came over a session this \
+                 node has not seen come up yet"
+            }
+        })
+    }
 }
 
 /// Something that happened, fed to [`Membership::handle`].
@@ -143,6 +181,16 @@ pub enum Effect {
         peer: NodeName,
         /// Why, in words.
         why: String,
+    },
+    /// A heartbeat claiming to come from `claimed` was dropped without
+    /// counting; for the operator's log. Said once per claimed peer and
+    /// session ([`DropReason::NotEchoed`]), or once per unknown name, up to
+    /// a fixed number of names ([`DropReason::NoSession`]).
+    Dropped {
+        /// The sender the heartbeat names.
+        claimed: NodeName,
+        /// Why it was dropped.
+        why: DropReason,
     },
 }
 

@@ -16,6 +16,19 @@ fn config(consensus: usize) -> Config {
 /// Generous bound on virtual time: a scenario that needs more is a bug.
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// Honest peers never look like forgers: no node reported a heartbeat that
+/// failed the token handshake, whatever the network did to them.
+fn assert_no_false_alarms(sim: &Sim, n: usize) {
+    for i in 0..n {
+        let alarms: Vec<_> = sim
+            .dropped(i)
+            .iter()
+            .filter(|(_, why)| *why == crate::membership::DropReason::NotEchoed)
+            .collect();
+        assert!(alarms.is_empty(), "node {i} reported {alarms:?}");
+    }
+}
+
 #[test]
 fn three_nodes_from_a_static_list_reach_ready_with_identical_rings() {
     let mut sim = Sim::new(3, &config(3), Network::default());
@@ -78,6 +91,7 @@ fn a_majority_side_stays_ready_and_a_minority_side_rehashes_until_healed() {
     );
     let digest = sim.node(0).ring().digest();
     assert!((0..5).all(|i| sim.node(i).ring().digest() == digest));
+    assert_no_false_alarms(&sim, 5);
 }
 
 #[test]
@@ -115,6 +129,7 @@ fn a_restarted_node_replaces_its_old_incarnation_everywhere() {
         });
         assert_eq!(last_up, Some(new));
     }
+    assert_no_false_alarms(&sim, 3);
 }
 
 #[test]
@@ -133,6 +148,7 @@ fn two_hundred_nodes_form_and_converge() {
     );
     let digest = sim.node(0).ring().digest();
     assert!((0..200).all(|i| sim.node(i).ring().digest() == digest));
+    assert_no_false_alarms(&sim, 200);
     // Reported, not asserted: virtual time from start to a converged cluster.
     println!(
         "200 nodes converged after {:?} of virtual time, {} messages",
@@ -153,6 +169,7 @@ fn a_cluster_converges_despite_thirty_percent_message_loss() {
         sim.run_until(LIMIT, Sim::converged),
         "did not converge under loss"
     );
+    assert_no_false_alarms(&sim, 7);
 }
 
 #[test]

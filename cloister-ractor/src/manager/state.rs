@@ -10,8 +10,8 @@ use cloister_core::timer::Arm;
 use arc_swap::ArcSwap;
 use cloister_core::membership::AssemblyReport;
 use cloister_core::{
-    Config, Effect, Host, Input, Membership, NodeAddr, NodeName, NodeState, SessionId, Timer,
-    TopologyEvent,
+    Config, DropReason, Effect, Host, Input, Membership, NodeAddr, NodeName, NodeState, SessionId,
+    Timer, TopologyEvent,
 };
 use ractor::{ActorCell, ActorRef, RpcReplyPort};
 use ractor_cluster::NodeServerMessage;
@@ -221,6 +221,12 @@ impl ManagerState {
                         cloister_core::tally::REPORT_EVERY
                     );
                 }
+                Effect::Dropped { claimed, why } => match why {
+                    DropReason::NotEchoed => tracing::warn!(peer = %claimed, "{why}"),
+                    // A peer's hello can beat the ready event of a session
+                    // this node has not heard of: not worth a warning.
+                    DropReason::NoSession => tracing::debug!(peer = %claimed, "{why}"),
+                },
             }
         }
     }
