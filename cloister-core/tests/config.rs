@@ -198,35 +198,157 @@ fn the_environment_alone_gives_both_elixir_configurations() {
 }
 
 #[test]
-fn unrelated_cloister_variables_are_ignored() {
-    let _env = EnvGuard::set(&[
-        ("CLOISTER_SENTRY", "cloister_test.local"),
-        ("CLOISTER_DOCKER_TESTS", "1"),
-        ("CLOISTER_LOG", "debug"),
-        ("CLOISTER_TEST_CLUSTER_ADDRESS", "cloister_test.local"),
-    ]);
+fn the_projects_own_tool_variables_are_not_config_and_are_ignored() {
+    let mut vars = vec![("CLOISTER_SENTRY", "cloister_test.local")];
+    vars.extend(cloister_core::config::TOOL_VARIABLES.map(|var| (var, "1")));
+    let _env = EnvGuard::set(&vars);
     assert!(Config::from_env().is_ok());
+    // Named here as the scripts and tests spell them, so that renaming one
+    // there without the list fails here.
+    for var in [
+        "CLOISTER_DOCKER_TESTS",
+        "CLOISTER_PROFILE",
+        "CLOISTER_IMAGE",
+        "CLOISTER_UNDER_HARNESS",
+        "CLOISTER_HARNESS_VERBOSE",
+    ] {
+        assert!(
+            cloister_core::config::TOOL_VARIABLES.contains(&var),
+            "{var}"
+        );
+    }
 }
 
 #[test]
-fn text_variables_are_taken_as_written_and_empty_ones_are_unset() {
+fn an_unknown_variable_is_refused_with_the_nearest_name() {
+    for (var, nearest) in [
+        (
+            "CLOISTER_HEARTBEAT_TIMOUT",
+            Some("CLOISTER_HEARTBEAT_TIMEOUT"),
+        ),
+        ("CLOISTER_SENTRIES", Some("CLOISTER_SENTRY")),
+        ("cloister_cookei", Some("CLOISTER_COOKIE")),
+        ("CLOISTER_DOCKER_TEST", Some("CLOISTER_DOCKER_TESTS")),
+        ("CLOISTER_LOG", None),
+    ] {
+        let _env = EnvGuard::set(&[("CLOISTER_SENTRY", "cloister_test.local"), (var, "2s")]);
+        let text = message(Config::from_env());
+        let upper = var.to_ascii_uppercase();
+        assert!(
+            text.contains(&format!("unknown variable `{upper}`")),
+            "{text}"
+        );
+        assert!(
+            text.contains("CLOISTER_STARTUP_DEADLINE"),
+            "lists the variables: {text}"
+        );
+        match nearest {
+            Some(nearest) => assert!(
+                text.contains(&format!("did you mean `{nearest}`?")),
+                "{var}: {text}"
+            ),
+            None => assert!(!text.contains("did you mean"), "{var}: {text}"),
+        }
+    }
+}
+
+#[test]
+fn an_unknown_file_key_is_refused_with_the_nearest_key() {
+    let text = message(from_toml(&format!(
+        "{TWO_NODES}\nheartbeat_timout = \"2s\""
+    )));
+    assert!(text.contains("unknown key `heartbeat_timout`"), "{text}");
+    assert!(text.contains("did you mean `heartbeat_timeout`?"), "{text}");
+}
+
+#[test]
+fn a_variable_set_but_empty_is_an_error_naming_it() {
+    // `CLOISTER_COOKIE=${SECRET}` with the secret missing must not fall back
+    // to the well-known default cookie.
+    for (var, value) in [
+        ("CLOISTER_COOKIE", ""),
+        ("CLOISTER_APP", ""),
+        ("CLOISTER_NODE_NAME", " "),
+        ("CLOISTER_CONSENSUS", ""),
+        ("CLOISTER_HEARTBEAT_TIMEOUT", "\t"),
+    ] {
+        let _env = EnvGuard::set(&[("CLOISTER_SENTRY", "cloister_test.local"), (var, value)]);
+        let text = message(Config::from_env());
+        assert!(
+            text.contains(&format!("`{var}` is set but empty")),
+            "{var}: {text}"
+        );
+    }
+    let _env = EnvGuard::set(&[("CLOISTER_SENTRY", ""), ("CLOISTER_COOKIE", "")]);
+    let text = message(Config::from_env());
+    for var in ["`CLOISTER_SENTRY`", "`CLOISTER_COOKIE`"] {
+        assert!(text.contains(var), "every empty variable is named: {text}");
+    }
+}
+
+#[test]
+fn a_duration_past_its_maximum_is_refused_not_a_panic_later() {
+    // 300000000000 years overflows `Instant + Duration`: on main the node
+    // took it and panicked when it began waiting for consensus.
     let _env = EnvGuard::set(&[
         ("CLOISTER_SENTRY", "cloister_test.local"),
-        ("CLOISTER_COOKIE", "0123"),
-        ("CLOISTER_APP", "42"),
-        ("CLOISTER_NODE_NAME", ""),
-        ("CLOISTER_ADVERTISED_HOST", "10.0.0.5"),
-        ("CLOISTER_DIAL_BACKOFF_JITTER", "0"),
+        ("CLOISTER_STARTUP_DEADLINE", "300000000000y"),
     ]);
-    let config = Config::from_env().expect("text values");
-    assert_eq!(config.cookie, "0123", "not the number 123");
-    assert_eq!(config.app, "42");
-    assert_eq!(config.node_name, None);
-    assert_eq!(
-        config.advertised_host,
-        Some("10.0.0.5".parse().expect("host"))
+    let text = message(Config::from_env());
+    assert!(text.contains("`startup_deadline`"), "{text}");
+    assert!(text.contains("at most 1year"), "{text}");
+    drop(_env);
+
+    let huge = format!("\"{}s\"", u64::MAX);
+    for (field, value, most) in [
+        ("heartbeat_timeout", huge.as_str(), "1day"),
+        ("heartbeat_interval", "\"25h\"", "1day"),
+        ("discovery_tick", huge.as_str(), "1day"),
+        ("dial_backoff_min", huge.as_str(), "1day"),
+        ("dial_backoff_max", "\"2days\"", "1day"),
+        ("dial_timeout", huge.as_str(), "1day"),
+        ("session_grace", huge.as_str(), "1day"),
+        ("startup_deadline", "\"366days\"", "1year"),
+    ] {
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(TWO_NODES))
+            .merge(Toml::string(&format!("{field} = {value}")));
+        let text = message(Config::from_figment(&figment));
+        assert!(
+            text.contains(&format!("invalid `{field}`"))
+                && text.contains(&format!("at most {most}")),
+            "{field} = {value}: {text}"
+        );
+    }
+    let longest = Config::service("app", "cloister_test.local");
+    let longest = Config {
+        heartbeat_interval: Config::MAX_TIMER / 2,
+        heartbeat_timeout: Config::MAX_TIMER,
+        dial_backoff_max: Config::MAX_TIMER,
+        startup_deadline: Config::MAX_STARTUP_DEADLINE,
+        ..longest
+    };
+    assert!(
+        longest.validated().is_ok(),
+        "the maxima themselves are allowed"
     );
-    assert_eq!(config.dial_backoff_jitter, 0.0);
+}
+
+#[test]
+fn a_node_name_listed_twice_is_refused() {
+    let twice =
+        r#"sentry = ["node1@127.0.0.1:4001", "node2@127.0.0.1:4002", "node1@127.0.0.1:4003"]"#;
+    let text = message(from_toml(twice));
+    assert!(text.contains("`sentry`"), "{text}");
+    assert!(text.contains("`node1@127.0.0.1` twice"), "{text}");
+    let joined = "node1@127.0.0.1:4001,node1@127.0.0.1:4001".parse::<Sentry>();
+    let text = joined.expect_err("listed twice").to_string();
+    assert!(text.contains("`node1@127.0.0.1` twice"), "{text}");
+    let error = Config::nodes(
+        "app",
+        ["a@127.0.0.1:4001", "b@127.0.0.1:4002", "a@127.0.0.1:4001"],
+    );
+    assert!(error.is_err(), "also in code");
 }
 
 #[test]
@@ -434,7 +556,8 @@ fn a_config_survives_a_serde_round_trip() {
 proptest! {
     #[test]
     fn a_joined_string_and_a_list_give_the_same_nodes(
-        entries in prop::collection::vec(("[a-z][a-z0-9_]{0,8}", 1u16..), 1..6)
+        // Unique names: a list naming one node twice is refused.
+        entries in prop::collection::btree_map("[a-z][a-z0-9_]{0,8}", 1u16.., 1..6)
     ) {
         let texts: Vec<String> = entries
             .iter()

@@ -1,7 +1,11 @@
 //! The errors the runtime gives its callers.
 
+use std::error::Error;
+use std::io;
+
 use cloister_core::membership::AssemblyReport;
 use cloister_core::ConfigError;
+use ractor::SpawnErr;
 
 /// What can go wrong starting or using cloister. Each variant says what
 /// happened; none leaves a half-started node behind.
@@ -29,10 +33,21 @@ pub enum CloisterError {
     /// The configuration is invalid; nothing was started.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The Manager could not start, and nothing was left running: the
-    /// listen port is taken, or this node cannot tell its own name (no
-    /// address of this machine in the service's DNS answer), or the
-    /// NodeServer failed; `reason` says which.
+    /// The NodeServer could not listen on `listen_port`: it is taken by
+    /// another process (`error.kind()` is `AddrInUse`), or this user may not
+    /// bind it. Nothing was left running.
+    #[error("cannot listen on port {port}: {}", plain(.error))]
+    Listen {
+        /// The configured listen port.
+        port: u16,
+        /// The error the operating system gave.
+        #[source]
+        error: io::Error,
+    },
+    /// The Manager could not start, and nothing was left running: this node
+    /// cannot tell its own name (no address of this machine in the
+    /// service's DNS answer), or another part of it failed; `reason` says
+    /// which.
     #[error("cannot start the cloister manager (listen port {port}): {reason}")]
     Spawn {
         /// The configured listen port.
@@ -47,6 +62,88 @@ pub enum CloisterError {
     /// The Manager is gone (stopped or crashed); the call could not be made.
     #[error("the cloister manager is not running: {0}")]
     ManagerGone(String),
+}
+
+impl CloisterError {
+    /// The `CloisterError` that stopped an actor's start, however deep ractor
+    /// nested it: a supervisor whose `pre_start` returns the error of
+    /// [`CloisterManager::start`](crate::CloisterManager::start) fails to
+    /// spawn with it inside, worded by ractor as a panic.
+    ///
+    /// ```no_run
+    /// # async fn example(root: impl ractor::Actor<Arguments = ()>) {
+    /// use cloister_ractor::CloisterError;
+    /// if let Err(error) = ractor::Actor::spawn(None, root, ()).await {
+    ///     match CloisterError::cause_of(&error) {
+    ///         Some(CloisterError::Listen { port, .. }) => eprintln!("port {port} is taken"),
+    ///         Some(cloister) => eprintln!("{cloister}"),
+    ///         None => eprintln!("{error}"),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn cause_of(error: &SpawnErr) -> Option<&CloisterError> {
+        match error {
+            SpawnErr::StartupFailed(inner) => match inner.downcast_ref::<SpawnErr>() {
+                Some(nested) => CloisterError::cause_of(nested),
+                None => inner.downcast_ref(),
+            },
+            _ => None,
+        }
+    }
+
+    /// The error for a NodeServer on `port` that did not start: it does
+    /// nothing but open its listener.
+    pub(crate) fn listen(port: u16, error: SpawnErr) -> CloisterError {
+        let error = match innermost(error) {
+            Ok(cause) => match cause.downcast::<io::Error>() {
+                Ok(error) => *error,
+                Err(other) => io::Error::other(other),
+            },
+            Err(spawn) => io::Error::other(spawn.to_string()),
+        };
+        CloisterError::Listen { port, error }
+    }
+
+    /// The error for a Manager on `port` that did not start: the
+    /// `CloisterError` its `pre_start` raised (a taken port), else the
+    /// innermost reason as [`CloisterError::Spawn`].
+    pub(crate) fn not_started(port: u16, error: SpawnErr) -> CloisterError {
+        let reason = match innermost(error) {
+            Ok(cause) => match cause.downcast::<CloisterError>() {
+                Ok(error) => return *error,
+                Err(cause) => match cause.downcast::<ConfigError>() {
+                    Ok(error) => return CloisterError::Config(*error),
+                    Err(cause) => cause.to_string(),
+                },
+            },
+            Err(spawn) => spawn.to_string(),
+        };
+        CloisterError::Spawn { port, reason }
+    }
+}
+
+/// The innermost cause of a failed start: ractor wraps the failure of every
+/// actor that did not start in the next one's `StartupFailed`, and words each
+/// as a panic ("Actor panicked during startup '...'"), however deep it was
+/// (a listener inside the NodeServer inside the Manager).
+fn innermost(error: SpawnErr) -> Result<Box<dyn Error + Send + Sync>, SpawnErr> {
+    match error {
+        SpawnErr::StartupFailed(inner) => match inner.downcast::<SpawnErr>() {
+            Ok(nested) => innermost(*nested),
+            Err(cause) => Ok(cause),
+        },
+        other => Err(other),
+    }
+}
+
+/// An operating-system error as its kind ("address in use"), without the
+/// errno; any other error as itself.
+fn plain(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(_) => error.kind().to_string(),
+        None => error.to_string(),
+    }
 }
 
 fn describe_timeout(report: &AssemblyReport) -> String {

@@ -1,4 +1,11 @@
 //! Loading: the environment provider and readable load errors.
+//!
+//! `CLOISTER_` is cloister's namespace: every variable in it is a config
+//! field (`CLOISTER_<FIELD>`) or one of the [`TOOL_VARIABLES`]; any other is
+//! refused like an unknown key in a file, so a misspelt variable is not
+//! silently ignored. A variable set but empty is refused too: it is most often
+//! a template whose value is missing, and taking the default instead would
+//! run the node with, say, the well-known default cookie.
 
 use figment::error::Kind;
 use figment::providers::Env;
@@ -7,10 +14,41 @@ use figment::{Figment, Metadata, Profile, Provider};
 
 use super::{quoted, ENV_SOURCE, FIELDS, TEXT_FIELDS};
 
-/// The `CLOISTER_<FIELD>` variables of known fields, as a figment provider.
-/// Text fields are taken as written (trimmed); other values are parsed as
-/// figment's `Env` parses them, so `[a, b]` is a list.
+/// The `CLOISTER_*` variables that are not config fields but belong to the
+/// project's own tools; loading ignores them. `CLOISTER_DOCKER_TESTS` (the
+/// Docker tests), `CLOISTER_PROFILE` and `CLOISTER_IMAGE` (`docker/build.sh`),
+/// `CLOISTER_BENCH_BUILD`, `CLOISTER_BENCH_SCENARIOS` and `CLOISTER_BENCH_OUT`
+/// (`docker/bench.sh`), `CLOISTER_UNDER_HARNESS` and `CLOISTER_HARNESS_VERBOSE`
+/// (the `LocalCluster` test harness).
+pub const TOOL_VARIABLES: [&str; 8] = [
+    "CLOISTER_DOCKER_TESTS",
+    "CLOISTER_PROFILE",
+    "CLOISTER_IMAGE",
+    "CLOISTER_BENCH_BUILD",
+    "CLOISTER_BENCH_SCENARIOS",
+    "CLOISTER_BENCH_OUT",
+    "CLOISTER_UNDER_HARNESS",
+    "CLOISTER_HARNESS_VERBOSE",
+];
+
+/// The reason given for a variable set to nothing but blanks.
+const SET_BUT_EMPTY: &str = "set but empty";
+
+/// The `CLOISTER_<FIELD>` variables, as a figment provider. Text fields are
+/// taken as written (trimmed); other values are parsed as figment's `Env`
+/// parses them, so `[a, b]` is a list. An empty or unknown variable is an
+/// error naming it (every one found, in name order).
 pub(super) struct EnvVars;
+
+/// An error about variable `CLOISTER_<key>`, described by [`describe`].
+/// figment keeps the metadata of the first error of a chain only, so
+/// `describe` knows these by their kind: an unknown field with no list of
+/// expected ones (serde always gives one), or [`SET_BUT_EMPTY`].
+fn env_error(key: &str, kind: Kind) -> figment::Error {
+    let mut error = figment::Error::from(kind);
+    error.path = vec![key.to_string()];
+    error
+}
 
 impl Provider for EnvVars {
     fn metadata(&self) -> Metadata {
@@ -20,23 +58,67 @@ impl Provider for EnvVars {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let names = FIELDS.map(|(name, _)| name);
-        let dict = Env::prefixed("CLOISTER_")
-            .only(&names)
+        let mut vars: Vec<(String, String)> = Env::prefixed("CLOISTER_")
             .iter()
-            .filter(|(_, raw)| !raw.trim().is_empty())
-            .map(|(key, raw)| {
+            .map(|(key, raw)| (key.as_str().to_ascii_lowercase(), raw))
+            .collect();
+        // Last name first: figment lists a chain of errors newest first, so
+        // they read in name order.
+        vars.sort_by(|a, b| b.cmp(a));
+        let mut dict = Dict::new();
+        let mut errors: Option<figment::Error> = None;
+        for (key, raw) in vars {
+            let error = if !FIELDS.iter().any(|(name, _)| *name == key) {
+                let var = format!("CLOISTER_{}", key.to_ascii_uppercase());
+                if TOOL_VARIABLES.contains(&var.as_str()) {
+                    continue;
+                }
+                env_error(&key, Kind::UnknownField(key.clone(), &[]))
+            } else if raw.trim().is_empty() {
+                env_error(&key, Kind::Message(SET_BUT_EMPTY.into()))
+            } else {
                 let value = if TEXT_FIELDS.contains(&key.as_str()) {
                     Value::from(raw.trim().to_string())
                 } else {
                     let Ok(value) = raw.parse::<Value>();
                     value
                 };
-                (key.to_string(), value)
-            })
-            .collect();
-        Ok(Profile::Default.collect(dict))
+                dict.insert(key, value);
+                continue;
+            };
+            errors = Some(match errors {
+                Some(previous) => previous.chain(error),
+                None => error,
+            });
+        }
+        match errors {
+            Some(errors) => Err(errors),
+            None => Ok(Profile::Default.collect(dict)),
+        }
     }
+}
+
+/// The candidate closest to `typed`, if any is close enough to be what was
+/// meant. strsim's Jaro similarity above 0.7, the measure and threshold clap
+/// uses to suggest a misspelt flag, rather than a hand-written distance.
+fn nearest<'a>(typed: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let typed = typed.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|candidate| {
+            (
+                strsim::jaro(&typed, &candidate.to_ascii_lowercase()),
+                candidate,
+            )
+        })
+        .filter(|(similarity, _)| *similarity > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
+}
+
+/// `` (did you mean `x`?)``, or nothing.
+fn did_you_mean(suggestion: Option<&str>) -> String {
+    suggestion.map_or_else(String::new, |name| format!(" (did you mean `{name}`?)"))
 }
 
 /// One figment error as a sentence naming the key, the value and the source.
@@ -54,11 +136,21 @@ pub(super) fn describe(error: &figment::Error, figment: &Figment) -> String {
     };
     let key = error.path.first();
     let field = key.and_then(|key| FIELDS.iter().find(|(name, _)| name == key));
+    let names = FIELDS.iter().map(|(name, _)| *name);
     match (&error.kind, field) {
+        (Kind::UnknownField(key, []), _) => unknown_variable(key),
         (Kind::UnknownField(key, _), _) => {
-            let known: Vec<String> = FIELDS.iter().map(|(name, _)| format!("`{name}`")).collect();
+            let hint = did_you_mean(nearest(key, names.clone()));
+            let known: Vec<String> = names.map(|name| format!("`{name}`")).collect();
             let known = known.join(", ");
-            format!("unknown key `{key}` in {origin}: the keys are {known}")
+            format!("unknown key `{key}` in {origin}{hint}: the keys are {known}")
+        }
+        (Kind::Message(reason), Some((name, allowed))) if reason == SET_BUT_EMPTY => {
+            let var = format!("CLOISTER_{}", name.to_ascii_uppercase());
+            format!(
+                "{ENV_SOURCE} `{var}` is set but empty (a template whose value is missing?): unset it \
+                 to take the default, or give `{name}` {allowed}"
+            )
         }
         (kind, Some((name, allowed))) => {
             let value = figment.find_value(name).map_or("?".into(), |v| render(&v));
@@ -70,6 +162,27 @@ pub(super) fn describe(error: &figment::Error, figment: &Figment) -> String {
         }
         (kind, None) => format!("cannot load {origin}: {}", kind.to_string().trim_end()),
     }
+}
+
+/// An unknown `CLOISTER_*` variable, with the nearest valid one and the list.
+fn unknown_variable(key: &str) -> String {
+    let var = |name: &str| format!("CLOISTER_{}", name.to_ascii_uppercase());
+    let fields = FIELDS.map(|(name, _)| var(name));
+    // Compared without the prefix, which every candidate shares.
+    let tools = TOOL_VARIABLES.map(|tool| &tool["CLOISTER_".len()..]);
+    let names = FIELDS.iter().map(|(name, _)| *name).chain(tools);
+    let hint = did_you_mean(nearest(key, names).map(var).as_deref());
+    let list = |vars: &[&str]| {
+        let vars: Vec<String> = vars.iter().map(|var| format!("`{var}`")).collect();
+        vars.join(", ")
+    };
+    let fields = list(&fields.each_ref().map(String::as_str));
+    format!(
+        "unknown variable `{}` in the environment{hint}: the `CLOISTER_` variables are \
+         the config keys {fields}, and the project's own {}",
+        var(key),
+        list(&TOOL_VARIABLES)
+    )
 }
 
 /// A value as it would be written in TOML.

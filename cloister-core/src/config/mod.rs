@@ -84,12 +84,16 @@ fn duration(value: Duration) -> String {
 
 mod load;
 mod sentry;
+mod timers;
 
+pub use load::TOOL_VARIABLES;
 use load::{describe, EnvVars};
 pub use sentry::{RingMode, Sentry};
 
 /// Everything a node needs to join its cluster. Durations are written as
-/// humantime text in files and the environment: `"300ms"`, `"2s"`, `"1m 30s"`.
+/// humantime text in files and the environment: `"300ms"`, `"2s"`, `"1m 30s"`;
+/// each timer is at most [`Config::MAX_TIMER`] (a day), `startup_deadline` at
+/// most [`Config::MAX_STARTUP_DEADLINE`] (a year).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -437,39 +441,7 @@ impl Config {
         if self.cookie.is_empty() {
             return Err(invalid("cookie", "\"\"", "must not be empty"));
         }
-        let timers = [
-            ("discovery_tick", self.discovery_tick),
-            ("dial_backoff_min", self.dial_backoff_min),
-            ("dial_timeout", self.dial_timeout),
-            ("heartbeat_interval", self.heartbeat_interval),
-            ("startup_deadline", self.startup_deadline),
-        ];
-        if let Some((field, _)) = timers.iter().find(|(_, value)| value.is_zero()) {
-            return Err(invalid(field, "0s", "must be longer than zero"));
-        }
-        let (min, max) = (self.dial_backoff_min, self.dial_backoff_max);
-        if max < min {
-            let why = format!("must be at least `dial_backoff_min` ({})", duration(min));
-            return Err(invalid("dial_backoff_max", duration(max), why));
-        }
-        let jitter = self.dial_backoff_jitter;
-        if !(0.0..=1.0).contains(&jitter) {
-            let why = "must be from 0.0 to 1.0";
-            return Err(invalid("dial_backoff_jitter", jitter.to_string(), why));
-        }
-        let (interval, timeout) = (self.heartbeat_interval, self.heartbeat_timeout);
-        if timeout <= interval {
-            let interval = duration(interval);
-            let why = format!("must be longer than `heartbeat_interval` ({interval})");
-            return Err(invalid("heartbeat_timeout", duration(timeout), why));
-        }
-        if self.session_grace >= timeout {
-            let why = format!(
-                "must be shorter than `heartbeat_timeout` ({})",
-                duration(timeout)
-            );
-            return Err(invalid("session_grace", duration(self.session_grace), why));
-        }
+        self.check_timers()?;
         let vnodes = self.ring_vnodes;
         if !(1..=4096).contains(&vnodes) {
             let why = "must be from 1 to 4096";
@@ -480,10 +452,12 @@ impl Config {
 
     /// The layers a loaded config comes from, lowest first: the defaults, the
     /// TOML `file` if given (it must exist), then the `CLOISTER_<FIELD>`
-    /// environment variables of known fields (`CLOISTER_SENTRY`,
-    /// `CLOISTER_HEARTBEAT_INTERVAL`, ...; others such as `CLOISTER_LOG` are
-    /// ignored; empty ones count as unset). Merge more providers on top, then
-    /// call [`Config::from_figment`]. The environment is read at extraction.
+    /// environment variables (`CLOISTER_SENTRY`, `CLOISTER_HEARTBEAT_INTERVAL`,
+    /// ...). `CLOISTER_` is cloister's namespace: any other variable in it is
+    /// an error naming the nearest valid one, except the project's own
+    /// [`TOOL_VARIABLES`]; a variable set but empty is an error too, never
+    /// the default. Merge more providers on top, then call
+    /// [`Config::from_figment`]. The environment is read at extraction.
     ///
     /// ```
     /// use cloister_core::config::{figment::providers::Serialized, Config};

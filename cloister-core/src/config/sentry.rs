@@ -1,6 +1,7 @@
 //! `Sentry`: how a node finds its peers, and how it is read from text; and
 //! `RingMode`, who keeps the ring.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -45,7 +46,7 @@ pub enum Sentry {
 
 impl Sentry {
     /// A static list from `name@host:port` texts; the error names the first bad
-    /// entry.
+    /// entry, or the first name listed twice.
     pub fn parse_nodes<I, S>(entries: I) -> Result<Sentry, ConfigError>
     where
         I: IntoIterator<Item = S>,
@@ -56,7 +57,8 @@ impl Sentry {
             let node = entry.parse::<SentryNode>();
             node.map_err(|err| invalid("sentry", quoted(entry), err))
         };
-        let nodes = entries.into_iter().map(parse).collect::<Result<_, _>>()?;
+        let nodes: Vec<SentryNode> = entries.into_iter().map(parse).collect::<Result<_, _>>()?;
+        no_name_twice(&nodes)?;
         Ok(Sentry::Nodes(nodes))
     }
 
@@ -90,7 +92,7 @@ impl Sentry {
                 "is required (it has no default): a list of `name@host:port` nodes \
                  or a DNS service name",
             )),
-            Sentry::Nodes(_) => Ok(()),
+            Sentry::Nodes(nodes) => no_name_twice(nodes),
             Sentry::Service(name) => match name.parse::<Host>() {
                 Ok(Host::Dns(_)) => Ok(()),
                 _ => Err(invalid(
@@ -101,6 +103,20 @@ impl Sentry {
                 )),
             },
         }
+    }
+}
+
+/// Names are unique in a cluster: a list naming one node twice (at one
+/// address or two) is a mistake that would also inflate the node count.
+fn no_name_twice(nodes: &[SentryNode]) -> Result<(), ConfigError> {
+    let mut seen = BTreeSet::new();
+    match nodes.iter().find(|node| !seen.insert(&node.name)) {
+        Some(node) => {
+            let list: Vec<String> = nodes.iter().map(|node| quoted(&node.to_string())).collect();
+            let why = format!("names `{}` twice: node names must be unique", node.name);
+            Err(invalid("sentry", format!("[{}]", list.join(", ")), why))
+        }
+        None => Ok(()),
     }
 }
 

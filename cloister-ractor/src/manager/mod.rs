@@ -273,10 +273,7 @@ impl CloisterManager {
             }
             None => Actor::spawn(name, CloisterManager, arguments).await,
         };
-        let (actor, join) = spawned.map_err(|e| CloisterError::Spawn {
-            port,
-            reason: why_not_started(&e),
-        })?;
+        let (actor, join) = spawned.map_err(|e| CloisterError::not_started(port, e))?;
         let gone = |e: &dyn std::fmt::Display| CloisterError::ManagerGone(e.to_string());
         let cloister = ractor::call!(actor, CloisterMessage::Handle).map_err(|e| gone(&e))?;
         if hold {
@@ -321,13 +318,7 @@ impl Actor for CloisterManager {
         );
         let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell())
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot listen on port {}: {}",
-                    config.listen_port,
-                    why_not_started(&e)
-                )
-            })?;
+            .map_err(|e| CloisterError::listen(config.listen_port, e))?;
         node_server.cast(NodeServerMessage::SubscribeToEvents {
             id: "cloister".into(),
             subscription: Box::new(Forwarder(myself.clone())),
@@ -481,17 +472,4 @@ fn child_name(child: &ActorCell) -> String {
     child
         .get_name()
         .unwrap_or_else(|| format!("actor {}", child.get_id()))
-}
-
-/// Why an actor did not start, without ractor's wording of every failed
-/// start as a panic ("Actor panicked during startup '...'"), however deep
-/// the failure was (a listener inside the NodeServer inside the Manager).
-fn why_not_started(error: &ractor::SpawnErr) -> String {
-    match error {
-        ractor::SpawnErr::StartupFailed(inner) => match inner.downcast_ref::<ractor::SpawnErr>() {
-            Some(nested) => why_not_started(nested),
-            None => inner.to_string(),
-        },
-        other => other.to_string(),
-    }
 }

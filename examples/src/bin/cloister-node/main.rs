@@ -15,7 +15,7 @@ use cloister_core::config::figment::value::{Dict, Map};
 use cloister_core::config::figment::{self, Metadata, Profile, Provider};
 use cloister_core::{Config, NodeName, TopologyEvent};
 use cloister_ractor::testing::EventLines;
-use cloister_ractor::{Cloister, CloisterManager, CloisterMessage, StartOptions};
+use cloister_ractor::{Cloister, CloisterError, CloisterManager, CloisterMessage, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorClusterMessage;
 use serde::Serialize;
@@ -421,8 +421,15 @@ async fn main() {
     let (root, join) = match Actor::spawn(None, Root, root).await {
         Ok(spawned) => spawned,
         Err(error) => {
-            startup_failed(&error.to_string());
-            std::process::exit(1);
+            // ractor words every failed start as a panic; say what failed.
+            let cloister = CloisterError::cause_of(&error);
+            startup_failed(&cloister.map_or_else(|| error.to_string(), ToString::to_string));
+            // 2 as for a bad configuration: this node cannot run as configured.
+            let code = match cloister {
+                Some(CloisterError::Listen { .. } | CloisterError::Config(_)) => 2,
+                _ => 1,
+            };
+            std::process::exit(code);
         }
     };
     let manager = root
