@@ -90,7 +90,7 @@ impl Sentry {
                 "is required (it has no default): a list of `name@host:port` nodes \
                  or a DNS service name",
             )),
-            Sentry::Nodes(_) => Ok(()),
+            Sentry::Nodes(nodes) => check_unique_names(nodes),
             Sentry::Service(name) => match name.parse::<Host>() {
                 Ok(Host::Dns(_)) => Ok(()),
                 _ => Err(invalid(
@@ -102,6 +102,26 @@ impl Sentry {
             },
         }
     }
+}
+
+/// Two entries with one name but different addresses would be two nodes
+/// with one name (the port is not part of a name): refused.
+fn check_unique_names(nodes: &[SentryNode]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeMap::new();
+    for node in nodes {
+        if let Some(earlier) = seen.insert(&node.name, &node.addr) {
+            if *earlier != node.addr {
+                let why = format!(
+                    "names must be unique (the port is not part of a name): `{}` is listed at \
+                     {earlier} and at {}; give each node its own `node_name`",
+                    node.name, node.addr
+                );
+                let value = nodes.iter().map(ToString::to_string).collect::<Vec<_>>();
+                return Err(invalid("sentry", quoted(&value.join(",")), why));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl FromStr for Sentry {
