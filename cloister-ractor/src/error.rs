@@ -1,5 +1,6 @@
 //! The errors the runtime gives its callers.
 
+use cloister_core::config::OwnEntryError;
 use cloister_core::membership::AssemblyReport;
 use cloister_core::ConfigError;
 
@@ -29,6 +30,14 @@ pub enum CloisterError {
     /// The configuration is invalid; nothing was started.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// This node cannot take its place in its static `sentry` list: it
+    /// cannot tell which entry is its own (its name is listed on several
+    /// hosts, none or more than one of them this machine's, or not at all
+    /// and `advertised_host` is unset), or `consensus` is more than the
+    /// nodes the list allows. The message names the entries and what to
+    /// set. Nothing was started.
+    #[error(transparent)]
+    OwnEntry(#[from] OwnEntryError),
     /// The Manager could not start, and nothing was left running: the
     /// listen port is taken, or this node cannot tell its own name (no
     /// address of this machine in the service's DNS answer), or the

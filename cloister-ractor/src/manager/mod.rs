@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use cloister_core::config::OwnEntryError;
 use cloister_core::membership::AssemblyReport;
 use cloister_core::{
     Config, Heartbeat, Incarnation, Input, Membership, NodeName, NodeState, SentryNode, Snapshot,
@@ -268,9 +269,12 @@ impl CloisterManager {
             }
             None => Actor::spawn(name, CloisterManager, arguments).await,
         };
-        let (actor, join) = spawned.map_err(|e| CloisterError::Spawn {
-            port,
-            reason: why_not_started(&e),
+        let (actor, join) = spawned.map_err(|e| match own_entry_refused(&e) {
+            Some(refusal) => CloisterError::OwnEntry(refusal),
+            None => CloisterError::Spawn {
+                port,
+                reason: why_not_started(&e),
+            },
         })?;
         let gone = |e: &dyn std::fmt::Display| CloisterError::ManagerGone(e.to_string());
         let cloister = ractor::call!(actor, CloisterMessage::Handle).map_err(|e| gone(&e))?;
@@ -300,10 +304,7 @@ impl Actor for CloisterManager {
     ) -> Result<Self::State, ActorProcessingErr> {
         config.validate()?;
         let discovery = Discovery::new(&config)?;
-        let host = match &config.advertised_host {
-            Some(host) => host.clone(),
-            None => discovery.find_own_host(&config).await?,
-        };
+        let host = discovery.own_host(&config).await?;
         let me = config.node_name_for(&host)?;
 
         let server = NodeServer::new(
@@ -464,6 +465,18 @@ impl Actor for CloisterManager {
 /// Why an actor did not start, without ractor's wording of every failed
 /// start as a panic ("Actor panicked during startup '...'"), however deep
 /// the failure was (a listener inside the NodeServer inside the Manager).
+/// The refusal inside a failed start, if the node could not take its place
+/// in its static list.
+fn own_entry_refused(error: &ractor::SpawnErr) -> Option<OwnEntryError> {
+    match error {
+        ractor::SpawnErr::StartupFailed(inner) => match inner.downcast_ref::<ractor::SpawnErr>() {
+            Some(nested) => own_entry_refused(nested),
+            None => inner.downcast_ref::<OwnEntryError>().cloned(),
+        },
+        _ => None,
+    }
+}
+
 fn why_not_started(error: &ractor::SpawnErr) -> String {
     match error {
         ractor::SpawnErr::StartupFailed(inner) => match inner.downcast_ref::<ractor::SpawnErr>() {

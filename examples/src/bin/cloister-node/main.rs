@@ -15,7 +15,7 @@ use cloister_core::config::figment::value::{Dict, Map};
 use cloister_core::config::figment::{self, Metadata, Profile, Provider};
 use cloister_core::{Config, NodeName, TopologyEvent};
 use cloister_ractor::testing::EventLines;
-use cloister_ractor::{Cloister, CloisterManager, CloisterMessage, StartOptions};
+use cloister_ractor::{Cloister, CloisterError, CloisterManager, CloisterMessage, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorClusterMessage;
 use serde::Serialize;
@@ -146,6 +146,17 @@ fn startup_failed(error: &str) {
         println!("{}", json!({ "event": "startup_failed", "error": error }));
         eprintln!("cloister-node: {error}");
     });
+}
+
+/// The start error that is a configuration problem, if it is one: a bad
+/// value, or a node that cannot take its place in its `sentry` list.
+fn refused_config(error: &ractor::SpawnErr) -> Option<&CloisterError> {
+    let ractor::SpawnErr::StartupFailed(inner) = error else {
+        return None;
+    };
+    inner
+        .downcast_ref::<CloisterError>()
+        .filter(|e| matches!(e, CloisterError::Config(_) | CloisterError::OwnEntry(_)))
 }
 
 /// Prints topology events and session changes as JSON lines.
@@ -420,10 +431,18 @@ async fn main() {
     };
     let (root, join) = match Actor::spawn(None, Root, root).await {
         Ok(spawned) => spawned,
-        Err(error) => {
-            startup_failed(&error.to_string());
-            std::process::exit(1);
-        }
+        Err(error) => match refused_config(&error) {
+            // Bad configuration, found only at start (which entry of the
+            // list is this node): status 2, as for a bad value.
+            Some(refusal) => {
+                startup_failed(&refusal.to_string());
+                std::process::exit(2);
+            }
+            None => {
+                startup_failed(&error.to_string());
+                std::process::exit(1);
+            }
+        },
     };
     let manager = root
         .get_children()
