@@ -6,7 +6,10 @@
 //! ordinary name gives A/AAAA records, all peers on `listen_port`; a name
 //! starting with `_` is an SRV name whose records give each peer's host and
 //! port (a Kubernetes headless Service). In service mode this node's own host
-//! is the address in the answer that belongs to one of its interfaces.
+//! is the address in the answer that belongs to one of its interfaces. From a
+//! static list the core picks this node's entry (`Config::own_entry`) from the
+//! interfaces' addresses, and from what the entries' DNS hosts resolve to
+//! when one name is listed on several of them.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
