@@ -556,7 +556,8 @@ fn a_config_survives_a_serde_round_trip() {
 proptest! {
     #[test]
     fn a_joined_string_and_a_list_give_the_same_nodes(
-        // Unique names: a list naming one node twice is refused.
+        // Unique names: a list naming one node twice, at one address or two,
+        // is refused (see `one_name_at_two_addresses_is_refused`).
         entries in prop::collection::btree_map("[a-z][a-z0-9_]{0,8}", 1u16.., 1..6)
     ) {
         let texts: Vec<String> = entries
@@ -566,6 +567,21 @@ proptest! {
         let joined: Sentry = texts.join(",").parse().expect("joined");
         prop_assert_eq!(joined, Sentry::parse_nodes(&texts).expect("list"));
     }
+}
+
+#[test]
+fn one_name_at_two_addresses_is_refused() {
+    // From a file as from the environment: two nodes would share one name.
+    let error = from_toml(r#"sentry = ["shop@10.0.0.1:4001", "shop@10.0.0.1:4002"]"#)
+        .expect_err("one name, two ports");
+    let text = error.to_string();
+    assert!(
+        text.contains("`shop@10.0.0.1` twice, at 10.0.0.1:4001 and at 10.0.0.1:4002"),
+        "{text}"
+    );
+    // The same entry twice is refused too; one name on two hosts is fine.
+    assert!(from_toml(r#"sentry = ["shop@10.0.0.1:4001", "shop@10.0.0.1:4001"]"#).is_err());
+    assert!(from_toml(r#"sentry = ["shop@10.0.0.1:4000", "shop@10.0.0.2:4000"]"#).is_ok());
 }
 
 #[test]

@@ -6,24 +6,28 @@
 //! ordinary name gives A/AAAA records, all peers on `listen_port`; a name
 //! starting with `_` is an SRV name whose records give each peer's host and
 //! port (a Kubernetes headless Service). In service mode this node's own host
-//! is the address in the answer that belongs to one of its interfaces.
+//! is the address in the answer that belongs to one of its interfaces. From a
+//! static list the core picks this node's entry (`Config::own_entry`) from the
+//! interfaces' addresses, and from what the entries' DNS hosts resolve to
+//! when one name is listed on several of them.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use cloister_core::config::{LocalAddrs, OwnEntry};
 use cloister_core::{Config, Host, NodeAddr, Sentry, SentryNode};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{Name, ResolverBuilder, TokioResolver};
-use ractor::ActorRef;
+use ractor::{ActorProcessingErr, ActorRef};
 
 use crate::manager::{CloisterMessage, Internal};
 
 /// How this node finds peers.
 #[derive(Clone)]
 pub(crate) enum Discovery {
-    /// A static list: nothing to resolve.
-    List(Vec<SentryNode>),
+    /// A static list (the config's): nothing to resolve on every tick.
+    List,
     /// A DNS service (boxed: the resolver is large).
     Service(Box<Service>),
 }
@@ -40,14 +44,12 @@ pub(crate) struct Service {
 impl Discovery {
     pub(crate) fn new(config: &Config) -> Result<Self, String> {
         match &config.sentry {
-            Sentry::Nodes(nodes) => Ok(Discovery::List(nodes.clone())),
-            Sentry::Service(name) => {
-                let builder = TokioResolver::builder(TokioConnectionProvider::default())
-                    .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
-                Ok(Discovery::Service(Box::new(Service::new(
-                    config, name, builder,
-                ))))
-            }
+            Sentry::Nodes(_) => Ok(Discovery::List),
+            Sentry::Service(name) => Ok(Discovery::Service(Box::new(Service::new(
+                config,
+                name,
+                resolver()?,
+            )))),
         }
     }
 
@@ -56,39 +58,43 @@ impl Discovery {
         matches!(self, Discovery::Service(_)).then(|| self.clone())
     }
 
-    /// This node's host when the config does not say it. From a list: the
-    /// entry with this node's name (and port, if several share the name).
-    /// From a service: the answer's address that is one of this machine's
-    /// own, waited for until `startup_deadline`.
-    pub(crate) async fn find_own_host(&self, config: &Config) -> Result<Host, String> {
+    /// This node's host. From a list: its own entry, which the core picks
+    /// from this machine's addresses and what the list's DNS hosts resolve
+    /// to; a refusal is a (boxed) `OwnEntryError`. From a service:
+    /// `advertised_host`, else the answer's address that is one of this
+    /// machine's own, waited for until `startup_deadline`.
+    pub(crate) async fn own_host(&self, config: &Config) -> Result<Host, ActorProcessingErr> {
         match self {
-            Discovery::List(nodes) => {
-                let mine: Vec<&SentryNode> = nodes
-                    .iter()
-                    .filter(|n| n.name.node_name() == config.effective_node_name())
-                    .collect();
-                let chosen = match mine.as_slice() {
-                    [one] => Some(*one),
-                    many => many
-                        .iter()
-                        .copied()
-                        .find(|n| n.addr.port() == config.listen_port),
-                };
-                chosen.map(|n| n.addr.host().clone()).ok_or_else(|| {
-                    format!(
-                        "cannot tell this node's host: no `sentry` entry is named `{}` (its \
-                         `node_name`, or `app` when that is unset) on port {}; list this node \
-                         in `sentry`, or set `node_name` or `advertised_host`",
-                        config.effective_node_name(),
-                        config.listen_port
-                    )
-                })
+            Discovery::List => {
+                let mut local = LocalAddrs::new(local_ips()?);
+                let lookups = config.own_entry_lookups();
+                if !lookups.is_empty() {
+                    let resolver = resolver()?;
+                    for host in lookups {
+                        match lookup(&resolver, &host).await {
+                            Ok(ips) => local = local.with_resolved(&host, ips),
+                            Err(error) => tracing::info!("sentry host {error}"),
+                        }
+                    }
+                }
+                match config.own_entry(&local)? {
+                    Some(OwnEntry::Listed(entry)) => {
+                        tracing::info!(%entry, "this node's own `sentry` entry");
+                        Ok(entry.addr.host().clone())
+                    }
+                    Some(OwnEntry::Seed(host)) => {
+                        tracing::info!(%host, "this node is not in `sentry`: it uses the list as seeds");
+                        Ok(host)
+                    }
+                    None => Err("a static `sentry` list has no list".into()),
+                }
             }
-            Discovery::Service(service) => {
-                service
+            Discovery::Service(service) => match &config.advertised_host {
+                Some(host) => Ok(host.clone()),
+                None => Ok(service
                     .find_own_host(config.startup_deadline, config.consensus == 1)
-                    .await
-            }
+                    .await?),
+            },
         }
     }
 
@@ -105,23 +111,13 @@ impl Discovery {
 }
 
 impl Service {
-    /// `name`, asked through `builder`'s name servers, with caching off.
-    fn new(
-        config: &Config,
-        name: &str,
-        mut builder: ResolverBuilder<TokioConnectionProvider>,
-    ) -> Service {
-        let options = builder.options_mut();
-        options.cache_size = 0;
-        options.positive_max_ttl = Some(Duration::ZERO);
-        options.negative_max_ttl = Some(Duration::ZERO);
-        options.timeout = Duration::from_secs(2);
-        options.attempts = 1;
+    /// `name`, asked through `resolver`.
+    fn new(config: &Config, name: &str, resolver: TokioResolver) -> Service {
         Service {
             name: name.to_string(),
             node_name: config.effective_node_name().to_string(),
             port: config.listen_port,
-            resolver: builder.build(),
+            resolver,
         }
     }
 
@@ -178,11 +174,7 @@ impl Service {
         let until = Instant::now() + deadline;
         let mut last = String::new();
         loop {
-            let local: BTreeSet<IpAddr> = if_addrs::get_if_addrs()
-                .map_err(|e| format!("cannot list this machine's interfaces: {e}"))?
-                .into_iter()
-                .map(|i| i.ip())
-                .collect();
+            let local = local_ips()?;
             let outcome = match self.resolve().await {
                 Ok(peers) => {
                     let mine = peers
@@ -223,6 +215,45 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The addresses of this machine's interfaces, loopback included.
+fn local_ips() -> Result<BTreeSet<IpAddr>, String> {
+    let interfaces = if_addrs::get_if_addrs()
+        .map_err(|e| format!("cannot list this machine's interfaces: {e}"))?;
+    Ok(interfaces.into_iter().map(|i| i.ip()).collect())
+}
+
+/// A resolver from the system's configuration (`/etc/resolv.conf`, and
+/// `/etc/hosts`), with caching off.
+fn resolver() -> Result<TokioResolver, String> {
+    let builder = TokioResolver::builder(TokioConnectionProvider::default())
+        .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
+    Ok(without_cache(builder))
+}
+
+/// `builder`'s resolver with caching off and one short attempt per query.
+fn without_cache(mut builder: ResolverBuilder<TokioConnectionProvider>) -> TokioResolver {
+    let options = builder.options_mut();
+    options.cache_size = 0;
+    options.positive_max_ttl = Some(Duration::ZERO);
+    options.negative_max_ttl = Some(Duration::ZERO);
+    options.timeout = Duration::from_secs(2);
+    options.attempts = 1;
+    builder.build()
+}
+
+/// The addresses `host` resolves to.
+async fn lookup(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, String> {
+    // Relaxed: hickory's strict parsing refuses `_` inside a label, and
+    // Compose service names such as `cloister_test` have one.
+    let name =
+        Name::from_str_relaxed(host).map_err(|e| format!("`{host}` is not a DNS name: {e}"))?;
+    let ips = resolver
+        .lookup_ip(name)
+        .await
+        .map_err(|e| format!("`{host}` did not resolve: {e}"))?;
+    Ok(ips.iter().collect())
 }
 
 #[cfg(test)]
@@ -305,7 +336,7 @@ mod tests {
         let builder =
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default());
         let config = Config::service("shop", name);
-        Service::new(&config, name, builder)
+        Service::new(&config, name, without_cache(builder))
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 use std::error::Error;
 use std::io;
 
+use cloister_core::config::OwnEntryError;
 use cloister_core::membership::AssemblyReport;
 use cloister_core::ConfigError;
 use ractor::SpawnErr;
@@ -33,6 +34,14 @@ pub enum CloisterError {
     /// The configuration is invalid; nothing was started.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// This node cannot take its place in its static `sentry` list: it
+    /// cannot tell which entry is its own (its name is listed on several
+    /// hosts, none or more than one of them this machine's, or not at all
+    /// and `advertised_host` is unset), or `consensus` is more than the
+    /// nodes the list allows. The message names the entries and what to
+    /// set. Nothing was started.
+    #[error(transparent)]
+    OwnEntry(#[from] OwnEntryError),
     /// The NodeServer could not listen on `listen_port`: it is taken by
     /// another process (`error.kind()` is `AddrInUse`), or this user may not
     /// bind it. Nothing was left running.
@@ -114,7 +123,10 @@ impl CloisterError {
                 Ok(error) => return *error,
                 Err(cause) => match cause.downcast::<ConfigError>() {
                     Ok(error) => return CloisterError::Config(*error),
-                    Err(cause) => cause.to_string(),
+                    Err(cause) => match cause.downcast::<OwnEntryError>() {
+                        Ok(refusal) => return CloisterError::OwnEntry(*refusal),
+                        Err(cause) => cause.to_string(),
+                    },
                 },
             },
             Err(spawn) => spawn.to_string(),

@@ -10,8 +10,10 @@
 //! runs its own compose project: the shipped compose file plus a generated
 //! override (short timers, the scenario's consensus, an explicit subnet so a
 //! container cut off the network can come back with its IP, which is its
-//! name). Dropping the project runs `docker-compose down` (or `docker compose
-//! down`), also on panic.
+//! name). One scenario, a static list of one name on several hosts, runs a
+//! generated compose file of its own instead (containers at fixed IPs on
+//! `172.29.x.0/24`). Dropping the project runs `docker-compose down` (or
+//! `docker compose down`), which also removes its network, also on panic.
 //!
 //! The nodes' JSON lines are read with `docker logs` (stdout only) and polled
 //! until a condition holds or a generous deadline passes; nothing asserts how
@@ -193,8 +195,10 @@ fn rfc3339_ms(text: &str) -> Option<i64> {
 struct Project {
     name: String,
     dir: PathBuf,
-    /// `10.x.y` of the project's /24.
+    /// The first three octets of the project's /24 (`10.x.y`).
     subnet: String,
+    /// Whether the project is the generated file alone (no shipped base).
+    standalone: bool,
 }
 
 impl Project {
@@ -222,8 +226,31 @@ impl Project {
         );
         std::fs::write(dir.join("docker-compose.override.yml"), override_file)
             .expect("cannot write the compose override");
-        let project = Project { name, dir, subnet };
+        let project = Project {
+            name,
+            dir,
+            subnet,
+            standalone: false,
+        };
         // Leftovers of an earlier run with the same pid, if any.
+        project.down();
+        project
+    }
+
+    /// A project of its own compose file, `compose` (its network must be
+    /// `local`, its subnet `{subnet}.0/24`), not layered over the shipped one.
+    fn standalone(scenario: &str, subnet: String, compose: &str) -> Project {
+        let name = format!("cdock_{scenario}_{}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).expect("cannot create the project's temp dir");
+        std::fs::write(dir.join("docker-compose.override.yml"), compose)
+            .expect("cannot write the compose file");
+        let project = Project {
+            name,
+            dir,
+            subnet,
+            standalone: true,
+        };
         project.down();
         project
     }
@@ -235,14 +262,13 @@ impl Project {
     fn compose_args(&self) -> Vec<String> {
         let base = root().join("docker/docker-compose.yml");
         let over = self.dir.join("docker-compose.override.yml");
-        vec![
-            "-f".into(),
-            base.display().to_string(),
-            "-f".into(),
-            over.display().to_string(),
-            "-p".into(),
-            self.name.clone(),
-        ]
+        let mut args = Vec::new();
+        if !self.standalone {
+            args.extend(["-f".to_string(), base.display().to_string()]);
+        }
+        args.extend(["-f".to_string(), over.display().to_string()]);
+        args.extend(["-p".to_string(), self.name.clone()]);
+        args
     }
 
     fn compose(&self, args: &[&str]) -> Result<String, String> {
@@ -316,6 +342,11 @@ impl Project {
                         .unwrap_or_default()
                         .trim_start_matches('/')
                         .to_string(),
+                    service: c["Config"]["Labels"]["com.docker.compose.service"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    exit_code: c["State"]["ExitCode"].as_i64(),
                     number: c["Config"]["Labels"]["com.docker.compose.container-number"]
                         .as_str()
                         .and_then(|n| n.parse().ok())
@@ -330,7 +361,7 @@ impl Project {
                 }
             })
             .collect();
-        views.sort_by_key(|v| v.number);
+        views.sort_by(|a, b| (a.number, &a.service).cmp(&(b.number, &b.service)));
         views
     }
 
@@ -477,7 +508,11 @@ fn logs(id: &str) -> (Vec<Value>, Vec<String>) {
 struct View {
     id: String,
     container: String,
+    /// The compose service it runs.
+    service: String,
     number: u32,
+    /// The exit code `docker inspect` gives (0 while it runs).
+    exit_code: Option<i64>,
     ip: Option<String>,
     running: bool,
     paused: bool,
@@ -910,4 +945,117 @@ fn consensus_holds_two() {
             v.container
         );
     }
+}
+
+/// (g) The Elixir original's usual static list: one name on several hosts
+/// (`shop@IP1:4000,shop@IP2:4000,shop@IP3:4000`), the same environment in
+/// every container and no node name. Each of the three containers at those
+/// fixed IPs must find its own entry by its own address and the three form
+/// one ring. A fourth container, at an IP the list does not name, must
+/// refuse to start (exit 2) and say which entries it saw and what to set.
+/// A fifth, not listed either but with `CLOISTER_ADVERTISED_HOST` set to
+/// its IP, joins the listed nodes as a seed list.
+#[test]
+fn one_name_on_several_hosts() {
+    if !docker_ready("one_name") {
+        return;
+    }
+    let subnet = format!("172.29.{}", std::process::id() % 250);
+    let ip = |host: u8| format!("{subnet}.{host}");
+    let listed = [ip(11), ip(12), ip(13)];
+    let sentry = listed
+        .iter()
+        .map(|ip| format!("shop@{ip}:4000"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let service = |name: &str, ip: &str, extra: &str| {
+        format!(
+            "  {name}:\n    image: {IMAGE}\n    networks:\n      local:\n        ipv4_address: {ip}\n\
+             \x20   environment:\n\
+             \x20     - CLOISTER_APP=shop\n\
+             \x20     - CLOISTER_SENTRY={sentry}\n\
+             \x20     - CLOISTER_CONSENSUS=3\n\
+             \x20     - CLOISTER_HEARTBEAT_INTERVAL=100ms\n\
+             \x20     - CLOISTER_HEARTBEAT_TIMEOUT=600ms\n\
+             \x20     - CLOISTER_DIAL_TIMEOUT=500ms\n\
+             \x20     - CLOISTER_DIAL_BACKOFF_MAX=500ms\n\
+             {extra}"
+        )
+    };
+    let seed_ip = ip(21);
+    let seed_env = format!("      - CLOISTER_ADVERTISED_HOST={seed_ip}\n");
+    let compose = format!(
+        "# generated by tests/tests/docker.rs: one name on several hosts\n\
+         version: \"3.8\"\n\
+         services:\n{}{}{}{}{}\
+         networks:\n  local:\n    driver: bridge\n    ipam:\n      config:\n        - subnet: {subnet}.0/24\n",
+        service("n1", &listed[0], ""),
+        service("n2", &listed[1], ""),
+        service("n3", &listed[2], ""),
+        service("stray", &ip(20), ""),
+        service("seed", &seed_ip, &seed_env),
+    );
+    let project = Project::standalone("one_name", subnet.clone(), &compose);
+    if let Err(err) = project.compose(&["up", "-d", "n1", "n2", "n3", "stray"]) {
+        panic!("{err}\n{}", project.report(&project.views()));
+    }
+
+    // The three listed containers: each named after its own entry, one ring.
+    let three: BTreeSet<String> = listed.iter().map(|ip| format!("shop@{ip}")).collect();
+    let views = project.wait("the three listed containers ready on one ring", |views| {
+        let nodes: Vec<&View> = views
+            .iter()
+            .filter(|v| v.service.starts_with('n') && v.running)
+            .collect();
+        (nodes.len() == 3 && agreed(&nodes, &three).is_some()).then(|| views.to_vec())
+    });
+    for v in views.iter().filter(|v| v.service.starts_with('n')) {
+        let ip = project.ip(v);
+        assert_eq!(
+            v.node(),
+            Some(format!("shop@{ip}").as_str()),
+            "{}",
+            v.container
+        );
+    }
+
+    // The stray container: refused at start, with the entries and the fix.
+    let stray = project.wait("the stray container exits", |views| {
+        views
+            .iter()
+            .find(|v| v.service == "stray" && !v.running && v.exit_code.is_some())
+            .cloned()
+    });
+    let said = stray.stderr.join("\n");
+    assert_eq!(
+        stray.exit_code,
+        Some(2),
+        "stray's exit code; it said:\n{said}"
+    );
+    for entry in sentry.split(',') {
+        assert!(said.contains(entry), "stray does not name {entry}:\n{said}");
+    }
+    assert!(
+        said.contains("CLOISTER_ADVERTISED_HOST"),
+        "stray does not say what to set:\n{said}"
+    );
+    assert!(
+        !stray.events.iter().any(|e| e["node"].is_string()),
+        "stray started a node: {:?}",
+        stray.events
+    );
+
+    // The seed container: not listed, its host set, it joins the three.
+    if let Err(err) = project.compose(&["up", "-d", "--no-recreate", "seed"]) {
+        panic!("{err}\n{}", project.report(&project.views()));
+    }
+    let mut four = three.clone();
+    four.insert(format!("shop@{seed_ip}"));
+    project.wait("the seed joins the three on one ring of four", |views| {
+        let nodes: Vec<&View> = views
+            .iter()
+            .filter(|v| v.service != "stray" && v.running)
+            .collect();
+        (nodes.len() == 4 && agreed(&nodes, &four).is_some()).then_some(())
+    });
 }

@@ -83,11 +83,13 @@ fn duration(value: Duration) -> String {
 }
 
 mod load;
+mod own_entry;
 mod sentry;
 mod timers;
 
 pub use load::TOOL_VARIABLES;
 use load::{describe, EnvVars};
+pub use own_entry::{LocalAddrs, OwnEntry, OwnEntryError};
 pub use sentry::{RingMode, Sentry};
 
 /// Everything a node needs to join its cluster. Durations are written as
@@ -109,20 +111,30 @@ pub struct Config {
     /// How to find peers. Required: the default, an empty list, fails
     /// validation. A list of `name@host:port` nodes (dialled directly; a static
     /// cluster), or a DNS service name re-resolved every `discovery_tick` (grows
-    /// and shrinks with the service; needs working DNS).
+    /// and shrinks with the service; needs working DNS). Names in a list are
+    /// unique. A list may name one node name on many hosts
+    /// (`shop@10.0.0.1:4000,shop@10.0.0.2:4000`, one image everywhere): each
+    /// node then finds its own entry by its own addresses, or by
+    /// `advertised_host`; a node not listed uses the list as seeds (see
+    /// [`Config::own_entry`]).
     pub sentry: Sentry,
     /// How many nodes, this one included, the ring needs before the cluster is
     /// ready. Default 1 (ready alone). Higher guards against a node serving
     /// alone at boot, but start-up waits (up to `startup_deadline`) until that
-    /// many are up. With a static list, at most its length + 1.
+    /// many are up. With a static list, at most its length when this node is
+    /// listed, its length + 1 when the list is a seed list (checked at start,
+    /// once the node knows its own entry).
     pub consensus: usize,
     /// The TCP port this node listens on for peers. Default 4000. A/AAAA records
     /// carry no port, so in service mode every replica must use the same one.
     /// 0 lets the OS pick: loopback tests only, as no list can then name it.
     pub listen_port: u16,
     /// The host peers reach this node at, and the host part of its name.
-    /// Default: none, found at run time (in service mode, from the service's
-    /// records). Set it behind NAT or with several interfaces; never a
+    /// Default: none, found at run time: from a static list, the entry with
+    /// this node's name, or of several, the one on an address of this
+    /// machine; in service mode, the service's record that is one of this
+    /// machine's addresses. Set it behind NAT, with several interfaces, or
+    /// for a node not in a static list (the list is then its seeds); never a
     /// wildcard such as `0.0.0.0`.
     pub advertised_host: Option<Host>,
     /// The shared secret of the handshake: nodes with different cookies refuse

@@ -1,7 +1,7 @@
 //! `Sentry`: how a node finds its peers, and how it is read from text; and
 //! `RingMode`, who keeps the ring.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -107,17 +107,22 @@ impl Sentry {
 }
 
 /// Names are unique in a cluster: a list naming one node twice (at one
-/// address or two) is a mistake that would also inflate the node count.
+/// address or two: the port is not part of a name) is a mistake that would
+/// also inflate the node count.
 fn no_name_twice(nodes: &[SentryNode]) -> Result<(), ConfigError> {
-    let mut seen = BTreeSet::new();
-    match nodes.iter().find(|node| !seen.insert(&node.name)) {
-        Some(node) => {
+    let mut seen = BTreeMap::new();
+    for node in nodes {
+        if let Some(earlier) = seen.insert(&node.name, &node.addr) {
             let list: Vec<String> = nodes.iter().map(|node| quoted(&node.to_string())).collect();
-            let why = format!("names `{}` twice: node names must be unique", node.name);
-            Err(invalid("sentry", format!("[{}]", list.join(", ")), why))
+            let why = format!(
+                "names `{}` twice, at {earlier} and at {}: node names must be unique (the port \
+                 is not part of a name); give each node its own `node_name`",
+                node.name, node.addr
+            );
+            return Err(invalid("sentry", format!("[{}]", list.join(", ")), why));
         }
-        None => Ok(()),
     }
+    Ok(())
 }
 
 impl FromStr for Sentry {

@@ -302,10 +302,7 @@ impl Actor for CloisterManager {
     ) -> Result<Self::State, ActorProcessingErr> {
         config.validate()?;
         let discovery = Discovery::new(&config)?;
-        let host = match &config.advertised_host {
-            Some(host) => host.clone(),
-            None => discovery.find_own_host(&config).await?,
-        };
+        let host = discovery.own_host(&config).await?;
         let me = config.node_name_for(&host)?;
 
         let server = NodeServer::new(

@@ -426,7 +426,11 @@ async fn main() {
             startup_failed(&cloister.map_or_else(|| error.to_string(), ToString::to_string));
             // 2 as for a bad configuration: this node cannot run as configured.
             let code = match cloister {
-                Some(CloisterError::Listen { .. } | CloisterError::Config(_)) => 2,
+                Some(
+                    CloisterError::Listen { .. }
+                    | CloisterError::Config(_)
+                    | CloisterError::OwnEntry(_),
+                ) => 2,
                 _ => 1,
             };
             std::process::exit(code);
