@@ -39,6 +39,20 @@
 //! Then `cloister.node_for("user:42")` answers from any thread without an actor
 //! round trip, and [`subscribe`] delivers topology events to an actor.
 //!
+//! ## What stays inside
+//!
+//! The Manager's plumbing (its internal messages and state) cannot be named
+//! outside this crate, so no other code in the process can inject a
+//! heartbeat or a session event:
+//!
+//! ```compile_fail
+//! use cloister_ractor::Internal; // not exported
+//! ```
+//!
+//! ```compile_fail
+//! use cloister_ractor::ManagerState; // not exported
+//! ```
+//!
 //! ## Your message types need `RactorMessage` now
 //!
 //! ractor_cluster turns on ractor's `cluster` feature, which removes the
