@@ -451,7 +451,13 @@ struct Placeholder {
 impl Placeholder {
     fn hold(project: &Project, ip: &str) -> Placeholder {
         let network = project.network();
-        let sentry = format!("placeholder@{ip}:4999");
+        // Itself and a peer at an address of the project's network that
+        // nothing holds: a consensus of 2 that can be met in principle (a
+        // list that could never meet it is refused at start), never in fact.
+        let sentry = format!(
+            "placeholder@{ip}:4999,placeholder@{}.250:4999",
+            project.subnet
+        );
         let id = docker(&[
             "run",
             "-d",
