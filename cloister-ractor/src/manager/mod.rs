@@ -137,7 +137,7 @@ impl CloisterManager {
     ///     async fn pre_start(&self, myself: ActorRef<()>, _: ()) -> Result<Cloister, ActorProcessingErr> {
     ///         let config = Config::nodes("shop", ["shop@10.0.0.1:4000", "shop@10.0.0.2:4000"])?
     ///             .with_consensus(2);
-    ///         let (_manager, cloister, _) =
+    ///         let (_manager, _, cloister) =
     ///             CloisterManager::spawn_linked(Some("cloister".into()), config, myself.get_cell()).await?;
     ///         Ok(cloister)
     ///     }
