@@ -123,11 +123,10 @@ impl Service {
 
     /// The peers the service names now, this node among them if it is up.
     async fn resolve(&self) -> Result<Vec<SentryNode>, String> {
-        // Relaxed: hickory's strict parsing (IDNA, STD3) refuses `_` inside a
-        // label, and Compose aliases such as `cloister_test.local` have one.
-        let name = Name::from_str_relaxed(&self.name)
-            .map_err(|e| format!("`{}` is not a DNS name: {e}", self.name))?;
+        // Names parse relaxed (see `lookup`).
         let addrs: BTreeSet<(IpAddr, u16)> = if self.name.starts_with('_') {
+            let name = Name::from_str_relaxed(&self.name)
+                .map_err(|e| format!("`{}` is not a DNS name: {e}", self.name))?;
             let srv = self
                 .resolver
                 .srv_lookup(name)
@@ -145,12 +144,8 @@ impl Service {
             }
             found
         } else {
-            let ips = self
-                .resolver
-                .lookup_ip(name)
-                .await
-                .map_err(|e| format!("lookup of `{}` failed: {e}", self.name))?;
-            ips.iter().map(|ip| (ip, self.port)).collect()
+            let ips = lookup(&self.resolver, &self.name).await?;
+            ips.into_iter().map(|ip| (ip, self.port)).collect()
         };
         addrs
             .into_iter()
@@ -245,14 +240,14 @@ fn without_cache(mut builder: ResolverBuilder<TokioConnectionProvider>) -> Tokio
 
 /// The addresses `host` resolves to.
 async fn lookup(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, String> {
-    // Relaxed: hickory's strict parsing refuses `_` inside a label, and
-    // Compose service names such as `cloister_test` have one.
+    // Relaxed: hickory's strict parsing (IDNA, STD3) refuses `_` inside a
+    // label, and Compose aliases such as `cloister_test.local` have one.
     let name =
         Name::from_str_relaxed(host).map_err(|e| format!("`{host}` is not a DNS name: {e}"))?;
     let ips = resolver
         .lookup_ip(name)
         .await
-        .map_err(|e| format!("`{host}` did not resolve: {e}"))?;
+        .map_err(|e| format!("lookup of `{host}` failed: {e}"))?;
     Ok(ips.iter().collect())
 }
 

@@ -208,8 +208,6 @@ impl Project {
         let pid = std::process::id();
         let name = format!("cdock_{scenario}_{pid}");
         let subnet = format!("10.{}.{}", 200 + k, pid % 250);
-        let dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&dir).expect("cannot create the project's temp dir");
         // Layered over the shipped file: compose merges `environment` by
         // variable and adds the network's ipam.
         let override_file = format!(
@@ -224,23 +222,19 @@ impl Project {
              \x20     - CLOISTER_DIAL_BACKOFF_MAX=500ms\n\
              networks:\n  local:\n    driver: bridge\n    ipam:\n      config:\n        - subnet: {subnet}.0/24\n"
         );
-        std::fs::write(dir.join("docker-compose.override.yml"), override_file)
-            .expect("cannot write the compose override");
-        let project = Project {
-            name,
-            dir,
-            subnet,
-            standalone: false,
-        };
-        // Leftovers of an earlier run with the same pid, if any.
-        project.down();
-        project
+        Project::create(name, subnet, &override_file, false)
     }
 
     /// A project of its own compose file, `compose` (its network must be
     /// `local`, its subnet `{subnet}.0/24`), not layered over the shipped one.
     fn standalone(scenario: &str, subnet: String, compose: &str) -> Project {
         let name = format!("cdock_{scenario}_{}", std::process::id());
+        Project::create(name, subnet, compose, true)
+    }
+
+    /// Writes `compose` into the project's temp dir and clears leftovers of
+    /// an earlier run with the same pid, if any.
+    fn create(name: String, subnet: String, compose: &str, standalone: bool) -> Project {
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).expect("cannot create the project's temp dir");
         std::fs::write(dir.join("docker-compose.override.yml"), compose)
@@ -249,7 +243,7 @@ impl Project {
             name,
             dir,
             subnet,
-            standalone: true,
+            standalone,
         };
         project.down();
         project
