@@ -390,8 +390,12 @@ impl Sim {
                 }
             }
             Effect::Publish(event) => self.nodes[i].events.push(event),
-            // Simulated sessions open authenticated: no handshake to expire.
-            Effect::Refused { .. } | Effect::CloseSession { .. } | Effect::Strangers { .. } => {}
+            // Simulated sessions open authenticated and up at once: no
+            // handshake to expire, no duplicate election to adopt from.
+            Effect::Refused { .. }
+            | Effect::CloseSession { .. }
+            | Effect::Strangers { .. }
+            | Effect::Adopt { .. } => {}
             Effect::Dropped { claimed, why } => self.nodes[i].dropped.push((claimed, why)),
         }
     }

@@ -44,6 +44,7 @@ fn run_until(m: &mut Membership, until: Duration) -> Vec<(Duration, Effect)> {
 fn opened(session: u64) -> Input {
     Input::SessionOpened {
         session: SessionId(session),
+        inbound: true,
     }
 }
 
@@ -80,6 +81,7 @@ fn an_authenticated_connection_is_left_alone() {
         ms(6),
         Input::SessionAuthenticated {
             session: SessionId(1),
+            peer: None,
         },
     );
     assert!(run_until(&mut m, ms(10_000)).is_empty());
@@ -124,4 +126,43 @@ fn a_named_session_that_closes_before_authenticating_is_a_stranger_too() {
         },
     );
     assert_eq!(drain(&mut m), vec![Effect::Strangers { count: 1 }]);
+}
+
+#[test]
+fn a_dial_of_this_node_that_fails_its_handshake_is_no_stranger() {
+    let mut m = started();
+    // This node dialed; the other side closed before saying its name (it
+    // refused a duplicate, or it is not a cloister node). The dial reports
+    // that; the log of strangers on the port does not.
+    m.handle(
+        ms(5),
+        Input::SessionOpened {
+            session: SessionId(1),
+            inbound: false,
+        },
+    );
+    m.handle(
+        ms(6),
+        Input::ConnectionClosed {
+            session: SessionId(1),
+        },
+    );
+    // Another dial that never finishes its handshake is closed, silently.
+    m.handle(
+        ms(7),
+        Input::SessionOpened {
+            session: SessionId(2),
+            inbound: false,
+        },
+    );
+    let effects: Vec<Effect> = drain(&mut m)
+        .into_iter()
+        .chain(run_until(&mut m, ms(10_000)).into_iter().map(|(_, e)| e))
+        .collect();
+    assert_eq!(
+        effects,
+        vec![Effect::CloseSession {
+            session: SessionId(2)
+        }]
+    );
 }

@@ -595,6 +595,115 @@ fn a_member_whose_session_closes_for_good_crashed_once_the_grace_runs_out() {
     );
 }
 
+/// A connection accepted on `ME`'s port, in its handshake.
+fn accepted(session: u64) -> Input {
+    Input::SessionOpened {
+        session: SessionId(session),
+        inbound: true,
+    }
+}
+
+fn authenticated(peer: &str, session: u64) -> Input {
+    Input::SessionAuthenticated {
+        session: SessionId(session),
+        peer: Some(n(peer)),
+    }
+}
+
+#[test]
+fn a_member_whose_ready_session_loses_the_duplicate_election_is_adopted_not_crashed() {
+    let mut m = started(&[A], 2);
+    admit(&mut m, ms(1), A, 1, 7);
+
+    // Both sides dialed: ractor_cluster authenticates A's second session and
+    // elects it over the first, which was already ready, and closes that.
+    m.handle(ms(5), accepted(2));
+    m.handle(ms(6), authenticated(A, 2));
+    assert_eq!(drain(&mut m), []);
+    m.handle(ms(7), session_down(A, 1));
+    // ME takes the elected session at once, rather than waiting for a
+    // ready event ractor_cluster may never send.
+    assert_eq!(
+        drain(&mut m),
+        [Effect::Adopt {
+            peer: n(A),
+            session: SessionId(2)
+        }]
+    );
+    m.handle(ms(8), session_up(A, 2));
+    assert_eq!(drain(&mut m), [greet(A, &[A, ME])]);
+
+    // Past the grace (and short of the heartbeat timeout): A never went
+    // down, and nobody was a stranger.
+    let later = run_until(&mut m, ms(400));
+    assert!(
+        later
+            .iter()
+            .all(|(_, e)| matches!(e, Effect::SendHeartbeat { .. })),
+        "{later:#?}"
+    );
+    assert_eq!(m.ring().members(), names(&[A, ME]));
+}
+
+#[test]
+fn an_election_that_comes_after_the_close_adopts_the_winner_within_the_grace() {
+    let mut m = started(&[A], 2);
+    admit(&mut m, ms(1), A, 1, 7);
+    m.handle(ms(5), accepted(2));
+    m.handle(ms(7), session_down(A, 1));
+    assert_eq!(drain(&mut m), []);
+    // Within the 20 ms grace, another session of A authenticates.
+    m.handle(ms(9), authenticated(A, 2));
+    assert_eq!(
+        drain(&mut m),
+        [Effect::Adopt {
+            peer: n(A),
+            session: SessionId(2)
+        }]
+    );
+}
+
+#[test]
+fn a_duplicate_connection_that_closes_unauthenticated_is_no_stranger() {
+    let mut m = started(&[A, B], 3);
+    admit(&mut m, ms(1), A, 1, 7);
+    // A second connection of A, the loser of the election, closes before
+    // it authenticates while A's session is up.
+    m.handle(ms(5), accepted(2));
+    m.handle(ms(6), session_down(A, 2));
+    // B's losing connection closes before B's winning one is up, which
+    // comes within the handshake timeout.
+    m.handle(ms(7), accepted(3));
+    m.handle(ms(8), session_down(B, 3));
+    m.handle(ms(9), accepted(4));
+    m.handle(ms(40), authenticated(B, 4));
+    m.handle(ms(41), session_up(B, 4));
+    let effects: Vec<Effect> = drain(&mut m)
+        .into_iter()
+        .chain(run_until(&mut m, ms(5_000)).into_iter().map(|(_, e)| e))
+        .filter(|e| matches!(e, Effect::Strangers { .. } | Effect::CloseSession { .. }))
+        .collect();
+    assert_eq!(effects, []);
+}
+
+#[test]
+fn a_known_peer_that_never_authenticates_is_a_stranger_after_the_handshake_timeout() {
+    let mut m = started(&[A], 2);
+    let timeout = Config::for_tests().handshake_timeout();
+    // A listed peer with the wrong cookie: it names itself, then fails.
+    m.handle(ms(5), accepted(1));
+    m.handle(ms(6), session_down(A, 1));
+    assert_eq!(drain(&mut m), []);
+    let strangers: Vec<(Duration, Effect)> = run_until(&mut m, ms(6) + timeout)
+        .into_iter()
+        .filter(|(_, e)| matches!(e, Effect::Strangers { .. }))
+        .collect();
+    assert_eq!(
+        strangers,
+        [(ms(6) + timeout, Effect::Strangers { count: 1 })]
+    );
+}
+
 // ---- 5. Unresponsive members -----------------------------------------------------
 
 #[test]

@@ -6,7 +6,7 @@
 //! session that was already replaced); an opened session is watched so one
 //! that never finishes its handshake can be closed.
 
-use ractor::ActorRef;
+use ractor::{ActorCell, ActorRef};
 use ractor_cluster::node::{NodeEventSubscription, NodeServerSessionInformation};
 use ractor_cluster::NodeSessionMessage;
 
@@ -19,17 +19,19 @@ pub(crate) enum SessionEvent {
     Opened {
         id: u64,
         actor: ActorRef<NodeSessionMessage>,
+        inbound: bool,
     },
     /// The session passed the cookie check (and won any duplicate election).
-    Authenticated { id: u64 },
+    Authenticated { id: u64, peer: Option<String> },
     /// The session is ready: the peer is up.
     Ready { id: u64, peer: String },
-    /// A session the NodeServer lists but never reported ready, found when
-    /// dialing its peer (see `ManagerState::dial`).
+    /// A session the NodeServer lists but never reported ready: found when
+    /// dialing its peer (see `ManagerState::dial`), or elected over the
+    /// peer's ready session (`Effect::Adopt`).
     Adopted {
         id: u64,
         peer: String,
-        actor: ActorRef<NodeSessionMessage>,
+        actor: ActorCell,
     },
     /// The session closed (for any reason, authenticated or not).
     Closed { id: u64, peer: Option<String> },
@@ -55,6 +57,7 @@ impl NodeEventSubscription for Forwarder {
         self.send(SessionEvent::Opened {
             id: ses.node_id,
             actor: ses.actor,
+            inbound: ses.is_server,
         });
     }
 
@@ -67,7 +70,10 @@ impl NodeEventSubscription for Forwarder {
     }
 
     fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
-        self.send(SessionEvent::Authenticated { id: ses.node_id });
+        self.send(SessionEvent::Authenticated {
+            id: ses.node_id,
+            peer: peer(&ses),
+        });
     }
 
     fn node_session_ready(&self, ses: NodeServerSessionInformation) {

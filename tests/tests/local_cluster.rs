@@ -575,3 +575,50 @@ fn a_node_that_would_place_keys_differently_is_refused_and_told_why() {
     }
     assert!(cluster.agree(&[0, 1], "ready"));
 }
+
+/// The lines of node `i`'s stderr at WARN or ERROR level.
+fn warnings(cluster: &LocalCluster, i: usize) -> Vec<String> {
+    let name = cluster.node_name(i);
+    let node = name.split('@').next().unwrap_or(name);
+    let stderr = std::fs::read_to_string(cluster.log_dir().join(format!("{node}.stderr")))
+        .unwrap_or_default();
+    stderr
+        .lines()
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_healthy_formation_logs_no_warning_and_drops_no_node() {
+    // Nodes started together dial each other at once, so ractor_cluster
+    // closes the duplicate connections of most pairs, and may demote a
+    // session that was already ready. That is how every cluster starts: an
+    // operator must not read it as strangers on the port or a crashed peer.
+    let _serial = serial();
+    for round in 0..2 {
+        let cluster = cluster(6).consensus(6).start().unwrap();
+        let all: Vec<usize> = (0..6).collect();
+        ok(cluster.wait_ready(&all, DEADLINE));
+        // The first stranger would be logged at once; a false crash within
+        // a session grace and a redial.
+        thread::sleep(Duration::from_secs(1));
+        for i in all {
+            let warned = warnings(&cluster, i);
+            assert!(
+                warned.is_empty(),
+                "round {round}: {} warned while the cluster formed:\n{}",
+                cluster.node_name(i),
+                warned.join("\n")
+            );
+            let events = cluster.events(i);
+            let downs: Vec<&Value> = all_of(&events, "node_down").collect();
+            assert!(
+                downs.is_empty(),
+                "round {round}: {} saw a node go down while the cluster formed: {downs:?}",
+                cluster.node_name(i)
+            );
+        }
+        drop(cluster); // kills its processes before the next round
+    }
+}

@@ -1,41 +1,111 @@
 //! Connections before they authenticate: each gets a deadline, and one that
 //! misses it is closed. Those that close unauthenticated are counted for the
 //! log, never a line each: anyone who can reach the port can open them.
+//!
+//! Not every such close is a stranger. A connection this node dialed fails
+//! as a dial (`Input::DialFailed`, or no session by the dial timeout). And
+//! when two nodes dial each other at
+//! once, ractor_cluster keeps one connection and closes the other, often
+//! before it authenticates; the closed one names a peer this node knows.
+//! Such a close counts as a stranger only if no session with that peer is
+//! up, or authenticates, within the handshake timeout (a wrong cookie).
 
 use std::time::Duration;
 
 use super::*;
 
 impl Membership {
-    pub(super) fn session_opened(&mut self, now: Duration, session: SessionId) {
+    pub(super) fn session_opened(&mut self, now: Duration, session: SessionId, inbound: bool) {
         let deadline = now.saturating_add(self.config.handshake_timeout());
-        self.handshakes.insert(session, deadline);
+        self.handshakes.insert(session, (deadline, inbound));
     }
 
-    pub(super) fn authenticated(&mut self, session: SessionId) {
+    pub(super) fn authenticated(&mut self, session: SessionId, name: Option<NodeName>) {
         self.handshakes.remove(&session);
-    }
-
-    /// A connection closed: if it was still in its handshake, it is one
-    /// more stranger.
-    pub(super) fn connection_closed(&mut self, now: Duration, session: SessionId) {
-        if self.handshakes.remove(&session).is_some() {
-            self.note_stranger(now);
+        let Some(name) = name else { return };
+        let Some(peer) = self.peers.get_mut(&name) else {
+            return; // an unknown peer is heard of when its session is up
+        };
+        peer.unproven = None; // the closes before it were duplicates
+        if peer.session == Some(session) {
+            return;
+        }
+        self.authenticated.insert(session, name.clone());
+        if peer.session.is_none() && peer.grace_until.is_some() {
+            // A member whose session closed: this is its replacement.
+            self.effects.push_back(Effect::Adopt {
+                peer: name,
+                session,
+            });
         }
     }
 
-    /// Closes every connection whose handshake deadline passed, and reports
-    /// the strangers counted since the last report when that is due.
+    /// The authenticated session of `name` waiting to be reported up, if any.
+    pub(super) fn pending_session(&self, name: &NodeName) -> Option<SessionId> {
+        self.authenticated
+            .iter()
+            .find(|(_, peer)| *peer == name)
+            .map(|(session, _)| *session)
+    }
+
+    /// A connection closed (`peer`: the name it gave, if any): if it was
+    /// still in its handshake, it is a stranger, or a duplicate to prove.
+    pub(super) fn connection_closed(
+        &mut self,
+        now: Duration,
+        session: SessionId,
+        peer: Option<&NodeName>,
+    ) {
+        self.authenticated.remove(&session);
+        let Some((_, inbound)) = self.handshakes.remove(&session) else {
+            return;
+        };
+        if !inbound {
+            return; // this node's own dial: it fails as a dial
+        }
+        let live = peer.is_some_and(|name| self.pending_session(name).is_some());
+        match peer.and_then(|name| self.peers.get_mut(name)) {
+            // A duplicate of a session that is up or authenticated.
+            Some(peer) if peer.session.is_some() || live => {}
+            Some(peer) => {
+                let until = now.saturating_add(self.config.handshake_timeout());
+                let count = peer.unproven.map_or(0, |(count, _)| count);
+                peer.unproven = Some((count + 1, until));
+                self.next_peer_timer = earliest(self.next_peer_timer, until);
+            }
+            None => self.note_stranger(now),
+        }
+    }
+
+    /// Closes every connection whose handshake deadline passed, counts the
+    /// named closes no session proved duplicates, and reports the strangers
+    /// counted since the last report when that is due.
     pub(super) fn expire_handshakes(&mut self, now: Duration) {
-        let expired: Vec<SessionId> = self
+        let expired: Vec<(SessionId, bool)> = self
             .handshakes
             .iter()
-            .filter(|(_, deadline)| **deadline <= now)
-            .map(|(session, _)| *session)
+            .filter(|(_, (deadline, _))| *deadline <= now)
+            .map(|(session, (_, inbound))| (*session, *inbound))
             .collect();
-        for session in expired {
+        for (session, inbound) in expired {
             self.handshakes.remove(&session);
             self.effects.push_back(Effect::CloseSession { session });
+            if inbound {
+                self.note_stranger(now);
+            }
+        }
+        let mut unproven = 0;
+        for peer in self.peers.values_mut() {
+            if let Some((count, until)) = peer.unproven {
+                if until <= now {
+                    peer.unproven = None;
+                    if peer.session.is_none() {
+                        unproven += count;
+                    }
+                }
+            }
+        }
+        for _ in 0..unproven {
             self.note_stranger(now);
         }
         if let Some(count) = self.strangers.flush(now) {

@@ -53,6 +53,9 @@ impl Membership {
         let mut next: Option<Duration> = None;
         let timeout = self.config.heartbeat_timeout;
         for (name, peer) in &mut self.peers {
+            if let Some((_, until)) = peer.unproven {
+                next = earliest(next, until);
+            }
             if let Some(member) = &peer.member {
                 next = earliest(next, member.last_heard + timeout);
             }
@@ -113,10 +116,12 @@ impl Membership {
         if name == self.me || !self.is_running() {
             return;
         }
+        self.authenticated.remove(&session);
         let peer = self
             .peers
             .entry(name.clone())
             .or_insert_with(|| Peer::new(None, now));
+        peer.unproven = None;
         if peer.session != Some(session) {
             // A new session, a new handshake; the same one reported twice
             // (both sides dialed) keeps its tokens.
@@ -138,6 +143,7 @@ impl Membership {
     }
 
     pub(super) fn session_down(&mut self, now: Duration, name: &NodeName, session: SessionId) {
+        let replacement = self.pending_session(name);
         let Some(peer) = self.peers.get_mut(name) else {
             return;
         };
@@ -147,7 +153,14 @@ impl Membership {
         peer.session = None;
         peer.dial = Dial::Idle { at: now };
         if peer.member.is_some() {
-            if self.config.session_grace.is_zero() {
+            if let Some(replacement) = replacement {
+                // ractor_cluster elected another session over this one.
+                peer.grace_until = Some(now + self.config.session_grace);
+                self.effects.push_back(Effect::Adopt {
+                    peer: name.clone(),
+                    session: replacement,
+                });
+            } else if self.config.session_grace.is_zero() {
                 self.remove_member(name, DownReason::Crashed);
             } else {
                 peer.grace_until = Some(now + self.config.session_grace);

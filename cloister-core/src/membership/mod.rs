@@ -80,8 +80,11 @@ pub struct Membership {
     /// A lower bound of the earliest per-peer timer; recomputed on timeouts.
     next_peer_timer: Option<Duration>,
     discovery_error: Option<String>,
-    /// Connections still in their handshake, with their deadlines.
-    handshakes: BTreeMap<SessionId, Duration>,
+    /// Connections still in their handshake: their deadlines, and whether
+    /// they were accepted (rather than dialed).
+    handshakes: BTreeMap<SessionId, (Duration, bool)>,
+    /// Sessions of known peers that authenticated and are not up yet.
+    authenticated: BTreeMap<SessionId, NodeName>,
     /// Connections that closed without authenticating, for the log.
     strangers: Tally,
     /// Names without a session whose heartbeats were dropped and reported,
@@ -114,6 +117,7 @@ impl Membership {
             next_peer_timer: None,
             discovery_error: None,
             handshakes: BTreeMap::new(),
+            authenticated: BTreeMap::new(),
             strangers: Tally::new(),
             unknown_names: BTreeSet::new(),
         }
@@ -235,7 +239,7 @@ impl Membership {
             self.next_heartbeat,
             self.next_introduce,
             self.next_peer_timer,
-            self.handshakes.values().min().copied(),
+            self.handshakes.values().map(|(at, _)| *at).min(),
             self.strangers.due(),
         ]
         .into_iter()
@@ -255,12 +259,16 @@ impl Membership {
             Input::Discovered(peers) => self.discovered(now, peers),
             Input::DiscoveryFailed(error) => self.discovery_error = Some(error),
             Input::DialFailed { peer, error } => self.dial_failed(now, &peer, error),
-            Input::SessionOpened { session } => self.session_opened(now, session),
-            Input::SessionAuthenticated { session } => self.authenticated(session),
-            Input::ConnectionClosed { session } => self.connection_closed(now, session),
+            Input::SessionOpened { session, inbound } => {
+                self.session_opened(now, session, inbound);
+            }
+            Input::SessionAuthenticated { session, peer } => {
+                self.authenticated(session, peer);
+            }
+            Input::ConnectionClosed { session } => self.connection_closed(now, session, None),
             Input::SessionUp { peer, session } => self.session_up(now, peer, session),
             Input::SessionDown { peer, session } => {
-                self.connection_closed(now, session);
+                self.connection_closed(now, session, Some(&peer));
                 self.session_down(now, &peer, session);
             }
             Input::Heartbeat(heartbeat) => self.heartbeat(now, heartbeat),

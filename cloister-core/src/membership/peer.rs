@@ -46,6 +46,11 @@ pub(super) struct Peer {
     /// A member whose session closed stays in the ring until then, in case a
     /// replacing session is on its way (see `Config::session_grace`).
     pub(super) grace_until: Option<Duration>,
+    /// Connections naming this peer that closed in their handshake, and
+    /// until when a session with the peer may still prove them duplicates
+    /// (ractor_cluster closes the loser when both sides dial). Those left
+    /// unproven at that time count as strangers.
+    pub(super) unproven: Option<(u64, Duration)>,
     /// Until then, a connected peer that is not a member yet is sent our
     /// heartbeat again every `introduce_every`: a first heartbeat can be lost
     /// when ractor_cluster replaces a duplicate session under it.
@@ -67,6 +72,7 @@ impl Peer {
             left: None,
             tokens: Tokens::default(),
             grace_until: None,
+            unproven: None,
             introduce_until: None,
         }
     }

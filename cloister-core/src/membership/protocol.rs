@@ -96,11 +96,19 @@ pub enum Input {
     SessionOpened {
         /// The connection's id.
         session: SessionId,
+        /// Accepted on this node's port, not dialed by this node. Only an
+        /// accepted connection that closes unauthenticated is a stranger: a
+        /// dial that fails its handshake fails as a dial.
+        inbound: bool,
     },
-    /// The connection passed the cookie check.
+    /// The connection passed the cookie check, and won ractor_cluster's
+    /// duplicate election at that moment. It is not ready yet: that comes
+    /// as [`Input::SessionUp`], or never, when the election is lost later.
     SessionAuthenticated {
         /// The connection's id.
         session: SessionId,
+        /// The name the peer gave, if it is a valid node name.
+        peer: Option<NodeName>,
     },
     /// A connection closed before it said whose it was (no peer name). A
     /// connection with a peer name closes as [`Input::SessionDown`].
@@ -152,6 +160,18 @@ pub enum Effect {
     /// (garbage on the port, a wrong cookie, a half-finished handshake).
     CloseSession {
         /// The connection's id.
+        session: SessionId,
+    },
+    /// Take `session`, authenticated but not reported ready, as `peer`'s
+    /// session ([`Input::SessionUp`]) if it is still open. Comes when a
+    /// member's session closed because ractor_cluster elected this one over
+    /// it: ractor_cluster reports a session ready only if it is elected at
+    /// that moment, so the elected one may never be reported, and waiting
+    /// for it would drop a live peer as crashed.
+    Adopt {
+        /// The peer.
+        peer: NodeName,
+        /// Its authenticated session.
         session: SessionId,
     },
     /// Connections closed without authenticating, for the operator's log:

@@ -117,26 +117,27 @@ impl ManagerState {
         event: SessionEvent,
     ) {
         match event {
-            SessionEvent::Opened { id, actor } => {
+            SessionEvent::Opened { id, actor, inbound } => {
                 self.links.insert(id, actor.get_cell());
                 let session = SessionId(id);
-                self.feed(myself, Input::SessionOpened { session });
+                self.feed(myself, Input::SessionOpened { session, inbound });
             }
-            SessionEvent::Authenticated { id } => {
+            SessionEvent::Authenticated { id, peer } => {
                 let session = SessionId(id);
-                self.feed(myself, Input::SessionAuthenticated { session });
+                let peer = peer.and_then(|p| p.parse::<NodeName>().ok());
+                self.feed(myself, Input::SessionAuthenticated { session, peer });
             }
             SessionEvent::Adopted { id, peer, actor } => {
                 // Cast from the dial task, so unordered with the NodeServer's
                 // own events: a session that closed meanwhile, or a peer
                 // that has a ready session by now, is left alone.
-                let closing = is_closing(&actor.get_cell());
+                let closing = is_closing(&actor);
                 let known = self.sessions.values().any(|p| p.as_str() == peer);
                 if closing || known {
                     return;
                 }
                 tracing::debug!(%peer, id, "adopting a session never reported ready");
-                self.links.insert(id, actor.get_cell());
+                self.links.insert(id, actor);
                 self.session_event(myself, SessionEvent::Ready { id, peer });
             }
             SessionEvent::Ready { id, peer } => {
@@ -201,6 +202,16 @@ impl ManagerState {
                         None => tracing::trace!(peer = %to, "no cloister herald on this peer yet"),
                     }
                 }
+                Effect::Adopt { peer, session } => {
+                    if let Some(link) = self.links.get(&session.0) {
+                        let adopted = SessionEvent::Adopted {
+                            id: session.0,
+                            peer: peer.to_string(),
+                            actor: link.clone(),
+                        };
+                        let _ = myself.cast(CloisterMessage::Internal(Internal::Session(adopted)));
+                    }
+                }
                 Effect::Publish(event) => self.publish(event),
                 Effect::Refused { peer, why } => tracing::warn!(%peer, "{why}"),
                 Effect::CloseSession { session } => {
@@ -262,7 +273,7 @@ impl ManagerState {
                     let adopted = SessionEvent::Adopted {
                         id: session.node_id,
                         peer: peer.to_string(),
-                        actor: session.actor.clone(),
+                        actor: session.actor.get_cell(),
                     };
                     let _ = myself.cast(CloisterMessage::Internal(Internal::Session(adopted)));
                     return;
