@@ -11,7 +11,7 @@
 //!
 //! It prints, after every change, an `own_ring` line: the members, and a
 //! digest of the owners of `key-0`..`key-999` under its own placement. Run
-//! three with `LocalCluster` (tests/tests/routing.rs does), or by hand:
+//! three with `LocalCluster` (examples/tests/routing.rs does), or by hand:
 //!
 //! ```text
 //! CLOISTER_APP=own CLOISTER_SENTRY=own@127.0.0.1:4000 cargo run -p cloister-examples --bin own-ring

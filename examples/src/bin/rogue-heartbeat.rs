@@ -6,7 +6,7 @@
 //! It is what anyone holding the cookie can do with ractor_cluster alone: a
 //! message type of its own whose variant has the herald's variant name
 //! (`HeraldMessage::Heartbeat(Vec<u8>)`), sent through an `ActorRef` made
-//! from the remote cell. tests/tests/forged_heartbeat.rs runs it against a
+//! from the remote cell. examples/tests/forged_heartbeat.rs runs it against a
 //! `LocalCluster` and checks that the node it lies to keeps the victim.
 //!
 //! It prints one JSON line on stdout, `{"event":"forged","sent":N}`, once the

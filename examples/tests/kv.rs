@@ -4,20 +4,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cloister_examples::build_node_binary;
 use cloister_ractor::testing::{all_of, last_of, LocalCluster, DEFAULT_TIMEOUT};
-use cloister_tests::{ok, serial};
+mod common;
+use common::{ok, serial};
 use serde_json::Value;
 
 const KEYS: usize = 300;
 
 fn kv_node() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| build_node_binary("kv-node").expect("building kv-node"))
+    Path::new(env!("CARGO_BIN_EXE_kv-node"))
 }
 
 fn started(cluster: &LocalCluster, i: usize) -> bool {

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use cloister_examples::build_node_binary;
 use cloister_ractor::testing::{all_of, last_of, LocalCluster, DEFAULT_TIMEOUT};
-use cloister_tests::{cluster, ok, serial};
+mod common;
+use common::{cluster, ok, serial};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -146,7 +146,7 @@ fn own_ring(cluster: &LocalCluster, i: usize) -> Option<serde_json::Value> {
 #[test]
 fn an_application_keeps_its_own_ring_from_the_events() {
     let _serial = serial();
-    let binary = build_node_binary("own-ring").expect("building own-ring");
+    let binary = env!("CARGO_BIN_EXE_own-ring");
     let mut cluster = LocalCluster::builder(binary, 3)
         .consensus(2)
         .start()

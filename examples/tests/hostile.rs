@@ -8,7 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cloister_ractor::testing::DEFAULT_TIMEOUT;
-use cloister_tests::{cluster, ok, serial};
+mod common;
+use common::{cluster, ok, serial};
 
 /// How many junk connections the test opens (6,000 gave an operator 6,009
 /// log lines; on this tree, before the fix, 6,000 gave 9,004).

@@ -13,9 +13,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cloister_examples::build_node_binary;
 use cloister_ractor::testing::{all_of, DEFAULT_TIMEOUT as DEADLINE};
-use cloister_tests::{cluster, ok, serial};
+mod common;
+use common::{cluster, ok, serial};
 use serde_json::Value;
 
 /// How long node1 is watched for the lie to take effect. Many heartbeat
@@ -46,7 +46,7 @@ fn drop_lines(stderr: &str, victim: &str) -> usize {
 #[test]
 fn a_forged_goodbye_from_another_peer_does_not_remove_the_victim() {
     let _serial = serial();
-    let rogue_binary = build_node_binary("rogue-heartbeat").unwrap();
+    let rogue_binary = env!("CARGO_BIN_EXE_rogue-heartbeat");
     let cluster = ok(cluster(2).consensus(2).start().map_err(|e| e.to_string()));
     ok(cluster.wait_ready(&[0, 1], DEADLINE));
     let victim = cluster.node_name(1).to_string();
@@ -56,7 +56,7 @@ fn a_forged_goodbye_from_another_peer_does_not_remove_the_victim() {
     // The rogue dials node1 with the cluster's cookie and casts three
     // "node2 is leaving" heartbeats to node1's herald.
     let target = format!("127.0.0.1:{}", cluster.port(0));
-    let child = Command::new(&rogue_binary)
+    let child = Command::new(rogue_binary)
         .args(["--target", &target, "--victim", &victim, "--count", "3"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -19,7 +19,8 @@ use std::time::Duration;
 use cloister_ractor::testing::{
     all_of, last_of, process_exists, LocalCluster, DEFAULT_TIMEOUT as DEADLINE,
 };
-use cloister_tests::{cluster, ensure_binary, ok, serial};
+mod common;
+use common::{cluster, node_binary, ok, serial};
 use serde_json::Value;
 
 /// How long the tests watch for something that must not happen. Many
@@ -453,7 +454,7 @@ fn a_node_exits_when_its_harness_dies_without_unwinding() {
         .unwrap()
         .port();
     let mut node = Reap(
-        Command::new(ensure_binary())
+        Command::new(node_binary())
             .env("CLOISTER_UNDER_HARNESS", "1")
             .env("CLOISTER_NODE_NAME", "lonely")
             .env("CLOISTER_LISTEN_PORT", port.to_string())

@@ -16,7 +16,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cloister_tests::ensure_binary;
+mod common;
+use common::node_binary;
 
 /// How long a node may take to give up; it exits at once in every case here.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -52,7 +53,7 @@ fn run_node(test: &str, vars: &[(&str, String)]) -> Exit {
         std::env::temp_dir().join(name)
     };
     let (out, err) = (file("stdout"), file("stderr"));
-    let mut command = Command::new(ensure_binary());
+    let mut command = Command::new(node_binary());
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("CLOISTER_") {
             command.env_remove(key);

@@ -1,0 +1,37 @@
+//! Shared helpers of cloister's end-to-end tests: the example binaries,
+//! which cargo builds for these tests (`CARGO_BIN_EXE_*`), and the rule that
+//! clusters run one at a time. Each test file uses only some of them.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use cloister_ractor::testing::{LocalCluster, LocalClusterBuilder};
+
+/// The `cloister-node` binary cargo built for these tests.
+pub fn node_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cloister-node"))
+}
+
+/// A cluster builder of `size` nodes that runs `cloister-node`.
+pub fn cluster(size: usize) -> LocalClusterBuilder {
+    LocalCluster::builder(node_binary(), size)
+}
+
+/// Holds the right to run a cluster: the nodes use 100 ms heartbeats and a
+/// 500 ms timeout, and several clusters at once on a two-core machine could
+/// starve one into looking unresponsive. A test that panicked while holding
+/// it does not poison it for the others.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The value of a wait, or a panic with its report printed as is (an
+/// `unwrap` would show the report's newlines as `\n`).
+pub fn ok<T>(result: Result<T, String>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(report) => panic!("{report}"),
+    }
+}
