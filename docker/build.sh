@@ -15,8 +15,11 @@ case "$profile" in
   debug | dev) profile_flag=(); profile_dir=debug ;;
   *) profile_flag=(--profile "$profile"); profile_dir=$profile ;;
 esac
-# A static-pie binary: a scratch image has no libc to link against.
-RUSTFLAGS="-C target-feature=+crt-static" \
+# A static-pie binary: a scratch image has no libc to link against. The flag
+# goes in the target's own variable, not RUSTFLAGS: it must not reach build
+# scripts and proc macros, and a build that sets the same variable (CI does,
+# for every build) shares its compiled dependencies with this one.
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
   "${CARGO:-cargo}" build "${profile_flag[@]}" --target "$target" \
   -p cloister-examples --bin cloister-node
 context=$(mktemp -d)
