@@ -550,8 +550,10 @@ fn a_session_replaced_within_the_grace_hides_the_flap() {
     let mut m = started(&[A], 2);
     admit(&mut m, ms(1), A, 1, 7);
 
-    // A's only session closes at 10ms. A stays a member for the 20ms grace,
+    // A second connection is in its handshake when A's session closes at
+    // 10ms: it may replace the first. A stays a member for the 20ms grace,
     // and ME does not redial meanwhile: the grace is the next thing due.
+    m.handle(ms(5), accepted(2));
     m.handle(ms(10), session_down(A, 1));
     assert_eq!(drain(&mut m), []);
     assert_eq!(m.poll_timeout(), Some(ms(30)));
@@ -568,11 +570,31 @@ fn a_session_replaced_within_the_grace_hides_the_flap() {
 }
 
 #[test]
+fn the_close_of_a_members_only_session_is_a_crash_at_once() {
+    let mut m = started(&[A], 2);
+    admit(&mut m, ms(1), A, 1, 7);
+    // No connection is in its handshake: nothing can replace A's session,
+    // so there is no grace to wait out (a killed process, say).
+    m.handle(ms(10), session_down(A, 1));
+    assert_eq!(
+        drain(&mut m),
+        [
+            down(A, 7, Crashed),
+            ring(&[ME]),
+            changed(Ready, Rehashing, 2, &[ME], true),
+            dial(A),
+        ]
+    );
+}
+
+#[test]
 fn a_member_whose_session_closes_for_good_crashed_once_the_grace_runs_out() {
     let mut m = started(&[A], 2);
     admit(&mut m, ms(1), A, 1, 7);
 
-    // A's session closes at 10ms; no other comes.
+    // A's session closes at 10ms while a connection is in its handshake;
+    // it never becomes A's.
+    m.handle(ms(5), accepted(2));
     m.handle(ms(10), session_down(A, 1));
     assert_eq!(drain(&mut m), []);
     assert_eq!(m.poll_timeout(), Some(ms(30)));

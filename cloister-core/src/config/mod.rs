@@ -169,9 +169,12 @@ pub struct Config {
     /// replacing session, before it counts as crashed. Default 20ms, shorter
     /// than `heartbeat_timeout`. ractor_cluster settles two simultaneous dials
     /// by closing one session, and a peer may see that close just before the
-    /// winner is ready; the grace hides that flap. 0 drops at once (a flap
-    /// then shows as a `NodeDown` and `NodeUp` pair); longer delays crash
-    /// detection by as much.
+    /// winner is ready; the grace hides that flap. It applies only while
+    /// some connection is still in its handshake (a replacement can only be
+    /// one of those): the close of a peer's only session is a crash at once.
+    /// 0 drops at once always (a flap then shows as a `NodeDown` and `NodeUp`
+    /// pair); longer delays crash detection by as much while connections
+    /// are in their handshake.
     #[serde(with = "humantime_serde")]
     pub session_grace: Duration,
     /// How often this node sends each connected peer a heartbeat. Default 300ms,

@@ -125,7 +125,7 @@ impl Membership {
         if peer.session != Some(session) {
             // A new session, a new handshake; the same one reported twice
             // (both sides dialed) keeps its tokens.
-            peer.tokens.renew(self.rng.u64(1..));
+            peer.tokens.renew(self.token_source.next());
         }
         peer.session = Some(session);
         peer.grace_until = None;
@@ -160,7 +160,9 @@ impl Membership {
                     peer: name.clone(),
                     session: replacement,
                 });
-            } else if self.config.session_grace.is_zero() {
+            } else if self.config.session_grace.is_zero() || self.handshakes.is_empty() {
+                // No connection is in its handshake, so none can replace
+                // this one: the peer's only session closed, it crashed.
                 self.remove_member(name, DownReason::Crashed);
             } else {
                 peer.grace_until = Some(now + self.config.session_grace);
