@@ -57,7 +57,7 @@ use crate::names::{Incarnation, NodeName, SentryNode};
 use crate::ring::Ring;
 use crate::tally::Tally;
 
-use peer::{backoff, earliest, Dial, Member, Peer};
+use peer::{backoff, earliest, Dial, Member, Peer, TokenSource};
 pub use protocol::{AssemblyReport, DropReason, Effect, Heartbeat, Input, MissingPeer, SessionId};
 
 /// One node's membership state machine. See the module docs for the protocol.
@@ -72,6 +72,8 @@ pub struct Membership {
     /// The member up longest: see [`Membership::sentry`].
     sentry: NodeName,
     rng: fastrand::Rng,
+    /// Session tokens: unpredictable to peers, unlike `rng`.
+    token_source: TokenSource,
     effects: VecDeque<Effect>,
     next_resolve: Option<Duration>,
     next_heartbeat: Option<Duration>,
@@ -110,6 +112,7 @@ impl Membership {
             peers: BTreeMap::new(),
             ring,
             rng: fastrand::Rng::with_seed(seed),
+            token_source: TokenSource::new(seeded_key(seed)),
             effects: VecDeque::new(),
             next_resolve: None,
             next_heartbeat: None,
@@ -121,6 +124,16 @@ impl Membership {
             strangers: Tally::new(),
             unknown_names: BTreeSet::new(),
         }
+    }
+
+    /// The secret key session tokens are drawn under (see
+    /// [`Heartbeat::token`]). Without it they come from a key derived from
+    /// the seed, which replays in a simulation but is as guessable as the
+    /// seed: a runtime passes 16 bytes from the operating system's
+    /// randomness, before [`Input::Start`].
+    pub fn with_token_key(mut self, key: [u8; 16]) -> Self {
+        self.token_source = TokenSource::new(key);
+        self
     }
 
     /// This node's name.
@@ -321,6 +334,14 @@ impl Membership {
             RingMode::External => 0,
         }
     }
+}
+
+/// A token key from a seed, for simulations and tests that replay.
+fn seeded_key(seed: u64) -> [u8; 16] {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x746f_6b65_6e73); // "tokens"
+    let mut key = [0; 16];
+    rng.fill(&mut key);
+    key
 }
 
 /// The ring of `members` that `config.ring` asks for.

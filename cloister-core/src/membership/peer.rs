@@ -1,6 +1,9 @@
 //! What the machine remembers about each peer, and when to dial it again.
 
+use std::hash::Hasher;
 use std::time::Duration;
+
+use siphasher::sip::SipHasher13;
 
 use crate::config::Config;
 use crate::names::{Incarnation, NodeAddr};
@@ -109,6 +112,52 @@ impl Tokens {
     }
 }
 
+/// Where session tokens come from: SipHash-1-3 of a counter under a secret
+/// 128-bit key. SipHash is a keyed pseudo-random function, so a peer that
+/// sees every token this node gives it learns nothing about the tokens
+/// other peers get (the dial jitter's RNG would give its state away). The
+/// runtime draws the key from the operating system
+/// ([`Membership::with_token_key`](super::Membership::with_token_key)); a
+/// simulation keeps the key derived from its seed, so it replays.
+#[derive(Clone)]
+pub(super) struct TokenSource {
+    key: (u64, u64),
+    drawn: u64,
+}
+
+impl TokenSource {
+    pub(super) fn new(key: [u8; 16]) -> TokenSource {
+        let (k0, k1) = key.split_at(8);
+        let word = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().unwrap_or_default());
+        TokenSource {
+            key: (word(k0), word(k1)),
+            drawn: 0,
+        }
+    }
+
+    /// The next token, never 0 (0 means "none yet" on the wire).
+    pub(super) fn next(&mut self) -> u64 {
+        loop {
+            self.drawn += 1;
+            let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
+            hasher.write_u64(self.drawn);
+            let token = hasher.finish();
+            if token != 0 {
+                return token;
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource")
+            .field("key", &"<secret>")
+            .field("drawn", &self.drawn)
+            .finish()
+    }
+}
+
 pub(super) fn earliest(a: Option<Duration>, b: Duration) -> Option<Duration> {
     Some(a.map_or(b, |a| a.min(b)))
 }
@@ -125,4 +174,24 @@ pub(super) fn backoff(config: &Config, rng: &mut fastrand::Rng, failures: u32) -
         .min(config.dial_backoff_max);
     let spread = config.dial_backoff_jitter * (2.0 * rng.f64() - 1.0);
     base.mul_f64((1.0 + spread).max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenSource;
+
+    #[test]
+    fn tokens_are_nonzero_replay_under_one_key_and_differ_under_another() {
+        let draw = |key: [u8; 16]| {
+            let mut source = TokenSource::new(key);
+            (0..1_000).map(|_| source.next()).collect::<Vec<u64>>()
+        };
+        let a = draw([1; 16]);
+        assert!(a.iter().all(|t| *t != 0));
+        assert_eq!(a, draw([1; 16]));
+        let b = draw([2; 16]);
+        assert!(a.iter().zip(&b).all(|(x, y)| x != y));
+        let distinct: std::collections::BTreeSet<&u64> = a.iter().collect();
+        assert_eq!(distinct.len(), a.len());
+    }
 }

@@ -336,7 +336,12 @@ impl Actor for CloisterManager {
                 .unwrap_or_default(),
         );
         let seed = incarnation.0 ^ u64::from(std::process::id());
-        let machine = Membership::new(config.clone(), me.clone(), incarnation, seed);
+        let mut token_key = [0; 16];
+        getrandom::fill(&mut token_key).map_err(|e| {
+            format!("no randomness from the operating system for session tokens: {e}")
+        })?;
+        let machine = Membership::new(config.clone(), me.clone(), incarnation, seed)
+            .with_token_key(token_key);
         let view = Arc::new(ArcSwap::from_pointee(View::new(
             machine.shared_ring(),
             machine.snapshot(),
