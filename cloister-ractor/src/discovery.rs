@@ -32,6 +32,14 @@ pub(crate) enum Discovery {
     Service(Box<Service>),
 }
 
+/// What one resolve of a service found: the peers, and the SRV targets
+/// that did not resolve, if some did not (the others are still used).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) peers: Vec<SentryNode>,
+    pub(crate) unresolved: Option<String>,
+}
+
 /// A DNS service and the resolver that asks for it.
 #[derive(Clone)]
 pub(crate) struct Service {
@@ -122,32 +130,15 @@ impl Service {
     }
 
     /// The peers the service names now, this node among them if it is up.
-    async fn resolve(&self) -> Result<Vec<SentryNode>, String> {
+    async fn resolve(&self) -> Result<Answer, String> {
         // Names parse relaxed (see `lookup`).
-        let addrs: BTreeSet<(IpAddr, u16)> = if self.name.starts_with('_') {
-            let name = Name::from_str_relaxed(&self.name)
-                .map_err(|e| format!("`{}` is not a DNS name: {e}", self.name))?;
-            let srv = self
-                .resolver
-                .srv_lookup(name)
-                .await
-                .map_err(|e| format!("SRV lookup of `{}` failed: {e}", self.name))?;
-            let mut found = BTreeSet::new();
-            for record in srv.iter() {
-                let target = record.target().clone();
-                let ips = self
-                    .resolver
-                    .lookup_ip(target.clone())
-                    .await
-                    .map_err(|e| format!("lookup of SRV target `{target}` failed: {e}"))?;
-                found.extend(ips.iter().map(|ip| (ip, record.port())));
-            }
-            found
+        let (addrs, unresolved) = if self.name.starts_with('_') {
+            self.resolve_srv().await?
         } else {
             let ips = lookup(&self.resolver, &self.name).await?;
-            ips.into_iter().map(|ip| (ip, self.port)).collect()
+            (ips.into_iter().map(|ip| (ip, self.port)).collect(), None)
         };
-        addrs
+        let peers = addrs
             .into_iter()
             .map(|(ip, port)| {
                 let host = Host::Ip(ip);
@@ -158,7 +149,55 @@ impl Service {
                     addr: NodeAddr::new(host, port),
                 })
             })
-            .collect()
+            .collect::<Result<_, String>>()?;
+        Ok(Answer { peers, unresolved })
+    }
+
+    /// An SRV name's targets, each resolved at once (a hundred pods cost one
+    /// round trip, not a hundred). A target that does not resolve (a pod
+    /// going away between the two lookups) is left out and named; only when
+    /// none resolves is the answer an error.
+    async fn resolve_srv(&self) -> Result<(BTreeSet<(IpAddr, u16)>, Option<String>), String> {
+        let name = Name::from_str_relaxed(&self.name)
+            .map_err(|e| format!("`{}` is not a DNS name: {e}", self.name))?;
+        let srv = self
+            .resolver
+            .srv_lookup(name)
+            .await
+            .map_err(|e| format!("SRV lookup of `{}` failed: {e}", self.name))?;
+        let lookups = srv.iter().map(|record| {
+            let target = record.target().clone();
+            async move {
+                let ips = self.resolver.lookup_ip(target.clone()).await;
+                (target, record.port(), ips)
+            }
+        });
+        let mut found = BTreeSet::new();
+        let mut failed = Vec::new();
+        for (target, port, ips) in futures::future::join_all(lookups).await {
+            match ips {
+                Ok(ips) => found.extend(ips.iter().map(|ip| (ip, port))),
+                Err(error) => failed.push(format!("`{target}` ({error})")),
+            }
+        }
+        if failed.is_empty() {
+            return Ok((found, None));
+        }
+        failed.sort();
+        let (unresolved, all) = (failed.len(), srv.iter().count());
+        let failed = failed.join(", ");
+        if found.is_empty() {
+            return Err(format!(
+                "no SRV target of `{}` resolves: {failed}",
+                self.name
+            ));
+        }
+        let unresolved = format!(
+            "{unresolved} of the {all} SRV targets of `{}` do not resolve (the others are \
+             used): {failed}",
+            self.name,
+        );
+        Ok((found, Some(unresolved)))
     }
 
     /// Waits until the service's answer holds one of this machine's
@@ -171,7 +210,7 @@ impl Service {
         loop {
             let local = local_ips()?;
             let outcome = match self.resolve().await {
-                Ok(peers) => {
+                Ok(Answer { peers, .. }) => {
                     let mine = peers
                         .iter()
                         .find_map(|p| p.addr.host().ip().filter(|ip| local.contains(ip)));
@@ -266,14 +305,17 @@ mod tests {
 
     /// A name server on 127.0.0.1 for one headless Service: an SRV record per
     /// pod (`pod-N.shop...` on port `400N`), and each pod's A record
-    /// (`10.1.0.N`). Any other name does not exist.
-    async fn name_server(pods: u8) -> u16 {
+    /// (`10.1.0.N`); and an SRV record per gone pod (`gone-N.shop...`),
+    /// whose name no longer exists. Any other name does not exist.
+    async fn name_server(pods: u8, gone: u8) -> u16 {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = socket.local_addr().expect("address").port();
         let pod =
             |n: u8| Name::from_ascii(format!("pod-{n}.shop.svc.cluster.local.")).expect("name");
+        let gone_pod =
+            |n: u8| Name::from_ascii(format!("gone-{n}.shop.svc.cluster.local.")).expect("name");
         tokio::spawn(async move {
             let mut buffer = [0u8; 1500];
             while let Ok((len, from)) = socket.recv_from(&mut buffer).await {
@@ -295,6 +337,14 @@ mod tests {
                         if question.query_type() == RecordType::SRV {
                             for n in 1..=pods {
                                 let srv = SRV::new(0, 0, 4000 + u16::from(n), pod(n));
+                                answer.add_answer(Record::from_rdata(
+                                    name.clone(),
+                                    5,
+                                    RData::SRV(srv),
+                                ));
+                            }
+                            for n in 1..=gone {
+                                let srv = SRV::new(0, 0, 4100 + u16::from(n), gone_pod(n));
                                 answer.add_answer(Record::from_rdata(
                                     name.clone(),
                                     5,
@@ -336,8 +386,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_srv_service_gives_each_pod_with_its_own_port() {
-        let dns = name_server(3).await;
-        let peers = service_at(SRV_NAME, dns).resolve().await.expect("resolves");
+        let dns = name_server(3, 0).await;
+        let answer = service_at(SRV_NAME, dns).resolve().await.expect("resolves");
+        assert!(answer.unresolved.is_none(), "{answer:?}");
+        let peers = answer.peers;
         let found: Vec<String> = peers
             .iter()
             .map(|p| format!("{} {}", p.name, p.addr))
@@ -354,7 +406,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unknown_srv_service_is_an_error_that_names_it() {
-        let dns = name_server(1).await;
+        let dns = name_server(1, 0).await;
         let missing = "_cloister._tcp.nothing.svc.cluster.local.";
         let error = service_at(missing, dns)
             .resolve()
@@ -362,6 +414,38 @@ mod tests {
             .expect_err("NXDOMAIN");
         assert!(
             error.contains("SRV lookup") && error.contains(missing),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_srv_target_that_does_not_resolve_leaves_the_others_usable() {
+        // A rolling update: two pods are gone from DNS, but their SRV
+        // records are still served.
+        let dns = name_server(3, 2).await;
+        let answer = service_at(SRV_NAME, dns).resolve().await.expect("resolves");
+        let found: Vec<String> = answer.peers.iter().map(|p| p.addr.to_string()).collect();
+        assert_eq!(found, ["10.1.0.1:4001", "10.1.0.2:4002", "10.1.0.3:4003"]);
+        let problem = answer.unresolved.expect("the gone pods are named");
+        assert!(
+            problem.starts_with("2 of the 5 SRV targets")
+                && problem.contains("gone-1.shop.svc.cluster.local.")
+                && problem.contains("gone-2.shop.svc.cluster.local."),
+            "{problem}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_srv_service_whose_targets_all_fail_is_an_error_naming_them() {
+        let dns = name_server(0, 2).await;
+        let error = service_at(SRV_NAME, dns)
+            .resolve()
+            .await
+            .expect_err("no target resolves");
+        assert!(
+            error.starts_with("no SRV target of")
+                && error.contains("gone-1.shop")
+                && error.contains("gone-2.shop"),
             "{error}"
         );
     }

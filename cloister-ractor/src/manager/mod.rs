@@ -18,15 +18,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use cloister_core::membership::AssemblyReport;
 use cloister_core::{
-    Config, Heartbeat, Incarnation, Input, Membership, NodeName, NodeState, SentryNode, Snapshot,
-    Timer, TimerToken, TopologyEvent,
+    Config, Heartbeat, Incarnation, Input, Membership, NodeName, NodeState, Snapshot, Timer,
+    TimerToken, TopologyEvent,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use tokio::task::JoinHandle;
 
-use crate::discovery::Discovery;
+use crate::discovery::{Answer, Discovery};
 use crate::error::CloisterError;
 use crate::handle::{Cloister, View};
 use crate::herald::{self, Herald};
@@ -108,7 +108,8 @@ pub enum Internal {
     /// A dial failed before a session was ready.
     DialFailed(NodeName, String),
     /// The DNS service answered.
-    Discovered(Result<Vec<SentryNode>, String>),
+    #[allow(private_interfaces)]
+    Discovered(Result<Answer, String>),
     /// The goodbyes have had time to go out.
     LeaveDone,
 }

@@ -16,7 +16,7 @@ use cloister_core::{
 use ractor::{ActorCell, ActorRef, RpcReplyPort};
 use ractor_cluster::NodeServerMessage;
 
-use crate::discovery::Discovery;
+use crate::discovery::{Answer, Discovery};
 use crate::handle::View;
 use crate::herald;
 use crate::members::{is_closing, member_on};
@@ -89,9 +89,19 @@ impl ManagerState {
             Internal::DialFailed(peer, error) => {
                 self.feed(myself, Input::DialFailed { peer, error });
             }
-            Internal::Discovered(Ok(peers)) => {
-                if self.discovery_error.take().is_some() {
-                    tracing::info!(peers = peers.len(), "the service resolves again");
+            Internal::Discovered(Ok(Answer { peers, unresolved })) => {
+                // A partial answer is used, and said once while it lasts.
+                match unresolved {
+                    Some(problem) if self.discovery_error.as_ref() != Some(&problem) => {
+                        tracing::warn!("{problem}; retrying every discovery tick");
+                        self.discovery_error = Some(problem);
+                    }
+                    Some(_) => {}
+                    None => {
+                        if self.discovery_error.take().is_some() {
+                            tracing::info!(peers = peers.len(), "the service resolves again");
+                        }
+                    }
                 }
                 self.feed(myself, Input::Discovered(peers));
             }
