@@ -102,9 +102,17 @@ impl Actor for Store {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             KvMsg::Put(key, value, version) => {
+                let me = shard.cloister.me().clone();
+                let stray = !shard.cloister.nodes_for(&key, REPLICAS).contains(&me);
                 let newer = shard.data.get(&key).is_none_or(|(old, _)| version > *old);
                 if newer {
                     shard.data.insert(key, (version, value));
+                }
+                if stray {
+                    // Sent on a ring older than this node's (a rebalance
+                    // that crossed a change): kept, and handed on and
+                    // dropped by the next rebalance, so no third copy stays.
+                    shard.rebalance_later(&myself);
                 }
             }
             KvMsg::Get(key, reply) => {
@@ -129,7 +137,14 @@ impl Shard {
     /// Hands off, and schedules a retry if some node could not be reached:
     /// one retry chain at most, however many events come meanwhile.
     fn rebalance(&mut self, myself: &ActorRef<KvMsg>) {
-        if !self.hand_off() && !self.retrying {
+        if !self.hand_off() {
+            self.rebalance_later(myself);
+        }
+    }
+
+    /// Schedules a rebalance after `RETRY`, unless one is already scheduled.
+    fn rebalance_later(&mut self, myself: &ActorRef<KvMsg>) {
+        if !self.retrying {
             self.retrying = true;
             myself.send_after(RETRY, || KvMsg::Retry);
         }
