@@ -2,8 +2,10 @@
 //!
 //! The membership machine publishes these in the order they happen: a change of
 //! membership (`NodeUp`/`NodeDown`), then the ring it produced (`RingChanged`),
-//! then the node state it led to (`StateChanged`). Two nodes that see the same
-//! membership changes publish the same events with the same payloads.
+//! then the node state it led to (`StateChanged`). Changes that arrive
+//! together (a cluster forming) share one `RingChanged` after all their
+//! `NodeUp`/`NodeDown` events. Two nodes that see the same membership changes
+//! end with the same ring and the same digest.
 
 use std::fmt;
 

@@ -130,8 +130,15 @@ struct Me {
 }
 
 impl Me {
+    /// Feeds `input` at `now`, then runs what that made due at once (the
+    /// ring after a change of members), as the runtime does when nothing
+    /// else is queued: its wake-up comes right after the input. A test of
+    /// batching calls `m.m.handle` instead.
     fn handle(&mut self, now: Duration, input: Input) {
         self.m.handle(now, input);
+        if self.m.poll_timeout().is_some_and(|at| at <= now) {
+            self.m.handle_timeout(now);
+        }
     }
 
     fn handle_timeout(&mut self, now: Duration) {
@@ -384,6 +391,39 @@ fn a_peer_joins_on_its_first_heartbeat_not_on_its_session() {
     assert!(m.converged());
 }
 
+#[test]
+fn joins_that_arrive_together_share_one_ring_rebuild() {
+    let mut m = started(&[A, B], 3);
+    // A and B connect and say hello; their answers echoing ME's tokens are
+    // queued in the runtime's mailbox together, so ME takes them one after
+    // the other with no wake-up in between (`m.m.handle`, not `m.handle`).
+    for (peer, session) in [(A, 1), (B, 2)] {
+        m.handle(ms(1), session_up(peer, session));
+        m.handle(ms(1), Input::Heartbeat(hello(peer, 7, digest(&[peer]))));
+    }
+    drain(&mut m);
+    for peer in [A, B] {
+        let heartbeat = hb(&m, peer, 7, digest(&[peer]));
+        m.m.handle(ms(2), Input::Heartbeat(heartbeat));
+    }
+    // Both are up at once, but the ring waits for the wake-up, due now.
+    assert_eq!(drain(&mut m), [up(A, 7), up(B, 7)]);
+    assert_eq!(m.poll_timeout(), Some(ms(2)));
+    assert_eq!(m.ring().members(), names(&[ME]));
+    // One rebuild for both, then each is answered with the new digest, and
+    // the node is ready.
+    m.handle_timeout(ms(2));
+    assert_eq!(
+        drain(&mut m),
+        [
+            ring(&[A, ME, B]),
+            beat(A, &[A, ME, B]),
+            beat(B, &[A, ME, B]),
+            changed(Assembling, Ready, 3, &[A, ME, B], false),
+        ]
+    );
+}
+
 // ---- 3. What is ignored, and what is kept --------------------------------------
 
 #[test]
@@ -574,15 +614,16 @@ fn the_close_of_a_members_only_session_is_a_crash_at_once() {
     let mut m = started(&[A], 2);
     admit(&mut m, ms(1), A, 1, 7);
     // No connection is in its handshake: nothing can replace A's session,
-    // so there is no grace to wait out (a killed process, say).
+    // so there is no grace to wait out (a killed process, say). ME redials
+    // at once; the ring follows right after.
     m.handle(ms(10), session_down(A, 1));
     assert_eq!(
         drain(&mut m),
         [
             down(A, 7, Crashed),
+            dial(A),
             ring(&[ME]),
             changed(Ready, Rehashing, 2, &[ME], true),
-            dial(A),
         ]
     );
 }
@@ -1395,8 +1436,13 @@ fn two_machines_admit_each_other_through_the_token_handshake() {
                 _ => None,
             })
             .collect();
-        to_a.into_iter()
-            .for_each(|hb| a.handle(ms(1 + rounds), Input::Heartbeat(hb)));
+        let now = ms(1 + rounds);
+        for hb in to_a {
+            a.handle(now, Input::Heartbeat(hb));
+            if a.poll_timeout().is_some_and(|at| at <= now) {
+                a.handle_timeout(now); // the ring, as A's runtime runs it
+            }
+        }
         to_me
             .into_iter()
             .for_each(|hb| me.handle(ms(1 + rounds), Input::Heartbeat(hb)));

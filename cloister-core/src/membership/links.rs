@@ -163,7 +163,7 @@ impl Membership {
             } else if self.config.session_grace.is_zero() || self.handshakes.is_empty() {
                 // No connection is in its handshake, so none can replace
                 // this one: the peer's only session closed, it crashed.
-                self.remove_member(name, DownReason::Crashed);
+                self.remove_member(now, name, DownReason::Crashed);
             } else {
                 peer.grace_until = Some(now + self.config.session_grace);
             }
@@ -184,7 +184,7 @@ impl Membership {
                 peer.grace_until = None;
                 peer.dial = Dial::Idle { at: now };
             }
-            self.remove_member(&name, DownReason::Crashed);
+            self.remove_member(now, &name, DownReason::Crashed);
         }
     }
 }

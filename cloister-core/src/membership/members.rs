@@ -110,7 +110,7 @@ impl Membership {
         if hb.leaving {
             peer.left = Some(session);
             if peer.member.is_some() {
-                self.remove_member(name, DownReason::Left);
+                self.remove_member(now, name, DownReason::Left);
             }
             return false;
         }
@@ -154,9 +154,10 @@ impl Membership {
                     node: name.clone(),
                     incarnation: hb.incarnation,
                 });
-                self.rebuild_ring();
-                self.send_heartbeat(name, false);
-                self.evaluate();
+                self.membership_changed(now);
+                // Answered once the ring includes it, so the answer carries
+                // the new digest.
+                self.answer_after_rebuild.insert(name.clone());
                 if !self
                     .peers
                     .values()
@@ -197,11 +198,11 @@ impl Membership {
             let delay = backoff(&self.config, &mut self.rng, 0);
             peer.dial = Dial::Idle { at: now + delay };
             peer.last_error = Some(format!("no heartbeat for {timeout:?}"));
-            self.remove_member(&name, DownReason::Unresponsive);
+            self.remove_member(now, &name, DownReason::Unresponsive);
         }
     }
 
-    pub(super) fn remove_member(&mut self, name: &NodeName, reason: DownReason) {
+    pub(super) fn remove_member(&mut self, now: Duration, name: &NodeName, reason: DownReason) {
         let Some(member) = self.peers.get_mut(name).and_then(|p| p.member.take()) else {
             return;
         };
@@ -210,11 +211,34 @@ impl Membership {
             incarnation: member.incarnation,
             reason,
         });
-        self.rebuild_ring();
-        self.evaluate();
+        self.membership_changed(now);
     }
 
-    pub(super) fn rebuild_ring(&mut self) {
+    /// The members changed: the ring, the sentry and the node's state follow
+    /// at the next timeout, which is due at once. Every change that arrives
+    /// before it (a burst of joins while a cluster forms) shares one
+    /// rebuild: a ring of 100 members takes milliseconds to build, and
+    /// building it once per join made formation cost O(n²) per node.
+    pub(super) fn membership_changed(&mut self, now: Duration) {
+        self.ring_due = Some(self.ring_due.map_or(now, |due| due.min(now)));
+    }
+
+    /// Builds the ring of the current members if they changed since the
+    /// last build, then elects the sentry and applies the consensus rule.
+    pub(super) fn rebuild_ring_if_due(&mut self, now: Duration) {
+        if self.ring_due.is_some_and(|due| due <= now) {
+            self.ring_due = None;
+            self.rebuild_ring();
+            for name in std::mem::take(&mut self.answer_after_rebuild) {
+                if self.peers.get(&name).is_some_and(|p| p.session.is_some()) {
+                    self.send_heartbeat(&name, false);
+                }
+            }
+            self.evaluate();
+        }
+    }
+
+    fn rebuild_ring(&mut self) {
         let members = std::iter::once(self.me.clone()).chain(
             self.peers
                 .iter()

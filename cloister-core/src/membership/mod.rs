@@ -79,6 +79,11 @@ pub struct Membership {
     next_heartbeat: Option<Duration>,
     /// When to resend heartbeats to connected peers not yet admitted.
     next_introduce: Option<Duration>,
+    /// When to rebuild the ring: the members changed (see
+    /// `membership_changed`).
+    ring_due: Option<Duration>,
+    /// Members admitted since the last rebuild, answered right after it.
+    answer_after_rebuild: BTreeSet<NodeName>,
     /// A lower bound of the earliest per-peer timer; recomputed on timeouts.
     next_peer_timer: Option<Duration>,
     discovery_error: Option<String>,
@@ -117,6 +122,8 @@ impl Membership {
             next_resolve: None,
             next_heartbeat: None,
             next_introduce: None,
+            ring_due: None,
+            answer_after_rebuild: BTreeSet::new(),
             next_peer_timer: None,
             discovery_error: None,
             handshakes: BTreeMap::new(),
@@ -151,7 +158,10 @@ impl Membership {
         self.state
     }
 
-    /// The current ring: this node and every member.
+    /// The current ring: this node and every member, as of the last
+    /// rebuild. A change of members is built into it at the next timeout,
+    /// which is due at once ([`Membership::poll_timeout`]), so that changes
+    /// arriving together share one rebuild.
     pub fn ring(&self) -> &Ring {
         &self.ring
     }
@@ -251,6 +261,7 @@ impl Membership {
             self.next_resolve,
             self.next_heartbeat,
             self.next_introduce,
+            self.ring_due,
             self.next_peer_timer,
             self.handshakes.values().map(|(at, _)| *at).min(),
             self.strangers.due(),
@@ -310,6 +321,7 @@ impl Membership {
         self.expire_handshakes(now);
         self.expire_graces(now);
         self.expire_silent_members(now);
+        self.rebuild_ring_if_due(now);
         self.run_dials(now);
     }
 

@@ -413,10 +413,17 @@ impl ManagerState {
         .flatten()
         .min();
         if let Some(Arm { token, at }) = self.timer.arm(now, due) {
+            let tick = move || CloisterMessage::Internal(Internal::Tick(token));
             let delay = at.saturating_sub(now);
-            myself.send_after(delay, move || {
-                CloisterMessage::Internal(Internal::Tick(token))
-            });
+            if delay <= Timer::MIN_DELAY {
+                // Due now (the ring after a change of members): queued
+                // behind the messages already waiting, so a burst of joins
+                // is handled first and shares one rebuild. A timer would
+                // round up to tokio's millisecond.
+                let _ = myself.cast(tick());
+            } else {
+                myself.send_after(delay, tick);
+            }
         }
     }
 
