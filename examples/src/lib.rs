@@ -4,6 +4,8 @@
 //! [`cloister_ractor::testing::LocalCluster`]; [`build_node_binary`] builds the
 //! one they run.
 
+pub mod bench;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -36,13 +36,13 @@
 use std::fs;
 use std::path::PathBuf;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Parser;
 use cloister_core::Config;
-use cloister_ractor::testing::{all_of, timer_env, LocalCluster};
-use serde_json::Value;
+use cloister_examples::bench::{cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms};
+use cloister_ractor::testing::{all_of, LocalCluster};
 
 /// Times formation, failure detection and memory of real cloister-node processes.
 #[derive(Parser, Debug)]
@@ -90,14 +90,7 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if cfg!(debug_assertions) {
-        eprintln!("warning: a debug build; run with `cargo run --release` for real figures");
-    }
-    let binary = match &args.binary {
-        Some(path) => path.clone(),
-        None => cloister_examples::build_node_binary("cloister-node")
-            .context("building cloister-node")?,
-    };
+    let binary = node_binary(args.binary.as_deref())?;
     let bench = Bench::new(binary, args.tests_preset);
     eprintln!("cloister-node: {}", bench.binary.display());
     eprintln!("node config: {}", bench.describe());
@@ -198,32 +191,7 @@ struct Bench {
 
 impl Bench {
     fn new(binary: PathBuf, tests_preset: bool) -> Bench {
-        let config = if tests_preset {
-            Config::for_tests()
-        } else {
-            Config::default()
-        };
-        let ms = |d: Duration| format!("{}ms", d.as_millis());
-        let env = if tests_preset {
-            Vec::new()
-        } else {
-            let rest = [
-                (
-                    "CLOISTER_DIAL_BACKOFF_JITTER",
-                    config.dial_backoff_jitter.to_string(),
-                ),
-                ("CLOISTER_SESSION_GRACE", ms(config.session_grace)),
-                ("CLOISTER_RING_VNODES", config.ring_vnodes.to_string()),
-            ];
-            let rest = rest.into_iter().map(|(k, v)| (k.to_string(), v));
-            timer_env(&config).into_iter().chain(rest).collect()
-        };
-        let extra_args = vec![
-            "--heartbeat-interval".into(),
-            ms(config.heartbeat_interval),
-            "--heartbeat-timeout".into(),
-            ms(config.heartbeat_timeout),
-        ];
+        let (env, extra_args) = node_config(tests_preset);
         Bench {
             binary,
             env,
@@ -530,45 +498,4 @@ fn print_report(bench: &Bench, rows: &[Row], memory: Option<&Memory>, idle: u64)
          Freeze detection: Akka ~5.5 s, memberlist ~5.5 s at 10 nodes, Erlang net_ticktime \
          45-75 s, ractor_cluster alone never (its pings have no timeout)."
     );
-}
-
-/// Wall-clock unix milliseconds, the clock of the nodes' `ts`.
-fn unix_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or_default()
-}
-
-fn ts(event: &Value) -> Option<u64> {
-    event["ts"].as_u64()
-}
-
-/// A `kB` field of `/proc/<pid>/status`.
-fn status_kib(status: &str, field: &str) -> Result<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .ok_or_else(|| anyhow!("no {field} in /proc status"))
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name may hold spaces: fields are counted after its `)`.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After `)`: state is field 3, so utime (14) and stime (15) are at 11, 12.
-    let tick = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))
-    };
-    Ok(tick(11)? + tick(12)?)
 }

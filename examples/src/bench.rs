@@ -1,0 +1,99 @@
+//! What the benchmark programs share: the node configuration they run with,
+//! and readings from `/proc`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context, Result};
+use cloister_core::Config;
+use cloister_ractor::testing::timer_env;
+use serde_json::Value;
+
+/// The `CLOISTER_*` variables and flags that give `LocalCluster`'s nodes
+/// `Config::default()`'s timers (the harness sets the test timers, and a
+/// builder's own variables come after its and win), or nothing with
+/// `tests_preset`, which keeps the test timers.
+pub fn node_config(tests_preset: bool) -> (Vec<(String, String)>, Vec<String>) {
+    let config = if tests_preset {
+        Config::for_tests()
+    } else {
+        Config::default()
+    };
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let env = if tests_preset {
+        Vec::new()
+    } else {
+        let rest = [
+            (
+                "CLOISTER_DIAL_BACKOFF_JITTER",
+                config.dial_backoff_jitter.to_string(),
+            ),
+            ("CLOISTER_SESSION_GRACE", ms(config.session_grace)),
+            ("CLOISTER_RING_VNODES", config.ring_vnodes.to_string()),
+        ];
+        let rest = rest.into_iter().map(|(k, v)| (k.to_string(), v));
+        timer_env(&config).into_iter().chain(rest).collect()
+    };
+    let extra_args = vec![
+        "--heartbeat-interval".into(),
+        ms(config.heartbeat_interval),
+        "--heartbeat-timeout".into(),
+        ms(config.heartbeat_timeout),
+    ];
+    (env, extra_args)
+}
+
+/// The `cloister-node` to measure: `binary` if given, else one built with
+/// this program's profile. Warns when that profile is a debug one.
+pub fn node_binary(binary: Option<&Path>) -> Result<PathBuf> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: a debug build; run with `cargo run --release` for real figures");
+    }
+    match binary {
+        Some(path) => Ok(path.to_path_buf()),
+        None => crate::build_node_binary("cloister-node").context("building cloister-node"),
+    }
+}
+
+/// Now, in unix milliseconds (the clock of the nodes' `ts` fields).
+pub fn unix_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or_default()
+}
+
+/// The `ts` (unix ms) of an event line.
+pub fn ts(event: &Value) -> Option<u64> {
+    event["ts"].as_u64()
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+pub fn status_kib(status: &str, field: &str) -> Result<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .ok_or_else(|| anyhow!("no {field} in /proc status"))
+}
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its `)`.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After `)`: state is field 3, so utime (14) and stime (15) are at 11, 12.
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))
+    };
+    Ok(tick(11)? + tick(12)?)
+}

@@ -1,0 +1,168 @@
+//! `bench-scale`: a cluster of N real `cloister-node` processes on 127.0.0.1,
+//! started together, for each N asked for (issue 11's benchmark).
+//!
+//! ```text
+//! cargo run --release -p cloister-examples --bin bench-scale -- --sizes 10,25,50
+//! ```
+//!
+//! For each size it starts every process back to back with consensus N and
+//! the library's default timers (see `cloister_examples::bench::node_config`),
+//! and prints one line:
+//!
+//! - formation: from just before the last spawn to the latest `ready` line,
+//!   or how many nodes were ready when `--deadline` ran out;
+//! - idle: once formed, the CPU each process uses over `--idle` seconds
+//!   (median per node, and the sum, in % of one core), its VmRSS, and the
+//!   `node_down` lines printed meanwhile (no process dies, so each one is a
+//!   false drop).
+//!
+//! Every process is killed when its cluster is dropped, also on failure.
+//! Not measured yet: crash and freeze detection at these sizes, and the raw
+//! ractor_cluster mesh to compare with.
+
+use std::fs;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use clap::Parser;
+use cloister_examples::bench::{cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms};
+use cloister_ractor::testing::{all_of, LocalCluster};
+
+/// Forms clusters of several sizes and measures them idle.
+#[derive(Parser, Debug)]
+struct Args {
+    /// The cloister-node executable (default: build it with this program's profile).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Cluster sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,25")]
+    sizes: Vec<usize>,
+    /// Runs per size.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds a cluster may take to form before the run counts as failed.
+    #[arg(long, default_value_t = 60)]
+    deadline: u64,
+    /// Seconds each formed cluster idles while CPU and drops are counted.
+    #[arg(long, default_value_t = 20)]
+    idle: u64,
+}
+
+/// What one run of one size measured.
+struct Run {
+    formation_ms: Option<f64>,
+    ready: usize,
+    cpu: Vec<f64>,
+    rss_mib: Vec<f64>,
+    false_drops: usize,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let binary = node_binary(args.binary.as_deref())?;
+    println!("| nodes | run | formation | ready | CPU per node, median | CPU, all nodes | VmRSS per node, median | false drops while idle |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &n in &args.sizes {
+        for run in 1..=args.runs {
+            let measured = measure(&binary, n, &args)?;
+            let formation = measured
+                .formation_ms
+                .map_or("did not form".to_string(), |ms| format!("{ms:.0} ms"));
+            let (cpu, all, rss) = if measured.cpu.is_empty() {
+                ("-".to_string(), "-".to_string(), "-".to_string())
+            } else {
+                (
+                    format!("{:.2}%", median(&measured.cpu)),
+                    format!("{:.1}%", measured.cpu.iter().sum::<f64>()),
+                    format!("{:.1} MiB", median(&measured.rss_mib)),
+                )
+            };
+            let drops = if measured.cpu.is_empty() {
+                "-".to_string()
+            } else {
+                measured.false_drops.to_string()
+            };
+            println!(
+                "| {n} | {run} | {formation} | {}/{n} | {cpu} | {all} | {rss} | {drops} |",
+                measured.ready
+            );
+        }
+    }
+    Ok(())
+}
+
+fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
+    let (env, extra_args) = node_config(false);
+    let mut builder = LocalCluster::builder(binary, n)
+        .consensus(n)
+        .extra_args(extra_args);
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    let mut cluster = builder.build()?;
+    let all: Vec<usize> = (0..n).collect();
+    for i in 0..n - 1 {
+        cluster.start_node(i)?;
+    }
+    let last_spawn = unix_ms();
+    cluster.start_node(n - 1)?;
+    let deadline = Duration::from_secs(args.deadline);
+    let formed = cluster.wait_ready(&all, deadline).is_ok();
+    let ready_at: Vec<u64> = all
+        .iter()
+        .filter_map(|&i| {
+            let events = cluster.events(i);
+            let ready = all_of(&events, "state_changed")
+                .find(|e| e["to"] == "ready")
+                .and_then(ts);
+            ready
+        })
+        .collect();
+    let mut run = Run {
+        formation_ms: None,
+        ready: ready_at.len(),
+        cpu: Vec::new(),
+        rss_mib: Vec::new(),
+        false_drops: 0,
+    };
+    if !formed {
+        return Ok(run);
+    }
+    run.formation_ms = ready_at.iter().max().map(|&t| t as f64 - last_spawn);
+
+    let marks: Vec<usize> = all.iter().map(|&i| cluster.event_count(i)).collect();
+    let pids = cluster.pids();
+    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
+    let start = Instant::now();
+    thread::sleep(Duration::from_secs(args.idle));
+    let after: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
+    let elapsed = start.elapsed().as_secs_f64();
+    // USER_HZ is 100 on Linux: a tick is 10 ms.
+    run.cpu = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.saturating_sub(*b) as f64 * 10.0 / 1000.0 / elapsed * 100.0)
+        .collect();
+    for &pid in &pids {
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|e| anyhow!("process {pid} is gone: {e}"))?;
+        run.rss_mib
+            .push(status_kib(&status, "VmRSS:")? as f64 / 1024.0);
+    }
+    run.false_drops = all
+        .iter()
+        .map(|&i| {
+            let events = cluster.events(i);
+            all_of(&events[marks[i].min(events.len())..], "node_down").count()
+        })
+        .sum();
+    Ok(run)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
