@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context, Result};
 use cloister_core::Config;
-use cloister_ractor::testing::timer_env;
+use cloister_ractor::testing::{timer_env, LocalCluster};
 use serde_json::Value;
 
 /// The `CLOISTER_*` variables and flags that give `LocalCluster`'s nodes
@@ -96,4 +96,44 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
             .ok_or_else(|| anyhow!("odd /proc/{pid}/stat"))
     };
     Ok(tick(11)? + tick(12)?)
+}
+
+/// Waits until every node of `survivors` has shown that `victim` is gone
+/// (a `node_down` for it, or a `ring_changed` without it) among the events
+/// after its mark in `marks`, and returns, for each, when (its `ts`) and how
+/// (the `node_down` reason, or `ring_changed`).
+pub fn wait_dropped(
+    cluster: &LocalCluster,
+    survivors: &[usize],
+    marks: &[usize],
+    victim: &str,
+    deadline: Duration,
+) -> Result<Vec<(u64, String)>> {
+    let seen = |cluster: &LocalCluster, k: usize| -> Option<(u64, String)> {
+        let events = cluster.events(survivors[k]);
+        events[marks[k].min(events.len())..].iter().find_map(|e| {
+            let (gone, how) = match e["event"].as_str() {
+                Some("node_down") => (
+                    e["peer"] == victim,
+                    e["reason"].as_str().unwrap_or("?").to_string(),
+                ),
+                Some("ring_changed") => (
+                    e["members"]
+                        .as_array()
+                        .is_some_and(|m| !m.iter().any(|m| m == victim)),
+                    "ring_changed".to_string(),
+                ),
+                _ => (false, String::new()),
+            };
+            gone.then(|| ts(e).map(|ts| (ts, how))).flatten()
+        })
+    };
+    cluster
+        .wait_until(&format!("the survivors to drop {victim}"), deadline, |c| {
+            (0..survivors.len()).all(|k| seen(c, k).is_some())
+        })
+        .map_err(|e| anyhow!(e))?;
+    Ok((0..survivors.len())
+        .filter_map(|k| seen(cluster, k))
+        .collect())
 }

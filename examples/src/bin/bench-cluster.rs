@@ -41,7 +41,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use clap::Parser;
 use cloister_core::Config;
-use cloister_examples::bench::{cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms};
+use cloister_examples::bench::{
+    cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms, wait_dropped,
+};
 use cloister_ractor::testing::{all_of, LocalCluster};
 
 /// Times formation, failure detection and memory of real cloister-node processes.
@@ -320,31 +322,7 @@ impl Bench {
             Fault::Stop => cluster.pause(victim)?,
         }
         // The first sign on each survivor that the victim is gone.
-        let seen = |cluster: &LocalCluster, k: usize| -> Option<(u64, String)> {
-            let events = cluster.events(survivors[k]);
-            events[marks[k]..].iter().find_map(|e| {
-                let gone = match e["event"].as_str() {
-                    Some("node_down") => e["peer"] == name.as_str(),
-                    Some("ring_changed") => e["members"]
-                        .as_array()
-                        .is_some_and(|m| !m.iter().any(|m| m == name.as_str())),
-                    _ => false,
-                };
-                let what = match e["event"].as_str() {
-                    Some("node_down") => e["reason"].as_str().unwrap_or("?").to_string(),
-                    _ => "ring_changed".to_string(),
-                };
-                gone.then(|| ts(e).map(|ts| (ts, what))).flatten()
-            })
-        };
-        cluster
-            .wait_until(&format!("the survivors to drop {name}"), DEADLINE, |c| {
-                (0..survivors.len()).all(|k| seen(c, k).is_some())
-            })
-            .map_err(|e| anyhow!(e))?;
-        let found: Vec<(u64, String)> = (0..survivors.len())
-            .filter_map(|k| seen(&cluster, k))
-            .collect();
+        let found = wait_dropped(&cluster, &survivors, &marks, &name, DEADLINE)?;
         let latest = found.iter().map(|(ts, _)| *ts).max().unwrap_or_default();
         let reasons: Vec<&str> = found.iter().map(|(_, why)| why.as_str()).collect();
         eprintln!(

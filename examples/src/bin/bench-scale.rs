@@ -16,9 +16,12 @@
 //!   `node_down` lines printed meanwhile (no process dies, so each one is a
 //!   false drop).
 //!
+//! - crash: then SIGKILL one node; from the signal to the last survivor's
+//!   sign that it is gone (`node_down`, or a ring without it);
+//! - freeze: then SIGSTOP another; the same.
+//!
 //! Every process is killed when its cluster is dropped, also on failure.
-//! Not measured yet: crash and freeze detection at these sizes, and the raw
-//! ractor_cluster mesh to compare with.
+//! Not measured yet: the raw ractor_cluster mesh to compare with.
 
 use std::fs;
 use std::path::PathBuf;
@@ -27,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use clap::Parser;
-use cloister_examples::bench::{cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms};
+use cloister_examples::bench::{
+    cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms, wait_dropped,
+};
 use cloister_ractor::testing::{all_of, LocalCluster};
 
 /// Forms clusters of several sizes and measures them idle.
@@ -57,13 +62,15 @@ struct Run {
     cpu: Vec<f64>,
     rss_mib: Vec<f64>,
     false_drops: usize,
+    crash_ms: Option<f64>,
+    freeze_ms: Option<f64>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let binary = node_binary(args.binary.as_deref())?;
-    println!("| nodes | run | formation | ready | CPU per node, median | CPU, all nodes | VmRSS per node, median | false drops while idle |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| nodes | run | formation | ready | CPU per node, median | CPU, all nodes | VmRSS per node, median | false drops while idle | crash detection | freeze detection |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.sizes {
         for run in 1..=args.runs {
             let measured = measure(&binary, n, &args)?;
@@ -84,9 +91,12 @@ fn main() -> Result<()> {
             } else {
                 measured.false_drops.to_string()
             };
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("{ms:.0} ms"));
             println!(
-                "| {n} | {run} | {formation} | {}/{n} | {cpu} | {all} | {rss} | {drops} |",
-                measured.ready
+                "| {n} | {run} | {formation} | {}/{n} | {cpu} | {all} | {rss} | {drops} | {} | {} |",
+                measured.ready,
+                ms(measured.crash_ms),
+                ms(measured.freeze_ms),
             );
         }
     }
@@ -126,6 +136,8 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
         cpu: Vec::new(),
         rss_mib: Vec::new(),
         false_drops: 0,
+        crash_ms: None,
+        freeze_ms: None,
     };
     if !formed {
         return Ok(run);
@@ -158,6 +170,36 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
             all_of(&events[marks[i].min(events.len())..], "node_down").count()
         })
         .sum();
+
+    // Node 1 is killed, then node 2 frozen, each watched by the rest.
+    let deadline = Duration::from_secs(30);
+    let mut gone = Vec::new();
+    for (victim, kill) in [(1, true), (2, false)] {
+        if n < 4 {
+            break;
+        }
+        let watchers: Vec<usize> = (0..n)
+            .filter(|i| *i != victim && !gone.contains(i))
+            .collect();
+        let marks: Vec<usize> = watchers.iter().map(|&i| cluster.event_count(i)).collect();
+        let name = cluster.node_name(victim).to_string();
+        let t = unix_ms();
+        if kill {
+            cluster.kill(victim)?;
+        } else {
+            cluster.pause(victim)?;
+        }
+        let found = wait_dropped(&cluster, &watchers, &marks, &name, deadline);
+        let latest = found.ok().and_then(|f| f.iter().map(|(ts, _)| *ts).max());
+        let detected = latest.map(|ts| ts as f64 - t);
+        if kill {
+            run.crash_ms = detected;
+        } else {
+            run.freeze_ms = detected;
+            let _ = cluster.resume(victim);
+        }
+        gone.push(victim);
+    }
     Ok(run)
 }
 
