@@ -579,10 +579,7 @@ fn a_node_that_would_place_keys_differently_is_refused_and_told_why() {
 
 /// The lines of node `i`'s stderr at WARN or ERROR level.
 fn warnings(cluster: &LocalCluster, i: usize) -> Vec<String> {
-    let name = cluster.node_name(i);
-    let node = name.split('@').next().unwrap_or(name);
-    let stderr = std::fs::read_to_string(cluster.log_dir().join(format!("{node}.stderr")))
-        .unwrap_or_default();
+    let stderr = std::fs::read_to_string(cluster.stderr_path(i)).unwrap_or_default();
     stderr
         .lines()
         .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))

@@ -92,11 +92,7 @@ impl ManagerState {
             Internal::Discovered(Ok(Answer { peers, unresolved })) => {
                 // A partial answer is used, and said once while it lasts.
                 match unresolved {
-                    Some(problem) if self.discovery_error.as_ref() != Some(&problem) => {
-                        tracing::warn!("{problem}; retrying every discovery tick");
-                        self.discovery_error = Some(problem);
-                    }
-                    Some(_) => {}
+                    Some(problem) => self.discovery_problem(problem),
                     None => {
                         if self.discovery_error.take().is_some() {
                             tracing::info!(peers = peers.len(), "the service resolves again");
@@ -106,11 +102,7 @@ impl ManagerState {
                 self.feed(myself, Input::Discovered(peers));
             }
             Internal::Discovered(Err(error)) => {
-                // Logged when it changes, not on every tick.
-                if self.discovery_error.as_ref() != Some(&error) {
-                    tracing::warn!("{error}; retrying every discovery tick");
-                    self.discovery_error = Some(error.clone());
-                }
+                self.discovery_problem(error.clone());
                 self.feed(myself, Input::DiscoveryFailed(error));
             }
             Internal::LeaveDone => {
@@ -118,6 +110,14 @@ impl ManagerState {
                 self.feed(myself, Input::LeaveComplete);
                 myself.stop(Some("left the cluster".into()));
             }
+        }
+    }
+
+    /// Logs a discovery problem when it changes, not on every tick.
+    fn discovery_problem(&mut self, problem: String) {
+        if self.discovery_error.as_ref() != Some(&problem) {
+            tracing::warn!("{problem}; retrying every discovery tick");
+            self.discovery_error = Some(problem);
         }
     }
 

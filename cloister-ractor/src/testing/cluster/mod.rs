@@ -197,8 +197,8 @@ impl LocalCluster {
     }
 
     /// The file node `i`'s stderr goes to (unless verbose), every start of
-    /// the node appended after a `=== harness` line.
-    fn stderr_path(&self, i: usize) -> PathBuf {
+    /// the node appended after a `=== harness` line; in [`LocalCluster::log_dir`].
+    pub fn stderr_path(&self, i: usize) -> PathBuf {
         let name = &self.nodes[i].name;
         let node_name = name.split('@').next().unwrap_or(name);
         self.log_dir.join(format!("{node_name}.stderr"))
