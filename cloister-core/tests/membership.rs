@@ -21,6 +21,7 @@ use cloister_core::{
 const ME: &str = "cloister@10.0.0.2";
 const A: &str = "cloister@10.0.0.1";
 const B: &str = "cloister@10.0.0.3";
+const C: &str = "cloister@10.0.0.4";
 /// Older than every peer's in these tests, so `ME` stays the sentry unless a
 /// test says otherwise.
 const MY_INCARNATION: u64 = 1;
@@ -66,6 +67,7 @@ fn peer_token(name: &str) -> u64 {
 fn hb(m: &Me, from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
     Heartbeat {
         echo: m.sent.get(&n(from)).copied().unwrap_or(0),
+        watching: true,
         ..hello(from, incarnation, digest)
     }
 }
@@ -81,6 +83,8 @@ fn hello(from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
         leaving: false,
         token: peer_token(from),
         echo: 0,
+        watching: false,
+        unresponsive: Vec::new(),
     }
 }
 
@@ -272,6 +276,9 @@ fn send(to: &str, ring: &[&str], leaving: bool, echo: u64) -> Effect {
             leaving,
             token: 0,
             echo,
+            // A small cluster is a full mesh: `ME` watches every member.
+            watching: ring.contains(&to),
+            unresponsive: Vec::new(),
         },
     }
 }
@@ -424,6 +431,33 @@ fn joins_that_arrive_together_share_one_ring_rebuild() {
     );
 }
 
+#[test]
+fn changes_soon_after_a_rebuild_wait_for_the_batch_and_share_the_next_one() {
+    // Test timers: heartbeats every 100ms, so at most one rebuild per 6.25ms.
+    let mut m = started(&[A, B, C], 4);
+    admit(&mut m, ms(10), A, 1, 7); // after a quiet spell: rebuilt at once
+    assert_eq!(m.ring().members(), names(&[A, ME]));
+
+    // B joins 1ms later and C 2ms later: both wait for the spell's end.
+    admit(&mut m, ms(11), B, 2, 7);
+    admit(&mut m, ms(12), C, 3, 7);
+    assert_eq!(m.ring().members(), names(&[A, ME]));
+    let due = ms(10) + Duration::from_micros(6_250);
+    assert_eq!(m.poll_timeout(), Some(due));
+    m.handle_timeout(due);
+    let effects = drain(&mut m);
+    let rings: Vec<&Effect> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Publish(TopologyEvent::RingChanged { .. })))
+        .collect();
+    assert_eq!(rings, [&ring(&[A, ME, B, C])]);
+    assert_eq!(m.state(), Ready);
+
+    // A crash after another quiet spell leaves the ring at once.
+    m.handle(ms(40), session_down(C, 3));
+    assert!(drain(&mut m).contains(&ring(&[A, ME, B])));
+}
+
 // ---- 3. What is ignored, and what is kept --------------------------------------
 
 #[test]
@@ -559,11 +593,12 @@ fn a_connected_peer_that_has_not_answered_hears_from_us_again() {
     m.handle_timeout(again);
     assert_eq!(drain(&mut m), [greet(A, &[ME])]);
 
-    // ... until A answers: then the resends stop, and the next thing due is
-    // the regular heartbeat at 100ms.
+    // ... until A answers: then the resends stop, and the next heartbeat
+    // is the regular one at 100ms.
     m.handle(ms(20), Input::Heartbeat(hb(&m, A, 7, digest(&[A]))));
     drain(&mut m);
-    assert_eq!(m.poll_timeout(), Some(ms(100)));
+    assert_eq!(run_until(&mut m, ms(99)), []);
+    assert_eq!(run_until(&mut m, ms(100)), [(ms(100), beat(A, &[A, ME]))]);
 }
 
 // ---- 4. Flaps and the session grace --------------------------------------------
@@ -596,7 +631,7 @@ fn a_session_replaced_within_the_grace_hides_the_flap() {
     m.handle(ms(5), accepted(2));
     m.handle(ms(10), session_down(A, 1));
     assert_eq!(drain(&mut m), []);
-    assert_eq!(m.poll_timeout(), Some(ms(30)));
+    assert_eq!(run_until(&mut m, ms(19)), []);
 
     // The replacing session is ready at 20ms, within the grace.
     m.handle(ms(20), session_up(A, 2));
@@ -638,7 +673,7 @@ fn a_member_whose_session_closes_for_good_crashed_once_the_grace_runs_out() {
     m.handle(ms(5), accepted(2));
     m.handle(ms(10), session_down(A, 1));
     assert_eq!(drain(&mut m), []);
-    assert_eq!(m.poll_timeout(), Some(ms(30)));
+    assert_eq!(run_until(&mut m, ms(29)), []);
 
     // A timer that fires early changes nothing.
     m.handle_timeout(ms(29));
@@ -1279,6 +1314,7 @@ fn a_forged_goodbye_from_another_session_is_dropped_reported_once_and_changes_no
     let mut m = started(&[A, B], 3);
     admit(&mut m, ms(1), A, 1, 7);
     admit(&mut m, ms(2), B, 2, 9);
+    run_until(&mut m, ms(9)); // the ring's rebuild for B
     assert_eq!(m.state(), Ready);
 
     // B (or any peer with the cookie) sends a heartbeat naming A: A is

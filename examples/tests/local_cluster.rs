@@ -295,6 +295,34 @@ fn a_frozen_node_is_reported_unresponsive_and_rejoins_when_thawed() {
 }
 
 #[test]
+fn a_frozen_node_leaves_the_rings_of_members_that_do_not_watch_it() {
+    let _serial = serial();
+    // Seven nodes, each watched by two: four of the six survivors hear of
+    // the freeze only from its watchers.
+    let cluster = cluster(7).env("CLOISTER_MONITORS", "2").start().unwrap();
+    let all: Vec<usize> = (0..7).collect();
+    ok(cluster.wait_ready(&all, DEADLINE));
+    let mark = marks(&cluster);
+    let victim = cluster.node_name(3).to_string();
+
+    cluster.pause(3).unwrap();
+    for i in (0..7).filter(|&i| i != 3) {
+        ok(cluster.wait_for(i, DEADLINE, |events| {
+            saw_down(events, mark[i], &victim, "unresponsive")
+        }));
+    }
+    // Nobody else was dropped on the way.
+    for i in (0..7).filter(|&i| i != 3) {
+        let events = cluster.events(i);
+        let downs: Vec<_> = all_of(&events[mark[i]..], "node_down").collect();
+        assert_eq!(downs.len(), 1, "{}: {downs:?}", cluster.node_name(i));
+    }
+
+    cluster.resume(3).unwrap();
+    ok(cluster.wait_ready(&all, DEADLINE));
+}
+
+#[test]
 fn strangers_and_garbage_leave_the_cluster_intact() {
     let _serial = serial();
     // node4 is in everyone's sentry list but has another cookie.

@@ -177,9 +177,9 @@ pub struct Config {
     /// are in their handshake.
     #[serde(with = "humantime_serde")]
     pub session_grace: Duration,
-    /// How often this node sends each connected peer a heartbeat. Default 300ms,
-    /// more than zero. Shorter detects failures sooner for more traffic: n nodes
-    /// send n(n-1) heartbeats per interval.
+    /// How often this node sends a heartbeat to each member that watches it
+    /// (see `monitors`). Default 300ms, more than zero. Shorter detects
+    /// freezes sooner for more traffic.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// The silence after which a peer counts as down and leaves the ring.
@@ -188,6 +188,15 @@ pub struct Config {
     /// evict a live node and move its keys twice.
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
+    /// How many members watch each member's heartbeats, and how many each
+    /// watches. Default 5, at least 1. A member that a watcher has not heard
+    /// for `heartbeat_timeout` leaves every ring: the watcher tells every
+    /// member. A node's heartbeat cost is about twice this many messages per
+    /// interval, however large the cluster; a cluster of this many nodes
+    /// plus one or fewer is a full mesh. More watchers notice a freeze as
+    /// soon, with more traffic and more chances that one overloaded watcher
+    /// drops a live node.
+    pub monitors: usize,
     /// How long start-up waits for `consensus` before it reports that the
     /// cluster did not assemble. Default 60s, more than zero. Longer rides out
     /// slow orchestration (images pulled, DNS published); shorter surfaces a
@@ -230,6 +239,7 @@ impl std::fmt::Debug for Config {
             .field("session_grace", &self.session_grace)
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("monitors", &self.monitors)
             .field("startup_deadline", &self.startup_deadline)
             .field("ring_vnodes", &self.ring_vnodes)
             .field("ring", &self.ring)
@@ -255,6 +265,7 @@ impl Default for Config {
             session_grace: Duration::from_millis(20),
             heartbeat_interval: Duration::from_millis(300),
             heartbeat_timeout: Duration::from_millis(1500),
+            monitors: 5,
             startup_deadline: Duration::from_secs(60),
             ring_vnodes: 256,
             ring: RingMode::Builtin,
@@ -264,7 +275,7 @@ impl Default for Config {
 
 /// Every field with what it accepts: the keys read from `CLOISTER_*` and the
 /// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 18] = [
+const FIELDS: [(&str, &str); 19] = [
     ("app", NAME_PART),
     ("node_name", NAME_PART),
     ("sentry", SENTRY),
@@ -280,6 +291,7 @@ const FIELDS: [(&str, &str); 18] = [
     ("session_grace", DURATION),
     ("heartbeat_interval", DURATION),
     ("heartbeat_timeout", DURATION),
+    ("monitors", "a whole number, at least 1"),
     ("startup_deadline", DURATION),
     ("ring_vnodes", "a whole number from 1 to 4096"),
     (
@@ -457,6 +469,11 @@ impl Config {
             return Err(invalid("cookie", "\"\"", "must not be empty"));
         }
         self.check_timers()?;
+        if self.monitors == 0 {
+            let why =
+                "must be at least 1: a member nobody watches is never dropped when it freezes";
+            return Err(invalid("monitors", "0", why));
+        }
         let vnodes = self.ring_vnodes;
         if !(1..=4096).contains(&vnodes) {
             let why = "must be from 1 to 4096";

@@ -56,7 +56,7 @@ impl Membership {
             if let Some((_, until)) = peer.unproven {
                 next = earliest(next, until);
             }
-            if let Some(member) = &peer.member {
+            if let Some(member) = peer.member.as_ref().filter(|_| peer.watching) {
                 next = earliest(next, member.last_heard + timeout);
             }
             if let Some(until) = peer.grace_until {
@@ -124,8 +124,10 @@ impl Membership {
         peer.unproven = None;
         if peer.session != Some(session) {
             // A new session, a new handshake; the same one reported twice
-            // (both sides dialed) keeps its tokens.
+            // (both sides dialed) keeps its tokens. Whether the peer watches
+            // us, its heartbeats on the new session will say.
             peer.tokens.renew(self.token_source.next());
+            peer.watches_me = false;
         }
         peer.session = Some(session);
         peer.grace_until = None;

@@ -85,6 +85,17 @@ impl Membership {
     /// A heartbeat that counts, from `name` over `session`: admits, refreshes,
     /// restarts or lets go of the member. Returns whether it answered.
     fn heard(&mut self, now: Duration, name: &NodeName, session: SessionId, hb: Heartbeat) -> bool {
+        let suspects = hb.unresponsive.clone();
+        let answered = self.admit(now, name, session, hb);
+        if !suspects.is_empty() && self.incarnation_of(name).is_some() {
+            self.reported_unresponsive(now, name, suspects);
+        }
+        answered
+    }
+
+    /// The membership part of [`Membership::heard`]: admits, refreshes,
+    /// restarts or lets go of the member. Returns whether it answered.
+    fn admit(&mut self, now: Duration, name: &NodeName, session: SessionId, hb: Heartbeat) -> bool {
         let vnodes = self.ring_vnodes();
         let Some(peer) = self.peers.get_mut(name) else {
             return false;
@@ -107,6 +118,7 @@ impl Membership {
         if peer.left == Some(session) {
             return false; // sent before the goodbye of this same session
         }
+        peer.watches_me = hb.watching && !hb.leaving;
         if hb.leaving {
             peer.left = Some(session);
             if peer.member.is_some() {
@@ -148,62 +160,97 @@ impl Membership {
                     last_heard: now,
                     digest: hb.digest,
                 });
-                let deadline = now + self.config.heartbeat_timeout;
-                self.next_peer_timer = earliest(self.next_peer_timer, deadline);
                 self.publish(TopologyEvent::NodeUp {
                     node: name.clone(),
                     incarnation: hb.incarnation,
                 });
+                // Watched, if it is, once the ring includes it; answered
+                // then too, so the answer carries the new digest.
                 self.membership_changed(now);
-                // Answered once the ring includes it, so the answer carries
-                // the new digest.
                 self.answer_after_rebuild.insert(name.clone());
-                if !self
-                    .peers
-                    .values()
-                    .any(|p| p.session.is_some() && p.member.is_none())
-                {
-                    self.next_introduce = None; // everyone connected has answered
-                }
                 true
             }
         }
     }
 
-    /// Drops every member silent for `heartbeat_timeout`, and its session.
+    /// Drops every watched member silent for `heartbeat_timeout`, and its
+    /// session, and tells every other member at once.
     pub(super) fn expire_silent_members(&mut self, now: Duration) {
         let timeout = self.config.heartbeat_timeout;
-        let silent: Vec<NodeName> = self
+        let silent: Vec<Suspect> = self
             .peers
             .iter()
-            .filter(|(_, p)| {
-                p.member
-                    .as_ref()
-                    .is_some_and(|m| m.last_heard + timeout <= now)
+            .filter(|(_, p)| p.watching)
+            .filter_map(|(n, p)| Some((n, p.member.as_ref()?)))
+            .filter(|(_, m)| m.last_heard + timeout <= now)
+            .map(|(n, m)| Suspect {
+                node: n.clone(),
+                incarnation: m.incarnation,
             })
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        for suspect in &silent {
+            let why = format!("no heartbeat for {timeout:?}");
+            self.drop_unresponsive(now, &suspect.node, why);
+        }
+        // Once, to every member: their own deadlines may be far off, or they
+        // do not watch these members at all.
+        let members: Vec<NodeName> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.member.is_some() && p.session.is_some())
             .map(|(n, _)| n.clone())
             .collect();
-        for name in silent {
-            let Some(peer) = self.peers.get_mut(&name) else {
-                continue;
-            };
-            peer.grace_until = None;
-            if let Some(session) = peer.session.take() {
-                self.effects.push_back(Effect::Disconnect {
-                    peer: name.clone(),
-                    session,
-                });
-            }
-            // Give a frozen peer a backoff before the first redial.
-            let delay = backoff(&self.config, &mut self.rng, 0);
-            peer.dial = Dial::Idle { at: now + delay };
-            peer.last_error = Some(format!("no heartbeat for {timeout:?}"));
-            self.remove_member(now, &name, DownReason::Unresponsive);
+        for name in &members {
+            self.send_heartbeat_with(name, false, silent.clone());
         }
     }
 
+    /// A member's heartbeat reported members it watched and dropped as
+    /// unresponsive: drop them too, unless this node knows another
+    /// incarnation of them (a restart it has proven itself).
+    fn reported_unresponsive(&mut self, now: Duration, from: &NodeName, suspects: Vec<Suspect>) {
+        for Suspect { node, incarnation } in suspects {
+            if node == self.me || node == *from {
+                continue; // our own session, or its own, tells us more
+            }
+            if self.incarnation_of(&node) == Some(incarnation) {
+                let why = format!(
+                    "{from}, which watches it, heard no heartbeat from it for {:?}",
+                    self.config.heartbeat_timeout
+                );
+                self.drop_unresponsive(now, &node, why);
+            }
+        }
+    }
+
+    /// Drops member `name` as unresponsive and closes its session; a redial
+    /// comes after a backoff, so a frozen peer is not hammered.
+    fn drop_unresponsive(&mut self, now: Duration, name: &NodeName, why: String) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        peer.grace_until = None;
+        if let Some(session) = peer.session.take() {
+            self.effects.push_back(Effect::Disconnect {
+                peer: name.clone(),
+                session,
+            });
+        }
+        let delay = backoff(&self.config, &mut self.rng, 0);
+        peer.dial = Dial::Idle { at: now + delay };
+        peer.last_error = Some(why);
+        self.remove_member(now, name, DownReason::Unresponsive);
+    }
+
     pub(super) fn remove_member(&mut self, now: Duration, name: &NodeName, reason: DownReason) {
-        let Some(member) = self.peers.get_mut(name).and_then(|p| p.member.take()) else {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        peer.watching = false;
+        let Some(member) = peer.member.take() else {
             return;
         };
         self.publish(TopologyEvent::NodeDown {
@@ -215,12 +262,19 @@ impl Membership {
     }
 
     /// The members changed: the ring, the sentry and the node's state follow
-    /// at the next timeout, which is due at once. Every change that arrives
-    /// before it (a burst of joins while a cluster forms) shares one
-    /// rebuild: a ring of 100 members takes milliseconds to build, and
-    /// building it once per join made formation cost O(n²) per node.
+    /// at the next timeout. That is due at once after a quiet spell, so a
+    /// crash leaves the ring without delay; but within [`ring_batch`] of
+    /// the last rebuild it waits for the end of that spell, and every
+    /// change that arrives meanwhile (a burst of joins while a cluster
+    /// forms) shares one rebuild. A ring of 100 members takes milliseconds
+    /// to build; building it once per join made formation cost O(n²) per
+    /// node.
     pub(super) fn membership_changed(&mut self, now: Duration) {
-        self.ring_due = Some(self.ring_due.map_or(now, |due| due.min(now)));
+        let due = match self.last_rebuild {
+            Some(last) => now.max(last + ring_batch(&self.config)),
+            None => now,
+        };
+        self.ring_due = Some(self.ring_due.map_or(due, |at| at.min(due)));
     }
 
     /// Builds the ring of the current members if they changed since the
@@ -228,14 +282,45 @@ impl Membership {
     pub(super) fn rebuild_ring_if_due(&mut self, now: Duration) {
         if self.ring_due.is_some_and(|due| due <= now) {
             self.ring_due = None;
+            self.last_rebuild = Some(now);
             self.rebuild_ring();
-            for name in std::mem::take(&mut self.answer_after_rebuild) {
+            let mut tell = std::mem::take(&mut self.answer_after_rebuild);
+            tell.extend(self.assign_monitors(now));
+            for name in tell {
                 if self.peers.get(&name).is_some_and(|p| p.session.is_some()) {
                     self.send_heartbeat(&name, false);
                 }
             }
             self.evaluate();
         }
+    }
+
+    /// Watches the members [`monitors`] assigns this node in the current
+    /// ring, and only those. Returns the peers whose watch changed: they
+    /// must hear it (our heartbeats say whether we watch them). A newly
+    /// watched member gets a full `heartbeat_timeout` from now, since it
+    /// sends us heartbeats only once it hears that we watch it.
+    fn assign_monitors(&mut self, now: Duration) -> Vec<NodeName> {
+        let assigned: BTreeSet<NodeName> =
+            monitors(self.ring.members(), &self.me, self.config.monitors)
+                .into_iter()
+                .cloned()
+                .collect();
+        let mut changed = Vec::new();
+        for (name, peer) in &mut self.peers {
+            let watch = assigned.contains(name) && peer.member.is_some();
+            if watch == peer.watching {
+                continue;
+            }
+            peer.watching = watch;
+            if let Some(member) = peer.member.as_mut().filter(|_| watch) {
+                member.last_heard = member.last_heard.max(now);
+                let deadline = member.last_heard + self.config.heartbeat_timeout;
+                self.next_peer_timer = earliest(self.next_peer_timer, deadline);
+            }
+            changed.push(name.clone());
+        }
+        changed
     }
 
     fn rebuild_ring(&mut self) {
@@ -336,8 +421,36 @@ impl Membership {
         }
     }
 
+    /// The periodic heartbeat: to the members that watch this node, to
+    /// connected peers that are not members yet (until they answer), and to
+    /// watched members not heard for two intervals, in case they missed
+    /// that we watch them (a heartbeat lost while a session was replaced).
+    pub(super) fn heartbeat_round(&mut self, now: Duration) {
+        let overdue = now.saturating_sub(2 * self.config.heartbeat_interval);
+        let due: Vec<NodeName> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.session.is_some())
+            .filter(|(_, p)| match &p.member {
+                None => true,
+                Some(m) => p.watches_me || (p.watching && m.last_heard <= overdue),
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &due {
+            self.send_heartbeat(name, false);
+        }
+    }
+
     pub(super) fn send_heartbeat(&mut self, to: &NodeName, leaving: bool) {
-        let tokens = self.peers.get(to).map(|p| p.tokens).unwrap_or_default();
+        self.send_heartbeat_with(to, leaving, Vec::new());
+    }
+
+    fn send_heartbeat_with(&mut self, to: &NodeName, leaving: bool, unresponsive: Vec<Suspect>) {
+        let (tokens, watching) = self
+            .peers
+            .get(to)
+            .map_or_else(Default::default, |p| (p.tokens, p.watching));
         let heartbeat = Heartbeat {
             from: self.me.clone(),
             app: self.config.app.clone(),
@@ -347,12 +460,20 @@ impl Membership {
             leaving,
             token: tokens.mine,
             echo: tokens.theirs,
+            watching,
+            unresponsive,
         };
         self.effects.push_back(Effect::SendHeartbeat {
             to: to.clone(),
             heartbeat,
         });
     }
+}
+
+/// The shortest time between two ring rebuilds: a sixteenth of the
+/// heartbeat interval (19 ms by default).
+pub(super) fn ring_batch(config: &Config) -> Duration {
+    config.heartbeat_interval / 16
 }
 
 /// A ring configuration as the config spells it.

@@ -44,6 +44,7 @@
 mod handshakes;
 mod links;
 mod members;
+mod monitors;
 mod peer;
 mod protocol;
 
@@ -57,8 +58,11 @@ use crate::names::{Incarnation, NodeName, SentryNode};
 use crate::ring::Ring;
 use crate::tally::Tally;
 
+pub use monitors::monitors;
 use peer::{backoff, earliest, Dial, Member, Peer, TokenSource};
-pub use protocol::{AssemblyReport, DropReason, Effect, Heartbeat, Input, MissingPeer, SessionId};
+pub use protocol::{
+    AssemblyReport, DropReason, Effect, Heartbeat, Input, MissingPeer, SessionId, Suspect,
+};
 
 /// One node's membership state machine. See the module docs for the protocol.
 #[derive(Debug)]
@@ -82,6 +86,8 @@ pub struct Membership {
     /// When to rebuild the ring: the members changed (see
     /// `membership_changed`).
     ring_due: Option<Duration>,
+    /// When the ring was last rebuilt.
+    last_rebuild: Option<Duration>,
     /// Members admitted since the last rebuild, answered right after it.
     answer_after_rebuild: BTreeSet<NodeName>,
     /// A lower bound of the earliest per-peer timer; recomputed on timeouts.
@@ -123,6 +129,7 @@ impl Membership {
             next_heartbeat: None,
             next_introduce: None,
             ring_due: None,
+            last_rebuild: None,
             answer_after_rebuild: BTreeSet::new(),
             next_peer_timer: None,
             discovery_error: None,
@@ -196,14 +203,30 @@ impl Membership {
         Some(self.peers.get(node)?.member.as_ref()?.incarnation)
     }
 
-    /// True when every other member's last heartbeat carried this node's ring
-    /// digest: as far as this node can tell, the members agree on the ring.
+    /// True when the last heartbeat of every member this node watches
+    /// carried this node's ring digest. Watching links every member to
+    /// every other (each watches the next ones in one order, around a
+    /// circle), so when every member says converged, all rings agree.
     pub fn converged(&self) -> bool {
         let digest = self.ring.digest();
         self.peers
             .values()
+            .filter(|p| p.watching)
             .filter_map(|p| p.member.as_ref())
             .all(|m| m.digest == digest)
+    }
+
+    /// The members this node watches, sorted (see [`monitors`]).
+    pub fn watched(&self) -> Vec<NodeName> {
+        let watched = self.peers.iter().filter(|(_, p)| p.watching);
+        watched.map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The peers that watch this node, sorted: those it sends a heartbeat
+    /// every interval.
+    pub fn watchers(&self) -> Vec<NodeName> {
+        let watchers = self.peers.iter().filter(|(_, p)| p.watches_me);
+        watchers.map(|(n, _)| n.clone()).collect()
     }
 
     /// The view of the cluster right now.
@@ -315,7 +338,7 @@ impl Membership {
             self.introduce(now);
         }
         if self.next_heartbeat.is_some_and(|at| at <= now) {
-            self.heartbeat_all(false);
+            self.heartbeat_round(now);
             self.next_heartbeat = Some(now + self.config.heartbeat_interval);
         }
         self.expire_handshakes(now);

@@ -58,6 +58,12 @@ pub(super) struct Peer {
     /// heartbeat again every `introduce_every`: a first heartbeat can be lost
     /// when ractor_cluster replaces a duplicate session under it.
     pub(super) introduce_until: Option<Duration>,
+    /// This node watches it (see `monitors`): its silence for
+    /// `heartbeat_timeout` drops it, and our heartbeats say so.
+    pub(super) watching: bool,
+    /// It watches this node, as its last heartbeat on the current session
+    /// said: it gets our heartbeat every interval.
+    pub(super) watches_me: bool,
 }
 
 impl Peer {
@@ -77,6 +83,8 @@ impl Peer {
             grace_until: None,
             unproven: None,
             introduce_until: None,
+            watching: false,
+            watches_me: false,
         }
     }
 }

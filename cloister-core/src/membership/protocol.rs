@@ -44,6 +44,32 @@ pub struct Heartbeat {
     /// that peer's session and not from another peer naming it.
     #[serde(default)]
     pub echo: u64,
+    /// The sender watches the receiver (see [`monitors`](super::monitors)):
+    /// the receiver sends it a heartbeat every `heartbeat_interval`, and the
+    /// sender drops the receiver after `heartbeat_timeout` without one.
+    /// False stops those heartbeats. A peer that predates the field watches
+    /// every member, so it reads as true.
+    #[serde(default = "watching_by_default")]
+    pub watching: bool,
+    /// Members the sender watched and dropped as unresponsive, just now:
+    /// pushed once to every member, which drops them too, so a frozen node
+    /// leaves every ring within one trip of its watchers' timeout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unresponsive: Vec<Suspect>,
+}
+
+/// A member a watcher dropped as unresponsive (see
+/// [`Heartbeat::unresponsive`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspect {
+    /// The member.
+    pub node: NodeName,
+    /// Its incarnation: a receiver that knows another one ignores the report.
+    pub incarnation: Incarnation,
+}
+
+fn watching_by_default() -> bool {
+    true
 }
 
 /// Why a heartbeat was dropped unheard (see [`Effect::Dropped`]).
