@@ -372,7 +372,7 @@ impl Sim {
 
     fn carry_out(&mut self, i: usize, effect: Effect) {
         match effect {
-            Effect::Dial { peer, addr } => {
+            Effect::Dial { peer, addr, .. } => {
                 let at = self.now + self.delay();
                 let Some(&j) = self.by_addr.get(&addr) else {
                     return self.answer_dial_failed(i, peer, "no such host", at);
@@ -437,6 +437,8 @@ impl Sim {
             Effect::Refused { .. }
             | Effect::CloseSession { .. }
             | Effect::Strangers { .. }
+            | Effect::Stalled { .. }
+            | Effect::Slow { .. }
             | Effect::Adopt { .. } => {}
             Effect::Dropped { claimed, why } => self.nodes[i].dropped.push((claimed, why)),
         }

@@ -159,10 +159,62 @@ fn a_dial_of_this_node_that_fails_its_handshake_is_no_stranger() {
         .into_iter()
         .chain(run_until(&mut m, ms(10_000)).into_iter().map(|(_, e)| e))
         .collect();
+    // Its own slow handshake also tells this node its timeouts are too
+    // short for the machine: they double.
     assert_eq!(
         effects,
-        vec![Effect::CloseSession {
-            session: SessionId(2)
-        }]
+        vec![
+            Effect::CloseSession {
+                session: SessionId(2)
+            },
+            Effect::Slow {
+                dial_timeout: ms(1000),
+                handshake_timeout: ms(2000),
+            }
+        ]
     );
+}
+
+#[test]
+fn slow_own_handshakes_stretch_the_timeouts_and_fast_ones_shrink_them_back() {
+    let mut m = started();
+    let own = |session| Input::SessionOpened {
+        session: SessionId(session),
+        inbound: false,
+    };
+    // Base timeouts: dial 500 ms, handshake 1 s. Two dials of this node
+    // never finish their handshake: each doubles both timeouts.
+    m.handle(ms(0), own(1));
+    let first = run_until(&mut m, ms(1000));
+    assert!(first.contains(&(ms(1000), slow(1000, 2000))), "{first:?}");
+    m.handle(ms(1000), own(2));
+    let second = run_until(&mut m, ms(3000));
+    assert!(second.contains(&(ms(3000), slow(2000, 4000))), "{second:?}");
+
+    // A connection now gets 4 s to authenticate, where it had 1 s...
+    m.handle(ms(3000), opened(3));
+    assert!(run_until(&mut m, ms(6999)).is_empty());
+    // ... and one that authenticates quickly halves the timeouts again.
+    m.handle(ms(3000), opened(4));
+    let quick = Input::SessionAuthenticated {
+        session: SessionId(4),
+        peer: None,
+    };
+    m.handle(ms(3100), quick);
+    assert_eq!(drain(&mut m), [slow(1000, 2000)]);
+
+    // Strangers that say nothing never stretch them: only this node's own
+    // dials do.
+    let before = run_until(&mut m, ms(10_000));
+    assert!(
+        !before.iter().any(|(_, e)| matches!(e, Effect::Slow { .. })),
+        "{before:?}"
+    );
+}
+
+fn slow(dial_ms: u64, handshake_ms: u64) -> Effect {
+    Effect::Slow {
+        dial_timeout: ms(dial_ms),
+        handshake_timeout: ms(handshake_ms),
+    }
 }

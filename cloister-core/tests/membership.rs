@@ -244,6 +244,7 @@ fn dial(peer: &str) -> Effect {
     Effect::Dial {
         peer: n(peer),
         addr: entry(peer).addr,
+        timeout: Config::for_tests().dial_timeout,
     }
 }
 
@@ -803,6 +804,37 @@ fn a_known_peer_that_never_authenticates_is_a_stranger_after_the_handshake_timeo
 }
 
 // ---- 5. Unresponsive members -----------------------------------------------------
+
+#[test]
+fn a_node_that_did_not_run_holds_its_own_stall_against_no_member() {
+    let mut m = started(&[A], 2);
+    m.handle(ms(0), session_up(A, 1));
+    drain(&mut m);
+    m.handle(ms(50), Input::Heartbeat(hb(&m, A, 7, digest(&[A, ME]))));
+    drain(&mut m);
+    assert_eq!(m.poll_timeout(), Some(ms(100)));
+
+    // ME's wake-up due at 100ms comes at 1000ms: ME itself did not run (a
+    // starved machine). A's heartbeats of the meantime wait in ME's mailbox;
+    // its silence is not held against it.
+    m.handle_timeout(ms(1000));
+    let effects = drain(&mut m);
+    assert!(
+        effects.contains(&Effect::Stalled { late: ms(900) }),
+        "{effects:#?}"
+    );
+    assert!(!effects.contains(&down(A, 7, Unresponsive)), "{effects:#?}");
+    m.handle(ms(1000), Input::Heartbeat(hb(&m, A, 7, digest(&[A, ME]))));
+    drain(&mut m);
+
+    // Silence that ME was awake for still counts: A is dropped 500ms after
+    // its last heartbeat.
+    let quiet = run_until(&mut m, ms(1499));
+    assert!(!quiet.iter().any(|(_, e)| *e == down(A, 7, Unresponsive)));
+    assert_eq!(m.poll_timeout(), Some(ms(1500)));
+    m.handle_timeout(ms(1500));
+    assert!(drain(&mut m).contains(&down(A, 7, Unresponsive)));
+}
 
 #[test]
 fn a_silent_member_is_dropped_with_its_session_and_rejoins_when_it_answers() {

@@ -162,7 +162,11 @@ pub struct Config {
     pub dial_backoff_jitter: f64,
     /// How long a connection attempt may take before it counts as failed.
     /// Default 1s, more than zero. Shorter gives up on an unreachable peer
-    /// sooner; longer tolerates slow, distant links.
+    /// sooner; longer tolerates slow, distant links. When the handshakes of
+    /// this node's dials time out, it doubles this and the handshake
+    /// timeout, up to eight times, and halves them again once handshakes
+    /// are quick: on a machine slower than the timeouts assume, a cluster
+    /// forms slower instead of not at all.
     #[serde(with = "humantime_serde")]
     pub dial_timeout: Duration,
     /// How long a member whose session closed stays in the ring waiting for a

@@ -9,19 +9,74 @@
 //! before it authenticates; the closed one names a peer this node knows.
 //! Such a close counts as a stranger only if no session with that peer is
 //! up, or authenticates, within the handshake timeout (a wrong cookie).
+//!
+//! On a machine slower than the timers assume (100 nodes forming on two
+//! cores), handshakes take longer than their timeouts. Closing them then
+//! only makes more work: every redial starts a new handshake, and the
+//! cluster stops forming. So the timeouts stretch: each of this node's own
+//! dials whose connection is up but whose handshake expires doubles the
+//! handshake and dial timeouts, up to [`MAX_STRETCH`] doublings; each
+//! handshake that finishes within half the base timeout halves them again.
+//! Only this node's own dials stretch them, so strangers holding
+//! connections open do not, and neither does a peer that is down (its
+//! dials fail or time out before any connection is up). A frozen peer
+//! does: its kernel still accepts the connection.
 
 use std::time::Duration;
 
 use super::*;
 
+/// How many times the dial and handshake timeouts may double: 8 times the
+/// configured ones at most.
+pub(super) const MAX_STRETCH: u32 = 3;
+
 impl Membership {
+    /// The handshake timeout, stretched as slow handshakes require.
+    pub(super) fn handshake_deadline(&self) -> Duration {
+        self.config.handshake_timeout() * (1 << self.stretch)
+    }
+
+    /// The dial timeout, stretched as slow dials require.
+    pub(super) fn dial_deadline(&self) -> Duration {
+        self.config.dial_timeout * (1 << self.stretch)
+    }
+
+    /// One of this node's own handshakes expired: the timeouts double, and
+    /// the operator hears of it.
+    pub(super) fn stretch_timeouts(&mut self) {
+        if self.stretch < MAX_STRETCH {
+            self.stretch += 1;
+            self.effects.push_back(Effect::Slow {
+                dial_timeout: self.dial_deadline(),
+                handshake_timeout: self.handshake_deadline(),
+            });
+        }
+    }
+
     pub(super) fn session_opened(&mut self, now: Duration, session: SessionId, inbound: bool) {
-        let deadline = now.saturating_add(self.config.handshake_timeout());
+        let deadline = now.saturating_add(self.handshake_deadline());
         self.handshakes.insert(session, (deadline, inbound));
     }
 
-    pub(super) fn authenticated(&mut self, session: SessionId, name: Option<NodeName>) {
-        self.handshakes.remove(&session);
+    pub(super) fn authenticated(
+        &mut self,
+        now: Duration,
+        session: SessionId,
+        name: Option<NodeName>,
+    ) {
+        if let Some((deadline, _)) = self.handshakes.remove(&session) {
+            // Done within half the base timeout: the machine keeps up again.
+            let took = self
+                .handshake_deadline()
+                .saturating_sub(deadline.saturating_sub(now));
+            if self.stretch > 0 && took < self.config.handshake_timeout() / 2 {
+                self.stretch -= 1;
+                self.effects.push_back(Effect::Slow {
+                    dial_timeout: self.dial_deadline(),
+                    handshake_timeout: self.handshake_deadline(),
+                });
+            }
+        }
         let Some(name) = name else { return };
         let Some(peer) = self.peers.get_mut(&name) else {
             return; // an unknown peer is heard of when its session is up
@@ -64,11 +119,11 @@ impl Membership {
             return; // this node's own dial: it fails as a dial
         }
         let live = peer.is_some_and(|name| self.pending_session(name).is_some());
+        let until = now.saturating_add(self.handshake_deadline());
         match peer.and_then(|name| self.peers.get_mut(name)) {
             // A duplicate of a session that is up or authenticated.
             Some(peer) if peer.session.is_some() || live => {}
             Some(peer) => {
-                let until = now.saturating_add(self.config.handshake_timeout());
                 let count = peer.unproven.map_or(0, |(count, _)| count);
                 peer.unproven = Some((count + 1, until));
                 self.next_peer_timer = earliest(self.next_peer_timer, until);
@@ -92,6 +147,8 @@ impl Membership {
             self.effects.push_back(Effect::CloseSession { session });
             if inbound {
                 self.note_stranger(now);
+            } else {
+                self.stretch_timeouts();
             }
         }
         let mut unproven = 0;

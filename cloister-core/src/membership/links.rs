@@ -52,6 +52,7 @@ impl Membership {
     pub(super) fn run_dials(&mut self, now: Duration) {
         let mut next: Option<Duration> = None;
         let timeout = self.config.heartbeat_timeout;
+        let dial_timeout = self.dial_deadline();
         for (name, peer) in &mut self.peers {
             if let Some((_, until)) = peer.unproven {
                 next = earliest(next, until);
@@ -75,8 +76,8 @@ impl Membership {
                     continue;
                 }
                 peer.last_error = Some(format!(
-                    "dialed, but no ready session within {:?} (wrong cookie, not a cloister node, or frozen)",
-                    self.config.dial_timeout
+                    "dialed, but no ready session within {dial_timeout:?} (wrong cookie, not a \
+                     cloister node, frozen, or a machine slower than the timeouts)"
                 ));
                 let delay = backoff(&self.config, &mut self.rng, peer.failed_dials);
                 peer.failed_dials = peer.failed_dials.saturating_add(1);
@@ -84,12 +85,13 @@ impl Membership {
             }
             match peer.dial {
                 Dial::Idle { at } if at <= now => {
-                    let deadline = now + self.config.dial_timeout;
+                    let deadline = now + dial_timeout;
                     peer.dial = Dial::Pending { deadline };
                     next = earliest(next, deadline);
                     self.effects.push_back(Effect::Dial {
                         peer: name.clone(),
                         addr,
+                        timeout: dial_timeout,
                     });
                 }
                 Dial::Idle { at } | Dial::Pending { deadline: at } => next = earliest(next, at),

@@ -173,6 +173,21 @@ impl Membership {
         }
     }
 
+    /// This wake-up came `late` after it was due. More than a heartbeat
+    /// interval late, this node itself did not run (an overloaded machine,
+    /// a paused process): the heartbeats its watched members sent meanwhile
+    /// wait in its mailbox, so the silence does not count against them.
+    /// Their deadlines move on by as much, and the operator is told.
+    pub(super) fn excuse_own_stall(&mut self, now: Duration, late: Duration) {
+        if late <= self.config.heartbeat_interval {
+            return;
+        }
+        for member in self.peers.values_mut().filter_map(|p| p.member.as_mut()) {
+            member.last_heard = (member.last_heard + late).min(now);
+        }
+        self.effects.push_back(Effect::Stalled { late });
+    }
+
     /// Drops every watched member silent for `heartbeat_timeout`, and its
     /// session, and tells every other member at once.
     pub(super) fn expire_silent_members(&mut self, now: Duration) {

@@ -96,6 +96,9 @@ pub struct Membership {
     /// Connections still in their handshake: their deadlines, and whether
     /// they were accepted (rather than dialed).
     handshakes: BTreeMap<SessionId, (Duration, bool)>,
+    /// How many times the dial and handshake timeouts are doubled now:
+    /// see `handshakes`.
+    stretch: u32,
     /// Sessions of known peers that authenticated and are not up yet.
     authenticated: BTreeMap<SessionId, NodeName>,
     /// Connections that closed without authenticating, for the log.
@@ -134,6 +137,7 @@ impl Membership {
             next_peer_timer: None,
             discovery_error: None,
             handshakes: BTreeMap::new(),
+            stretch: 0,
             authenticated: BTreeMap::new(),
             strangers: Tally::new(),
             unknown_names: BTreeSet::new(),
@@ -310,7 +314,7 @@ impl Membership {
                 self.session_opened(now, session, inbound);
             }
             Input::SessionAuthenticated { session, peer } => {
-                self.authenticated(session, peer);
+                self.authenticated(now, session, peer);
             }
             Input::ConnectionClosed { session } => self.connection_closed(now, session, None),
             Input::SessionUp { peer, session } => self.session_up(now, peer, session),
@@ -329,6 +333,9 @@ impl Membership {
     pub fn handle_timeout(&mut self, now: Duration) {
         if !self.is_running() {
             return;
+        }
+        if let Some(due) = self.poll_timeout() {
+            self.excuse_own_stall(now, now.saturating_sub(due));
         }
         if self.next_resolve.is_some_and(|at| at <= now) {
             self.effects.push_back(Effect::Resolve);

@@ -173,6 +173,9 @@ pub enum Effect {
         peer: NodeName,
         /// Where it listens.
         addr: NodeAddr,
+        /// How long the connection may take: the dial timeout, stretched
+        /// while dials are slow (see [`Effect::Slow`]).
+        timeout: std::time::Duration,
     },
     /// Close this session with `peer` (it stopped answering).
     Disconnect {
@@ -206,6 +209,23 @@ pub enum Effect {
     Strangers {
         /// How many since the last report.
         count: u64,
+    },
+    /// This node's wake-up came `late` after it was due, more than a
+    /// heartbeat interval: the node did not run meanwhile (an overloaded
+    /// machine or a paused process). Its watched members' silence during
+    /// that time was not counted against them; for the operator's log.
+    Stalled {
+        /// How late the wake-up was.
+        late: std::time::Duration,
+    },
+    /// Dials or handshakes took longer than their timeouts (or are fast
+    /// again): these are the timeouts now, between the configured ones and
+    /// eight times those. For the operator's log.
+    Slow {
+        /// How long a dial may take to give a ready session.
+        dial_timeout: std::time::Duration,
+        /// How long a connection may take to authenticate.
+        handshake_timeout: std::time::Duration,
     },
     /// Resolve the DNS service now and answer with [`Input::Discovered`] or
     /// [`Input::DiscoveryFailed`]. Comes again every `discovery_tick`.

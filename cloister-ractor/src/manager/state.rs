@@ -193,7 +193,11 @@ impl ManagerState {
     pub(super) fn apply(&mut self, myself: &ActorRef<CloisterMessage>) {
         while let Some(effect) = self.machine.poll() {
             match effect {
-                Effect::Dial { peer, addr } => self.dial(myself, peer, addr),
+                Effect::Dial {
+                    peer,
+                    addr,
+                    timeout,
+                } => self.dial(myself, peer, addr, timeout),
                 Effect::Disconnect { peer, session } => self.disconnect(peer, session),
                 Effect::Resolve => {
                     if let Some(discovery) = &self.discovery {
@@ -233,6 +237,29 @@ impl ManagerState {
                         link.stop(Some("cloister: handshake timed out".into()));
                     }
                 }
+                // Long enough to have dropped its peers without the excuse:
+                // the operator should know the machine starves it.
+                Effect::Stalled { late } if late >= self.config.heartbeat_timeout => {
+                    tracing::warn!(
+                        late_ms = late.as_millis() as u64,
+                        "this node did not run for {late:?} (an overloaded machine or a paused \
+                         process): its peers' silence meanwhile is not held against them"
+                    );
+                }
+                Effect::Stalled { late } => tracing::info!(
+                    late_ms = late.as_millis() as u64,
+                    "this node ran {late:?} late: its peers' silence meanwhile is not held \
+                     against them"
+                ),
+                Effect::Slow {
+                    dial_timeout,
+                    handshake_timeout,
+                } => tracing::info!(
+                    ?dial_timeout,
+                    ?handshake_timeout,
+                    "dials or handshakes are slower than their timeouts, or fast again: the \
+                     timeouts are now {dial_timeout:?} and {handshake_timeout:?}"
+                ),
                 Effect::Strangers { count } => {
                     self.counters.strangers(count);
                     tracing::warn!(
@@ -252,10 +279,15 @@ impl ManagerState {
         }
     }
 
-    pub(super) fn dial(&self, myself: &ActorRef<CloisterMessage>, peer: NodeName, addr: NodeAddr) {
+    pub(super) fn dial(
+        &self,
+        myself: &ActorRef<CloisterMessage>,
+        peer: NodeName,
+        addr: NodeAddr,
+        timeout: Duration,
+    ) {
         let node_server = self.node_server.clone();
         let myself = myself.clone();
-        let timeout = self.config.dial_timeout;
         tokio::spawn(async move {
             // Dialing a peer that already has a session can tear it down
             // (ractor_cluster's duplicate election): look first. The core

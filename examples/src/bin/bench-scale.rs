@@ -21,7 +21,8 @@
 //! - freeze: then SIGSTOP another; the same.
 //!
 //! Every process is killed when its cluster is dropped, also on failure.
-//! Not measured yet: the raw ractor_cluster mesh to compare with.
+//! The floor to compare with, a raw ractor_cluster mesh of the same sizes,
+//! is `raw-mesh`.
 
 use std::fs;
 use std::path::PathBuf;
@@ -53,6 +54,17 @@ struct Args {
     /// Seconds each formed cluster idles while CPU and drops are counted.
     #[arg(long, default_value_t = 20)]
     idle: u64,
+    /// `CLOISTER_<FIELD>=value` for every node, after the defaults (for
+    /// example `--env CLOISTER_HEARTBEAT_TIMEOUT=5s`); repeatable.
+    #[arg(long = "env", value_parser = parse_env)]
+    envs: Vec<(String, String)>,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if key.starts_with("CLOISTER_") => Ok((key.into(), value.into())),
+        _ => Err(format!("`{text}` is not CLOISTER_<FIELD>=value")),
+    }
 }
 
 /// What one run of one size measured.
@@ -105,10 +117,25 @@ fn main() -> Result<()> {
 
 fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
     let (env, extra_args) = node_config(false);
+    // The node's flags win over its environment: a timer set with `--env`
+    // replaces the flag that would set it.
+    let mut extra_args = extra_args.into_iter();
+    let mut flags = Vec::new();
+    while let (Some(flag), Some(value)) = (extra_args.next(), extra_args.next()) {
+        let field = format!(
+            "CLOISTER_{}",
+            flag.trim_start_matches("--").replace('-', "_")
+        );
+        let set = args
+            .envs
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(&field));
+        flags.extend([flag, set.map_or(value, |(_, v)| v.clone())]);
+    }
     let mut builder = LocalCluster::builder(binary, n)
         .consensus(n)
-        .extra_args(extra_args);
-    for (key, value) in env {
+        .extra_args(flags);
+    for (key, value) in env.into_iter().chain(args.envs.iter().cloned()) {
         builder = builder.env(key, value);
     }
     let mut cluster = builder.build()?;
