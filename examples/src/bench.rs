@@ -137,3 +137,33 @@ pub fn wait_dropped(
         .filter_map(|k| seen(cluster, k))
         .collect())
 }
+
+/// What the processes `pids` use over `idle`: the CPU of each, in % of one
+/// core, and then the VmRSS of each, in MiB.
+pub fn idle_cost(pids: &[u32], idle: Duration) -> Result<(Vec<f64>, Vec<f64>)> {
+    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
+    let start = std::time::Instant::now();
+    std::thread::sleep(idle);
+    let after: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
+    let elapsed = start.elapsed().as_secs_f64();
+    // USER_HZ is 100 on Linux: a tick is 10 ms.
+    let cpu = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.saturating_sub(*b) as f64 * 10.0 / 1000.0 / elapsed * 100.0)
+        .collect();
+    let mut rss = Vec::with_capacity(pids.len());
+    for &pid in pids {
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|e| anyhow!("process {pid} is gone: {e}"))?;
+        rss.push(status_kib(&status, "VmRSS:")? as f64 / 1024.0);
+    }
+    Ok((cpu, rss))
+}
+
+/// The median of `values` (the upper one of an even count), 0 when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}

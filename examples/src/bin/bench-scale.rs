@@ -24,15 +24,13 @@
 //! The floor to compare with, a raw ractor_cluster mesh of the same sizes,
 //! is `raw-mesh`.
 
-use std::fs;
 use std::path::PathBuf;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use clap::Parser;
 use cloister_examples::bench::{
-    cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms, wait_dropped,
+    idle_cost, median, node_binary, node_config, ts, unix_ms, wait_dropped,
 };
 use cloister_ractor::testing::{all_of, LocalCluster};
 
@@ -173,23 +171,7 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
 
     let marks: Vec<usize> = all.iter().map(|&i| cluster.event_count(i)).collect();
     let pids = cluster.pids();
-    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
-    let start = Instant::now();
-    thread::sleep(Duration::from_secs(args.idle));
-    let after: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
-    let elapsed = start.elapsed().as_secs_f64();
-    // USER_HZ is 100 on Linux: a tick is 10 ms.
-    run.cpu = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| a.saturating_sub(*b) as f64 * 10.0 / 1000.0 / elapsed * 100.0)
-        .collect();
-    for &pid in &pids {
-        let status = fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_err(|e| anyhow!("process {pid} is gone: {e}"))?;
-        run.rss_mib
-            .push(status_kib(&status, "VmRSS:")? as f64 / 1024.0);
-    }
+    (run.cpu, run.rss_mib) = idle_cost(&pids, Duration::from_secs(args.idle))?;
     run.false_drops = all
         .iter()
         .map(|&i| {
@@ -228,10 +210,4 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
         gone.push(victim);
     }
     Ok(run)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }

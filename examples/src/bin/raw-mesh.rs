@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
-use cloister_examples::bench::{cpu_ticks, status_kib, unix_ms};
+use cloister_examples::bench::{idle_cost, median, unix_ms};
 use ractor::Actor;
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
@@ -229,22 +229,7 @@ fn measure(n: usize, args: &Args) -> Result<Run> {
         .reduce(f64::max)
         .map(|t| t - last_spawn);
     let pids: Vec<u32> = processes.0.iter().map(Child::id).collect();
-    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
-    let start = Instant::now();
-    thread::sleep(Duration::from_secs(args.idle));
-    let after: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
-    let elapsed = start.elapsed().as_secs_f64();
-    // USER_HZ is 100 on Linux: a tick is 10 ms.
-    run.cpu = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| a.saturating_sub(*b) as f64 * 10.0 / 1000.0 / elapsed * 100.0)
-        .collect();
-    for &pid in &pids {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        run.rss_mib
-            .push(status_kib(&status, "VmRSS:")? as f64 / 1024.0);
-    }
+    (run.cpu, run.rss_mib) = idle_cost(&pids, Duration::from_secs(args.idle))?;
     Ok(run)
 }
 
@@ -262,10 +247,4 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
             ports.len()
         )),
     }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
