@@ -616,6 +616,32 @@ fn warnings(cluster: &LocalCluster, i: usize) -> Vec<String> {
 }
 
 #[test]
+fn every_log_line_names_its_node_once() {
+    // ractor runs a handler inside the span its message was sent from, so
+    // the Manager's messages to itself nested its own span once per hop:
+    // `cloister{node=a}:cloister{node=a}:...` on every line an operator reads.
+    let _serial = serial();
+    let mut cluster = cluster(3).consensus(2).start().unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEADLINE));
+    cluster.kill(2).unwrap();
+    ok(cluster.wait_agree(&[0, 1], "ready", DEADLINE));
+    thread::sleep(Duration::from_secs(1)); // a few heartbeat rounds
+    for i in [0, 1] {
+        let stderr = std::fs::read_to_string(cluster.stderr_path(i)).unwrap();
+        let nested: Vec<&str> = stderr
+            .lines()
+            .filter(|line| line.matches("cloister{node=").count() > 1)
+            .collect();
+        assert!(
+            nested.is_empty(),
+            "{} nests its span:\n{}",
+            cluster.node_name(i),
+            nested.join("\n")
+        );
+    }
+}
+
+#[test]
 fn a_healthy_formation_logs_no_warning_and_drops_no_node() {
     // Nodes started together dial each other at once, so ractor_cluster
     // closes the duplicate connections of most pairs, and may demote a

@@ -387,7 +387,10 @@ impl Actor for CloisterManager {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let span = tracing::info_span!("cloister", node = %state.machine.name());
+        // A root span: ractor runs a handler inside the span its message was
+        // sent from, and the Manager sends itself messages from inside this
+        // one, which nested it once per hop.
+        let span = tracing::info_span!(parent: None, "cloister", node = %state.machine.name());
         let _in_span = span.enter();
         match message {
             CloisterMessage::AwaitConsensus(reply) => {
