@@ -120,8 +120,9 @@ impl<'de> Deserialize<'de> for Digest {
 }
 
 /// One virtual node as stored in the `hashring`. Only `name` and `replica`
-/// are hashed (see the module docs); `member` and `position` ride along so a
-/// lookup lands straight on the owner and on its place in clockwise order.
+/// are hashed (see the module docs); `member` rides along so a lookup lands
+/// straight on the owner (and, through `Ring::positions`, on its place in
+/// clockwise order).
 ///
 /// Indexes are `u32` to keep an entry as small as raw hashring's
 /// `(String, u32)`, which keeps lookups as fast; 2^32 virtual nodes would
@@ -134,8 +135,6 @@ struct VirtualNode {
     replica: u32,
     /// Index of the member in `Ring::members`.
     member: u32,
-    /// Index of this virtual node in `Ring::clockwise`.
-    position: u32,
 }
 
 impl Hash for VirtualNode {
@@ -180,6 +179,9 @@ pub struct Ring {
     /// The member index of every virtual node in ring order, which `hashring`
     /// keeps private; `nodes_for` walks it from the owner's position.
     clockwise: Vec<u32>,
+    /// Where in `clockwise` each virtual node sits, by
+    /// `member * vnodes + replica`.
+    positions: Vec<u32>,
     /// Computed once, since peers compare digests on every heartbeat.
     digest: Digest,
 }
@@ -203,28 +205,29 @@ impl Ring {
                     name: Arc::clone(&name),
                     replica,
                     member: member as u32,
-                    position: 0,
                 })
             })
             .collect();
 
-        // A `HashRing` iterates in ring order but does not say where a node
-        // sits. Place the virtual nodes once to learn their order, then build
-        // the ring we keep from them with positions filled in; `position` is
-        // not hashed, so both rings place every virtual node alike.
-        let mut probe = HashRing::new();
-        probe.batch_add(unplaced);
-        let placed: Vec<VirtualNode> = probe
+        // A `HashRing` iterates in ring order (consuming itself) but does
+        // not say where a node sits: a copy of it, consumed, gives the
+        // order, which `nodes_for` walks from the owner's place. Copying
+        // costs less than hashing and sorting every virtual node again.
+        let mut placement = HashRing::new();
+        placement.batch_add(unplaced);
+        let mut positions = vec![0u32; members.len() * vnodes as usize];
+        let clockwise: Vec<u32> = placement
+            .clone()
             .into_iter()
             .enumerate()
-            .map(|(position, vnode)| VirtualNode {
-                position: position as u32,
-                ..vnode
+            .map(|(position, vnode)| {
+                let index = vnode.member as usize * vnodes as usize + vnode.replica as usize;
+                if let Some(slot) = positions.get_mut(index) {
+                    *slot = position as u32;
+                }
+                vnode.member
             })
             .collect();
-        let clockwise = placed.iter().map(|vnode| vnode.member).collect();
-        let mut placement = HashRing::new();
-        placement.batch_add(placed);
 
         let digest = Digest::of(&members);
         Ring {
@@ -232,6 +235,7 @@ impl Ring {
             vnodes,
             placement,
             clockwise,
+            positions,
             digest,
         }
     }
@@ -257,6 +261,7 @@ impl Ring {
             vnodes: 0,
             placement: HashRing::new(),
             clockwise: Vec::new(),
+            positions: Vec::new(),
             digest,
         }
     }
@@ -279,7 +284,9 @@ impl Ring {
             return found;
         };
         let mut listed = vec![false; self.members.len()];
-        let (before, from_owner) = self.clockwise.split_at(owner.position as usize);
+        let index = owner.member as usize * self.vnodes as usize + owner.replica as usize;
+        let position = self.positions.get(index).copied().unwrap_or_default();
+        let (before, from_owner) = self.clockwise.split_at(position as usize);
         for &member in from_owner.iter().chain(before) {
             if found.len() == wanted {
                 break;
