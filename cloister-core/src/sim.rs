@@ -222,6 +222,8 @@ impl Sim {
     /// Kills node `i`: its sessions close, its peers see `SessionDown`.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].alive = false;
+        self.nodes[i].paused = false; // a killed process is not stopped
+        self.nodes[i].held.clear();
         self.nodes[i].generation += 1;
         self.nodes[i].timer.clear();
         let closed: Vec<((usize, usize), SessionId)> = self

@@ -202,6 +202,15 @@ fn slow_own_handshakes_stretch_the_timeouts_and_fast_ones_shrink_them_back() {
     };
     m.handle(ms(3100), quick);
     assert_eq!(drain(&mut m), [slow(1000, 2000)]);
+    // Connection 3, opened while they were four times the base, takes
+    // 2.4 s: slow, whatever the timeouts are by now. They stay.
+    let late = Input::SessionAuthenticated {
+        session: SessionId(3),
+        peer: None,
+    };
+    m.handle(ms(5400), late);
+    assert_eq!(drain(&mut m), []);
+    m.handle(ms(5400), opened(5));
 
     // Strangers that say nothing never stretch them: only this node's own
     // dials do.

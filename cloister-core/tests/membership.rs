@@ -68,6 +68,7 @@ fn hb(m: &Me, from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
     Heartbeat {
         echo: m.sent.get(&n(from)).copied().unwrap_or(0),
         watching: true,
+        admitted: true,
         ..hello(from, incarnation, digest)
     }
 }
@@ -84,6 +85,7 @@ fn hello(from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
         token: peer_token(from),
         echo: 0,
         watching: false,
+        admitted: false,
         unresponsive: Vec::new(),
     }
 }
@@ -279,6 +281,7 @@ fn send(to: &str, ring: &[&str], leaving: bool, echo: u64) -> Effect {
             echo,
             // A small cluster is a full mesh: `ME` watches every member.
             watching: ring.contains(&to),
+            admitted: ring.contains(&to),
             unresponsive: Vec::new(),
         },
     }

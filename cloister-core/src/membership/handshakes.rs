@@ -55,7 +55,7 @@ impl Membership {
 
     pub(super) fn session_opened(&mut self, now: Duration, session: SessionId, inbound: bool) {
         let deadline = now.saturating_add(self.handshake_deadline());
-        self.handshakes.insert(session, (deadline, inbound));
+        self.handshakes.insert(session, (deadline, inbound, now));
     }
 
     pub(super) fn authenticated(
@@ -64,11 +64,9 @@ impl Membership {
         session: SessionId,
         name: Option<NodeName>,
     ) {
-        if let Some((deadline, _)) = self.handshakes.remove(&session) {
+        if let Some((_, _, opened)) = self.handshakes.remove(&session) {
             // Done within half the base timeout: the machine keeps up again.
-            let took = self
-                .handshake_deadline()
-                .saturating_sub(deadline.saturating_sub(now));
+            let took = now.saturating_sub(opened);
             if self.stretch > 0 && took < self.config.handshake_timeout() / 2 {
                 self.stretch -= 1;
                 self.effects.push_back(Effect::Slow {
@@ -112,7 +110,7 @@ impl Membership {
         peer: Option<&NodeName>,
     ) {
         self.authenticated.remove(&session);
-        let Some((_, inbound)) = self.handshakes.remove(&session) else {
+        let Some((_, inbound, _)) = self.handshakes.remove(&session) else {
             return;
         };
         if !inbound {
@@ -139,8 +137,8 @@ impl Membership {
         let expired: Vec<(SessionId, bool)> = self
             .handshakes
             .iter()
-            .filter(|(_, (deadline, _))| *deadline <= now)
-            .map(|(session, (_, inbound))| (*session, *inbound))
+            .filter(|(_, (deadline, _, _))| *deadline <= now)
+            .map(|(session, (_, inbound, _))| (*session, *inbound))
             .collect();
         for (session, inbound) in expired {
             self.handshakes.remove(&session);

@@ -130,6 +130,12 @@ impl Membership {
             Some(member) if member.incarnation == hb.incarnation => {
                 member.last_heard = now;
                 member.digest = hb.digest;
+                // It has not admitted us: our answer was lost. Answer again,
+                // unless an answer is on its way after the next rebuild.
+                if !hb.admitted && !self.answer_after_rebuild.contains(name) {
+                    self.send_heartbeat(name, false);
+                    return true;
+                }
                 false
             }
             Some(member) => {
@@ -462,10 +468,9 @@ impl Membership {
     }
 
     fn send_heartbeat_with(&mut self, to: &NodeName, leaving: bool, unresponsive: Vec<Suspect>) {
-        let (tokens, watching) = self
-            .peers
-            .get(to)
-            .map_or_else(Default::default, |p| (p.tokens, p.watching));
+        let (tokens, watching, admitted) = self.peers.get(to).map_or_else(Default::default, |p| {
+            (p.tokens, p.watching, p.member.is_some())
+        });
         let heartbeat = Heartbeat {
             from: self.me.clone(),
             app: self.config.app.clone(),
@@ -476,6 +481,7 @@ impl Membership {
             token: tokens.mine,
             echo: tokens.theirs,
             watching,
+            admitted,
             unresponsive,
         };
         self.effects.push_back(Effect::SendHeartbeat {

@@ -93,9 +93,9 @@ pub struct Membership {
     /// A lower bound of the earliest per-peer timer; recomputed on timeouts.
     next_peer_timer: Option<Duration>,
     discovery_error: Option<String>,
-    /// Connections still in their handshake: their deadlines, and whether
-    /// they were accepted (rather than dialed).
-    handshakes: BTreeMap<SessionId, (Duration, bool)>,
+    /// Connections still in their handshake: their deadlines, whether
+    /// they were accepted (rather than dialed), and when they opened.
+    handshakes: BTreeMap<SessionId, (Duration, bool, Duration)>,
     /// How many times the dial and handshake timeouts are doubled now:
     /// see `handshakes`.
     stretch: u32,
@@ -290,7 +290,7 @@ impl Membership {
             self.next_introduce,
             self.ring_due,
             self.next_peer_timer,
-            self.handshakes.values().map(|(at, _)| *at).min(),
+            self.handshakes.values().map(|(at, _, _)| *at).min(),
             self.strangers.due(),
         ]
         .into_iter()

@@ -51,6 +51,13 @@ pub struct Heartbeat {
     /// every member, so it reads as true.
     #[serde(default = "watching_by_default")]
     pub watching: bool,
+    /// The sender counts the receiver as a member. A receiver that counts
+    /// the sender as a member answers a heartbeat without it at once:
+    /// members heartbeat only their watchers, so a lost answer would
+    /// otherwise leave the pair admitted on one side only. A peer that
+    /// predates the field reads as true.
+    #[serde(default = "watching_by_default")]
+    pub admitted: bool,
     /// Members the sender watched and dropped as unresponsive, just now:
     /// pushed once to every member, which drops them too, so a frozen node
     /// leaves every ring within one trip of its watchers' timeout.
