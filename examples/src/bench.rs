@@ -167,3 +167,22 @@ pub fn median(values: &[f64]) -> f64 {
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied().unwrap_or_default()
 }
+
+/// The sizes and runs a scale benchmark measures, shared by `bench-scale`
+/// and `raw-mesh` so that the two are run alike.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Sizes {
+    /// Cluster sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,25")]
+    pub sizes: Vec<usize>,
+    /// Runs per size.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Seconds a cluster may take to form before the run counts as failed.
+    #[arg(long, default_value_t = 60)]
+    pub deadline: u64,
+    /// Seconds each formed cluster idles while its CPU (and, for cloister,
+    /// its drops) is counted.
+    #[arg(long, default_value_t = 20)]
+    pub idle: u64,
+}

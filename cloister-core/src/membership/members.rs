@@ -84,8 +84,14 @@ impl Membership {
 
     /// A heartbeat that counts, from `name` over `session`: admits, refreshes,
     /// restarts or lets go of the member. Returns whether it answered.
-    fn heard(&mut self, now: Duration, name: &NodeName, session: SessionId, hb: Heartbeat) -> bool {
-        let suspects = hb.unresponsive.clone();
+    fn heard(
+        &mut self,
+        now: Duration,
+        name: &NodeName,
+        session: SessionId,
+        mut hb: Heartbeat,
+    ) -> bool {
+        let suspects = std::mem::take(&mut hb.unresponsive);
         let answered = self.admit(now, name, session, hb);
         if !suspects.is_empty() && self.incarnation_of(name).is_some() {
             self.reported_unresponsive(now, name, suspects);

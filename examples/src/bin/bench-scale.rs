@@ -30,7 +30,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 use cloister_examples::bench::{
-    idle_cost, median, node_binary, node_config, ts, unix_ms, wait_dropped,
+    idle_cost, median, node_binary, node_config, ts, unix_ms, wait_dropped, Sizes,
 };
 use cloister_ractor::testing::{all_of, LocalCluster};
 
@@ -40,18 +40,8 @@ struct Args {
     /// The cloister-node executable (default: build it with this program's profile).
     #[arg(long)]
     binary: Option<PathBuf>,
-    /// Cluster sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "10,25")]
-    sizes: Vec<usize>,
-    /// Runs per size.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// Seconds a cluster may take to form before the run counts as failed.
-    #[arg(long, default_value_t = 60)]
-    deadline: u64,
-    /// Seconds each formed cluster idles while CPU and drops are counted.
-    #[arg(long, default_value_t = 20)]
-    idle: u64,
+    #[command(flatten)]
+    sizes: Sizes,
     /// `CLOISTER_<FIELD>=value` for every node, after the defaults (for
     /// example `--env CLOISTER_HEARTBEAT_TIMEOUT=5s`); repeatable.
     #[arg(long = "env", value_parser = parse_env)]
@@ -81,8 +71,8 @@ fn main() -> Result<()> {
     let binary = node_binary(args.binary.as_deref())?;
     println!("| nodes | run | formation | ready | CPU per node, median | CPU, all nodes | VmRSS per node, median | false drops while idle | crash detection | freeze detection |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for &n in &args.sizes {
-        for run in 1..=args.runs {
+    for &n in &args.sizes.sizes {
+        for run in 1..=args.sizes.runs {
             let measured = measure(&binary, n, &args)?;
             let formation = measured
                 .formation_ms
@@ -143,7 +133,7 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
     }
     let last_spawn = unix_ms();
     cluster.start_node(n - 1)?;
-    let deadline = Duration::from_secs(args.deadline);
+    let deadline = Duration::from_secs(args.sizes.deadline);
     let formed = cluster.wait_ready(&all, deadline).is_ok();
     let ready_at: Vec<u64> = all
         .iter()
@@ -171,7 +161,7 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
 
     let marks: Vec<usize> = all.iter().map(|&i| cluster.event_count(i)).collect();
     let pids = cluster.pids();
-    (run.cpu, run.rss_mib) = idle_cost(&pids, Duration::from_secs(args.idle))?;
+    (run.cpu, run.rss_mib) = idle_cost(&pids, Duration::from_secs(args.sizes.idle))?;
     run.false_drops = all
         .iter()
         .map(|&i| {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
-use cloister_examples::bench::{idle_cost, median, unix_ms};
+use cloister_examples::bench::{idle_cost, median, unix_ms, Sizes};
 use ractor::Actor;
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
@@ -34,18 +34,8 @@ use ractor_cluster::{NodeServer, NodeServerMessage};
 struct Args {
     #[command(subcommand)]
     mode: Option<Mode>,
-    /// Cluster sizes, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "10,25")]
-    sizes: Vec<usize>,
-    /// Runs per size.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// Seconds a mesh may take to form before the run counts as failed.
-    #[arg(long, default_value_t = 60)]
-    deadline: u64,
-    /// Seconds each formed mesh idles while its CPU is counted.
-    #[arg(long, default_value_t = 20)]
-    idle: u64,
+    #[command(flatten)]
+    sizes: Sizes,
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,8 +58,8 @@ fn main() -> Result<()> {
     }
     println!("| nodes | run | formation | meshed | CPU per node, median | CPU, all nodes | VmRSS per node, median |");
     println!("|---|---|---|---|---|---|---|");
-    for &n in &args.sizes {
-        for run in 1..=args.runs {
+    for &n in &args.sizes.sizes {
+        for run in 1..=args.sizes.runs {
             let m = measure(n, &args)?;
             let formation = m
                 .formation_ms
@@ -205,7 +195,7 @@ fn measure(n: usize, args: &Args) -> Result<Run> {
         });
         processes.0.push(child);
     }
-    let end = Instant::now() + Duration::from_secs(args.deadline);
+    let end = Instant::now() + Duration::from_secs(args.sizes.deadline);
     let mut meshed = Vec::new();
     while meshed.len() < n {
         let left = end.saturating_duration_since(Instant::now());
@@ -229,7 +219,7 @@ fn measure(n: usize, args: &Args) -> Result<Run> {
         .reduce(f64::max)
         .map(|t| t - last_spawn);
     let pids: Vec<u32> = processes.0.iter().map(Child::id).collect();
-    (run.cpu, run.rss_mib) = idle_cost(&pids, Duration::from_secs(args.idle))?;
+    (run.cpu, run.rss_mib) = idle_cost(&pids, Duration::from_secs(args.sizes.idle))?;
     Ok(run)
 }
 
