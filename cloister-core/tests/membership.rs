@@ -69,6 +69,7 @@ fn hb(m: &Me, from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
         echo: m.sent.get(&n(from)).copied().unwrap_or(0),
         watching: true,
         admitted: true,
+        ring_vnodes: m.ring().vnodes(),
         ..hello(from, incarnation, digest)
     }
 }
@@ -185,10 +186,11 @@ fn started(peers: &[&str], consensus: usize) -> Me {
 /// `ME`'s answer echoing it, its heartbeat echoing `ME`'s token) it is a member.
 fn admit(m: &mut Me, at: Duration, peer: &str, session: u64, incarnation: u64) {
     m.handle(at, session_up(peer, session));
-    m.handle(
-        at,
-        Input::Heartbeat(hello(peer, incarnation, digest(&[peer]))),
-    );
+    let hello = Heartbeat {
+        ring_vnodes: m.ring().vnodes(),
+        ..hello(peer, incarnation, digest(&[peer]))
+    };
+    m.handle(at, Input::Heartbeat(hello));
     drain(m);
     m.handle(
         at,
@@ -437,8 +439,15 @@ fn joins_that_arrive_together_share_one_ring_rebuild() {
 
 #[test]
 fn changes_soon_after_a_rebuild_wait_for_the_batch_and_share_the_next_one() {
-    // Test timers: heartbeats every 100ms, so at most one rebuild per 6.25ms.
-    let mut m = started(&[A, B, C], 4);
+    // Test timers: heartbeats every 100ms, so at most one rebuild per 6.25ms;
+    // a ring of 4 x 4096 points takes longer than a tenth of that to build.
+    let config = Config {
+        ring_vnodes: 4096,
+        ..config(&[A, B, C], 4)
+    };
+    let mut m = machine(config, SEED);
+    m.handle(ms(0), Input::Start);
+    drain(&mut m);
     admit(&mut m, ms(10), A, 1, 7); // after a quiet spell: rebuilt at once
     assert_eq!(m.ring().members(), names(&[A, ME]));
 
@@ -460,6 +469,18 @@ fn changes_soon_after_a_rebuild_wait_for_the_batch_and_share_the_next_one() {
     // A crash after another quiet spell leaves the ring at once.
     m.handle(ms(40), session_down(C, 3));
     assert!(drain(&mut m).contains(&ring(&[A, ME, B])));
+}
+
+#[test]
+fn a_small_ring_is_rebuilt_for_each_change_without_waiting() {
+    // 3 members of 256 vnodes build in microseconds: the second join, 1ms
+    // after the first, is in the ring at once, and so is `ready`.
+    let mut m = started(&[A, B], 3);
+    admit(&mut m, ms(10), A, 1, 7);
+    assert_eq!(m.ring().members(), names(&[A, ME]));
+    admit(&mut m, ms(11), B, 2, 7);
+    assert_eq!(m.ring().members(), names(&[A, ME, B]));
+    assert_eq!(m.state(), Ready);
 }
 
 // ---- 3. What is ignored, and what is kept --------------------------------------

@@ -295,10 +295,12 @@ impl Membership {
     /// change that arrives meanwhile (a burst of joins while a cluster
     /// forms) shares one rebuild. A ring of 100 members takes milliseconds
     /// to build; building it once per join made formation cost O(n²) per
-    /// node.
+    /// node. A small ring builds in microseconds and hardly waits.
     pub(super) fn membership_changed(&mut self, now: Duration) {
+        let members = 1 + self.peers.values().filter(|p| p.member.is_some()).count();
+        let spacing = ring_batch(&self.config, members, self.ring_vnodes());
         let due = match self.last_rebuild {
-            Some(last) => now.max(last + ring_batch(&self.config)),
+            Some(last) => now.max(last + spacing),
             None => now,
         };
         self.ring_due = Some(self.ring_due.map_or(due, |at| at.min(due)));
@@ -497,10 +499,19 @@ impl Membership {
     }
 }
 
-/// The shortest time between two ring rebuilds: a sixteenth of the
-/// heartbeat interval (19 ms by default).
-pub(super) fn ring_batch(config: &Config) -> Duration {
-    config.heartbeat_interval / 16
+/// The shortest time between two ring rebuilds: ten times what building a
+/// ring of `members` takes (75 ns per ring point, measured on a 2-core
+/// machine: 1.9 ms for 100 members of 256 vnodes), so rebuilds cost at most
+/// a tenth of a core however fast members change; at most a sixteenth of the
+/// heartbeat interval (19 ms by default). 3 members of 256 vnodes: 0.6 ms.
+pub(super) fn ring_batch(config: &Config, members: usize, vnodes: u32) -> Duration {
+    const TEN_TIMES_A_POINT: Duration = Duration::from_nanos(750);
+    let points = u32::try_from(members)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(vnodes.max(1));
+    TEN_TIMES_A_POINT
+        .saturating_mul(points)
+        .min(config.heartbeat_interval / 16)
 }
 
 /// A ring configuration as the config spells it.
