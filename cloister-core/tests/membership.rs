@@ -861,7 +861,7 @@ fn a_node_that_did_not_run_holds_its_own_stall_against_no_member() {
 }
 
 #[test]
-fn a_silent_member_is_dropped_with_its_session_and_rejoins_when_it_answers() {
+fn a_silent_member_is_dropped_then_its_session_after_another_timeout() {
     let mut m = started(&[A], 2);
     m.handle(ms(0), session_up(A, 1));
     drain(&mut m);
@@ -876,35 +876,47 @@ fn a_silent_member_is_dropped_with_its_session_and_rejoins_when_it_answers() {
         .into();
     assert_eq!(quiet, beats);
 
-    // At 550ms A has been silent for heartbeat_timeout (500ms): ME drops the
-    // session, A leaves the ring as unresponsive, and ME rehashes.
+    // At 550ms A has been silent for heartbeat_timeout (500ms): it leaves
+    // the ring as unresponsive and ME rehashes. The session stays open.
     assert_eq!(m.poll_timeout(), Some(ms(550)));
     m.handle_timeout(ms(550));
     assert_eq!(
         drain(&mut m),
         [
-            Effect::Disconnect {
-                peer: n(A),
-                session: SessionId(1),
-            },
             down(A, 7, Unresponsive),
             ring(&[ME]),
             changed(Ready, Rehashing, 2, &[ME], true),
         ]
     );
+    assert_eq!(m.connected(), names(&[A]));
+
+    // For another heartbeat_timeout ME heartbeats it, saying it is not
+    // admitted; then, A still silent, ME closes the session.
+    let held = run_until(&mut m, ms(1_050));
+    let mut expected: Vec<(Duration, Effect)> = [600, 700, 800, 900, 1_000]
+        .map(|t| (ms(t), beat(A, &[ME])))
+        .into();
+    expected.push((
+        ms(1_050),
+        Effect::Disconnect {
+            peer: n(A),
+            session: SessionId(1),
+        },
+    ));
+    assert_eq!(held, expected);
 
     // The runtime reports the session it closed: already handled.
-    m.handle(ms(551), session_down(A, 1));
+    m.handle(ms(1_051), session_down(A, 1));
     assert_eq!(drain(&mut m), []);
 
     // A frozen peer gets dial_backoff_min (10ms) before ME dials it again.
-    assert_eq!(next_effects(&mut m), (ms(560), vec![dial(A)]));
+    assert_eq!(next_effects(&mut m), (ms(1_060), vec![dial(A)]));
 
     // A thawed: the dial gives a new session, and its heartbeat (same
     // incarnation, its ring dropped ME too) makes it a member again.
-    m.handle(ms(565), session_up(A, 2));
+    m.handle(ms(1_065), session_up(A, 2));
     assert_eq!(drain(&mut m), [greet(A, &[ME])]);
-    m.handle(ms(566), Input::Heartbeat(hb(&m, A, 7, digest(&[A]))));
+    m.handle(ms(1_066), Input::Heartbeat(hb(&m, A, 7, digest(&[A]))));
     assert_eq!(
         drain(&mut m),
         [
@@ -914,6 +926,45 @@ fn a_silent_member_is_dropped_with_its_session_and_rejoins_when_it_answers() {
             changed(Rehashing, Ready, 2, &[A, ME], false),
         ]
     );
+}
+
+#[test]
+fn a_member_that_was_only_slow_is_back_over_its_session_without_a_reconnect() {
+    let mut m = started(&[A], 2);
+    m.handle(ms(0), session_up(A, 1));
+    drain(&mut m);
+    m.handle(ms(50), Input::Heartbeat(hb(&m, A, 7, digest(&[A, ME]))));
+    drain(&mut m);
+
+    // A's process does not run for 600ms (an overloaded machine): dropped.
+    run_until(&mut m, ms(550));
+    assert_eq!(m.ring().members(), names(&[ME]));
+    let not_admitted = run_until(&mut m, ms(600));
+    assert_eq!(not_admitted, [(ms(600), beat(A, &[ME]))]);
+
+    // At 650ms it runs again and answers ME's heartbeat of 600ms, which
+    // said it was not admitted: a member again, over the same session.
+    m.handle(ms(650), Input::Heartbeat(hb(&m, A, 7, digest(&[A, ME]))));
+    assert_eq!(
+        drain(&mut m),
+        [
+            up(A, 7),
+            ring(&[A, ME]),
+            beat(A, &[A, ME]),
+            changed(Rehashing, Ready, 2, &[A, ME], true)
+        ]
+    );
+
+    // Past the end of the hold (1050ms), and before A's new deadline
+    // (1150ms), nothing is closed or redialed.
+    let later = run_until(&mut m, ms(1_100));
+    assert!(
+        !later
+            .iter()
+            .any(|(_, e)| matches!(e, Effect::Disconnect { .. } | Effect::Dial { .. })),
+        "{later:#?}"
+    );
+    assert_eq!(m.ring().members(), names(&[A, ME]));
 }
 
 // ---- 6. Dial backoff ---------------------------------------------------------------

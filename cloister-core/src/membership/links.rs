@@ -57,6 +57,26 @@ impl Membership {
             if let Some((_, until)) = peer.unproven {
                 next = earliest(next, until);
             }
+            if peer.member.is_some() || peer.session.is_none() {
+                peer.hold_until = None; // back, or its session closed
+            }
+            if let (Some(until), Some(session)) = (peer.hold_until, peer.session) {
+                if until > now {
+                    next = earliest(next, until);
+                    continue;
+                }
+                // Still silent since it was dropped: let the session go.
+                peer.hold_until = None;
+                peer.session = None;
+                let delay = backoff(&self.config, &mut self.rng, 0);
+                peer.dial = Dial::Idle { at: now + delay };
+                next = earliest(next, now + delay);
+                self.effects.push_back(Effect::Disconnect {
+                    peer: name.clone(),
+                    session,
+                });
+                continue;
+            }
             if let Some(member) = peer.member.as_ref().filter(|_| peer.watching) {
                 next = earliest(next, member.last_heard + timeout);
             }
@@ -155,6 +175,7 @@ impl Membership {
             return; // a session that was already replaced or dropped
         }
         peer.session = None;
+        peer.hold_until = None;
         peer.dial = Dial::Idle { at: now };
         if peer.member.is_some() {
             if let Some(replacement) = replacement {

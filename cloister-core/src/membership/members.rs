@@ -167,6 +167,7 @@ impl Membership {
                 true
             }
             None => {
+                peer.hold_until = None;
                 peer.member = Some(Member {
                     incarnation: hb.incarnation,
                     last_heard: now,
@@ -253,21 +254,24 @@ impl Membership {
         }
     }
 
-    /// Drops member `name` as unresponsive and closes its session; a redial
-    /// comes after a backoff, so a frozen peer is not hammered.
+    /// Drops member `name` as unresponsive. Its session is held for one
+    /// more `heartbeat_timeout` (see `Peer::hold_until`), and it keeps
+    /// getting our heartbeats, which say it is not admitted: alive, it
+    /// answers and is back. Without a session, a redial comes after a
+    /// backoff, so a frozen peer is not hammered.
     fn drop_unresponsive(&mut self, now: Duration, name: &NodeName, why: String) {
         let Some(peer) = self.peers.get_mut(name) else {
             return;
         };
         peer.grace_until = None;
-        if let Some(session) = peer.session.take() {
-            self.effects.push_back(Effect::Disconnect {
-                peer: name.clone(),
-                session,
-            });
+        if peer.session.is_some() {
+            let until = now + self.config.heartbeat_timeout;
+            peer.hold_until = Some(until);
+            self.next_peer_timer = earliest(self.next_peer_timer, until);
+        } else {
+            let delay = backoff(&self.config, &mut self.rng, 0);
+            peer.dial = Dial::Idle { at: now + delay };
         }
-        let delay = backoff(&self.config, &mut self.rng, 0);
-        peer.dial = Dial::Idle { at: now + delay };
         peer.last_error = Some(why);
         self.remove_member(now, name, DownReason::Unresponsive);
     }

@@ -64,6 +64,12 @@ pub(super) struct Peer {
     /// It watches this node, as its last heartbeat on the current session
     /// said: it gets our heartbeat every interval.
     pub(super) watches_me: bool,
+    /// Dropped as unresponsive, its session stays open until then: a peer
+    /// that was only slow (an overloaded machine) heartbeats again over it
+    /// and is back at once, without a reconnect. Still silent then, its
+    /// session closes and a redial follows after a backoff, so a frozen
+    /// process is not sent heartbeats without end.
+    pub(super) hold_until: Option<Duration>,
 }
 
 impl Peer {
@@ -85,6 +91,7 @@ impl Peer {
             introduce_until: None,
             watching: false,
             watches_me: false,
+            hold_until: None,
         }
     }
 }

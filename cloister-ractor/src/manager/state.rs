@@ -350,7 +350,7 @@ impl ManagerState {
                 return;
             };
             if let Some(ses) = sessions.get(&session.0) {
-                tracing::info!(%peer, "closing the session of an unresponsive peer");
+                tracing::info!(%peer, "closing the session of a peer still silent a heartbeat_timeout after it was dropped as unresponsive");
                 ses.actor.stop(Some("cloister: peer unresponsive".into()));
             }
         });
