@@ -93,9 +93,8 @@ pub struct Membership {
     /// A lower bound of the earliest per-peer timer; recomputed on timeouts.
     next_peer_timer: Option<Duration>,
     discovery_error: Option<String>,
-    /// Connections still in their handshake: their deadlines, whether
-    /// they were accepted (rather than dialed), and when they opened.
-    handshakes: BTreeMap<SessionId, (Duration, bool, Duration)>,
+    /// Connections still in their handshake.
+    handshakes: BTreeMap<SessionId, handshakes::Handshake>,
     /// How many times the dial and handshake timeouts are doubled now:
     /// see `handshakes`.
     stretch: u32,
@@ -290,7 +289,7 @@ impl Membership {
             self.next_introduce,
             self.ring_due,
             self.next_peer_timer,
-            self.handshakes.values().map(|(at, _, _)| *at).min(),
+            self.handshakes.values().map(|h| h.deadline).min(),
             self.strangers.due(),
         ]
         .into_iter()
