@@ -18,8 +18,11 @@ use crate::ring::Digest;
 ///
 /// ```text
 /// Down -> Assembling -> Ready <-> Rehashing
-///              \          \          /
-///               `--------> Stopping -> Stopped
+///              \          |  ^       |
+///               \         v  |       v
+///                \       NoQuorum <--'      (only with a `quorum`)
+///                 \
+///                  `----> Stopping -> Stopped  (from any running state)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,6 +36,11 @@ pub enum NodeState {
     /// Was ready, then fell below `consensus`; returns to `Ready` when enough
     /// members are back.
     Rehashing,
+    /// Was ready, then saw fewer members than `quorum` (the minority side of
+    /// a partition, or most of the cluster gone): routing by key is refused
+    /// and no sentry is named. It keeps its sessions and dials, and is ready
+    /// again when quorum is back.
+    NoQuorum,
     /// Leaving: peers have been told, sessions are closing.
     Stopping,
     /// Left. Final.
@@ -46,6 +54,7 @@ impl fmt::Display for NodeState {
             NodeState::Assembling => "assembling",
             NodeState::Ready => "ready",
             NodeState::Rehashing => "rehashing",
+            NodeState::NoQuorum => "no_quorum",
             NodeState::Stopping => "stopping",
             NodeState::Stopped => "stopped",
         })
@@ -90,6 +99,10 @@ pub struct Snapshot {
     pub state: NodeState,
     /// How many members (this node included) make the cluster ready.
     pub consensus: usize,
+    /// How many members (this node included) hold quorum now; `None` when
+    /// `quorum = "off"`. Below it, a node that was ready is `NoQuorum`.
+    #[serde(default)]
+    pub quorum: Option<usize>,
     /// The ring's members, sorted; this node is one of them.
     pub members: Vec<NodeName>,
     /// The ring's digest: a hash of the member names. Equal digests mean equal
@@ -102,8 +115,19 @@ pub struct Snapshot {
     /// The member marked to run singleton work: the one up longest (smallest
     /// incarnation), ties broken by name. Members that agree on membership
     /// agree on it without exchanging a message; two sides of a partition
-    /// each have their own (compare digests to know whether you agree).
-    pub sentry: NodeName,
+    /// each have their own (compare digests to know whether you agree),
+    /// unless a `quorum` is configured: then only the side that holds it
+    /// names one, and this is `None` elsewhere.
+    pub sentry: Option<NodeName>,
+}
+
+impl Snapshot {
+    /// Whether this view holds quorum: always with `quorum = "off"`; with a
+    /// quorum, exactly when a sentry is named (the sentry is named only
+    /// while the members hold quorum, the tie breaker's half included).
+    pub fn holds_quorum(&self) -> bool {
+        self.quorum.is_none() || self.sentry.is_some()
+    }
 }
 
 /// A change of topology, published to subscribers.
@@ -140,10 +164,11 @@ pub enum TopologyEvent {
         /// Why.
         reason: DownReason,
     },
-    /// The sentry moved to another member.
+    /// The sentry moved to another member, or (with a `quorum`) there is
+    /// none any more, or there is one again.
     SentryChanged {
-        /// The new sentry.
-        sentry: NodeName,
+        /// The new sentry; `None` while the members do not hold quorum.
+        sentry: Option<NodeName>,
     },
     /// The ring changed.
     RingChanged {

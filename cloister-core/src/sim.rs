@@ -513,3 +513,6 @@ mod tests;
 
 #[cfg(test)]
 mod watching;
+
+#[cfg(test)]
+mod quorum;

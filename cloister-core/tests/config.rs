@@ -620,3 +620,60 @@ fn the_ring_is_builtin_unless_the_application_keeps_its_own() {
         "{error}"
     );
 }
+
+const FIVE_NODES: &str = r#"sentry = ["n1@127.0.0.1:4001", "n2@127.0.0.1:4002", "n3@127.0.0.1:4003", "n4@127.0.0.1:4004", "n5@127.0.0.1:4005"]"#;
+
+#[test]
+fn quorum_is_off_majority_or_a_count_from_files_and_the_environment() {
+    use cloister_core::config::{Quorum, TieBreaker};
+    assert_eq!(from_toml(FIVE_NODES).expect("five").quorum, Quorum::Off);
+    let majority = from_toml(&format!(
+        "{FIVE_NODES}\nquorum = \"majority\"\ntie_breaker = \"oldest\""
+    ))
+    .expect("majority");
+    assert_eq!(majority.quorum, Quorum::Majority);
+    assert_eq!(majority.tie_breaker, TieBreaker::Oldest);
+    let count = from_toml(&format!("{FIVE_NODES}\nquorum = 3")).expect("count");
+    assert_eq!(count.quorum, Quorum::AtLeast(3));
+
+    for (value, expected) in [("majority", Quorum::Majority), ("4", Quorum::AtLeast(4))] {
+        let _env = EnvGuard::set(&[
+            ("CLOISTER_SENTRY", "cloister_test.local"),
+            ("CLOISTER_QUORUM", value),
+            ("CLOISTER_EXPECTED_SIZE", "5"),
+        ]);
+        let config = Config::from_env().expect(value);
+        assert_eq!(config.quorum, expected);
+        assert_eq!(config.expected_size, Some(5));
+    }
+}
+
+#[test]
+fn a_quorum_that_two_sides_could_both_hold_or_nobody_can_is_refused() {
+    // Two of five: both sides of a 2|3 split would hold it.
+    let two = message(from_toml(&format!("{FIVE_NODES}\nquorum = 2")));
+    assert!(
+        two.contains("`quorum` = 2") && two.contains("more than half of the cluster's 5"),
+        "{two}"
+    );
+    let seven = message(from_toml(&format!("{FIVE_NODES}\nquorum = 7")));
+    assert!(seven.contains("can never be met"), "{seven}");
+    let service = "sentry = \"cloister_test.local\"";
+    let expected = message(from_toml(&format!(
+        "{service}\nquorum = 3\nexpected_size = 6"
+    )));
+    assert!(expected.contains("cluster's 6"), "{expected}");
+    for bad in ["\"most\"", "0", "-1", "\"\""] {
+        let text = message(from_toml(&format!("{FIVE_NODES}\nquorum = {bad}")));
+        assert!(
+            text.contains("`off`, `majority`, or a whole number"),
+            "{bad}: {text}"
+        );
+    }
+    let tie = message(from_toml(&format!(
+        "{FIVE_NODES}\ntie_breaker = \"oldest\""
+    )));
+    assert!(tie.contains("needs `quorum = \"majority\"`"), "{tie}");
+    let size = message(from_toml(&format!("{service}\nexpected_size = 0")));
+    assert!(size.contains("`expected_size` = 0"), "{size}");
+}

@@ -328,10 +328,11 @@ fn changed(
             incarnation: Incarnation(MY_INCARNATION),
             state: to,
             consensus,
+            quorum: None,
             members: names(members),
             digest: digest(members),
             converged,
-            sentry: n(ME),
+            sentry: Some(n(ME)),
         },
     })
 }
@@ -1348,7 +1349,7 @@ fn the_sentry_is_the_member_up_longest_and_moves_when_it_goes() {
     };
     m.handle(ms(0), Input::Start);
     drain(&mut m);
-    assert_eq!(m.sentry(), &n(ME), "alone, a node is its own sentry");
+    assert_eq!(m.sentry(), Some(&n(ME)), "alone, a node is its own sentry");
 
     // A is admitted: it is older, so it becomes the sentry, right after the ring.
     m.handle(ms(1), session_up(A, 1));
@@ -1359,10 +1360,10 @@ fn the_sentry_is_the_member_up_longest_and_moves_when_it_goes() {
         .iter()
         .position(|e| matches!(e, Effect::Publish(TopologyEvent::RingChanged { .. })));
     let sentry_at = effects.iter().position(|e| {
-        matches!(e, Effect::Publish(TopologyEvent::SentryChanged { sentry }) if *sentry == n(A))
+        matches!(e, Effect::Publish(TopologyEvent::SentryChanged { sentry }) if *sentry == Some(n(A)))
     });
     assert!(ring_at.is_some() && sentry_at > ring_at, "{effects:?}");
-    assert_eq!(m.snapshot().sentry, n(A));
+    assert_eq!(m.snapshot().sentry, Some(n(A)));
 
     // A's session closes for good: after the grace, ME is the sentry again.
     m.handle(ms(5), session_down(A, 1));
@@ -1370,7 +1371,7 @@ fn the_sentry_is_the_member_up_longest_and_moves_when_it_goes() {
     let effects = drain(&mut m);
     assert!(
         effects.contains(&Effect::Publish(TopologyEvent::SentryChanged {
-            sentry: n(ME)
+            sentry: Some(n(ME))
         })),
         "{effects:?}"
     );
@@ -1593,4 +1594,56 @@ fn two_machines_admit_each_other_through_the_token_handshake() {
     assert!(rounds <= 3, "{rounds} one-way trips");
     assert_eq!(me.ring().members(), names(&[A, ME]));
     assert_eq!(a.ring().members(), names(&[A, ME]));
+}
+
+// ---- Quorum in service mode ----------------------------------------------------
+
+/// In service mode no list says the cluster's size: a majority is of the
+/// most members seen at once, and a member that says goodbye stops counting,
+/// while one that vanishes still does (the far side of a partition looks
+/// exactly like that).
+#[test]
+fn in_service_mode_a_graceful_leave_shrinks_the_majority_and_a_crash_does_not() {
+    let cfg = Config {
+        sentry: Sentry::Service("cloister.local".into()),
+        quorum: cloister_core::config::Quorum::Majority,
+        dial_backoff_jitter: 0.0,
+        ..Config::for_tests()
+    };
+    for graceful in [true, false] {
+        let mut m = machine(cfg.clone(), SEED);
+        m.handle(ms(0), Input::Start);
+        drain(&mut m);
+        assert_eq!(m.state(), Ready, "alone is all it has seen");
+        for (i, peer) in [A, B, C].into_iter().enumerate() {
+            admit(&mut m, ms(1 + i as u64), peer, 1 + i as u64, 7 + i as u64);
+            run_until(&mut m, ms(2 + i as u64));
+        }
+        assert_eq!((m.ring().len(), m.quorum_needed()), (4, Some(3)));
+
+        for (i, peer) in [A, B].into_iter().enumerate() {
+            let at = ms(10 + i as u64);
+            if graceful {
+                let goodbye = Heartbeat {
+                    leaving: true,
+                    ..hb(&m, peer, 7 + i as u64, digest(&[A, B, C, ME]))
+                };
+                m.handle(at, Input::Heartbeat(goodbye));
+            } else {
+                m.handle(at, session_down(peer, 1 + i as u64));
+            }
+            run_until(&mut m, at + ms(1));
+        }
+        assert_eq!(m.ring().len(), 2);
+        if graceful {
+            assert_eq!((m.state(), m.quorum_needed()), (Ready, Some(2)));
+            assert_eq!(m.sentry().cloned(), Some(n(ME)));
+        } else {
+            assert_eq!(
+                (m.state(), m.quorum_needed()),
+                (NodeState::NoQuorum, Some(3))
+            );
+            assert_eq!(m.sentry(), None);
+        }
+    }
 }

@@ -159,6 +159,11 @@ impl Cloister {
     /// }
     /// # }
     /// ```
+    ///
+    /// It answers from this node's ring also while a configured `quorum`
+    /// is not held, when the side that holds it may place the key
+    /// elsewhere: check [`Cloister::state`], or route with
+    /// [`Cloister::route`], which refuses then.
     pub fn node_for(&self, key: impl AsRef<[u8]>) -> Option<NodeName> {
         self.view.load().ring.node_for(key).cloned()
     }
@@ -267,8 +272,10 @@ impl Cloister {
 
     /// The sentry: the member up longest, marked to run singleton work
     /// (cloister's sentry). Every member that agrees on the membership (equal
-    /// [`Cloister::digest`]) agrees on it, with no extra message; two sides of
-    /// a partition each have their own.
+    /// [`Cloister::digest`]) agrees on it, with no extra message. Without a
+    /// `quorum`, two sides of a partition each have their own; with one,
+    /// only the side that holds quorum names a sentry, and this is `None`
+    /// on the other.
     ///
     /// # Examples
     ///
@@ -276,10 +283,13 @@ impl Cloister {
     ///
     /// ```no_run
     /// # fn demo(cloister: cloister_ractor::Cloister) {
-    /// println!("singleton jobs run on {}", cloister.sentry());
+    /// match cloister.sentry() {
+    ///     Some(sentry) => println!("singleton jobs run on {sentry}"),
+    ///     None => println!("no quorum: no singleton job runs on this side"),
+    /// }
     /// # }
     /// ```
-    pub fn sentry(&self) -> NodeName {
+    pub fn sentry(&self) -> Option<NodeName> {
         self.view.load().snapshot.sentry.clone()
     }
 
@@ -287,7 +297,8 @@ impl Cloister {
     ///
     /// # Examples
     ///
-    /// Run a periodic cleanup on exactly one member (per side of a partition):
+    /// Run a periodic cleanup on exactly one member (per side of a partition,
+    /// or only on the side with quorum when a `quorum` is configured):
     ///
     /// ```no_run
     /// # fn demo(cloister: cloister_ractor::Cloister) {
@@ -298,7 +309,7 @@ impl Cloister {
     /// ```
     pub fn is_sentry(&self) -> bool {
         let view = self.view.load();
-        view.stopped.is_none() && view.snapshot.sentry == self.me
+        view.stopped.is_none() && view.snapshot.sentry.as_ref() == Some(&self.me)
     }
 
     /// The digest of the current ring.

@@ -33,6 +33,18 @@ pub enum RouteError {
     /// [`Cloister::actor_on`].
     #[error("cloister keeps no ring to route by (`ring = \"external\"`): place the key with your own ring and use `actor_on`")]
     ExternalRing,
+    /// A `quorum` is configured and this node's ring does not hold it (the
+    /// minority side of a partition, or most of the cluster gone): the
+    /// owner here may not be the owner on the side that holds quorum, so
+    /// nothing is routed by key. Nothing was sent. It passes once enough
+    /// members are back.
+    #[error("no quorum: this node sees {members} member(s), {needed} are needed; routing by key is refused until enough are back")]
+    NoQuorum {
+        /// Members this node sees, itself included.
+        members: usize,
+        /// Members the `quorum` setting needs.
+        needed: usize,
+    },
     /// The owner is a member, but no actor of the group runs on it.
     #[error("no actor of group `{group}` on {node}")]
     NoSuchActor {
@@ -194,7 +206,8 @@ impl Cloister {
         Ok(cell.into())
     }
 
-    /// The owner of `key` and its actor in `group`.
+    /// The owner of `key` and its actor in `group`. Refused with
+    /// [`RouteError::NoQuorum`] while a configured `quorum` is not held.
     ///
     /// # Examples
     ///
@@ -219,6 +232,12 @@ impl Cloister {
         let view = self.view();
         if let Some(cause) = &view.stopped {
             return Err(RouteError::Stopped(cause.clone()));
+        }
+        if !view.snapshot.holds_quorum() {
+            return Err(RouteError::NoQuorum {
+                members: view.snapshot.members.len(),
+                needed: view.snapshot.quorum.unwrap_or_default(),
+            });
         }
         let owner = match view.ring.node_for(key) {
             Some(owner) => owner.clone(),

@@ -233,6 +233,49 @@ async fn under_an_external_ring_routing_refuses_and_says_why() {
     join.await.unwrap();
 }
 
+#[tokio::test]
+async fn without_quorum_routing_by_key_refuses_and_no_sentry_is_named() {
+    use cloister_core::config::Quorum;
+    use cloister_ractor::RouteError;
+    // Listed with two peers that do not run: one of three is no majority.
+    let (port, absent) = (free_port(), [free_port(), free_port()]);
+    let mut config = Config::nodes(
+        "quorate",
+        std::iter::once(format!("quorate@127.0.0.1:{port}"))
+            .chain(absent.map(|p| format!("quorate{p}@127.0.0.1:{p}"))),
+    )
+    .unwrap()
+    .with_listen_port(port)
+    .with_quorum(Quorum::Majority);
+    config.advertised_host = Some(Host::Ip([127, 0, 0, 1].into()));
+    let (manager, join, cloister) = CloisterManager::spawn_unheld(None, config, None)
+        .await
+        .unwrap();
+    let (silent, silent_join) = Actor::spawn(None, Silent, ()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(cloister.state(), NodeState::Assembling);
+    assert_eq!(cloister.sentry(), None);
+    assert!(!cloister.is_sentry());
+    let refused = cloister
+        .call_owner("silent", "user:42", Ask::Ping, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        RouteError::NoQuorum {
+            members: 1,
+            needed: 2
+        }
+    );
+    assert!(refused.to_string().contains("no quorum"), "{refused}");
+
+    silent.stop(None);
+    silent_join.await.unwrap();
+    manager.stop(None);
+    join.await.unwrap();
+}
+
 /// Answers every ping with its own number.
 struct Numbered;
 

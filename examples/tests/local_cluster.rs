@@ -295,6 +295,39 @@ fn a_frozen_node_is_reported_unresponsive_and_rejoins_when_thawed() {
 }
 
 #[test]
+fn with_a_majority_quorum_a_lone_survivor_leaves_ready_and_names_no_sentry() {
+    let _serial = serial();
+    // consensus 1: without the quorum a lone survivor would stay ready.
+    let mut cluster = cluster(3)
+        .consensus(1)
+        .env("CLOISTER_QUORUM", "majority")
+        .start()
+        .unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEADLINE));
+    let mark = marks(&cluster);
+
+    // Two of three die: node1 alone is no majority.
+    cluster.kill(1).unwrap();
+    cluster.kill(2).unwrap();
+    ok(cluster.wait_agree(&[0], "no_quorum", DEADLINE));
+    let events = cluster.events(0);
+    let sentries: Vec<&Value> = all_of(&events[mark[0]..], "sentry_changed").collect();
+    assert!(
+        sentries.last().is_some_and(|e| e["sentry"].is_null()),
+        "{sentries:?}"
+    );
+    let stderr = std::fs::read_to_string(cluster.stderr_path(0)).unwrap();
+    assert!(stderr.contains("fewer members than the quorum"), "{stderr}");
+
+    // One comes back: two of three, ready again, with a sentry.
+    cluster.restart(1).unwrap();
+    ok(cluster.wait_ready(&[0, 1], DEADLINE));
+    let events = cluster.events(0);
+    let last = all_of(&events[mark[0]..], "sentry_changed").last().cloned();
+    assert!(last.is_some_and(|e| e["sentry"].is_string()));
+}
+
+#[test]
 fn a_frozen_node_leaves_the_rings_of_members_that_do_not_watch_it() {
     let _serial = serial();
     // Seven nodes, each watched by two: four of the six survivors hear of

@@ -84,12 +84,15 @@ fn duration(value: Duration) -> String {
 
 mod load;
 mod own_entry;
+mod quorum;
 mod sentry;
 mod timers;
 
 pub use load::TOOL_VARIABLES;
 use load::{describe, EnvVars};
 pub use own_entry::{LocalAddrs, OwnEntry, OwnEntryError};
+pub(crate) use quorum::fixed_size;
+pub use quorum::{Quorum, TieBreaker};
 pub use sentry::{RingMode, Sentry};
 
 /// Everything a node needs to join its cluster. Durations are written as
@@ -125,6 +128,25 @@ pub struct Config {
     /// listed, its length + 1 when the list is a seed list (checked at start,
     /// once the node knows its own entry).
     pub consensus: usize,
+    /// How many members, this node included, a node must see to stay
+    /// `Ready` when the cluster splits: `off` (default: every side of a
+    /// partition stays ready, each with its own ring and sentry), `majority`,
+    /// or a number. A ready node that sees fewer goes `NoQuorum`: routing
+    /// by key fails with the reason, it names no sentry, and it keeps its
+    /// sessions, so it is ready again when the partition heals. Majority
+    /// of what: see [`Quorum::Majority`] and `expected_size`.
+    pub quorum: Quorum,
+    /// The cluster's size for `quorum`, when the static list does not say
+    /// it or says it wrong. Default: none, which means the static list
+    /// (this node added when unlisted), or in service mode the most members
+    /// seen at once, less those that left gracefully. Set it in service
+    /// mode, so that a node that boots alone on the wrong side of a
+    /// partition is not ready on its own.
+    pub expected_size: Option<usize>,
+    /// Who keeps quorum when a partition splits the cluster exactly in
+    /// half, with `quorum = "majority"`: `none` (default: neither half) or
+    /// `oldest` (the half holding the last sentry). See [`TieBreaker`].
+    pub tie_breaker: TieBreaker,
     /// The TCP port this node listens on for peers. Default 4000. A/AAAA records
     /// carry no port, so in service mode every replica must use the same one.
     /// 0 lets the OS pick: loopback tests only, as no list can then name it.
@@ -232,6 +254,9 @@ impl std::fmt::Debug for Config {
             .field("node_name", &self.node_name)
             .field("sentry", &self.sentry)
             .field("consensus", &self.consensus)
+            .field("quorum", &self.quorum)
+            .field("expected_size", &self.expected_size)
+            .field("tie_breaker", &self.tie_breaker)
             .field("listen_port", &self.listen_port)
             .field("advertised_host", &self.advertised_host)
             .field("cookie", &"<redacted>")
@@ -258,6 +283,9 @@ impl Default for Config {
             node_name: None,
             sentry: Sentry::Nodes(Vec::new()),
             consensus: 1,
+            quorum: Quorum::Off,
+            expected_size: None,
+            tie_breaker: TieBreaker::None,
             listen_port: 4000,
             advertised_host: None,
             cookie: "cloister".into(),
@@ -279,11 +307,14 @@ impl Default for Config {
 
 /// Every field with what it accepts: the keys read from `CLOISTER_*` and the
 /// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 19] = [
+const FIELDS: [(&str, &str); 22] = [
     ("app", NAME_PART),
     ("node_name", NAME_PART),
     ("sentry", SENTRY),
     ("consensus", "a whole number, at least 1 (this node counts)"),
+    ("quorum", quorum::QUORUM),
+    ("expected_size", "a whole number, at least 1"),
+    ("tie_breaker", quorum::TIE_BREAKER),
     ("listen_port", "a TCP port from 0 to 65535 (0 picks one)"),
     ("advertised_host", "an IP address or a DNS name"),
     ("cookie", "a non-empty string"),
@@ -406,6 +437,13 @@ impl Config {
         self
     }
 
+    /// Sets `quorum`, the members (this one included) needed to stay ready
+    /// through a partition.
+    pub fn with_quorum(mut self, quorum: Quorum) -> Config {
+        self.quorum = quorum;
+        self
+    }
+
     /// Sets `listen_port`.
     pub fn with_listen_port(mut self, listen_port: u16) -> Config {
         self.listen_port = listen_port;
@@ -464,6 +502,12 @@ impl Config {
             };
             return Err(invalid("consensus", self.consensus.to_string(), why));
         }
+        quorum::check(
+            self.quorum,
+            self.expected_size,
+            self.tie_breaker,
+            &self.sentry,
+        )?;
         if let Some(ip) = self.advertised_host.as_ref().and_then(Host::ip) {
             if ip.is_unspecified() {
                 return Err(invalid("advertised_host", ip.to_string(), WILDCARD));

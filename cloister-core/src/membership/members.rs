@@ -129,6 +129,7 @@ impl Membership {
             peer.left = Some(session);
             if peer.member.is_some() {
                 self.remove_member(now, name, DownReason::Left);
+                self.note_left();
             }
             return false;
         }
@@ -368,33 +369,8 @@ impl Membership {
             members: self.ring.members().to_vec(),
             digest: self.ring.digest(),
         });
+        self.note_ring_size();
         self.elect_sentry();
-    }
-
-    /// Moves the sentry to the member up longest, telling subscribers.
-    pub(super) fn elect_sentry(&mut self) {
-        let mine = (self.incarnation, &self.me);
-        let members = self
-            .peers
-            .iter()
-            .filter_map(|(name, p)| p.member.as_ref().map(|m| (m.incarnation, name)));
-        let (_, oldest) = members.fold(mine, |a, b| a.min(b));
-        if *oldest != self.sentry {
-            self.sentry = oldest.clone();
-            let sentry = self.sentry.clone();
-            self.publish(TopologyEvent::SentryChanged { sentry });
-        }
-    }
-
-    /// Applies the consensus rule to the current membership.
-    pub(super) fn evaluate(&mut self) {
-        let enough = self.ring.len() >= self.config.consensus;
-        let next = match (self.state, enough) {
-            (NodeState::Assembling | NodeState::Rehashing, true) => NodeState::Ready,
-            (NodeState::Ready, false) => NodeState::Rehashing,
-            (state, _) => state,
-        };
-        self.set_state(next);
     }
 
     pub(super) fn set_state(&mut self, to: NodeState) {

@@ -47,6 +47,7 @@ mod members;
 mod monitors;
 mod peer;
 mod protocol;
+mod quorum;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -73,8 +74,15 @@ pub struct Membership {
     state: NodeState,
     peers: BTreeMap<NodeName, Peer>,
     ring: Arc<Ring>,
-    /// The member up longest: see [`Membership::sentry`].
-    sentry: NodeName,
+    /// The member up longest, if the members hold quorum: see
+    /// [`Membership::sentry`].
+    sentry: Option<NodeName>,
+    /// The last sentry named while the members held quorum: the tie
+    /// breaker `oldest` keeps the half that holds it.
+    quorum_sentry: Option<NodeName>,
+    /// The most members this node has seen at once, less those that left
+    /// gracefully since: the cluster's size for a majority in service mode.
+    largest: usize,
     rng: fastrand::Rng,
     /// Session tokens: unpredictable to peers, unlike `rng`.
     token_source: TokenSource,
@@ -116,9 +124,11 @@ impl Membership {
     /// simulation replays exactly; the runtime passes a random seed.
     pub fn new(config: Config, me: NodeName, incarnation: Incarnation, seed: u64) -> Self {
         let ring = Arc::new(build_ring(&config, [me.clone()]));
-        Membership {
+        let mut m = Membership {
             config,
-            sentry: me.clone(),
+            sentry: None,
+            quorum_sentry: None,
+            largest: 1,
             me,
             incarnation,
             state: NodeState::Down,
@@ -140,7 +150,9 @@ impl Membership {
             authenticated: BTreeMap::new(),
             strangers: Tally::new(),
             unknown_names: BTreeSet::new(),
-        }
+        };
+        m.sentry = m.elected_sentry();
+        m
     }
 
     /// The secret key session tokens are drawn under (see
@@ -178,9 +190,11 @@ impl Membership {
 
     /// The sentry: the member up longest (smallest incarnation), ties broken
     /// by name. Derived from the membership, so every member that agrees on
-    /// the membership agrees on it, with no extra message.
-    pub fn sentry(&self) -> &NodeName {
-        &self.sentry
+    /// the membership agrees on it, with no extra message. `None` while a
+    /// `quorum` is configured and the members do not hold it: the minority
+    /// side of a partition names no sentry.
+    pub fn sentry(&self) -> Option<&NodeName> {
+        self.sentry.as_ref()
     }
 
     /// The current ring, shared: the runtime publishes it to lock-free readers.
@@ -239,6 +253,7 @@ impl Membership {
             incarnation: self.incarnation,
             state: self.state,
             consensus: self.config.consensus,
+            quorum: self.quorum_needed(),
             members: self.ring.members().to_vec(),
             digest: self.ring.digest(),
             converged: self.converged(),
@@ -357,7 +372,7 @@ impl Membership {
     pub(super) fn is_running(&self) -> bool {
         matches!(
             self.state,
-            NodeState::Assembling | NodeState::Ready | NodeState::Rehashing
+            NodeState::Assembling | NodeState::Ready | NodeState::Rehashing | NodeState::NoQuorum
         )
     }
 

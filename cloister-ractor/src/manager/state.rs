@@ -362,11 +362,19 @@ impl ManagerState {
     pub(super) fn publish(&mut self, event: TopologyEvent) {
         match &event {
             TopologyEvent::StateChanged { from, to, snapshot } => {
-                tracing::info!(
-                    members = snapshot.members.len(),
-                    consensus = snapshot.consensus,
-                    "state {from} -> {to}"
-                );
+                if *to == NodeState::NoQuorum {
+                    tracing::warn!(
+                        members = snapshot.members.len(),
+                        quorum = snapshot.quorum,
+                        "state {from} -> {to}: fewer members than the quorum; routing by key is refused until enough are back"
+                    );
+                } else {
+                    tracing::info!(
+                        members = snapshot.members.len(),
+                        consensus = snapshot.consensus,
+                        "state {from} -> {to}"
+                    );
+                }
             }
             TopologyEvent::NodeUp { node, incarnation } => {
                 tracing::info!(peer = %node, %incarnation, "node up");
@@ -377,8 +385,13 @@ impl ManagerState {
             TopologyEvent::RingChanged { members, digest } => {
                 tracing::info!(%digest, members = members.len(), "ring changed");
             }
-            TopologyEvent::SentryChanged { sentry } => {
+            TopologyEvent::SentryChanged {
+                sentry: Some(sentry),
+            } => {
                 tracing::info!(%sentry, "sentry moved");
+            }
+            TopologyEvent::SentryChanged { sentry: None } => {
+                tracing::warn!("no sentry: the members do not hold quorum");
             }
             TopologyEvent::Snapshot { .. } => {}
         }

@@ -1,0 +1,188 @@
+//! The quorum rule in the simulator: the minority side of a partition
+//! leaves `Ready` and names no sentry, the majority keeps one ring and one
+//! sentry, and healing brings everyone back, up to 200 nodes.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::{Quorum, TieBreaker};
+
+fn majority() -> Config {
+    Config {
+        quorum: Quorum::Majority,
+        ..Config::default()
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs in steps of `step` until `done`, at most `limit`; prints the seed on
+/// a failure so it can be replayed.
+fn settle(sim: &mut Sim, step: Duration, limit: Duration, done: impl Fn(&Sim) -> bool) {
+    let end = sim.now() + limit;
+    while !done(sim) {
+        assert!(
+            sim.now() < end,
+            "did not settle within {limit:?} (network seed {})",
+            sim.network.seed
+        );
+        sim.run_for(step);
+    }
+}
+
+/// Every node of `side` is ready with the same ring, exactly `side`, and
+/// the same sentry, one of them.
+fn one_ready_side(sim: &Sim, side: &[usize]) -> bool {
+    let members: Vec<&NodeName> = {
+        let mut names: Vec<&NodeName> = side.iter().map(|&i| sim.name(i)).collect();
+        names.sort();
+        names
+    };
+    let sentry = sim.node(side[0]).sentry();
+    sentry.is_some_and(|s| members.contains(&s))
+        && side.iter().all(|&i| {
+            let node = sim.node(i);
+            node.state() == NodeState::Ready
+                && node.sentry() == sentry
+                && node.ring().members().iter().eq(members.iter().copied())
+        })
+}
+
+/// Every node of `side` is without quorum and names no sentry.
+fn no_quorum(sim: &Sim, side: &[usize]) -> bool {
+    side.iter().all(|&i| {
+        let node = sim.node(i);
+        node.state() == NodeState::NoQuorum && node.sentry().is_none()
+    })
+}
+
+/// No node of `nodes` ever published a sentry while it did not hold quorum:
+/// each `SentryChanged` to a name comes while the ring it just built has
+/// at least `needed` members (or the tie breaker's half).
+fn never_a_sentry_without(sim: &Sim, nodes: &[usize], needed: usize) {
+    for &i in nodes {
+        let mut members = 1;
+        for event in sim.events(i) {
+            match event {
+                TopologyEvent::RingChanged { members: m, .. } => members = m.len(),
+                TopologyEvent::SentryChanged { sentry: Some(s) } => {
+                    assert!(
+                        members >= needed,
+                        "node {i} named {s} with {members} members"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn the_minority_of_five_leaves_ready_and_names_no_sentry_until_healed() {
+    let mut sim = Sim::new(5, &majority(), Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged));
+    assert_eq!(sim.node(0).quorum_needed(), Some(3));
+
+    sim.partition(&[3, 4]);
+    let step = Duration::from_millis(10);
+    settle(&mut sim, step, LIMIT, |sim| {
+        one_ready_side(sim, &[0, 1, 2]) && no_quorum(sim, &[3, 4])
+    });
+    // The minority said so: it went from ready to no quorum, and was told
+    // there is no sentry.
+    for i in [3, 4] {
+        let events = sim.events(i);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            TopologyEvent::StateChanged {
+                from: NodeState::Ready,
+                to: NodeState::NoQuorum,
+                snapshot
+            } if snapshot.sentry.is_none() && snapshot.quorum == Some(3)
+        )));
+        assert!(events.contains(&TopologyEvent::SentryChanged { sentry: None }));
+    }
+
+    sim.heal();
+    assert!(sim.run_until(LIMIT, Sim::converged), "not healed");
+    let sentry = sim.node(0).sentry().cloned();
+    assert!(sentry.is_some() && (0..5).all(|i| sim.node(i).sentry() == sentry.as_ref()));
+    never_a_sentry_without(&sim, &[0, 1, 2, 3, 4], 3);
+}
+
+#[test]
+fn survivors_of_a_crash_of_most_nodes_wait_for_quorum_and_resume_on_restart() {
+    let cfg = majority();
+    let mut sim = Sim::new(5, &cfg, Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged));
+    for i in 2..5 {
+        sim.kill(i);
+    }
+    let step = Duration::from_millis(10);
+    settle(&mut sim, step, LIMIT, |sim| no_quorum(sim, &[0, 1]));
+    // One restarts: three of five again.
+    sim.restart(2, &cfg);
+    settle(&mut sim, step, LIMIT, |sim| one_ready_side(sim, &[0, 1, 2]));
+}
+
+#[test]
+fn an_even_split_has_no_ready_half_unless_the_oldest_breaks_the_tie() {
+    for tie_breaker in [TieBreaker::None, TieBreaker::Oldest] {
+        let cfg = Config {
+            tie_breaker,
+            ..majority()
+        };
+        let mut sim = Sim::new(4, &cfg, Network::default());
+        sim.start_all();
+        assert!(sim.run_until(LIMIT, Sim::converged));
+        let sentry = sim.node(0).sentry().unwrap().clone();
+        let with_sentry: Vec<usize> = {
+            let other = (0..4).find(|&i| *sim.name(i) != sentry).unwrap();
+            let s = (0..4).find(|&i| *sim.name(i) == sentry).unwrap();
+            vec![s, other]
+        };
+        let without: Vec<usize> = (0..4).filter(|i| !with_sentry.contains(i)).collect();
+        sim.partition(&without);
+        let step = Duration::from_millis(10);
+        settle(&mut sim, step, LIMIT, |sim| {
+            let halves_split = (0..4).all(|i| sim.node(i).ring().len() == 2);
+            let kept = match tie_breaker {
+                TieBreaker::None => no_quorum(sim, &with_sentry),
+                TieBreaker::Oldest => one_ready_side(sim, &with_sentry),
+            };
+            halves_split && kept && no_quorum(sim, &without)
+        });
+        if tie_breaker == TieBreaker::Oldest {
+            assert_eq!(sim.node(with_sentry[1]).sentry(), Some(&sentry));
+        }
+        sim.heal();
+        assert!(sim.run_until(LIMIT, Sim::converged), "{tie_breaker:?}");
+    }
+}
+
+#[test]
+fn two_hundred_nodes_split_120_80_keep_one_ring_and_one_sentry_on_the_majority() {
+    let n = 200;
+    let mut sim = Sim::new(n, &majority(), Network::default());
+    sim.start_all();
+    let step = Duration::from_millis(100);
+    settle(&mut sim, step, LIMIT, Sim::converged);
+
+    let minority: Vec<usize> = (0..n).filter(|i| i % 5 < 2).collect();
+    let majority: Vec<usize> = (0..n).filter(|i| i % 5 >= 2).collect();
+    sim.partition(&minority);
+    settle(&mut sim, step, LIMIT, |sim| {
+        one_ready_side(sim, &majority) && no_quorum(sim, &minority)
+    });
+    let digest = sim.node(majority[0]).ring().digest();
+    assert!(majority
+        .iter()
+        .all(|&i| sim.node(i).ring().digest() == digest));
+
+    sim.heal();
+    settle(&mut sim, step, LIMIT, Sim::converged);
+    never_a_sentry_without(&sim, &(0..n).collect::<Vec<_>>(), 101);
+}
