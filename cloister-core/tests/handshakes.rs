@@ -227,36 +227,3 @@ fn slow(dial_ms: u64, handshake_ms: u64) -> Effect {
         handshake_timeout: ms(handshake_ms),
     }
 }
-
-#[test]
-fn handshakes_that_expire_together_stretch_the_timeouts_once() {
-    let mut m = started();
-    // Three dials of this node connect at once and none finishes its
-    // handshake: they expire together, one signal that the machine is
-    // slow, so the timeouts double once, not three times.
-    for session in 1..=3 {
-        m.handle(
-            ms(0),
-            Input::SessionOpened {
-                session: SessionId(session),
-                inbound: false,
-            },
-        );
-    }
-    let slows: Vec<_> = run_until(&mut m, ms(1000))
-        .into_iter()
-        .filter(|(_, e)| matches!(e, Effect::Slow { .. }))
-        .collect();
-    assert_eq!(slows, vec![(ms(1000), slow(1000, 2000))]);
-    // A handshake opened under the doubled timeout that misses it too
-    // doubles them again.
-    m.handle(
-        ms(1000),
-        Input::SessionOpened {
-            session: SessionId(4),
-            inbound: false,
-        },
-    );
-    let again = run_until(&mut m, ms(3000));
-    assert!(again.contains(&(ms(3000), slow(2000, 4000))), "{again:?}");
-}

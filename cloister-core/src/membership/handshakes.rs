@@ -15,9 +15,10 @@
 //! only makes more work: every redial starts a new handshake, and the
 //! cluster stops forming. So the timeouts stretch: each of this node's own
 //! dials whose connection is up but whose handshake expires doubles the
-//! handshake and dial timeouts, up to [`MAX_STRETCH`] doublings. Only a
-//! handshake that had the current timeout does: several that expire
-//! together are one signal, not one doubling each. Each
+//! handshake and dial timeouts, up to [`MAX_STRETCH`] doublings (several
+//! that expire together double them once each: counted as one signal, the
+//! stretch grew too slowly and 100 nodes formed in about 30 s instead of
+//! 18 s on two cores, see BENCHMARKS.md); each
 //! handshake that finishes within half the base timeout halves them again.
 //! Only this node's own dials stretch them, so strangers holding
 //! connections open do not, and neither does a peer that is down (its
@@ -31,17 +32,6 @@ use super::*;
 /// How many times the dial and handshake timeouts may double: 8 times the
 /// configured ones at most.
 pub(super) const MAX_STRETCH: u32 = 3;
-
-/// A connection still in its handshake.
-#[derive(Debug)]
-pub(super) struct Handshake {
-    pub(super) deadline: Duration,
-    /// Accepted, rather than dialed by this node.
-    inbound: bool,
-    opened: Duration,
-    /// The stretch its deadline was set under.
-    stretch: u32,
-}
 
 impl Membership {
     /// The handshake timeout, stretched as slow handshakes require.
@@ -67,13 +57,8 @@ impl Membership {
     }
 
     pub(super) fn session_opened(&mut self, now: Duration, session: SessionId, inbound: bool) {
-        let handshake = Handshake {
-            deadline: now.saturating_add(self.handshake_deadline()),
-            inbound,
-            opened: now,
-            stretch: self.stretch,
-        };
-        self.handshakes.insert(session, handshake);
+        let deadline = now.saturating_add(self.handshake_deadline());
+        self.handshakes.insert(session, (deadline, inbound, now));
     }
 
     pub(super) fn authenticated(
@@ -82,9 +67,9 @@ impl Membership {
         session: SessionId,
         name: Option<NodeName>,
     ) {
-        if let Some(handshake) = self.handshakes.remove(&session) {
+        if let Some((_, _, opened)) = self.handshakes.remove(&session) {
             // Done within half the base timeout: the machine keeps up again.
-            let took = now.saturating_sub(handshake.opened);
+            let took = now.saturating_sub(opened);
             if self.stretch > 0 && took < self.config.handshake_timeout() / 2 {
                 self.stretch -= 1;
                 self.effects.push_back(Effect::Slow {
@@ -128,10 +113,10 @@ impl Membership {
         peer: Option<&NodeName>,
     ) {
         self.authenticated.remove(&session);
-        let Some(handshake) = self.handshakes.remove(&session) else {
+        let Some((_, inbound, _)) = self.handshakes.remove(&session) else {
             return;
         };
-        if !handshake.inbound {
+        if !inbound {
             return; // this node's own dial: it fails as a dial
         }
         let live = peer.is_some_and(|name| self.pending_session(name).is_some());
@@ -152,20 +137,18 @@ impl Membership {
     /// named closes no session proved duplicates, and reports the strangers
     /// counted since the last report when that is due.
     pub(super) fn expire_handshakes(&mut self, now: Duration) {
-        let expired: Vec<SessionId> = self
+        let expired: Vec<(SessionId, bool)> = self
             .handshakes
             .iter()
-            .filter(|(_, handshake)| handshake.deadline <= now)
-            .map(|(session, _)| *session)
+            .filter(|(_, (deadline, _, _))| *deadline <= now)
+            .map(|(session, (_, inbound, _))| (*session, *inbound))
             .collect();
-        for session in expired {
-            let Some(handshake) = self.handshakes.remove(&session) else {
-                continue;
-            };
+        for (session, inbound) in expired {
+            self.handshakes.remove(&session);
             self.effects.push_back(Effect::CloseSession { session });
-            if handshake.inbound {
+            if inbound {
                 self.note_stranger(now);
-            } else if handshake.stretch == self.stretch {
+            } else {
                 self.stretch_timeouts();
             }
         }

@@ -101,8 +101,9 @@ pub struct Membership {
     /// A lower bound of the earliest per-peer timer; recomputed on timeouts.
     next_peer_timer: Option<Duration>,
     discovery_error: Option<String>,
-    /// Connections still in their handshake.
-    handshakes: BTreeMap<SessionId, handshakes::Handshake>,
+    /// Connections still in their handshake: their deadlines, whether
+    /// they were accepted (rather than dialed), and when they opened.
+    handshakes: BTreeMap<SessionId, (Duration, bool, Duration)>,
     /// How many times the dial and handshake timeouts are doubled now:
     /// see `handshakes`.
     stretch: u32,
@@ -304,7 +305,7 @@ impl Membership {
             self.next_introduce,
             self.ring_due,
             self.next_peer_timer,
-            self.handshakes.values().map(|h| h.deadline).min(),
+            self.handshakes.values().map(|(at, _, _)| *at).min(),
             self.strangers.due(),
         ]
         .into_iter()
