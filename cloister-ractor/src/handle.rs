@@ -293,6 +293,26 @@ impl Cloister {
         self.view.load().snapshot.sentry.clone()
     }
 
+    /// Whether this node's members hold the configured `quorum` (always
+    /// with `quorum = "off"`), and its Manager runs. Routing by key refuses
+    /// with [`RouteError::NoQuorum`](crate::RouteError::NoQuorum) while this
+    /// is false; an application that writes through other paths (such as
+    /// [`Cloister::actor_on`]) checks it before it acknowledges a write.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// if !cloister.holds_quorum() {
+    ///     eprintln!("refusing the write: this side of the cluster has no quorum");
+    /// }
+    /// # }
+    /// ```
+    pub fn holds_quorum(&self) -> bool {
+        let view = self.view.load();
+        view.stopped.is_none() && view.snapshot.holds_quorum()
+    }
+
     /// True when this node is the sentry.
     ///
     /// # Examples

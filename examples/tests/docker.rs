@@ -2,7 +2,10 @@
 //! `docker/docker-compose.yml` (one service scaled, peers found through the
 //! network alias `cloister_test.local`, every node named `cloister_test@<its
 //! IP>`), then kill, pause, partition, scale, and a container recreated with a
-//! new IP.
+//! new IP; and with `quorum = "majority"`, faults put into the containers'
+//! network namespaces from the host (`nsenter -t PID -n iptables`, see
+//! `Nemesis`: clean partitions and random loss), checked against the
+//! split-brain invariants.
 //!
 //! The tests skip (with a message on stderr) when no Docker engine answers,
 //! and fail instead when `CLOISTER_DOCKER_TESTS=required`. The image is built
@@ -205,6 +208,12 @@ impl Project {
     /// A project named after the scenario and this process, with `consensus`
     /// and subnet number `k` (unique per scenario).
     fn new(scenario: &str, k: u32, consensus: usize) -> Project {
+        Project::with_env(scenario, k, consensus, &[])
+    }
+
+    /// [`Project::new`] with more `CLOISTER_*` variables for every node.
+    fn with_env(scenario: &str, k: u32, consensus: usize, env: &[&str]) -> Project {
+        let extra: String = env.iter().map(|var| format!("      - {var}\n")).collect();
         let pid = std::process::id();
         let name = format!("cdock_{scenario}_{pid}");
         let subnet = format!("10.{}.{}", 200 + k, pid % 250);
@@ -219,7 +228,7 @@ impl Project {
              \x20     - CLOISTER_HEARTBEAT_TIMEOUT=600ms\n\
              \x20     - CLOISTER_DISCOVERY_TICK=200ms\n\
              \x20     - CLOISTER_DIAL_TIMEOUT=500ms\n\
-             \x20     - CLOISTER_DIAL_BACKOFF_MAX=500ms\n\
+             \x20     - CLOISTER_DIAL_BACKOFF_MAX=500ms\n{extra}\
              networks:\n  local:\n    driver: bridge\n    ipam:\n      config:\n        - subnet: {subnet}.0/24\n"
         );
         Project::create(name, subnet, &override_file, false)
@@ -564,6 +573,17 @@ impl View {
         self.state() == Some("ready")
     }
 
+    /// The sentry its latest line names (`state_changed` and
+    /// `sentry_changed` carry it): `Some(None)` when it names none.
+    fn sentry(&self) -> Option<Option<&str>> {
+        let carrier = self
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.get("sentry").is_some())?;
+        Some(carrier["sentry"].as_str())
+    }
+
     /// Lines of kind `event` after the first `mark` lines.
     fn after<'a>(&'a self, mark: usize, event: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.events[mark.min(self.events.len())..]
@@ -647,6 +667,152 @@ fn mark_of(marks: &BTreeMap<String, usize>, view: &View) -> usize {
 
 fn measure(what: &str, ms: i64) {
     println!("MEASURE {what}: {ms} ms");
+}
+
+// ---------------------------------------------------------------------------
+// The nemesis: faults put into containers' network namespaces from the host
+
+/// Firewall rules in containers' network namespaces (`nsenter -t PID -n
+/// iptables`), each removed by [`Nemesis::heal`] and on drop, also when a
+/// test panics. A container that is gone takes its rules with it.
+struct Nemesis {
+    /// (the container's PID, the rule as `iptables -I` takes it).
+    rules: Vec<(String, Vec<String>)>,
+}
+
+impl Nemesis {
+    fn new() -> Nemesis {
+        Nemesis { rules: Vec::new() }
+    }
+
+    fn pid(view: &View) -> String {
+        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &view.id]);
+        let pid = pid.trim().to_string();
+        assert!(pid != "0", "{} is not running", view.container);
+        pid
+    }
+
+    fn iptables(pid: &str, action: &str, rule: &[String]) -> Result<String, String> {
+        let mut args = vec!["-t", pid, "-n", "iptables", action];
+        args.extend(rule.iter().map(String::as_str));
+        run("nsenter", &args)
+    }
+
+    /// Adds `rule` in `view`'s namespace.
+    fn add(&mut self, view: &View, rule: &[&str]) {
+        let pid = Nemesis::pid(view);
+        let rule: Vec<String> = rule.iter().map(|r| r.to_string()).collect();
+        if let Err(err) = Nemesis::iptables(&pid, "-I", &rule) {
+            panic!("cannot add a rule to {}: {err}", view.container);
+        }
+        self.rules.push((pid, rule));
+    }
+
+    /// `view` hears nothing from `ip` (a one-way cut: what it sends still
+    /// arrives, but over TCP nothing gets through for long).
+    fn deafen(&mut self, view: &View, ip: &str) {
+        self.add(view, &["INPUT", "-s", ip, "-j", "DROP"]);
+    }
+
+    /// Nothing passes between `view` and `ip`, either way.
+    fn cut(&mut self, view: &View, ip: &str) {
+        self.deafen(view, ip);
+        self.add(view, &["OUTPUT", "-d", ip, "-j", "DROP"]);
+    }
+
+    /// Every node of `a` is cut from every node of `b`.
+    fn partition(&mut self, project: &Project, a: &[&View], b: &[&View]) {
+        for x in a {
+            for y in b {
+                self.cut(x, &project.ip(y));
+            }
+        }
+    }
+
+    /// `view` loses `percent` of the packets it receives, at random.
+    fn lossy(&mut self, view: &View, percent: u32) {
+        let p = format!("{:.2}", f64::from(percent) / 100.0);
+        let rule = [
+            "INPUT",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
+            "DROP",
+        ];
+        self.add(view, &rule);
+    }
+
+    /// Packets the random-loss rules in `view`'s namespace dropped so far.
+    fn lost(&self, view: &View) -> u64 {
+        let pid = Nemesis::pid(view);
+        let args = [
+            "-t", &pid, "-n", "iptables", "-L", "INPUT", "-v", "-x", "-n",
+        ];
+        let listed = run("nsenter", &args).unwrap_or_else(|e| panic!("{e}"));
+        listed
+            .lines()
+            .filter(|line| line.contains("DROP") && line.contains("statistic"))
+            .filter_map(|line| line.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Removes every rule.
+    fn heal(&mut self) {
+        for (pid, rule) in self.rules.drain(..).rev() {
+            // A container that died took its namespace, and the rule, along.
+            let _ = Nemesis::iptables(&pid, "-D", &rule);
+        }
+    }
+}
+
+impl Drop for Nemesis {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
+
+/// Whether `nsenter` and `iptables` can reach a container's network
+/// namespace from here (root on the Docker host).
+fn nemesis_available() -> Result<(), String> {
+    run("nsenter", &["--version"])?;
+    run("iptables", &["--version"])?;
+    Ok(())
+}
+
+/// What must hold at every moment, with `quorum` members needed: no node is
+/// ready, or names a sentry, while its own ring is below quorum.
+fn below_quorum_serves(views: &[View], quorum: usize) -> Option<String> {
+    live(views).iter().find_map(|v| {
+        let members = v.members().len();
+        if members >= quorum {
+            None
+        } else if v.is_ready() {
+            Some(format!("{} is ready with {members} member(s)", v.container))
+        } else if v.sentry().flatten().is_some() {
+            Some(format!(
+                "{} names a sentry with {members} member(s)",
+                v.container
+            ))
+        } else {
+            None
+        }
+    })
+}
+
+/// What must hold once a fault or a heal has settled: the above, and the
+/// ready nodes name one sentry. (While views change, a node that has not
+/// noticed the fault yet may still name the old one.)
+fn split_brain(views: &[View], quorum: usize) -> Option<String> {
+    below_quorum_serves(views, quorum).or_else(|| {
+        let nodes = live(views);
+        let ready = nodes.iter().filter(|v| v.is_ready());
+        let sentries: BTreeSet<&str> = ready.filter_map(|v| v.sentry().flatten()).collect();
+        (sentries.len() > 1).then(|| format!("the ready nodes name {sentries:?}"))
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1058,4 +1224,107 @@ fn one_name_on_several_hosts() {
             .collect();
         (nodes.len() == 4 && agreed(&nodes, &four).is_some()).then_some(())
     });
+}
+
+/// (h) With `quorum = "majority"`, faults injected with iptables into the
+/// containers' network namespaces: a 3|2 split, then 1|4, then 30% packet
+/// loss on one node. After each fault has settled, the minority is not
+/// ready and names no sentry while the majority keeps one ring and one
+/// sentry; after each heal all five agree on one ring and one sentry. The
+/// invariants are checked on every poll, not only at the end.
+#[test]
+fn quorum_under_partitions() {
+    if !docker_ready("quorum") {
+        return;
+    }
+    if let Err(why) = nemesis_available() {
+        assert!(!required(), "the nemesis needs nsenter and iptables: {why}");
+        eprintln!("SKIPPED docker scenario `quorum`: {why}");
+        return;
+    }
+    const QUORUM: usize = 3;
+    let project = Project::with_env("quorum", 6, 1, &["CLOISTER_QUORUM=majority"]);
+    project.scale(5);
+    let views = wait_all_agree(&project, 5, "five containers ready on one ring");
+    let mut nemesis = Nemesis::new();
+    let always = |views: &[View]| below_quorum_serves(views, QUORUM);
+    let settled = |views: &[View]| split_brain(views, QUORUM);
+
+    for minority in [&[3usize, 4][..], &[0][..]] {
+        let cut: Vec<&View> = minority.iter().map(|&i| &views[i]).collect();
+        let kept: Vec<&View> = (0..views.len())
+            .filter(|i| !minority.contains(i))
+            .map(|i| &views[i])
+            .collect();
+        let cut_ids: BTreeSet<&str> = cut.iter().map(|v| v.id.as_str()).collect();
+        let majority: BTreeSet<String> = kept.iter().map(|v| name_of(&project.ip(v))).collect();
+        let mark = marks(&project.views());
+        let cut_at = now_ms();
+        nemesis.partition(&project, &cut, &kept);
+        let what = format!(
+            "{} cut off: the rest ready with one sentry, the cut-off not ready",
+            cut.len()
+        );
+        let split: Vec<View> = project.wait(&what, |views| {
+            if let Some(broken) = always(views) {
+                panic!("{broken}\n{}", project.report(views));
+            }
+            let (off, on): (Vec<&View>, Vec<&View>) = live(views)
+                .into_iter()
+                .partition(|v| cut_ids.contains(v.id.as_str()));
+            let majority_ok = agreed(&on, &majority).is_some()
+                && on
+                    .iter()
+                    .all(|v| v.sentry().flatten().is_some_and(|s| majority.contains(s)));
+            let minority_ok = off
+                .iter()
+                .all(|v| v.state() == Some("no_quorum") && v.sentry() == Some(None));
+            (majority_ok && minority_ok).then_some(off.iter().map(|v| (*v).clone()).collect())
+        });
+        let left_ready = split
+            .iter()
+            .filter_map(|v: &View| v.became(mark_of(&mark, v), "no_quorum"))
+            .max();
+        let n = cut.len();
+        measure(
+            &format!("{n} of 5 cut off -> the last of them no_quorum"),
+            left_ready.unwrap_or(cut_at) - cut_at,
+        );
+        project.never(
+            Duration::from_secs(2),
+            "split brain during the partition",
+            settled,
+        );
+        let heal_at = now_ms();
+        nemesis.heal();
+        let healed = wait_all_agree(&project, 5, "all five on one ring after healing");
+        let last_ring = healed.iter().filter_map(|v| v.ring()?["ts"].as_i64()).max();
+        measure(
+            &format!("heal of {n} cut off -> one ring on all five"),
+            last_ring.unwrap_or(heal_at) - heal_at,
+        );
+        project.never(Duration::from_secs(1), "split brain after healing", settled);
+    }
+
+    // 30% of what one node receives is lost: it may flap, but nothing
+    // below quorum serves.
+    let views = project.views();
+    let lossy = live(&views)[2].clone();
+    nemesis.lossy(&lossy, 30);
+    project.never(
+        Duration::from_secs(8),
+        "a node below quorum serves under loss",
+        always,
+    );
+    let lost = nemesis.lost(&lossy);
+    assert!(
+        lost > 0,
+        "the loss rule on {} dropped nothing",
+        lossy.container
+    );
+    println!("MEASURE packets lost by {} in 8 s: {lost}", lossy.container);
+    nemesis.heal();
+    let healed = wait_all_agree(&project, 5, "all five on one ring after the loss ends");
+    let sentries: BTreeSet<Option<&str>> = healed.iter().map(|v| v.sentry().flatten()).collect();
+    assert_eq!(sentries.len(), 1, "{sentries:?}");
 }

@@ -140,3 +140,31 @@ fn keys_survive_a_restart_and_a_kill_by_being_re_put() {
         &wrong[..wrong.len().min(5)]
     );
 }
+
+#[test]
+fn without_quorum_a_put_is_refused_and_stores_nothing() {
+    let _serial = serial();
+    let mut cluster = LocalCluster::builder(kv_node(), 3)
+        .consensus(1)
+        .env("CLOISTER_QUORUM", "majority")
+        .start()
+        .unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT));
+    cluster.kill(1).unwrap();
+    cluster.kill(2).unwrap();
+    ok(cluster.wait_agree(&[0], "no_quorum", DEFAULT_TIMEOUT));
+
+    let mark = cluster.event_count(0);
+    cluster.send_line(0, "put lonely value").unwrap();
+    ok(cluster.wait_for(0, DEFAULT_TIMEOUT, |events| {
+        all_of(&events[mark..], "put").next().is_some()
+    }));
+    let events = cluster.events(0);
+    let put = all_of(&events[mark..], "put").next().unwrap();
+    assert_eq!(put["stored_on"], serde_json::json!([]), "{put}");
+    assert!(
+        put["errors"][0].as_str().unwrap().contains("no quorum"),
+        "{put}"
+    );
+    assert_eq!(count(&cluster, 0), 0);
+}

@@ -6,7 +6,10 @@
 //! to the nodes that should hold it now, and drops the keys it should no
 //! longer keep. So a key
 //! survives the loss of any one node, and a node that restarts empty is
-//! filled again by re-puts from the others.
+//! filled again by re-puts from the others. With a `quorum` set
+//! (`CLOISTER_QUORUM=majority`), a put on a side of the cluster without
+//! quorum stores nothing and answers an error: it is never acknowledged
+//! where the side with quorum would not see it.
 //!
 //! Commands, one per line on stdin (sent by a test with
 //! `LocalCluster::send_line`, or typed): `put KEY VALUE`, `get KEY` (asks the
@@ -185,7 +188,18 @@ async fn run(cloister: &Cloister, line: &str) {
                 .map_or(0, |d| d.as_micros() as u64);
             let mut stored_on = Vec::new();
             let mut errors = Vec::new();
-            for node in cloister.nodes_for(key, REPLICAS) {
+            // Without quorum this side may not be where the key lives for
+            // the side that has it: nothing is stored, nothing acknowledged.
+            let holders = if cloister.holds_quorum() {
+                cloister.nodes_for(key, REPLICAS)
+            } else {
+                let seen = cloister.members().len();
+                errors.push(format!(
+                    "no quorum: this side sees {seen} member(s); nothing stored"
+                ));
+                Vec::new()
+            };
+            for node in holders {
                 let put = KvMsg::Put(key.into(), value.into(), version);
                 match cloister.actor_on::<KvMsg>(GROUP, &node) {
                     Ok(store) => match store.cast(put) {
