@@ -10,7 +10,7 @@
 //! events. Heartbeats from one node to another arrive in the order they were
 //! sent, as over one TCP stream.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::config::{Config, Sentry};
@@ -123,6 +123,8 @@ pub struct Sim {
     network: Network,
     /// The side of the partition each node is on; all 0 when healed.
     side: Vec<u8>,
+    /// Links cut one way: what `.0` sends `.1` is lost.
+    cut: BTreeSet<(usize, usize)>,
     /// Messages delivered so far.
     pub delivered: u64,
     /// Heartbeats sent so far (each counted once, when it leaves its node).
@@ -149,6 +151,7 @@ impl Sim {
             rng: fastrand::Rng::with_seed(network.seed),
             network,
             side: vec![0; n],
+            cut: BTreeSet::new(),
             delivered: 0,
             heartbeats_sent: 0,
         };
@@ -280,8 +283,25 @@ impl Sim {
         side_b.iter().for_each(|&i| self.side[i] = 1);
     }
 
-    /// Heals every partition.
+    /// Cuts the link from `from` to `to` one way: what `from` sends `to` is
+    /// lost, what `to` sends `from` arrives. A dial needs both ways (a TCP
+    /// handshake), so neither can connect to the other; a session already
+    /// up stays up.
+    pub fn cut(&mut self, from: usize, to: usize) {
+        self.cut.insert((from, to));
+    }
+
+    /// Cuts the link between `a` and `b` both ways, leaving every other
+    /// link alone: with [`Sim::cut`], partial partitions (a bridge node
+    /// that sees both sides) and one-way ones.
+    pub fn cut_between(&mut self, a: usize, b: usize) {
+        self.cut(a, b);
+        self.cut(b, a);
+    }
+
+    /// Heals every partition and every cut link.
     pub fn heal(&mut self) {
+        self.cut.clear();
         self.side.iter_mut().for_each(|s| *s = 0);
     }
 
@@ -379,7 +399,7 @@ impl Sim {
                 let Some(&j) = self.by_addr.get(&addr) else {
                     return self.answer_dial_failed(i, peer, "no such host", at);
                 };
-                if self.lost() || !self.reachable(i, j) {
+                if self.lost() || !self.reachable(i, j) || !self.reachable(j, i) {
                     return; // no answer: the dial times out
                 }
                 if !self.nodes[j].alive {
@@ -475,8 +495,9 @@ impl Sim {
         self.schedule(at, i, What::Input(Input::DialFailed { peer, error }));
     }
 
+    /// Whether what `a` sends `b` arrives.
     fn reachable(&self, a: usize, b: usize) -> bool {
-        self.side[a] == self.side[b]
+        self.side[a] == self.side[b] && !self.cut.contains(&(a, b))
     }
 
     fn lost(&mut self) -> bool {

@@ -239,11 +239,24 @@ impl Membership {
 
     /// A member's heartbeat reported members it watched and dropped as
     /// unresponsive: drop them too, unless this node knows another
-    /// incarnation of them (a restart it has proven itself).
+    /// incarnation of them (a restart it has proven itself), or watches
+    /// them itself and heard them within the last two intervals: then they
+    /// are alive, and what failed is the reporter's link to them (a node
+    /// that hears nobody would otherwise evict every member everywhere).
     fn reported_unresponsive(&mut self, now: Duration, from: &NodeName, suspects: Vec<Suspect>) {
+        let lately = self.config.heartbeat_interval * 2;
         for Suspect { node, incarnation } in suspects {
             if node == self.me || node == *from {
                 continue; // our own session, or its own, tells us more
+            }
+            let heard_lately = self.peers.get(&node).is_some_and(|p| {
+                p.watching
+                    && p.member
+                        .as_ref()
+                        .is_some_and(|m| now.saturating_sub(m.last_heard) < lately)
+            });
+            if heard_lately {
+                continue;
             }
             if self.incarnation_of(&node) == Some(incarnation) {
                 let why = format!(

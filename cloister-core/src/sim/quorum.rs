@@ -186,3 +186,44 @@ fn two_hundred_nodes_split_120_80_keep_one_ring_and_one_sentry_on_the_majority()
     settle(&mut sim, step, LIMIT, Sim::converged);
     never_a_sentry_without(&sim, &(0..n).collect::<Vec<_>>(), 101);
 }
+
+/// The `NodeDown` events node `i` published after event number `since`.
+fn downs_after(sim: &Sim, i: usize, since: usize) -> Vec<NodeName> {
+    sim.events(i)[since..]
+        .iter()
+        .filter_map(|e| match e {
+            TopologyEvent::NodeDown { node, .. } => Some(node.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_deaf_node_leaves_every_ring_without_evicting_anyone_else() {
+    // Node 4 hears nobody (what every other node sends it is lost) while
+    // everyone hears it: it finds every member silent and reports them all.
+    // The others hear each other, so its reports must not evict anyone.
+    let mut sim = Sim::new(5, &majority(), Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged));
+    let marks: Vec<usize> = (0..5).map(|i| sim.events(i).len()).collect();
+    for j in 0..4 {
+        sim.cut(j, 4);
+    }
+    let step = Duration::from_millis(10);
+    settle(&mut sim, step, LIMIT, |sim| {
+        one_ready_side(sim, &[0, 1, 2, 3]) && no_quorum(sim, &[4])
+    });
+    sim.run_for(Duration::from_secs(5));
+    assert!(one_ready_side(&sim, &[0, 1, 2, 3]) && no_quorum(&sim, &[4]));
+    let deaf = sim.name(4).clone();
+    for (i, &mark) in marks.iter().enumerate().take(4) {
+        let evicted: Vec<NodeName> = downs_after(&sim, i, mark)
+            .into_iter()
+            .filter(|node| *node != deaf)
+            .collect();
+        assert!(evicted.is_empty(), "node {i} dropped {evicted:?}");
+    }
+    sim.heal();
+    assert!(sim.run_until(LIMIT, Sim::converged), "not healed");
+}
