@@ -1227,8 +1227,8 @@ fn one_name_on_several_hosts() {
 }
 
 /// (h) With `quorum = "majority"`, faults injected with iptables into the
-/// containers' network namespaces: a 3|2 split, then 1|4, then 30% packet
-/// loss on one node. After each fault has settled, the minority is not
+/// containers' network namespaces: a 3|2 split, then 1|4, then a node that
+/// hears nobody (a one-way cut), then 30% packet loss on one node. After each fault has settled, the minority is not
 /// ready and names no sentry while the majority keeps one ring and one
 /// sentry; after each heal all five agree on one ring and one sentry. The
 /// invariants are checked on every poll, not only at the end.
@@ -1305,6 +1305,46 @@ fn quorum_under_partitions() {
         );
         project.never(Duration::from_secs(1), "split brain after healing", settled);
     }
+
+    // One node hears nobody: every packet into it is dropped, a one-way cut.
+    // It leaves every ring and goes no_quorum, and nobody else is evicted.
+    // (Over TCP the cut soon blocks its sends too: its segments go
+    // unacknowledged and only retransmissions leave. So its reports of
+    // everyone as silent rarely arrive; the simulator, whose one-way cuts
+    // stay one-way, is where that path is tested.)
+    let views = project.views();
+    let nodes = live(&views);
+    let (deaf, others) = (nodes[4].clone(), &nodes[..4]);
+    let deaf_name = name_of(&project.ip(&deaf));
+    let mark = marks(&views);
+    for other in others {
+        nemesis.deafen(&deaf, &project.ip(other));
+    }
+    let rest: BTreeSet<String> = others.iter().map(|v| name_of(&project.ip(v))).collect();
+    project.wait("the deaf node out of every ring and no_quorum", |views| {
+        if let Some(broken) = always(views) {
+            panic!("{broken}\n{}", project.report(views));
+        }
+        let on: Vec<&View> = live(views)
+            .into_iter()
+            .filter(|v| v.id != deaf.id)
+            .collect();
+        let off = views.iter().find(|v| v.id == deaf.id)?;
+        (agreed(&on, &rest).is_some() && off.state() == Some("no_quorum")).then_some(())
+    });
+    for v in project.views().iter().filter(|v| v.id != deaf.id) {
+        let evicted: Vec<&Value> = v
+            .after(mark_of(&mark, v), "node_down")
+            .filter(|e| e["peer"] != deaf_name.as_str())
+            .collect();
+        assert!(evicted.is_empty(), "{} dropped {evicted:?}", v.container);
+    }
+    nemesis.heal();
+    wait_all_agree(
+        &project,
+        5,
+        "all five on one ring after the deaf node hears again",
+    );
 
     // 30% of what one node receives is lost: it may flap, but nothing
     // below quorum serves.
