@@ -227,3 +227,48 @@ fn a_deaf_node_leaves_every_ring_without_evicting_anyone_else() {
     sim.heal();
     assert!(sim.run_until(LIMIT, Sim::converged), "not healed");
 }
+
+#[test]
+fn two_hundred_nodes_under_a_flapping_split_never_serve_below_quorum_and_heal() {
+    let n = 200;
+    let mut sim = Sim::new(n, &majority(), Network::default());
+    sim.start_all();
+    let step = Duration::from_millis(100);
+    settle(&mut sim, step, LIMIT, Sim::converged);
+    let minority: Vec<usize> = (0..n).filter(|i| i % 5 < 2).collect();
+    let needed = sim.node(0).quorum_needed().unwrap();
+    // Cut for 1.2 s (longer than a heartbeat timeout), healed for 0.9 s,
+    // twice: sessions are dropped, held and redialed as the link flaps.
+    for _ in 0..2 {
+        sim.partition(&minority);
+        for _ in 0..12 {
+            sim.run_for(step);
+            below_quorum_never_serves(&sim, n, needed);
+        }
+        sim.heal();
+        for _ in 0..9 {
+            sim.run_for(step);
+            below_quorum_never_serves(&sim, n, needed);
+        }
+    }
+    settle(&mut sim, step, LIMIT, Sim::converged);
+    never_a_sentry_without(&sim, &(0..n).collect::<Vec<_>>(), needed);
+    let sentry = sim.node(0).sentry().cloned();
+    assert!(sentry.is_some() && (0..n).all(|i| sim.node(i).sentry() == sentry.as_ref()));
+}
+
+/// No node whose ring is below `needed` is ready or names a sentry.
+fn below_quorum_never_serves(sim: &Sim, n: usize, needed: usize) {
+    for i in 0..n {
+        let node = sim.node(i);
+        if node.ring().len() < needed {
+            assert_ne!(
+                node.state(),
+                NodeState::Ready,
+                "node {i} at {:?}",
+                sim.now()
+            );
+            assert_eq!(node.sentry(), None, "node {i} at {:?}", sim.now());
+        }
+    }
+}
