@@ -56,6 +56,7 @@ impl View {
     pub(crate) fn stopped(mut snapshot: Snapshot, ring: Arc<Ring>, cause: String) -> View {
         snapshot.state = NodeState::Stopped;
         snapshot.members.clear();
+        snapshot.sentry = None;
         snapshot.converged = false;
         View {
             ring,

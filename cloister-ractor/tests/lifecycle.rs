@@ -184,6 +184,7 @@ fn assert_stopped(cloister: &Cloister, cause: &str) {
         !cloister.is_sentry(),
         "a stopped node says it is the sentry"
     );
+    assert_eq!(cloister.sentry(), None, "a stopped node names a sentry");
     assert!(cloister.members().is_empty(), "{:?}", cloister.members());
     assert_eq!(cloister.node_for("user:42"), None);
     match cloister.route("idle", "user:42", Nudge) {
