@@ -1647,3 +1647,20 @@ fn in_service_mode_a_graceful_leave_shrinks_the_majority_and_a_crash_does_not() 
         }
     }
 }
+
+#[test]
+fn the_assembly_report_waits_for_the_quorum_when_it_needs_more_than_consensus() {
+    let cfg = Config {
+        quorum: cloister_core::config::Quorum::Majority,
+        ..config(&[A, B], 1)
+    };
+    let mut m = machine(cfg, SEED);
+    m.handle(ms(0), Input::Start);
+    drain(&mut m);
+    // Consensus 1 is met alone, a majority of three is not: still held.
+    assert_eq!(m.state(), Assembling);
+    assert_eq!((m.report().wanted, m.report().members.len()), (2, 1));
+    admit(&mut m, ms(1), A, 1, 7);
+    run_until(&mut m, ms(2));
+    assert_eq!(m.state(), Ready);
+}

@@ -281,7 +281,7 @@ impl Membership {
             })
             .collect();
         AssemblyReport {
-            wanted: self.config.consensus,
+            wanted: self.config.consensus.max(self.quorum_needed().unwrap_or(0)),
             members: self.ring.members().to_vec(),
             missing,
             discovery_error: self.discovery_error.clone(),

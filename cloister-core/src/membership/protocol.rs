@@ -271,7 +271,8 @@ pub enum Effect {
 /// the error at the startup deadline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssemblyReport {
-    /// `consensus`: how many members, this node included, make it ready.
+    /// How many members, this node included, make it ready: `consensus`,
+    /// or the `quorum` when that needs more.
     pub wanted: usize,
     /// The members so far, sorted, this node included.
     pub members: Vec<NodeName>,

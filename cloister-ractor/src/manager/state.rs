@@ -507,7 +507,7 @@ fn progress_line(report: &AssemblyReport) -> String {
         .map(|m| format!("{} ({})", m.name, m.why))
         .collect();
     format!(
-        "waiting for consensus: {} of {} member(s){}{}",
+        "waiting for consensus (and quorum, if set): {} of {} member(s){}{}",
         report.members.len(),
         report.wanted,
         if missing.is_empty() {
