@@ -749,10 +749,8 @@ impl Nemesis {
     /// Packets the random-loss rules in `view`'s namespace dropped so far.
     fn lost(&self, view: &View) -> u64 {
         let pid = Nemesis::pid(view);
-        let args = [
-            "-t", &pid, "-n", "iptables", "-L", "INPUT", "-v", "-x", "-n",
-        ];
-        let listed = run("nsenter", &args).unwrap_or_else(|e| panic!("{e}"));
+        let listing = ["INPUT", "-v", "-x", "-n"].map(String::from);
+        let listed = Nemesis::iptables(&pid, "-L", &listing).unwrap_or_else(|e| panic!("{e}"));
         listed
             .lines()
             .filter(|line| line.contains("DROP") && line.contains("statistic"))

@@ -151,7 +151,8 @@ pub(super) fn check(
     let Quorum::AtLeast(count) = quorum else {
         return Ok(());
     };
-    let Some(size) = expected.or_else(|| sentry.nodes().map(<[_]>::len)) else {
+    // As if this node were listed; an unlisted one adds itself, below.
+    let Some(size) = fixed_size(sentry, expected, true) else {
         return Ok(()); // service mode: the size is only known at run time
     };
     if count * 2 <= size {
@@ -162,7 +163,6 @@ pub(super) fn check(
         );
         return Err(invalid("quorum", count.to_string(), why));
     }
-    // An unlisted node adds itself to the list.
     let most = size + usize::from(expected.is_none());
     if count > most {
         let why = format!("can never be met: the cluster has at most {most} node(s)");

@@ -163,16 +163,22 @@ fn an_even_split_has_no_ready_half_unless_the_oldest_breaks_the_tie() {
     }
 }
 
-#[test]
-fn two_hundred_nodes_split_120_80_keep_one_ring_and_one_sentry_on_the_majority() {
-    let n = 200;
-    let mut sim = Sim::new(n, &majority(), Network::default());
+/// 200 nodes with a majority quorum, formed; the 80 of a minority side
+/// (every fifth node and the next); the step to run in.
+fn two_hundred_formed() -> (Sim, Vec<usize>, Duration) {
+    let mut sim = Sim::new(200, &majority(), Network::default());
     sim.start_all();
     let step = Duration::from_millis(100);
     settle(&mut sim, step, LIMIT, Sim::converged);
+    let minority = (0..200).filter(|i| i % 5 < 2).collect();
+    (sim, minority, step)
+}
 
-    let minority: Vec<usize> = (0..n).filter(|i| i % 5 < 2).collect();
-    let majority: Vec<usize> = (0..n).filter(|i| i % 5 >= 2).collect();
+#[test]
+fn two_hundred_nodes_split_120_80_keep_one_ring_and_one_sentry_on_the_majority() {
+    let (mut sim, minority, step) = two_hundred_formed();
+    let n = 200;
+    let majority: Vec<usize> = (0..n).filter(|i| !minority.contains(i)).collect();
     sim.partition(&minority);
     settle(&mut sim, step, LIMIT, |sim| {
         one_ready_side(sim, &majority) && no_quorum(sim, &minority)
@@ -230,12 +236,8 @@ fn a_deaf_node_leaves_every_ring_without_evicting_anyone_else() {
 
 #[test]
 fn two_hundred_nodes_under_a_flapping_split_never_serve_below_quorum_and_heal() {
+    let (mut sim, minority, step) = two_hundred_formed();
     let n = 200;
-    let mut sim = Sim::new(n, &majority(), Network::default());
-    sim.start_all();
-    let step = Duration::from_millis(100);
-    settle(&mut sim, step, LIMIT, Sim::converged);
-    let minority: Vec<usize> = (0..n).filter(|i| i % 5 < 2).collect();
     let needed = sim.node(0).quorum_needed().unwrap();
     // Cut for 1.2 s (longer than a heartbeat timeout), healed for 0.9 s,
     // twice: sessions are dropped, held and redialed as the link flaps.
