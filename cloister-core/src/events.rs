@@ -75,6 +75,11 @@ pub enum DownReason {
     /// It came back as another incarnation over a new session: the old process
     /// is gone and the new one, under the same name, replaced it (a `NodeUp` follows).
     Restarted,
+    /// With a quorum configured, it was taken out of every ring to end a
+    /// partial partition: some members could not reach it, or it could not
+    /// reach them, for `stable_after`, while others still could (see
+    /// `Config::stable_after`). It is back once every member hears it.
+    Downed,
 }
 
 impl fmt::Display for DownReason {
@@ -84,6 +89,7 @@ impl fmt::Display for DownReason {
             DownReason::Unresponsive => "unresponsive",
             DownReason::Left => "left",
             DownReason::Restarted => "restarted",
+            DownReason::Downed => "downed",
         })
     }
 }

@@ -537,3 +537,6 @@ mod watching;
 
 #[cfg(test)]
 mod quorum;
+
+#[cfg(test)]
+mod partial;

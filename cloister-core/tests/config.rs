@@ -308,6 +308,7 @@ fn a_duration_past_its_maximum_is_refused_not_a_panic_later() {
         ("dial_backoff_max", "\"2days\"", "1day"),
         ("dial_timeout", huge.as_str(), "1day"),
         ("session_grace", huge.as_str(), "1day"),
+        ("stable_after", huge.as_str(), "1day"),
         ("startup_deadline", "\"366days\"", "1year"),
     ] {
         let figment = Figment::from(Serialized::defaults(Config::default()))
@@ -635,6 +636,20 @@ fn quorum_is_off_majority_or_a_count_from_files_and_the_environment() {
     assert_eq!(majority.tie_breaker, TieBreaker::Oldest);
     let count = from_toml(&format!("{FIVE_NODES}\nquorum = 3")).expect("count");
     assert_eq!(count.quorum, Quorum::AtLeast(3));
+    // With a quorum, a partial partition is acted on only after the
+    // heartbeat timeout has shown who cannot hear whom.
+    let hasty = message(from_toml(&format!(
+        "{FIVE_NODES}\nquorum = 3\nstable_after = \"1s\""
+    )));
+    assert!(
+        hasty.contains("invalid `stable_after`") && hasty.contains("`heartbeat_timeout`"),
+        "{hasty}"
+    );
+    let slow = from_toml(&format!("{FIVE_NODES}\nquorum = 3\nstable_after = \"30s\""));
+    assert_eq!(
+        slow.expect("30s").stable_after,
+        std::time::Duration::from_secs(30)
+    );
 
     for (value, expected) in [("majority", Quorum::Majority), ("4", Quorum::AtLeast(4))] {
         let _env = EnvGuard::set(&[

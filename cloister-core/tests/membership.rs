@@ -88,6 +88,8 @@ fn hello(from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
         watching: false,
         admitted: false,
         unresponsive: Vec::new(),
+        observations: Vec::new(),
+        downed: None,
     }
 }
 
@@ -285,6 +287,8 @@ fn send(to: &str, ring: &[&str], leaving: bool, echo: u64) -> Effect {
             watching: ring.contains(&to),
             admitted: ring.contains(&to),
             unresponsive: Vec::new(),
+            observations: Vec::new(),
+            downed: None,
         },
     }
 }

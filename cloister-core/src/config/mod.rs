@@ -147,6 +147,15 @@ pub struct Config {
     /// half, with `quorum = "majority"`: `none` (default: neither half) or
     /// `oldest` (the half holding the last sentry). See [`TieBreaker`].
     pub tie_breaker: TieBreaker,
+    /// With a quorum configured, how long members must agree on who cannot
+    /// reach whom before a partial partition is ended (some members hear a
+    /// node that others cannot: a bridge, a one-way cut): then every node
+    /// takes the same nodes out of its ring, fewest first, so the rest are
+    /// one ring with one sentry. Default 5s, longer than
+    /// `heartbeat_timeout`. Shorter ends a partial partition sooner; a link
+    /// that flaps faster than this is never acted on.
+    #[serde(with = "humantime_serde")]
+    pub stable_after: Duration,
     /// The TCP port this node listens on for peers. Default 4000. A/AAAA records
     /// carry no port, so in service mode every replica must use the same one.
     /// 0 lets the OS pick: loopback tests only, as no list can then name it.
@@ -257,6 +266,7 @@ impl std::fmt::Debug for Config {
             .field("quorum", &self.quorum)
             .field("expected_size", &self.expected_size)
             .field("tie_breaker", &self.tie_breaker)
+            .field("stable_after", &self.stable_after)
             .field("listen_port", &self.listen_port)
             .field("advertised_host", &self.advertised_host)
             .field("cookie", &"<redacted>")
@@ -286,6 +296,7 @@ impl Default for Config {
             quorum: Quorum::Off,
             expected_size: None,
             tie_breaker: TieBreaker::None,
+            stable_after: Duration::from_secs(5),
             listen_port: 4000,
             advertised_host: None,
             cookie: "cloister".into(),
@@ -307,7 +318,7 @@ impl Default for Config {
 
 /// Every field with what it accepts: the keys read from `CLOISTER_*` and the
 /// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 22] = [
+const FIELDS: [(&str, &str); 23] = [
     ("app", NAME_PART),
     ("node_name", NAME_PART),
     ("sentry", SENTRY),
@@ -315,6 +326,7 @@ const FIELDS: [(&str, &str); 22] = [
     ("quorum", quorum::QUORUM),
     ("expected_size", "a whole number, at least 1"),
     ("tie_breaker", quorum::TIE_BREAKER),
+    ("stable_after", DURATION),
     ("listen_port", "a TCP port from 0 to 65535 (0 picks one)"),
     ("advertised_host", "an IP address or a DNS name"),
     ("cookie", "a non-empty string"),

@@ -50,6 +50,7 @@ impl Config {
                 self.heartbeat_timeout,
                 Config::MAX_TIMER,
             ),
+            ("stable_after", self.stable_after, Config::MAX_TIMER),
             (
                 "startup_deadline",
                 self.startup_deadline,
@@ -75,6 +76,14 @@ impl Config {
             let interval = duration(interval);
             let why = format!("must be longer than `heartbeat_interval` ({interval})");
             return Err(invalid("heartbeat_timeout", duration(timeout), why));
+        }
+        // It only counts with a quorum: see `membership::reachability`.
+        if self.quorum != super::Quorum::Off && self.stable_after <= timeout {
+            let why = format!(
+                "must be longer than `heartbeat_timeout` ({})",
+                duration(timeout)
+            );
+            return Err(invalid("stable_after", duration(self.stable_after), why));
         }
         if self.session_grace >= timeout {
             let why = format!(

@@ -44,6 +44,7 @@ impl Membership {
         // A peer gone from the answer is forgotten unless it is still connected.
         self.peers
             .retain(|_, p| p.wanted || p.session.is_some() || p.member.is_some());
+        self.forget_unknown_subjects(now);
         self.run_dials(now);
     }
 
@@ -144,7 +145,8 @@ impl Membership {
             .entry(name.clone())
             .or_insert_with(|| Peer::new(None, now));
         peer.unproven = None;
-        if peer.session != Some(session) {
+        let renewed = peer.session != Some(session);
+        if renewed {
             // A new session, a new handshake; the same one reported twice
             // (both sides dialed) keeps its tokens. Whether the peer watches
             // us, its heartbeats on the new session will say.
@@ -159,6 +161,9 @@ impl Membership {
         peer.refused = None; // a new session: its heartbeats will tell
         peer.dial = Dial::Idle { at: now };
         let early = peer.early.take();
+        if renewed {
+            self.forget_downs_me(&name); // its heartbeats will say again
+        }
         self.send_heartbeat(&name, false);
         self.next_introduce = earliest(self.next_introduce, now + self.introduce_every());
         if let Some(heartbeat) = early {
@@ -177,6 +182,10 @@ impl Membership {
         peer.session = None;
         peer.hold_until = None;
         peer.dial = Dial::Idle { at: now };
+        self.forget_downs_me(name);
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
         if peer.member.is_some() {
             if let Some(replacement) = replacement {
                 // ractor_cluster elected another session over this one.

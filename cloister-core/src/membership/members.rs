@@ -92,6 +92,7 @@ impl Membership {
         mut hb: Heartbeat,
     ) -> bool {
         let suspects = std::mem::take(&mut hb.unresponsive);
+        self.observe_heard(now, name, &mut hb);
         let answered = self.admit(now, name, session, hb);
         if !suspects.is_empty() && self.incarnation_of(name).is_some() {
             self.reported_unresponsive(now, name, suspects);
@@ -103,6 +104,9 @@ impl Membership {
     /// restarts or lets go of the member. Returns whether it answered.
     fn admit(&mut self, now: Duration, name: &NodeName, session: SessionId, hb: Heartbeat) -> bool {
         let vnodes = self.ring_vnodes();
+        // Taken out of every ring to end a partial partition: not again
+        // while a record still names it.
+        let downed = self.is_downed_peer(name, hb.incarnation);
         let Some(peer) = self.peers.get_mut(name) else {
             return false;
         };
@@ -167,6 +171,7 @@ impl Membership {
                 self.send_heartbeat(name, false);
                 true
             }
+            None if downed => false,
             None => {
                 peer.hold_until = None;
                 peer.member = Some(Member {
@@ -224,6 +229,7 @@ impl Membership {
             let why = format!("no heartbeat for {timeout:?}");
             self.drop_unresponsive(now, &suspect.node, why);
         }
+        self.observe_unreachable(now, &silent);
         // Once, to every member: their own deadlines may be far off, or they
         // do not watch these members at all.
         let members: Vec<NodeName> = self
@@ -331,6 +337,7 @@ impl Membership {
             self.ring_due = None;
             self.last_rebuild = Some(now);
             self.rebuild_ring();
+            self.reachability_changed(now); // whose observations count
             let mut tell = std::mem::take(&mut self.answer_after_rebuild);
             tell.extend(self.assign_monitors(now));
             for name in tell {
@@ -449,13 +456,17 @@ impl Membership {
     /// that we watch them (a heartbeat lost while a session was replaced).
     pub(super) fn heartbeat_round(&mut self, now: Duration) {
         let overdue = now.saturating_sub(2 * self.config.heartbeat_interval);
+        // What this node hears against others' records ages: count again.
+        self.reachability_changed(now);
+        // New observations go to every member, not only to the watchers.
+        let everyone = self.take_fresh_observations();
         let due: Vec<NodeName> = self
             .peers
             .iter()
             .filter(|(_, p)| p.session.is_some())
             .filter(|(_, p)| match &p.member {
                 None => true,
-                Some(m) => p.watches_me || (p.watching && m.last_heard <= overdue),
+                Some(m) => everyone || p.watches_me || (p.watching && m.last_heard <= overdue),
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -484,6 +495,8 @@ impl Membership {
             watching,
             admitted,
             unresponsive,
+            observations: self.outgoing_observations(),
+            downed: self.downed_incarnation(to),
         };
         self.effects.push_back(Effect::SendHeartbeat {
             to: to.clone(),

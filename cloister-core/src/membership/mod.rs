@@ -48,6 +48,7 @@ mod monitors;
 mod peer;
 mod protocol;
 mod quorum;
+mod reachability;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -62,8 +63,11 @@ use crate::tally::Tally;
 pub use monitors::monitors;
 use peer::{backoff, earliest, Dial, Member, Peer, TokenSource};
 pub use protocol::{
-    AssemblyReport, DropReason, Effect, Heartbeat, Input, MissingPeer, SessionId, Suspect,
+    AssemblyReport, DropReason, Effect, Heartbeat, Input, MissingPeer, Observation, SessionId,
+    Suspect,
 };
+use reachability::Reachability;
+pub use reachability::{downed, Who};
 
 /// One node's membership state machine. See the module docs for the protocol.
 #[derive(Debug)]
@@ -114,6 +118,8 @@ pub struct Membership {
     /// Names without a session whose heartbeats were dropped and reported,
     /// at most [`MAX_REPORTED_STRANGERS`]: each is reported once.
     unknown_names: BTreeSet<NodeName>,
+    /// Who cannot reach whom, and who is downed for it: see `reachability`.
+    reach: Reachability,
 }
 
 /// How many unknown names' dropped heartbeats are reported, at most: the
@@ -151,6 +157,7 @@ impl Membership {
             authenticated: BTreeMap::new(),
             strangers: Tally::new(),
             unknown_names: BTreeSet::new(),
+            reach: Reachability::default(),
         };
         m.sentry = m.elected_sentry();
         m
@@ -307,6 +314,7 @@ impl Membership {
             self.next_peer_timer,
             self.handshakes.values().map(|(at, _, _)| *at).min(),
             self.strangers.due(),
+            self.reachability_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -366,6 +374,7 @@ impl Membership {
         self.expire_handshakes(now);
         self.expire_graces(now);
         self.expire_silent_members(now);
+        self.reachability_timers(now);
         self.rebuild_ring_if_due(now);
         self.run_dials(now);
     }

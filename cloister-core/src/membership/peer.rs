@@ -70,6 +70,11 @@ pub(super) struct Peer {
     /// session closes and a redial follows after a backoff, so a frozen
     /// process is not sent heartbeats without end.
     pub(super) hold_until: Option<Duration>,
+    /// Its last heartbeat on the current session said it took this node
+    /// out of its ring (see `reachability`): this node is not `Ready`.
+    pub(super) downs_me: bool,
+    /// When a heartbeat of it that counts last arrived, member or not.
+    pub(super) heard_at: Option<Duration>,
 }
 
 impl Peer {
@@ -92,6 +97,8 @@ impl Peer {
             watching: false,
             watches_me: false,
             hold_until: None,
+            downs_me: false,
+            heard_at: None,
         }
     }
 }

@@ -63,11 +63,43 @@ pub struct Heartbeat {
     /// leaves every ring within one trip of its watchers' timeout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unresponsive: Vec<Suspect>,
+    /// With a quorum configured: what members observed, the sender's own
+    /// and those it learned from others, while any member watches one it
+    /// cannot hear (see [`Observation`]). Empty in a healthy cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observations: Vec<Observation>,
+    /// The sender took the receiver, this incarnation of it, out of its
+    /// ring to end a partial partition: the receiver leaves `Ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downed: Option<Incarnation>,
+}
+
+/// The members one node watched and cannot hear, as that node said last:
+/// the reachability records behind the partial-partition rule (see
+/// `membership::reachability`). Only its observer makes a new version; the
+/// others pass the latest on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    /// Who observed.
+    pub observer: NodeName,
+    /// The observer's incarnation: a new one replaces every older version.
+    pub incarnation: Incarnation,
+    /// Counts up with each change within one incarnation.
+    pub version: u64,
+    /// The members it watched and stopped hearing; empty once it hears them
+    /// all again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<Suspect>,
+    /// Nodes it hears although another member's observation says they
+    /// cannot be heard: what makes that a partial partition rather than a
+    /// crash, a freeze or a clean split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reachable: Vec<Suspect>,
 }
 
 /// A member a watcher dropped as unresponsive (see
 /// [`Heartbeat::unresponsive`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Suspect {
     /// The member.
     pub node: NodeName,

@@ -45,6 +45,9 @@ impl Membership {
         let Some(needed) = self.quorum_needed() else {
             return true;
         };
+        if self.is_downed() {
+            return false; // out of the ring that holds it: see `reachability`
+        }
         if members >= needed {
             return true;
         }

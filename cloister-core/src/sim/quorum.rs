@@ -8,18 +8,18 @@ use std::time::Duration;
 use super::*;
 use crate::config::{Quorum, TieBreaker};
 
-fn majority() -> Config {
+pub(super) fn majority() -> Config {
     Config {
         quorum: Quorum::Majority,
         ..Config::default()
     }
 }
 
-const LIMIT: Duration = Duration::from_secs(60);
+pub(super) const LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs in steps of `step` until `done`, at most `limit`; prints the seed on
 /// a failure so it can be replayed.
-fn settle(sim: &mut Sim, step: Duration, limit: Duration, done: impl Fn(&Sim) -> bool) {
+pub(super) fn settle(sim: &mut Sim, step: Duration, limit: Duration, done: impl Fn(&Sim) -> bool) {
     let end = sim.now() + limit;
     while !done(sim) {
         assert!(
@@ -33,7 +33,7 @@ fn settle(sim: &mut Sim, step: Duration, limit: Duration, done: impl Fn(&Sim) ->
 
 /// Every node of `side` is ready with the same ring, exactly `side`, and
 /// the same sentry, one of them.
-fn one_ready_side(sim: &Sim, side: &[usize]) -> bool {
+pub(super) fn one_ready_side(sim: &Sim, side: &[usize]) -> bool {
     let members: Vec<&NodeName> = {
         let mut names: Vec<&NodeName> = side.iter().map(|&i| sim.name(i)).collect();
         names.sort();
@@ -50,7 +50,7 @@ fn one_ready_side(sim: &Sim, side: &[usize]) -> bool {
 }
 
 /// Every node of `side` is without quorum and names no sentry.
-fn no_quorum(sim: &Sim, side: &[usize]) -> bool {
+pub(super) fn no_quorum(sim: &Sim, side: &[usize]) -> bool {
     side.iter().all(|&i| {
         let node = sim.node(i);
         node.state() == NodeState::NoQuorum && node.sentry().is_none()
@@ -194,7 +194,7 @@ fn two_hundred_nodes_split_120_80_keep_one_ring_and_one_sentry_on_the_majority()
 }
 
 /// The `NodeDown` events node `i` published after event number `since`.
-fn downs_after(sim: &Sim, i: usize, since: usize) -> Vec<NodeName> {
+pub(super) fn downs_after(sim: &Sim, i: usize, since: usize) -> Vec<NodeName> {
     sim.events(i)[since..]
         .iter()
         .filter_map(|e| match e {

@@ -1,0 +1,519 @@
+//! Partial partitions: who cannot reach whom, agreed on by every member, and
+//! the nodes taken out of every ring so that the rest form one ring.
+//!
+//! Only with a quorum configured. A watcher that stops hearing a member
+//! drops it and reports it (see `members`); a receiver that still hears the
+//! member keeps it. That is right for a watcher's broken link, but under a
+//! partial partition (a bridge node that sees both halves, a one-way cut)
+//! it leaves several rings and several sentries for as long as the fault
+//! lasts. So each node keeps an [`Observation`]: the members it watched and
+//! cannot hear, and the nodes it hears although another's observation says
+//! they cannot be heard. It is versioned, passed on by every heartbeat
+//! while it is not empty, and sent to every connected member in the round
+//! after it changed, so every node learns the same observations.
+//!
+//! A record `(observer, subject)` whose subject somebody else hears is
+//! *contested*: the fault is a link, not the subject. Nobody hears a frozen
+//! or crashed node, or the far side of a clean partition, so those are
+//! left to the heartbeat timeout and the quorum rule. Once the contested
+//! records a node knows have not changed for `stable_after`, it runs
+//! [`downed`] over them, a pure function, so that nodes knowing the same
+//! records take the same nodes out: every member drops them from its ring
+//! (`NodeDown` with reason `downed`) and admits them again only when no
+//! contested record names them any more. A downed node learns it from its
+//! own records or from the heartbeats of the peers that downed it, and
+//! leaves `Ready` as the minority of a partition does.
+//!
+//! An observation counts on a node while its observer is a member there,
+//! or is itself named by a record (cut off, not crashed): one of a process
+//! that crashed is forgotten with it.
+//!
+//! Only watchers observe: a cut between two nodes that do not watch each
+//! other is not seen. With `monitors` at least the cluster's size less one
+//! every node watches every other and every cut is seen; in larger
+//! clusters a cut between a watcher and the node it watches is (a one-way
+//! cut, a node that hears nobody), a bridge between two large halves is
+//! not resolved to one ring yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::*;
+use crate::config::Quorum;
+
+/// A node, as one of its incarnations.
+pub type Who = (NodeName, Incarnation);
+
+/// Reachability records `(observer, subject)`.
+type Records = BTreeSet<(Who, Who)>;
+
+/// What heartbeats carry, and when an emptied observation stops being
+/// carried.
+type Outgoing = (Vec<Observation>, Option<Duration>);
+
+/// What this node knows about who cannot reach whom.
+#[derive(Debug, Default)]
+pub(super) struct Reachability {
+    /// The latest observation of each observer, this node's own included,
+    /// with when it was learned.
+    observations: BTreeMap<NodeName, (Observation, Duration)>,
+    /// The contested records of the observations that count, as last
+    /// computed.
+    records: BTreeSet<(Who, Who)>,
+    /// What heartbeats carry: the observations that count and are not
+    /// empty, and those emptied within `stable_after` (so that an older
+    /// version elsewhere is replaced).
+    outgoing: Vec<Observation>,
+    /// When to decide: `stable_after` after the records last changed.
+    decide_at: Option<Duration>,
+    /// When an emptied observation stops being carried.
+    quiet_at: Option<Duration>,
+    /// Observations learned since the last heartbeat round.
+    fresh: bool,
+    /// The nodes out of every ring, as last decided.
+    downed: BTreeMap<NodeName, Incarnation>,
+}
+
+/// The nodes to take out of every ring, given the contested records
+/// `(observer, subject)`: "the observer watched the subject and cannot hear
+/// it, while another node hears it".
+///
+/// While records remain among the nodes kept, the node named by most of
+/// them goes, ties broken towards the youngest incarnation, then the
+/// greatest name: under a bridge that removes one half, under a one-way
+/// cut one end, and a node that hears nobody goes alone. Nodes that know
+/// the same records compute the same set.
+pub fn downed(records: &BTreeSet<(Who, Who)>) -> BTreeSet<Who> {
+    let mut out: BTreeSet<Who> = BTreeSet::new();
+    loop {
+        let mut named: BTreeMap<&Who, usize> = BTreeMap::new();
+        let kept = records
+            .iter()
+            .filter(|(observer, subject)| !out.contains(observer) && !out.contains(subject));
+        for (observer, subject) in kept {
+            *named.entry(observer).or_default() += 1;
+            *named.entry(subject).or_default() += 1;
+        }
+        let most = named
+            .into_iter()
+            .max_by(|(a, m), (b, n)| m.cmp(n).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
+        let Some((who, _)) = most else {
+            return out;
+        };
+        out.insert(who.clone());
+    }
+}
+
+impl Membership {
+    /// Whether this node keeps reachability records: only with a quorum.
+    fn resolves_partial_partitions(&self) -> bool {
+        self.config.quorum != Quorum::Off
+    }
+
+    /// This node is out of the ring: its own decision, or a peer's.
+    pub(super) fn is_downed(&self) -> bool {
+        self.reach.downed.get(&self.me) == Some(&self.incarnation)
+            || self
+                .peers
+                .values()
+                .any(|p| p.downs_me && p.session.is_some())
+    }
+
+    /// Whether a heartbeat from `name` as `incarnation` may not admit it.
+    pub(super) fn is_downed_peer(&self, name: &NodeName, incarnation: Incarnation) -> bool {
+        self.reach.downed.get(name) == Some(&incarnation)
+    }
+
+    /// The incarnation of `to` this node downed, for its heartbeat to `to`.
+    pub(super) fn downed_incarnation(&self, to: &NodeName) -> Option<Incarnation> {
+        self.reach.downed.get(to).copied()
+    }
+
+    /// The observations a heartbeat carries now.
+    pub(super) fn outgoing_observations(&self) -> Vec<Observation> {
+        self.reach.outgoing.clone()
+    }
+
+    /// Whether the next heartbeat round goes to every connected member:
+    /// observations were learned since the last one. Clears the flag.
+    pub(super) fn take_fresh_observations(&mut self) -> bool {
+        std::mem::take(&mut self.reach.fresh)
+    }
+
+    /// The reachability timers: the decision and the end of carrying an
+    /// emptied observation.
+    pub(super) fn reachability_timeout(&self) -> Option<Duration> {
+        [self.reach.decide_at, self.reach.quiet_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// This node watched `suspects` and stopped hearing them.
+    pub(super) fn observe_unreachable(&mut self, now: Duration, suspects: &[Suspect]) {
+        if !self.resolves_partial_partitions() {
+            return;
+        }
+        self.change_mine(now, |mine| {
+            let before = mine.unreachable.len();
+            mine.unreachable.extend(suspects.iter().cloned());
+            mine.unreachable.sort();
+            mine.unreachable.dedup();
+            mine.unreachable.len() != before
+        });
+    }
+
+    /// A heartbeat that counts came from `name`: it is reachable, and what
+    /// it carries about reachability is merged.
+    pub(super) fn observe_heard(&mut self, now: Duration, name: &NodeName, hb: &mut Heartbeat) {
+        let observations = std::mem::take(&mut hb.observations);
+        if !self.resolves_partial_partitions() {
+            return;
+        }
+        if let Some(peer) = self.peers.get_mut(name) {
+            peer.heard_at = Some(now);
+        }
+        self.change_mine(now, |mine| {
+            let before = mine.unreachable.len();
+            mine.unreachable.retain(|suspect| suspect.node != *name);
+            mine.unreachable.len() != before
+        });
+        let me = self.incarnation;
+        let downs_me = hb.downed == Some(me) && !hb.leaving;
+        if let Some(peer) = self.peers.get_mut(name) {
+            if peer.downs_me != downs_me {
+                peer.downs_me = downs_me;
+                self.downed_changed();
+            }
+        }
+        self.merge(now, observations);
+    }
+
+    /// A session with a peer closed or was replaced: what it said about
+    /// downing this node no longer holds.
+    pub(super) fn forget_downs_me(&mut self, name: &NodeName) {
+        if let Some(peer) = self.peers.get_mut(name) {
+            if std::mem::take(&mut peer.downs_me) {
+                self.downed_changed();
+            }
+        }
+    }
+
+    /// Peers forgotten (gone from the DNS answer): this node no longer
+    /// observes them.
+    pub(super) fn forget_unknown_subjects(&mut self, now: Duration) {
+        let peers = &self.peers;
+        let known = |suspect: &Suspect| peers.contains_key(&suspect.node);
+        let gone = self
+            .reach
+            .observations
+            .get(&self.me)
+            .is_some_and(|(mine, _)| !mine.unreachable.iter().all(known));
+        if gone {
+            let names: BTreeSet<NodeName> = self.peers.keys().cloned().collect();
+            self.change_mine(now, |mine| {
+                mine.unreachable
+                    .retain(|suspect| names.contains(&suspect.node));
+                true
+            });
+        }
+    }
+
+    /// Changes this node's own observation with `change`, which says
+    /// whether it changed anything; a change is a new version.
+    fn change_mine(&mut self, now: Duration, change: impl FnOnce(&mut Observation) -> bool) {
+        if self.update_mine(now, change) {
+            self.reachability_changed(now);
+        }
+    }
+
+    /// [`Membership::change_mine`] without the recount: whether it changed.
+    fn update_mine(
+        &mut self,
+        now: Duration,
+        change: impl FnOnce(&mut Observation) -> bool,
+    ) -> bool {
+        let (observer, incarnation) = (self.me.clone(), self.incarnation);
+        let empty = Observation {
+            observer: observer.clone(),
+            incarnation,
+            version: 0,
+            unreachable: Vec::new(),
+            reachable: Vec::new(),
+        };
+        let (mine, learned) = self
+            .reach
+            .observations
+            .entry(observer)
+            .or_insert((empty, now));
+        if !change(mine) {
+            return false;
+        }
+        mine.version += 1;
+        *learned = now;
+        self.reach.fresh = true;
+        true
+    }
+
+    /// Keeps the newer of each observation `observations` carries.
+    fn merge(&mut self, now: Duration, observations: Vec<Observation>) {
+        let mut changed = false;
+        for observation in observations {
+            if observation.observer == self.me {
+                continue; // only this node says what it observes
+            }
+            let newer = self
+                .reach
+                .observations
+                .get(&observation.observer)
+                .is_none_or(|(known, _)| {
+                    (observation.incarnation, observation.version)
+                        > (known.incarnation, known.version)
+                });
+            if newer {
+                let observer = observation.observer.clone();
+                self.reach.observations.insert(observer, (observation, now));
+                changed = true;
+            }
+        }
+        if changed {
+            self.reach.fresh = true;
+            self.reachability_changed(now);
+        }
+    }
+
+    /// An observation changed, or whether one counts or what this node
+    /// hears may have (members came or went, a heartbeat round): this
+    /// node's own list of nodes it hears against others' records follows,
+    /// then the contested records and what heartbeats carry. New contested
+    /// records put the decision off to `stable_after` from now; a node no
+    /// contested record names any more is let back at once.
+    pub(super) fn reachability_changed(&mut self, now: Duration) {
+        if self.reach.observations.is_empty() {
+            return;
+        }
+        let (records, _) = self.counted(now);
+        let hears = self.hears_against(now, &records);
+        self.update_mine(now, |mine| {
+            let changed = mine.reachable != hears;
+            mine.reachable = hears;
+            changed
+        });
+        let (_, (outgoing, quiet_at)) = self.counted(now);
+        self.reach.outgoing = outgoing;
+        self.reach.quiet_at = quiet_at;
+        let contested = self.contested(&records);
+        if contested == self.reach.records {
+            return;
+        }
+        self.reach.records = contested;
+        self.reach.decide_at = Some(now + self.config.stable_after);
+        let named: BTreeSet<&Who> = self
+            .reach
+            .records
+            .iter()
+            .flat_map(|(observer, subject)| [observer, subject])
+            .collect();
+        let before = self.reach.downed.len();
+        self.reach
+            .downed
+            .retain(|name, incarnation| named.contains(&(name.clone(), *incarnation)));
+        if self.reach.downed.len() != before {
+            self.downed_changed();
+        }
+    }
+
+    /// The nodes this node watches or downed and heard within two
+    /// intervals that a record of another observer says cannot be heard,
+    /// sorted.
+    fn hears_against(&self, now: Duration, records: &BTreeSet<(Who, Who)>) -> Vec<Suspect> {
+        let lately = now.saturating_sub(2 * self.config.heartbeat_interval);
+        let mut hears: Vec<Suspect> = records
+            .iter()
+            .filter(|(observer, _)| observer.0 != self.me)
+            .map(|(_, (node, incarnation))| Suspect {
+                node: node.clone(),
+                incarnation: *incarnation,
+            })
+            .filter(|s| {
+                // Only what this node knows first hand and steadily: members
+                // it watches, and the downed, which answer its heartbeats.
+                let downed = self.is_downed_peer(&s.node, s.incarnation);
+                self.peers.get(&s.node).is_some_and(|p| {
+                    (p.watching || downed)
+                        && p.session.is_some()
+                        && p.heard_at.is_some_and(|at| at > lately)
+                })
+            })
+            .collect();
+        hears.sort();
+        hears.dedup();
+        hears
+    }
+
+    /// The records `(observer, subject)` of the observations that count,
+    /// with what heartbeats carry and when the next emptied observation
+    /// stops being carried.
+    fn counted(&self, now: Duration) -> (Records, Outgoing) {
+        let named: BTreeSet<Who> = self
+            .reach
+            .observations
+            .values()
+            .flat_map(|(o, _)| o.unreachable.iter())
+            .map(|s| (s.node.clone(), s.incarnation))
+            .collect();
+        let counts = |o: &Observation| {
+            o.observer == self.me
+                || self.incarnation_of(&o.observer) == Some(o.incarnation)
+                || named.contains(&(o.observer.clone(), o.incarnation))
+                || self.is_downed_peer(&o.observer, o.incarnation)
+        };
+        let mut records = BTreeSet::new();
+        let mut outgoing = Vec::new();
+        let mut quiet_at: Option<Duration> = None;
+        for (observation, learned) in self.reach.observations.values() {
+            if !counts(observation) {
+                continue;
+            }
+            let observer = (observation.observer.clone(), observation.incarnation);
+            for subject in &observation.unreachable {
+                let subject = (subject.node.clone(), subject.incarnation);
+                records.insert((observer.clone(), subject));
+            }
+            let quiet = *learned + self.config.stable_after;
+            let empty = observation.unreachable.is_empty() && observation.reachable.is_empty();
+            if !empty {
+                outgoing.push(observation.clone());
+            } else if quiet > now {
+                outgoing.push(observation.clone());
+                quiet_at = Some(quiet_at.map_or(quiet, |at| at.min(quiet)));
+            }
+        }
+        (records, (outgoing, quiet_at))
+    }
+
+    /// The records whose subject a node other than their observer hears,
+    /// as the observations that count say.
+    fn contested(&self, records: &BTreeSet<(Who, Who)>) -> BTreeSet<(Who, Who)> {
+        let heard: BTreeSet<(Who, Who)> = self
+            .reach
+            .outgoing
+            .iter()
+            .flat_map(|o| {
+                let hearer = (o.observer.clone(), o.incarnation);
+                o.reachable
+                    .iter()
+                    .map(move |s| (hearer.clone(), (s.node.clone(), s.incarnation)))
+            })
+            .collect();
+        records
+            .iter()
+            .filter(|(observer, subject)| {
+                heard
+                    .iter()
+                    .any(|(hearer, heard)| heard == subject && hearer != observer)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Runs the reachability timers due at `now`: stops carrying emptied
+    /// observations, and decides once the records held still for
+    /// `stable_after`.
+    pub(super) fn reachability_timers(&mut self, now: Duration) {
+        if self.reach.quiet_at.is_some_and(|at| at <= now) {
+            self.reachability_changed(now);
+        }
+        if self.reach.decide_at.is_none_or(|at| at > now) {
+            return;
+        }
+        self.reach.decide_at = None;
+        let decided: BTreeMap<NodeName, Incarnation> =
+            downed(&self.reach.records).into_iter().collect();
+        if decided == self.reach.downed {
+            return;
+        }
+        self.reach.downed = decided;
+        let members: Vec<NodeName> = self
+            .peers
+            .iter()
+            .filter_map(|(name, p)| Some((name, p.member.as_ref()?.incarnation)))
+            .filter(|(name, incarnation)| self.is_downed_peer(name, *incarnation))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &members {
+            self.remove_member(now, name, DownReason::Downed);
+        }
+        self.downed_changed();
+    }
+
+    /// Whether this node is downed may have changed: the sentry and the
+    /// state follow.
+    fn downed_changed(&mut self) {
+        if self.is_running() {
+            self.elect_sentry();
+            self.evaluate();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(name: &str, incarnation: u64) -> Who {
+        (
+            format!("{name}@10.0.0.1")
+                .parse::<NodeName>()
+                .unwrap_or_else(|e| panic!("{e}")),
+            Incarnation(incarnation),
+        )
+    }
+
+    fn records(pairs: &[(&Who, &Who)]) -> BTreeSet<(Who, Who)> {
+        pairs
+            .iter()
+            .map(|(o, s)| ((*o).clone(), (*s).clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_bridge_loses_one_half_a_one_way_cut_one_end_a_deaf_node_itself() {
+        let [a, b, c, d] = [who("a", 1), who("b", 2), who("d", 4), who("e", 5)];
+        // a, b | d, e, with the bridge between them named by no record.
+        let bridge = records(&[
+            (&a, &c),
+            (&a, &d),
+            (&b, &c),
+            (&b, &d),
+            (&c, &a),
+            (&c, &b),
+            (&d, &a),
+            (&d, &b),
+        ]);
+        assert_eq!(downed(&bridge), [c.clone(), d.clone()].into());
+        // a cannot hear e, one way or both: the younger end goes.
+        assert_eq!(downed(&records(&[(&a, &d)])), [d.clone()].into());
+        assert_eq!(downed(&records(&[(&a, &d), (&d, &a)])), [d.clone()].into());
+        // e hears nobody (the others hear each other): e goes, alone.
+        let deaf = records(&[(&d, &a), (&d, &b), (&d, &c)]);
+        assert_eq!(downed(&deaf), [d].into());
+        assert!(downed(&BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn the_decision_does_not_depend_on_the_order_records_were_learned() {
+        let nodes: Vec<Who> = (0..6).map(|i| who(&format!("n{i}"), 10 - i)).collect();
+        let mut rng = fastrand::Rng::with_seed(3);
+        let pairs: Vec<(Who, Who)> = (0..12)
+            .map(|_| (nodes[rng.usize(..6)].clone(), nodes[rng.usize(..6)].clone()))
+            .filter(|(o, s)| o != s)
+            .collect();
+        let forward: BTreeSet<(Who, Who)> = pairs.iter().cloned().collect();
+        let backward: BTreeSet<(Who, Who)> = pairs.iter().rev().cloned().collect();
+        let out = downed(&forward);
+        assert_eq!(out, downed(&backward));
+        let kept = |w: &Who| !out.contains(w);
+        assert!(forward.iter().all(|(o, s)| !(kept(o) && kept(s))));
+    }
+}

@@ -1,0 +1,134 @@
+//! Partial partitions in the simulator: a bridge node that sees both sides,
+//! a one-way cut, a flapping link. With a quorum configured the cluster
+//! ends on one ring with one sentry, the rest out of `Ready`, and heals.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use super::quorum::{majority, no_quorum, one_ready_side, settle, LIMIT};
+use super::*;
+use crate::events::DownReason;
+
+const STEP: Duration = Duration::from_millis(10);
+
+/// Every node but those of `out` is ready on one ring of exactly them, with
+/// one sentry; the nodes of `out` have no quorum.
+fn one_ring_without(sim: &Sim, n: usize, out: &[usize]) -> bool {
+    let kept: Vec<usize> = (0..n).filter(|i| !out.contains(i)).collect();
+    one_ready_side(sim, &kept) && no_quorum(sim, out)
+}
+
+fn formed(n: usize) -> Sim {
+    let mut sim = Sim::new(n, &majority(), Network::default());
+    sim.start_all();
+    settle(&mut sim, Duration::from_millis(100), LIMIT, Sim::converged);
+    sim
+}
+
+/// Node `i` published `NodeDown` with reason `downed` for `node`.
+fn downed_by(sim: &Sim, i: usize, node: usize) -> bool {
+    let name = sim.name(node);
+    sim.events(i).iter().any(|e| {
+        matches!(e, TopologyEvent::NodeDown { node, reason: DownReason::Downed, .. } if node == name)
+    })
+}
+
+#[test]
+fn a_bridge_between_two_pairs_ends_on_one_ring_of_three_and_heals() {
+    let mut sim = formed(5);
+    // 0, 1 | 3, 4; node 2 reaches all four.
+    for a in [0, 1] {
+        for b in [3, 4] {
+            sim.cut_between(a, b);
+        }
+    }
+    let sides = |sim: &Sim| {
+        [[3, 4], [0, 1]]
+            .into_iter()
+            .find(|out| one_ring_without(sim, 5, out))
+    };
+    settle(&mut sim, STEP, LIMIT, |sim| sides(sim).is_some());
+    let out = sides(&sim).unwrap();
+    // The bridge took them out of its ring for the partial partition.
+    assert!(
+        out.iter().all(|&i| downed_by(&sim, 2, i)),
+        "{:?}",
+        sim.events(2)
+    );
+    // And it holds while the fault lasts.
+    sim.run_for(Duration::from_secs(10));
+    assert!(one_ring_without(&sim, 5, &out));
+
+    sim.heal();
+    assert!(sim.run_until(LIMIT, Sim::converged), "not healed");
+}
+
+#[test]
+fn a_one_way_cut_takes_one_end_out_of_every_ring_until_it_heals() {
+    let mut sim = formed(5);
+    // Node 0 stops hearing node 3; node 3 still hears node 0.
+    sim.cut(3, 0);
+    let end = |sim: &Sim| [0, 3].into_iter().find(|&x| one_ring_without(sim, 5, &[x]));
+    settle(&mut sim, STEP, LIMIT, |sim| end(sim).is_some());
+    let out = end(&sim).unwrap();
+    sim.run_for(Duration::from_secs(10));
+    assert!(one_ring_without(&sim, 5, &[out]));
+
+    sim.heal();
+    assert!(sim.run_until(LIMIT, Sim::converged), "not healed");
+}
+
+#[test]
+fn a_link_flapping_faster_than_stable_after_downs_nobody_and_heals() {
+    let mut sim = formed(5);
+    let marks: Vec<usize> = (0..5).map(|i| sim.events(i).len()).collect();
+    // Cut for 2 s (longer than the heartbeat timeout), up for 1 s, five
+    // times: each cut drops the pair, none lasts `stable_after`.
+    for _ in 0..5 {
+        sim.cut_between(0, 3);
+        sim.run_for(Duration::from_secs(2));
+        sim.heal();
+        sim.run_for(Duration::from_secs(1));
+    }
+    assert!(sim.run_until(LIMIT, Sim::converged), "not healed");
+    for (i, mark) in marks.into_iter().enumerate() {
+        let downed = sim.events(i)[mark..].iter().any(|e| {
+            matches!(
+                e,
+                TopologyEvent::NodeDown {
+                    reason: DownReason::Downed,
+                    ..
+                }
+            )
+        });
+        assert!(
+            !downed,
+            "node {i} downed a node: {:?}",
+            &sim.events(i)[mark..]
+        );
+    }
+}
+
+/// The index of node `name` in `sim`.
+fn index(sim: &Sim, n: usize, name: &NodeName) -> usize {
+    (0..n).find(|&i| sim.name(i) == name).unwrap()
+}
+
+#[test]
+fn two_hundred_nodes_take_one_end_of_a_one_way_cut_out_of_every_ring() {
+    let n = 200;
+    let mut sim = formed(n);
+    // Node 0 stops hearing a node it watches.
+    let subject = index(&sim, n, &sim.node(0).watched()[0]);
+    sim.cut(subject, 0);
+    let end = |sim: &Sim| {
+        [0, subject]
+            .into_iter()
+            .find(|&x| one_ring_without(sim, n, &[x]))
+    };
+    settle(&mut sim, Duration::from_millis(100), LIMIT, |sim| {
+        end(sim).is_some()
+    });
+    sim.heal();
+    settle(&mut sim, Duration::from_millis(100), LIMIT, Sim::converged);
+}
