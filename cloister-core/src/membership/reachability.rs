@@ -202,21 +202,16 @@ impl Membership {
     /// Peers forgotten (gone from the DNS answer): this node no longer
     /// observes them.
     pub(super) fn forget_unknown_subjects(&mut self, now: Duration) {
-        let peers = &self.peers;
-        let known = |suspect: &Suspect| peers.contains_key(&suspect.node);
-        let gone = self
-            .reach
-            .observations
-            .get(&self.me)
-            .is_some_and(|(mine, _)| !mine.unreachable.iter().all(known));
-        if gone {
-            let names: BTreeSet<NodeName> = self.peers.keys().cloned().collect();
-            self.change_mine(now, |mine| {
-                mine.unreachable
-                    .retain(|suspect| names.contains(&suspect.node));
-                true
-            });
+        if !self.reach.observations.contains_key(&self.me) {
+            return;
         }
+        let names: BTreeSet<NodeName> = self.peers.keys().cloned().collect();
+        self.change_mine(now, |mine| {
+            let before = mine.unreachable.len();
+            mine.unreachable
+                .retain(|suspect| names.contains(&suspect.node));
+            mine.unreachable.len() != before
+        });
     }
 
     /// Changes this node's own observation with `change`, which says
@@ -292,14 +287,17 @@ impl Membership {
         if self.reach.observations.is_empty() {
             return;
         }
-        let (records, _) = self.counted(now);
+        let (records, mut carried) = self.counted(now);
         let hears = self.hears_against(now, &records);
-        self.update_mine(now, |mine| {
-            let changed = mine.reachable != hears;
-            mine.reachable = hears;
-            changed
-        });
-        let (_, (outgoing, quiet_at)) = self.counted(now);
+        let mine = self.reach.observations.get(&self.me);
+        if mine.map_or(&[][..], |(o, _)| &o.reachable[..]) != hears.as_slice() {
+            self.update_mine(now, |mine| {
+                mine.reachable = hears;
+                true
+            });
+            carried = self.counted(now).1; // what this node hears changed
+        }
+        let (outgoing, quiet_at) = carried;
         self.reach.outgoing = outgoing;
         self.reach.quiet_at = quiet_at;
         let contested = self.contested(&records);
