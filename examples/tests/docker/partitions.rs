@@ -112,6 +112,26 @@ fn nemesis_available() -> Result<(), String> {
     Ok(())
 }
 
+/// Five containers with `quorum = "majority"` ready on one ring, for the
+/// scenario `scenario` on subnet number `k`; `None` when the scenario skips.
+fn five_with_majority(scenario: &str, k: u32) -> Option<(Project, Vec<View>)> {
+    if !docker_ready(scenario) {
+        return None;
+    }
+    if let Err(why) = nemesis_available() {
+        assert!(!required(), "the nemesis needs nsenter and iptables: {why}");
+        eprintln!("SKIPPED docker scenario `{scenario}`: {why}");
+        return None;
+    }
+    let project = Project::with_env(scenario, k, 1, &["CLOISTER_QUORUM=majority"]);
+    project.scale(5);
+    let views = wait_all_agree(&project, 5, "five containers ready on one ring");
+    Some((project, views))
+}
+
+/// The majority of five.
+const QUORUM: usize = 3;
+
 /// What must hold at every moment, with `quorum` members needed: no node is
 /// ready, or names a sentry, while its own ring is below quorum.
 fn below_quorum_serves(views: &[View], quorum: usize) -> Option<String> {
@@ -155,18 +175,9 @@ fn split_brain(views: &[View], quorum: usize) -> Option<String> {
 /// invariants are checked on every poll, not only at the end.
 #[test]
 fn quorum_under_partitions() {
-    if !docker_ready("quorum") {
+    let Some((project, views)) = five_with_majority("quorum", 6) else {
         return;
-    }
-    if let Err(why) = nemesis_available() {
-        assert!(!required(), "the nemesis needs nsenter and iptables: {why}");
-        eprintln!("SKIPPED docker scenario `quorum`: {why}");
-        return;
-    }
-    const QUORUM: usize = 3;
-    let project = Project::with_env("quorum", 6, 1, &["CLOISTER_QUORUM=majority"]);
-    project.scale(5);
-    let views = wait_all_agree(&project, 5, "five containers ready on one ring");
+    };
     let mut nemesis = Nemesis::new();
     let always = |views: &[View]| below_quorum_serves(views, QUORUM);
     let settled = |views: &[View]| split_brain(views, QUORUM);
@@ -288,4 +299,206 @@ fn quorum_under_partitions() {
     let healed = wait_all_agree(&project, 5, "all five on one ring after the loss ends");
     let sentries: BTreeSet<Option<&str>> = healed.iter().map(|v| v.sentry().flatten()).collect();
     assert_eq!(sentries.len(), 1, "{sentries:?}");
+}
+
+/// Whether the live nodes of `out` (ids) are `no_quorum` naming no sentry
+/// while every other live node is ready on one ring of exactly the others,
+/// with one sentry among them.
+fn one_ring_without(project: &Project, views: &[View], out: &BTreeSet<&str>) -> bool {
+    let (off, on): (Vec<&View>, Vec<&View>) = live(views)
+        .into_iter()
+        .partition(|v| out.contains(v.id.as_str()));
+    let kept: BTreeSet<String> = on.iter().map(|v| name_of(&project.ip(v))).collect();
+    let sentries: BTreeSet<Option<&str>> = on.iter().map(|v| v.sentry().flatten()).collect();
+    agreed(&on, &kept).is_some()
+        && sentries.len() == 1
+        && sentries.iter().all(|s| s.is_some_and(|s| kept.contains(s)))
+        && off
+            .iter()
+            .all(|v| v.state() == Some("no_quorum") && v.sentry() == Some(None))
+}
+
+/// Waits, checking on every poll that nothing below quorum serves, until
+/// one of `candidates` (sets of indices into `views`) is out of every ring
+/// as [`one_ring_without`] says; then checks for `hold` that it stays so.
+/// Returns that candidate and the time the last kept node's ring changed.
+fn wait_one_ring_without<'a>(
+    project: &Project,
+    views: &'a [View],
+    candidates: &[&[usize]],
+    what: &str,
+    hold: Duration,
+) -> (BTreeSet<&'a str>, Option<i64>) {
+    let sets: Vec<BTreeSet<&str>> = candidates
+        .iter()
+        .map(|c| c.iter().map(|&i| views[i].id.as_str()).collect())
+        .collect();
+    let (out, last_ring) = project.wait(what, |now| {
+        if let Some(broken) = below_quorum_serves(now, QUORUM) {
+            panic!("{broken}\n{}", project.report(now));
+        }
+        let out = sets
+            .iter()
+            .find(|out| one_ring_without(project, now, out))?;
+        let last_ring = live(now)
+            .iter()
+            .filter(|v| !out.contains(v.id.as_str()))
+            .filter_map(|v| v.ring()?["ts"].as_i64())
+            .max();
+        Some((out.clone(), last_ring))
+    });
+    project.never(hold, &format!("{what}, held"), |now| {
+        (!one_ring_without(project, now, &out)).then(|| format!("{out:?} not out any more"))
+    });
+    (out, last_ring)
+}
+
+/// The `node_down` lines with reason `downed` that any node printed after
+/// `mark`, as `(container, peer)`.
+fn downs_after(views: &[View], mark: &BTreeMap<String, usize>) -> Vec<(String, String)> {
+    views
+        .iter()
+        .flat_map(|v| {
+            v.after(mark_of(mark, v), "node_down")
+                .filter(|e| e["reason"] == "downed")
+                .map(|e| (v.container.clone(), e["peer"].to_string()))
+        })
+        .collect()
+}
+
+/// (i) With `quorum = "majority"`, partial faults and the lifecycle:
+/// a bridge (0, 1 | 3, 4 with node 2 reaching all), a one-way cut (node 0
+/// stops hearing node 3), a link flapping faster than `stable_after`, then
+/// three of five paused, then two of five killed and started again. A
+/// partial partition ends with the same nodes out of every ring (`node_down`
+/// reason `downed`, they go `no_quorum`) and one ring and one sentry on the
+/// rest, and stays so while it lasts; the flapping link downs nobody; after
+/// each heal all five agree again. Nothing below quorum serves, on every
+/// poll.
+#[test]
+fn partial_partitions_and_lifecycle() {
+    let Some((project, views)) = five_with_majority("partial", 7) else {
+        return;
+    };
+    let mut nemesis = Nemesis::new();
+    let hold = Duration::from_secs(3);
+
+    // A bridge: node 2 sees both pairs, the pairs do not see each other.
+    let mark = marks(&views);
+    let cut_at = now_ms();
+    nemesis.partition(&project, &[&views[0], &views[1]], &[&views[3], &views[4]]);
+    let (out, last_ring) = wait_one_ring_without(
+        &project,
+        &views,
+        &[&[0, 1], &[3, 4]],
+        "a bridge: one pair out of every ring, one ring of three",
+        hold,
+    );
+    measure(
+        "bridge 0,1|3,4 (2 sees all) -> one ring of three on the rest",
+        last_ring.unwrap_or(cut_at) - cut_at,
+    );
+    let now = project.views();
+    let bridge = now
+        .iter()
+        .find(|v| v.id == views[2].id)
+        .expect("the bridge");
+    for id in &out {
+        let peer = name_of(&project.ip(views.iter().find(|v| v.id == *id).expect("a view")));
+        assert!(
+            bridge
+                .saw_down(mark_of(&mark, bridge), &peer, "downed")
+                .is_some(),
+            "the bridge did not down {peer}\n{}",
+            project.report(&now)
+        );
+    }
+    let heal_at = now_ms();
+    nemesis.heal();
+    let healed = wait_all_agree(&project, 5, "all five on one ring after the bridge heals");
+    let last_ring = healed.iter().filter_map(|v| v.ring()?["ts"].as_i64()).max();
+    measure(
+        "heal of the bridge -> one ring on all five",
+        last_ring.unwrap_or(heal_at) - heal_at,
+    );
+
+    // A one-way cut: node 0 stops hearing node 3 (over TCP node 3 soon
+    // stops hearing node 0 too: its acknowledgements are lost).
+    let views = healed;
+    let cut_at = now_ms();
+    nemesis.deafen(&views[0], &project.ip(&views[3]));
+    let (_, last_ring) = wait_one_ring_without(
+        &project,
+        &views,
+        &[&[0], &[3]],
+        "a one-way cut: one end out of every ring, one ring of four",
+        hold,
+    );
+    measure(
+        "one-way cut 0<-3 -> one ring of four on the rest",
+        last_ring.unwrap_or(cut_at) - cut_at,
+    );
+    nemesis.heal();
+    let views = wait_all_agree(&project, 5, "all five on one ring after the one-way cut");
+
+    // A flapping link: 0 and 3 cut for 2 s (longer than the heartbeat
+    // timeout, shorter than `stable_after`), then joined for 3 s, four
+    // times. Each cut may drop the pair from each other's ring; nobody is
+    // downed.
+    let mark = marks(&views);
+    for _ in 0..4 {
+        nemesis.cut(&views[0], &project.ip(&views[3]));
+        project.never(Duration::from_secs(2), "a flapping link, cut", |v| {
+            below_quorum_serves(v, QUORUM)
+        });
+        nemesis.heal();
+        project.never(Duration::from_secs(3), "a flapping link, joined", |v| {
+            below_quorum_serves(v, QUORUM)
+        });
+    }
+    let views = wait_all_agree(&project, 5, "all five on one ring after the flapping");
+    let downed = downs_after(&views, &mark);
+    assert!(downed.is_empty(), "a flapping link downed {downed:?}");
+
+    // Three of five paused: the two left go no_quorum; unpaused, all five.
+    let paused = &views[2..];
+    for v in paused {
+        docker(&["pause", &v.id]);
+    }
+    project.wait("two of five left unpaused: both no_quorum", |now| {
+        let left = live(now);
+        (left.len() == 2
+            && left
+                .iter()
+                .all(|v| v.state() == Some("no_quorum") && v.sentry() == Some(None)))
+        .then_some(())
+    });
+    for v in paused {
+        docker(&["unpause", &v.id]);
+    }
+    let views = wait_all_agree(&project, 5, "all five on one ring after unpausing");
+
+    // Two of five killed: the three left keep one ring; started again, five.
+    let killed = &views[3..];
+    for v in killed {
+        docker(&["kill", &v.id]);
+    }
+    project.wait(
+        "three of five left after a kill: one ring of three",
+        |now| {
+            if let Some(broken) = below_quorum_serves(now, QUORUM) {
+                panic!("{broken}\n{}", project.report(now));
+            }
+            let left = live(now);
+            let names: BTreeSet<String> = left.iter().map(|v| name_of(&project.ip(v))).collect();
+            (left.len() == 3 && agreed(&left, &names).is_some()).then_some(())
+        },
+    );
+    for v in killed {
+        docker(&["start", &v.id]);
+    }
+    let healed = wait_all_agree(&project, 5, "the killed two back: five on one ring");
+    if let Some(broken) = split_brain(&healed, QUORUM) {
+        panic!("{broken}\n{}", project.report(&healed));
+    }
 }
