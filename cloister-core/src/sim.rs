@@ -461,6 +461,7 @@ impl Sim {
             | Effect::Strangers { .. }
             | Effect::Stalled { .. }
             | Effect::Slow { .. }
+            | Effect::Downing { .. }
             | Effect::Adopt { .. } => {}
             Effect::Dropped { claimed, why } => self.nodes[i].dropped.push((claimed, why)),
         }

@@ -249,8 +249,12 @@ impl Membership {
     /// them itself and heard them within the last two intervals: then they
     /// are alive, and what failed is the reporter's link to them (a node
     /// that hears nobody would otherwise evict every member everywhere).
+    ///
+    /// A member it watched and drops so is its own observation too (see
+    /// `reachability`): it would have timed out on it a moment later.
     fn reported_unresponsive(&mut self, now: Duration, from: &NodeName, suspects: Vec<Suspect>) {
         let lately = self.config.heartbeat_interval * 2;
+        let mut observed = Vec::new();
         for Suspect { node, incarnation } in suspects {
             if node == self.me || node == *from {
                 continue; // our own session, or its own, tells us more
@@ -269,8 +273,17 @@ impl Membership {
                     "{from}, which watches it, heard no heartbeat from it for {:?}",
                     self.config.heartbeat_timeout
                 );
+                if self.peers.get(&node).is_some_and(|p| p.watching) {
+                    observed.push(Suspect {
+                        node: node.clone(),
+                        incarnation,
+                    });
+                }
                 self.drop_unresponsive(now, &node, why);
             }
+        }
+        if !observed.is_empty() {
+            self.observe_unreachable(now, &observed);
         }
     }
 

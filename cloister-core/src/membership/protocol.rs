@@ -257,6 +257,16 @@ pub enum Effect {
         /// How late the wake-up was.
         late: std::time::Duration,
     },
+    /// The reachability records held still for `stable_after` and this
+    /// node decided which nodes are out of every ring under a partial
+    /// partition (none: the partition is over). For the operator's log.
+    Downing {
+        /// The nodes now out of every ring.
+        downed: Vec<NodeName>,
+        /// The contested records it decided on, `(observer, subject)`: the
+        /// observer cannot hear the subject while another node can.
+        records: Vec<(NodeName, NodeName)>,
+    },
     /// Dials or handshakes took longer than their timeouts (or are fast
     /// again): these are the timeouts now, between the configured ones and
     /// eight times those. For the operator's log.

@@ -432,6 +432,12 @@ impl Membership {
             return;
         }
         self.reach.downed = decided;
+        self.effects.push_back(Effect::Downing {
+            downed: self.reach.downed.keys().cloned().collect(),
+            records: (self.reach.records.iter())
+                .map(|((observer, _), (subject, _))| (observer.clone(), subject.clone()))
+                .collect(),
+        });
         let members: Vec<NodeName> = self
             .peers
             .iter()

@@ -63,6 +63,45 @@ fn a_bridge_between_two_pairs_ends_on_one_ring_of_three_and_heals() {
     assert!(sim.run_until(LIMIT, Sim::converged), "not healed");
 }
 
+/// The links of a bridge cut one after another, as a firewall takes its
+/// rules: a watcher drops a member on a peer's report before its own
+/// timeout fires, and that must count as its own observation too, or the
+/// records name only the first links cut and the nodes taken out may be
+/// one of each side (with 4 | 3 | 0 1 cut in that order they were 4 and 3).
+#[test]
+fn a_bridge_cut_link_by_link_still_ends_on_one_ring_of_three() {
+    for (a, b) in [([0, 1], [3, 4]), ([4, 0], [3, 1])] {
+        for seed in 1..=4 {
+            let config = Config {
+                heartbeat_interval: Duration::from_millis(100),
+                heartbeat_timeout: Duration::from_millis(600),
+                stable_after: Duration::from_secs(1),
+                ..majority()
+            };
+            let network = Network {
+                seed,
+                ..Network::default()
+            };
+            let mut sim = Sim::new(5, &config, network);
+            sim.start_all();
+            settle(&mut sim, Duration::from_millis(100), LIMIT, Sim::converged);
+            for x in a {
+                for y in b {
+                    sim.cut_between(x, y);
+                    sim.run_for(Duration::from_millis(150));
+                }
+            }
+            let sides = |sim: &Sim| [a, b].iter().any(|out| one_ring_without(sim, 5, out));
+            settle(&mut sim, STEP, LIMIT, sides);
+            sim.heal();
+            assert!(
+                sim.run_until(LIMIT, Sim::converged),
+                "seed {seed}: not healed"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_one_way_cut_takes_one_end_out_of_every_ring_until_it_heals() {
     let mut sim = formed(5);

@@ -251,6 +251,22 @@ impl ManagerState {
                     "this node ran {late:?} late: its peers' silence meanwhile is not held \
                      against them"
                 ),
+                Effect::Downing { downed, records } => {
+                    let names: Vec<String> = downed.iter().map(ToString::to_string).collect();
+                    let cuts: Vec<String> = (records.iter())
+                        .map(|(observer, subject)| format!("{observer} cannot hear {subject}"))
+                        .collect();
+                    if names.is_empty() {
+                        tracing::info!("partial partition over: nobody is out of the ring any more")
+                    } else {
+                        tracing::warn!(
+                            "partial partition, held for stable_after: out of every ring now [{}] \
+                             (contested records: {})",
+                            names.join(", "),
+                            cuts.join("; ")
+                        )
+                    }
+                }
                 Effect::Slow {
                     dial_timeout,
                     handshake_timeout,
