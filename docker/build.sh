@@ -21,9 +21,9 @@ esac
 # for every build) shares its compiled dependencies with this one.
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
   "${CARGO:-cargo}" build "${profile_flag[@]}" --target "$target" \
-  -p cloister-examples --bin cloister-node
+  -p cloister-examples --bin cloister-node --bin kv-node
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
-cp "target/$target/$profile_dir/cloister-node" "$context/"
+cp "target/$target/$profile_dir/cloister-node" "target/$target/$profile_dir/kv-node" "$context/"
 docker build --quiet -t "$image" -f docker/Dockerfile "$context" >/dev/null
 echo "built image $image ($profile build)"

@@ -106,6 +106,7 @@ fn keys_survive_a_restart_and_a_kill_by_being_re_put() {
     for put in all_of(&events[warmup..], "put") {
         assert_eq!(put["stored_on"].as_array().unwrap().len(), 2, "{put}");
         assert_eq!(put["errors"], serde_json::json!([]), "{put}");
+        assert_eq!(put["acknowledged"], true, "{put}");
     }
     // Two copies of every key across three nodes.
     ok(
@@ -162,6 +163,7 @@ fn without_quorum_a_put_is_refused_and_stores_nothing() {
     let events = cluster.events(0);
     let put = all_of(&events[mark..], "put").next().unwrap();
     assert_eq!(put["stored_on"], serde_json::json!([]), "{put}");
+    assert_eq!(put["acknowledged"], false, "{put}");
     assert!(
         put["errors"][0].as_str().unwrap().contains("no quorum"),
         "{put}"

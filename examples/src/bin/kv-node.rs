@@ -9,7 +9,10 @@
 //! filled again by re-puts from the others. With a `quorum` set
 //! (`CLOISTER_QUORUM=majority`), a put on a side of the cluster without
 //! quorum stores nothing and answers an error: it is never acknowledged
-//! where the side with quorum would not see it.
+//! where the side with quorum would not see it. A put is acknowledged
+//! (`"acknowledged": true`) only when both holders answered that they keep
+//! it: a cast into a session that a fresh partition broke is lost without
+//! an error, so a sent message alone acknowledges nothing.
 //!
 //! Commands, one per line on stdin (sent by a test with
 //! `LocalCluster::send_line`, or typed): `put KEY VALUE`, `get KEY` (asks the
@@ -47,6 +50,8 @@ const REPLICAS: usize = 2;
 const GROUP: &str = "kv";
 /// How long a `get` waits for one replica.
 const GET_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a put waits for each holder to answer that it keeps the key.
+const PUT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How soon a handoff that could not reach a node is tried again.
 const RETRY: Duration = Duration::from_millis(200);
 
@@ -55,6 +60,9 @@ const RETRY: Duration = Duration::from_millis(200);
 enum KvMsg {
     /// Keep `value` under `key` unless a newer version is already there.
     Put(String, String, u64),
+    /// [`KvMsg::Put`], answered once kept: what a client's put sends.
+    #[rpc]
+    Store(String, String, u64, RpcReplyPort<bool>),
     /// Replies with `{"value": .., "node": ..}` (`value` null when absent).
     #[rpc]
     Get(String, RpcReplyPort<String>),
@@ -104,20 +112,11 @@ impl Actor for Store {
         shard: &mut Shard,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            KvMsg::Put(key, value, version) => {
-                let me = shard.cloister.me().clone();
-                let stray = !shard.cloister.nodes_for(&key, REPLICAS).contains(&me);
-                let newer = shard.data.get(&key).is_none_or(|(old, _)| version > *old);
-                if newer {
-                    shard.data.insert(key, (version, value));
-                }
-                if stray {
-                    // Sent on a ring older than this node's (a rebalance
-                    // that crossed a change): kept, and handed on and
-                    // dropped by the next rebalance, so no third copy stays.
-                    shard.rebalance_later(&myself);
-                }
+            KvMsg::Store(key, value, version, reply) => {
+                shard.put(&myself, key, value, version);
+                let _ = reply.send(true);
             }
+            KvMsg::Put(key, value, version) => shard.put(&myself, key, value, version),
             KvMsg::Get(key, reply) => {
                 let value = shard.data.get(&key).map(|(_, value)| value);
                 let answer = json!({ "value": value, "node": shard.cloister.me() });
@@ -137,6 +136,22 @@ impl Actor for Store {
 }
 
 impl Shard {
+    /// Keeps `value` under `key` unless a newer version is already there.
+    fn put(&mut self, myself: &ActorRef<KvMsg>, key: String, value: String, version: u64) {
+        let me = self.cloister.me().clone();
+        let stray = !self.cloister.nodes_for(&key, REPLICAS).contains(&me);
+        let newer = self.data.get(&key).is_none_or(|(old, _)| version > *old);
+        if newer {
+            self.data.insert(key, (version, value));
+        }
+        if stray {
+            // Sent on a ring older than this node's (a rebalance that
+            // crossed a change): kept, and handed on and dropped by the
+            // next rebalance, so no third copy stays.
+            self.rebalance_later(myself);
+        }
+    }
+
     /// Hands off, and schedules a retry if some node could not be reached:
     /// one retry chain at most, however many events come meanwhile.
     fn rebalance(&mut self, myself: &ActorRef<KvMsg>) {
@@ -199,17 +214,28 @@ async fn run(cloister: &Cloister, line: &str) {
                 ));
                 Vec::new()
             };
+            let wanted = holders.len();
             for node in holders {
-                let put = KvMsg::Put(key.into(), value.into(), version);
-                match cloister.actor_on::<KvMsg>(GROUP, &node) {
-                    Ok(store) => match store.cast(put) {
-                        Ok(()) => stored_on.push(node),
-                        Err(error) => errors.push(format!("{node}: {error}")),
-                    },
-                    Err(error) => errors.push(error.to_string()),
+                let stored = match cloister.actor_on::<KvMsg>(GROUP, &node) {
+                    Ok(store) => store
+                        .call(
+                            |reply| KvMsg::Store(key.into(), value.into(), version, reply),
+                            Some(PUT_TIMEOUT),
+                        )
+                        .await
+                        .map_err(|error| error.to_string())
+                        .and_then(|r| r.success_or(()).map_err(|()| "no answer".into())),
+                    Err(error) => Err(error.to_string()),
+                };
+                match stored {
+                    Ok(_) => stored_on.push(node),
+                    Err(error) => errors.push(format!("{node}: {error}")),
                 }
             }
-            let fields = json!({ "key": key, "stored_on": stored_on, "errors": errors });
+            let acknowledged = wanted > 0 && stored_on.len() == wanted;
+            let fields = json!({
+                "key": key, "stored_on": stored_on, "errors": errors, "acknowledged": acknowledged,
+            });
             print_line(me, "put", fields);
         }
         (Some("get"), Some(key), None) => print_line(me, "get", get(cloister, key).await),

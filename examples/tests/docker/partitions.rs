@@ -6,13 +6,13 @@ use super::*;
 /// Firewall rules in containers' network namespaces (`nsenter -t PID -n
 /// iptables`), each removed by [`Nemesis::heal`] and on drop, also when a
 /// test panics. A container that is gone takes its rules with it.
-struct Nemesis {
+pub(super) struct Nemesis {
     /// (the container's PID, the rule as `iptables -I` takes it).
     rules: Vec<(String, Vec<String>)>,
 }
 
 impl Nemesis {
-    fn new() -> Nemesis {
+    pub(super) fn new() -> Nemesis {
         Nemesis { rules: Vec::new() }
     }
 
@@ -41,7 +41,7 @@ impl Nemesis {
 
     /// `view` hears nothing from `ip` (a one-way cut: what it sends still
     /// arrives, but over TCP nothing gets through for long).
-    fn deafen(&mut self, view: &View, ip: &str) {
+    pub(super) fn deafen(&mut self, view: &View, ip: &str) {
         self.add(view, &["INPUT", "-s", ip, "-j", "DROP"]);
     }
 
@@ -52,7 +52,7 @@ impl Nemesis {
     }
 
     /// Every node of `a` is cut from every node of `b`.
-    fn partition(&mut self, project: &Project, a: &[&View], b: &[&View]) {
+    pub(super) fn partition(&mut self, project: &Project, a: &[&View], b: &[&View]) {
         for x in a {
             for y in b {
                 self.cut(x, &project.ip(y));
@@ -61,7 +61,7 @@ impl Nemesis {
     }
 
     /// `view` loses `percent` of the packets it receives, at random.
-    fn lossy(&mut self, view: &View, percent: u32) {
+    pub(super) fn lossy(&mut self, view: &View, percent: u32) {
         let p = format!("{:.2}", f64::from(percent) / 100.0);
         let rule = [
             "INPUT",
@@ -90,7 +90,7 @@ impl Nemesis {
     }
 
     /// Removes every rule.
-    fn heal(&mut self) {
+    pub(super) fn heal(&mut self) {
         for (pid, rule) in self.rules.drain(..).rev() {
             // A container that died took its namespace, and the rule, along.
             let _ = Nemesis::iptables(&pid, "-D", &rule);
@@ -114,7 +114,13 @@ fn nemesis_available() -> Result<(), String> {
 
 /// Five containers with `quorum = "majority"` ready on one ring, for the
 /// scenario `scenario` on subnet number `k`; `None` when the scenario skips.
-fn five_with_majority(scenario: &str, k: u32) -> Option<(Project, Vec<View>)> {
+pub(super) fn five_with_majority(scenario: &str, k: u32) -> Option<(Project, Vec<View>)> {
+    five_running(scenario, k, "")
+}
+
+/// [`five_with_majority`] with more lines for the service (see
+/// [`Project::layered`]).
+pub(super) fn five_running(scenario: &str, k: u32, service: &str) -> Option<(Project, Vec<View>)> {
     if !docker_ready(scenario) {
         return None;
     }
@@ -123,18 +129,18 @@ fn five_with_majority(scenario: &str, k: u32) -> Option<(Project, Vec<View>)> {
         eprintln!("SKIPPED docker scenario `{scenario}`: {why}");
         return None;
     }
-    let project = Project::with_env(scenario, k, 1, &["CLOISTER_QUORUM=majority"]);
+    let project = Project::layered(scenario, k, 1, &["CLOISTER_QUORUM=majority"], service);
     project.scale(5);
     let views = wait_all_agree(&project, 5, "five containers ready on one ring");
     Some((project, views))
 }
 
 /// The majority of five.
-const QUORUM: usize = 3;
+pub(super) const QUORUM: usize = 3;
 
 /// What must hold at every moment, with `quorum` members needed: no node is
 /// ready, or names a sentry, while its own ring is below quorum.
-fn below_quorum_serves(views: &[View], quorum: usize) -> Option<String> {
+pub(super) fn below_quorum_serves(views: &[View], quorum: usize) -> Option<String> {
     live(views).iter().find_map(|v| {
         let members = v.members().len();
         if members >= quorum {
