@@ -81,6 +81,9 @@ impl Membership {
             if let Some(member) = peer.member.as_ref().filter(|_| peer.watching) {
                 next = earliest(next, member.last_heard + timeout);
             }
+            if let Some(suspicion) = &peer.suspected {
+                next = earliest(next, suspicion.until);
+            }
             if let Some(until) = peer.grace_until {
                 next = earliest(next, until);
                 continue;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::peer::Suspicion;
 use super::*;
 
 impl Membership {
@@ -250,10 +251,17 @@ impl Membership {
     /// are alive, and what failed is the reporter's link to them (a node
     /// that hears nobody would otherwise evict every member everywhere).
     ///
+    /// With a quorum, a node that does not watch the member holds the
+    /// report for three intervals and drops the member only if no other node
+    /// said meanwhile that it hears it (see `reachability`): a watcher that
+    /// hears nobody would otherwise evict the members it watches from every
+    /// non-watcher's ring, again and again.
+    ///
     /// A member it watched and drops so is its own observation too (see
     /// `reachability`): it would have timed out on it a moment later.
     fn reported_unresponsive(&mut self, now: Duration, from: &NodeName, suspects: Vec<Suspect>) {
         let lately = self.config.heartbeat_interval * 2;
+        let hold = self.resolves_partial_partitions();
         let mut observed = Vec::new();
         for Suspect { node, incarnation } in suspects {
             if node == self.me || node == *from {
@@ -269,6 +277,21 @@ impl Membership {
                 continue;
             }
             if self.incarnation_of(&node) == Some(incarnation) {
+                let Some(peer) = self.peers.get_mut(&node) else {
+                    continue;
+                };
+                if hold && !peer.watching {
+                    if peer.suspected.is_none() {
+                        let until = now + 3 * self.config.heartbeat_interval;
+                        peer.suspected = Some(Suspicion {
+                            until,
+                            incarnation,
+                            reporter: from.clone(),
+                        });
+                        self.next_peer_timer = earliest(self.next_peer_timer, until);
+                    }
+                    continue;
+                }
                 let why = format!(
                     "{from}, which watches it, heard no heartbeat from it for {:?}",
                     self.config.heartbeat_timeout
@@ -284,6 +307,33 @@ impl Membership {
         }
         if !observed.is_empty() {
             self.observe_unreachable(now, &observed);
+        }
+    }
+
+    /// Suspicions held for their three intervals: the member is dropped
+    /// unless a node other than the reporter (this one included) says it
+    /// hears it.
+    pub(super) fn expire_suspicions(&mut self, now: Duration) {
+        let due: Vec<(NodeName, Suspicion)> = (self.peers.iter_mut())
+            .filter(|(_, p)| p.suspected.as_ref().is_some_and(|s| s.until <= now))
+            .filter_map(|(n, p)| Some((n.clone(), p.suspected.take()?)))
+            .collect();
+        for (name, suspicion) in due {
+            let Suspicion {
+                incarnation,
+                reporter,
+                ..
+            } = suspicion;
+            if self.incarnation_of(&name) != Some(incarnation)
+                || self.heard_by_another(now, &name, incarnation, &reporter)
+            {
+                continue;
+            }
+            let why = format!(
+                "{reporter}, which watches it, heard no heartbeat from it for {:?}",
+                self.config.heartbeat_timeout
+            );
+            self.drop_unresponsive(now, &name, why);
         }
     }
 

@@ -374,6 +374,7 @@ impl Membership {
         self.expire_handshakes(now);
         self.expire_graces(now);
         self.expire_silent_members(now);
+        self.expire_suspicions(now);
         self.reachability_timers(now);
         self.rebuild_ring_if_due(now);
         self.run_dials(now);

@@ -75,6 +75,19 @@ pub(super) struct Peer {
     pub(super) downs_me: bool,
     /// When a heartbeat of it that counts last arrived, member or not.
     pub(super) heard_at: Option<Duration>,
+    /// A watcher reported this incarnation silent: dropped then, unless
+    /// another node says by then that it hears it (see
+    /// `reported_unresponsive`).
+    pub(super) suspected: Option<Suspicion>,
+}
+
+/// A report that a member is silent, held for three heartbeat intervals
+/// (enough for the watchers that still hear it to say so).
+#[derive(Clone, Debug)]
+pub(super) struct Suspicion {
+    pub(super) until: Duration,
+    pub(super) incarnation: Incarnation,
+    pub(super) reporter: crate::NodeName,
 }
 
 impl Peer {
@@ -99,6 +112,7 @@ impl Peer {
             hold_until: None,
             downs_me: false,
             heard_at: None,
+            suspected: None,
         }
     }
 }

@@ -106,7 +106,7 @@ pub fn downed(records: &BTreeSet<(Who, Who)>) -> BTreeSet<Who> {
 
 impl Membership {
     /// Whether this node keeps reachability records: only with a quorum.
-    fn resolves_partial_partitions(&self) -> bool {
+    pub(super) fn resolves_partial_partitions(&self) -> bool {
         self.config.quorum != Quorum::Off
     }
 
@@ -197,6 +197,25 @@ impl Membership {
                 self.downed_changed();
             }
         }
+    }
+
+    /// Whether this node heard `name` as `incarnation` within two
+    /// intervals, or an observation of another node than `reporter` says
+    /// it hears it.
+    pub(super) fn heard_by_another(
+        &self,
+        now: Duration,
+        name: &NodeName,
+        incarnation: Incarnation,
+        reporter: &NodeName,
+    ) -> bool {
+        let lately = now.saturating_sub(2 * self.config.heartbeat_interval);
+        let me = self.peers.get(name).and_then(|p| p.heard_at);
+        me.is_some_and(|at| at > lately)
+            || self.reach.observations.values().any(|(o, _)| {
+                o.observer != *reporter
+                    && (o.reachable.iter()).any(|s| s.node == *name && s.incarnation == incarnation)
+            })
     }
 
     /// Peers forgotten (gone from the DNS answer): this node no longer

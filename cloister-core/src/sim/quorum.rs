@@ -274,3 +274,34 @@ fn below_quorum_never_serves(sim: &Sim, n: usize, needed: usize) {
         }
     }
 }
+
+/// The same beyond `monitors + 1` nodes, where most nodes do not watch the
+/// members the deaf node reports: a single watcher's report must not drop
+/// a member others still hear (before, 158 drops and readmissions of
+/// healthy members on the other 19 nodes).
+#[test]
+fn a_deaf_node_among_twenty_leaves_every_ring_without_evicting_anyone_else() {
+    let n = 20;
+    let mut sim = Sim::new(n, &majority(), Network::default());
+    sim.start_all();
+    settle(&mut sim, Duration::from_millis(100), LIMIT, Sim::converged);
+    let marks: Vec<usize> = (0..n).map(|i| sim.events(i).len()).collect();
+    let deaf_i = n - 1;
+    for j in 0..deaf_i {
+        sim.cut(j, deaf_i);
+    }
+    let rest: Vec<usize> = (0..deaf_i).collect();
+    settle(&mut sim, Duration::from_millis(10), LIMIT, |sim| {
+        one_ready_side(sim, &rest) && no_quorum(sim, &[deaf_i])
+    });
+    let deaf = sim.name(deaf_i).clone();
+    for (i, &mark) in marks.iter().enumerate().take(deaf_i) {
+        let evicted: Vec<NodeName> = downs_after(&sim, i, mark)
+            .into_iter()
+            .filter(|node| *node != deaf)
+            .collect();
+        assert!(evicted.is_empty(), "node {i} dropped {evicted:?}");
+    }
+    sim.heal();
+    settle(&mut sim, Duration::from_millis(100), LIMIT, Sim::converged);
+}
