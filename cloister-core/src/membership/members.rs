@@ -280,7 +280,8 @@ impl Membership {
                 let Some(peer) = self.peers.get_mut(&node) else {
                     continue;
                 };
-                if hold && !peer.watching {
+                let watching = peer.watching;
+                if hold && !watching {
                     if peer.suspected.is_none() {
                         let until = now + 3 * self.config.heartbeat_interval;
                         peer.suspected = Some(Suspicion {
@@ -292,11 +293,8 @@ impl Membership {
                     }
                     continue;
                 }
-                let why = format!(
-                    "{from}, which watches it, heard no heartbeat from it for {:?}",
-                    self.config.heartbeat_timeout
-                );
-                if self.peers.get(&node).is_some_and(|p| p.watching) {
+                let why = self.reported_why(from);
+                if watching {
                     observed.push(Suspect {
                         node: node.clone(),
                         incarnation,
@@ -329,12 +327,15 @@ impl Membership {
             {
                 continue;
             }
-            let why = format!(
-                "{reporter}, which watches it, heard no heartbeat from it for {:?}",
-                self.config.heartbeat_timeout
-            );
+            let why = self.reported_why(&reporter);
             self.drop_unresponsive(now, &name, why);
         }
+    }
+
+    /// Why a member `reporter` reported silent was dropped.
+    fn reported_why(&self, reporter: &NodeName) -> String {
+        let timeout = self.config.heartbeat_timeout;
+        format!("{reporter}, which watches it, heard no heartbeat from it for {timeout:?}")
     }
 
     /// Drops member `name` as unresponsive. Its session is held for one

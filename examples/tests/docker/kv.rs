@@ -206,6 +206,26 @@ fn unreadable(
     asking.into_iter().cloned().collect()
 }
 
+/// Panics, saying `when`, unless every key of `acked` reads back its value
+/// through `node` (see [`unreadable`]).
+fn all_readable(
+    project: &Project,
+    clients: &mut Clients,
+    node: &View,
+    acked: &BTreeMap<String, String>,
+    when: &str,
+) {
+    let missing = unreadable(project, clients, node, acked);
+    assert!(
+        missing.is_empty(),
+        "{when}: {} of {} acknowledged puts unreadable through {}: {missing:?}\n{}",
+        missing.len(),
+        acked.len(),
+        node.container,
+        project.report(&project.views())
+    );
+}
+
 /// (j) The kv example, `quorum = "majority"`, five containers, a seeded
 /// random schedule of faults (a split of 1 or 2, a bridge, a one-way cut,
 /// 30% loss, a pause, a kill and restart), each for 3 s while puts go to
@@ -253,15 +273,8 @@ fn kv_keeps_acknowledged_puts_under_a_fault_schedule() {
         let healed = wait_all_agree(&project, 5, &format!("five on one ring after {fault:?}"));
         let acked = acknowledged(&healed, &sent);
         let through = &healed[dice.below(5) as usize];
-        let missing = unreadable(&project, &mut clients, through, &acked);
-        assert!(
-            missing.is_empty(),
-            "seed {seed}: after {fault:?}, {} of {} acknowledged puts unreadable through {}: {missing:?}\n{}",
-            missing.len(),
-            acked.len(),
-            through.container,
-            project.report(&project.views())
-        );
+        let after = format!("seed {seed}, after {fault:?}");
+        all_readable(&project, &mut clients, through, &acked, &after);
         println!(
             "step {step}: {} of {} puts acknowledged so far, all readable",
             acked.len(),
@@ -272,13 +285,12 @@ fn kv_keeps_acknowledged_puts_under_a_fault_schedule() {
     let acked = acknowledged(&views, &sent);
     assert!(!acked.is_empty(), "seed {seed}: no put was acknowledged");
     for node in live(&views) {
-        let missing = unreadable(&project, &mut clients, node, &acked);
-        assert!(
-            missing.is_empty(),
-            "seed {seed}: {} of {} acknowledged puts unreadable through {}: {missing:?}",
-            missing.len(),
-            acked.len(),
-            node.container
+        all_readable(
+            &project,
+            &mut clients,
+            node,
+            &acked,
+            &format!("seed {seed}"),
         );
     }
 }
