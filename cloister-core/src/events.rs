@@ -82,15 +82,22 @@ pub enum DownReason {
     Downed,
 }
 
-impl fmt::Display for DownReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl DownReason {
+    /// The reason as events and metrics spell it: `crashed`, `unresponsive`...
+    pub fn name(self) -> &'static str {
+        match self {
             DownReason::Crashed => "crashed",
             DownReason::Unresponsive => "unresponsive",
             DownReason::Left => "left",
             DownReason::Restarted => "restarted",
             DownReason::Downed => "downed",
-        })
+        }
+    }
+}
+
+impl fmt::Display for DownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -329,6 +329,29 @@ impl Ring {
     pub fn contains(&self, node: &NodeName) -> bool {
         self.members.binary_search(node).is_ok()
     }
+
+    /// Each member's share of the keys, 0.0 to 1.0, measured over
+    /// [`Ring::SHARE_SAMPLES`] fixed keys (so every node measures the same
+    /// shares for the same ring); empty for a [members-only](Ring::members_only)
+    /// ring. For operators: how evenly the ring spreads keys.
+    pub fn shares(&self) -> Vec<(NodeName, f64)> {
+        let mut owned = vec![0u32; self.members.len()];
+        for key in 0..Self::SHARE_SAMPLES {
+            if let Some(vnode) = self.placement.get(&KeyBytes(&key.to_le_bytes())) {
+                owned[vnode.member as usize] += 1;
+            }
+        }
+        if owned.iter().all(|n| *n == 0) {
+            return Vec::new();
+        }
+        let samples = f64::from(Self::SHARE_SAMPLES);
+        (self.members.iter().cloned())
+            .zip(owned.into_iter().map(|n| f64::from(n) / samples))
+            .collect()
+    }
+
+    /// How many keys [`Ring::shares`] places.
+    pub const SHARE_SAMPLES: u32 = 4096;
 }
 
 impl fmt::Debug for Ring {
@@ -482,5 +505,25 @@ mod tests {
             );
         }
         assert!(serde_json::from_str::<Digest>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn shares_add_up_to_one_and_none_is_far_from_even() {
+        let members: Vec<NodeName> = (1..=4)
+            .map(|i| format!("n@10.0.0.{i}").parse().expect("a name"))
+            .collect();
+        let ring = Ring::new(members.clone(), 256);
+        let shares = ring.shares();
+        assert_eq!(
+            shares.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+            members
+        );
+        let total: f64 = shares.iter().map(|(_, s)| s).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{shares:?}");
+        assert!(
+            shares.iter().all(|(_, s)| (0.15..0.35).contains(s)),
+            "{shares:?}"
+        );
+        assert!(Ring::members_only(members).shares().is_empty());
     }
 }

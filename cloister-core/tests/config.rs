@@ -692,3 +692,27 @@ fn a_quorum_that_two_sides_could_both_hold_or_nobody_can_is_refused() {
     let size = message(from_toml(&format!("{service}\nexpected_size = 0")));
     assert!(size.contains("`expected_size` = 0"), "{size}");
 }
+
+#[test]
+fn management_addr_is_read_from_the_environment_and_a_bad_one_is_named() {
+    let config = {
+        let _env = EnvGuard::set(&[
+            ("CLOISTER_SENTRY", "a@127.0.0.1:4000"),
+            ("CLOISTER_MANAGEMENT_ADDR", "127.0.0.1:9100"),
+        ]);
+        Config::load(None).expect("a management address")
+    };
+    assert_eq!(
+        config.management_addr,
+        Some("127.0.0.1:9100".parse().expect("an address"))
+    );
+    let _env = EnvGuard::set(&[
+        ("CLOISTER_SENTRY", "a@127.0.0.1:4000"),
+        ("CLOISTER_MANAGEMENT_ADDR", "localhost:9100"),
+    ]);
+    let error = Config::load(None)
+        .expect_err("a host name is not an address")
+        .to_string();
+    assert!(error.contains("CLOISTER_MANAGEMENT_ADDR"), "{error}");
+    assert!(error.contains("an IP address and port"), "{error}");
+}

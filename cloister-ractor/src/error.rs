@@ -53,6 +53,17 @@ pub enum CloisterError {
         #[source]
         error: io::Error,
     },
+    /// The management endpoint could not listen on `management_addr`
+    /// (taken, or not an address of this machine), or `management_addr` is
+    /// set in a build without the `management` feature. Nothing was left
+    /// running.
+    #[error("cannot serve the management endpoint on {addr}: {reason}")]
+    Management {
+        /// The configured `management_addr`.
+        addr: std::net::SocketAddr,
+        /// What failed.
+        reason: String,
+    },
     /// The Manager could not start, and nothing was left running: this node
     /// cannot tell its own name (no address of this machine in the
     /// service's DNS answer), or another part of it failed; `reason` says
@@ -151,7 +162,7 @@ fn innermost(error: SpawnErr) -> Result<Box<dyn Error + Send + Sync>, SpawnErr> 
 
 /// An operating-system error as its kind ("address in use"), without the
 /// errno; any other error as itself.
-fn plain(error: &io::Error) -> String {
+pub(crate) fn plain(error: &io::Error) -> String {
     match error.raw_os_error() {
         Some(_) => error.kind().to_string(),
         None => error.to_string(),

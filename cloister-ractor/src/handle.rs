@@ -124,6 +124,27 @@ impl Cloister {
         self.counters.read()
     }
 
+    /// Where this node's management endpoint listens (`/ready`, `/alive`,
+    /// `/members`, `/metrics`): `None` unless
+    /// `management_addr` is set. With port 0 in `management_addr`, this is
+    /// the port the OS picked.
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// if let Some(addr) = cloister.management_addr() {
+    ///     println!("probes at http://{addr}/ready");
+    /// }
+    /// # }
+    /// ```
+    pub fn management_addr(&self) -> Option<std::net::SocketAddr> {
+        self.counters.management_addr()
+    }
+
+    #[cfg(feature = "management")]
+    pub(crate) fn set_management_addr(&self, addr: std::net::SocketAddr) {
+        self.counters.set_management_addr(addr);
+    }
+
     /// The whole current view, for the routing functions.
     pub(crate) fn view(&self) -> arc_swap::Guard<Arc<View>> {
         self.view.load()

@@ -68,6 +68,9 @@ mod discovery;
 mod error;
 mod handle;
 mod herald;
+mod inspect;
+#[cfg(feature = "management")]
+mod management;
 mod manager;
 mod members;
 mod routing;
@@ -93,6 +96,7 @@ pub use error::CloisterError;
 /// ```
 pub const LOG_FILTER: &str = "info,ractor=warn,ractor_cluster=error";
 pub use handle::Cloister;
+pub use inspect::{inspect, Inspection, RecentEvent, Share, RECENT_EVENTS};
 pub use manager::{Assembled, CloisterManager, CloisterMessage, Spawned, StartOptions};
 pub use routing::{join_group, Multicall, RouteError};
 pub use stats::Stats;

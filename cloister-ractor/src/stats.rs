@@ -7,7 +7,7 @@ use cloister_core::TimerCounts;
 
 /// What the Manager has done so far, from [`Cloister::stats`](crate::Cloister::stats).
 /// Counts only grow; compare two readings to get a rate.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Timer wake-ups that ran the membership machine. At rest a node wakes
     /// a few times per `heartbeat_interval`, however long it has run.
@@ -29,9 +29,20 @@ pub(crate) struct Counters {
     stale_wakeups: AtomicU64,
     events: AtomicU64,
     strangers: AtomicU64,
+    /// Where the management endpoint listens, once it does.
+    management_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Counters {
+    pub(crate) fn management_addr(&self) -> Option<std::net::SocketAddr> {
+        self.management_addr.get().copied()
+    }
+
+    #[cfg_attr(not(feature = "management"), allow(dead_code))]
+    pub(crate) fn set_management_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.management_addr.set(addr);
+    }
+
     pub(crate) fn timer(&self, counts: TimerCounts) {
         self.wakeups.store(counts.wakeups, Ordering::Relaxed);
         self.stale_wakeups.store(counts.stale, Ordering::Relaxed);

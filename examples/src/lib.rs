@@ -5,6 +5,7 @@
 //! one they run.
 
 pub mod bench;
+pub mod http;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -155,6 +155,11 @@ pub(super) fn describe(error: &figment::Error, figment: &Figment) -> String {
         (kind, Some((name, allowed))) => {
             let value = figment.find_value(name).map_or("?".into(), |v| render(&v));
             let why = match kind {
+                // A parser's own words ("invalid socket address syntax")
+                // do not say what would do; the allowed form does.
+                Kind::Message(reason) if !reason.contains(allowed) => {
+                    format!("{reason}; expected {allowed}")
+                }
                 Kind::Message(reason) => reason.clone(),
                 _ => format!("expected {allowed}"),
             };

@@ -252,6 +252,12 @@ pub struct Config {
     /// while the application places keys with a ring of its own, kept from
     /// the events.
     pub ring: RingMode,
+    /// Where the management endpoint listens (`/ready`, `/alive`,
+    /// `/members` and `/metrics`), as `ip:port`, for
+    /// example `0.0.0.0:9100`. Default: none, no endpoint. Needs
+    /// cloister-ractor's `management` feature; a node built without it
+    /// refuses to start with this set. Port 0 picks one (tests).
+    pub management_addr: Option<std::net::SocketAddr>,
 }
 
 /// Like a derived `Debug`, but the cookie is never printed: configs end up in
@@ -282,6 +288,7 @@ impl std::fmt::Debug for Config {
             .field("startup_deadline", &self.startup_deadline)
             .field("ring_vnodes", &self.ring_vnodes)
             .field("ring", &self.ring)
+            .field("management_addr", &self.management_addr)
             .finish()
     }
 }
@@ -312,13 +319,14 @@ impl Default for Config {
             startup_deadline: Duration::from_secs(60),
             ring_vnodes: 256,
             ring: RingMode::Builtin,
+            management_addr: None,
         }
     }
 }
 
 /// Every field with what it accepts: the keys read from `CLOISTER_*` and the
 /// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 23] = [
+const FIELDS: [(&str, &str); 24] = [
     ("app", NAME_PART),
     ("node_name", NAME_PART),
     ("sentry", SENTRY),
@@ -345,6 +353,10 @@ const FIELDS: [(&str, &str); 23] = [
         "ring",
         "`builtin` (cloister keeps the ring) or `external` (the application keeps its own)",
     ),
+    (
+        "management_addr",
+        "an IP address and port such as `0.0.0.0:9100` or `[::1]:9100`",
+    ),
 ];
 const SENTRY: &str =
     "a list of `name@host:port` nodes (or one string of them joined by commas) or a DNS service name";
@@ -353,7 +365,13 @@ const DURATION: &str = "a duration such as \"300ms\", \"2s\" or \"1m 30s\"";
 
 /// Fields whose environment values are text whatever they look like: figment's
 /// `Env` would read a cookie `0123` as the number 123.
-const TEXT_FIELDS: [&str; 4] = ["app", "node_name", "cookie", "advertised_host"];
+const TEXT_FIELDS: [&str; 5] = [
+    "app",
+    "node_name",
+    "cookie",
+    "advertised_host",
+    "management_addr",
+];
 const ENV_SOURCE: &str = "environment variable";
 const WILDCARD: &str = "must be an address peers can dial, not a wildcard";
 

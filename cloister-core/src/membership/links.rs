@@ -10,6 +10,7 @@ impl Membership {
         if self.state != NodeState::Down {
             return;
         }
+        self.started_at = Some(now);
         self.set_state(NodeState::Assembling);
         self.next_heartbeat = Some(now + self.config.heartbeat_interval);
         match self.config.sentry.clone() {
@@ -20,6 +21,7 @@ impl Membership {
             }
         }
         self.evaluate();
+        self.note_ready(now);
     }
 
     pub(super) fn discovered(&mut self, now: Duration, found: Vec<SentryNode>) {
@@ -106,12 +108,14 @@ impl Membership {
                 let delay = backoff(&self.config, &mut self.rng, peer.failed_dials);
                 peer.failed_dials = peer.failed_dials.saturating_add(1);
                 peer.dial = Dial::Idle { at: now + delay };
+                self.telemetry.dial_failures += 1;
             }
             match peer.dial {
                 Dial::Idle { at } if at <= now => {
                     let deadline = now + dial_timeout;
                     peer.dial = Dial::Pending { deadline };
                     next = earliest(next, deadline);
+                    self.telemetry.dials += 1;
                     self.effects.push_back(Effect::Dial {
                         peer: name.clone(),
                         addr,
@@ -133,6 +137,7 @@ impl Membership {
         }
         let delay = backoff(&self.config, &mut self.rng, peer.failed_dials);
         peer.failed_dials = peer.failed_dials.saturating_add(1);
+        self.telemetry.dial_failures += 1;
         peer.last_error = Some(error);
         peer.dial = Dial::Idle { at: now + delay };
         self.next_peer_timer = earliest(self.next_peer_timer, now + delay);

@@ -140,6 +140,10 @@ impl Membership {
         }
         match &mut peer.member {
             Some(member) if member.incarnation == hb.incarnation => {
+                if peer.watching {
+                    let gap = now.saturating_sub(member.last_heard);
+                    self.telemetry.heartbeat_gaps.observe(gap);
+                }
                 member.last_heard = now;
                 member.digest = hb.digest;
                 // It has not admitted us: our answer was lost. Answer again,
@@ -218,9 +222,13 @@ impl Membership {
             .filter(|(_, p)| p.watching)
             .filter_map(|(n, p)| Some((n, p.member.as_ref()?)))
             .filter(|(_, m)| m.last_heard + timeout <= now)
-            .map(|(n, m)| Suspect {
-                node: n.clone(),
-                incarnation: m.incarnation,
+            .map(|(n, m)| {
+                let silence = now.saturating_sub(m.last_heard);
+                self.telemetry.unresponsive_detection.observe(silence);
+                Suspect {
+                    node: n.clone(),
+                    incarnation: m.incarnation,
+                }
             })
             .collect();
         if silent.is_empty() {
@@ -410,6 +418,15 @@ impl Membership {
                 }
             }
             self.evaluate();
+            self.note_ready(now);
+        }
+    }
+
+    /// Counts the time to the first `Ready`.
+    pub(super) fn note_ready(&mut self, now: Duration) {
+        if self.state == NodeState::Ready && self.telemetry.ready_after.is_none() {
+            let start = self.started_at.unwrap_or(now);
+            self.telemetry.ready_after = Some(now.saturating_sub(start));
         }
     }
 

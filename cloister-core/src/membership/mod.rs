@@ -49,6 +49,7 @@ mod peer;
 mod protocol;
 mod quorum;
 mod reachability;
+mod telemetry;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -68,6 +69,7 @@ pub use protocol::{
 };
 use reachability::Reachability;
 pub use reachability::{downed, Who};
+pub use telemetry::{Histogram, PeerStatus, Telemetry, BUCKETS};
 
 /// One node's membership state machine. See the module docs for the protocol.
 #[derive(Debug)]
@@ -120,6 +122,10 @@ pub struct Membership {
     unknown_names: BTreeSet<NodeName>,
     /// Who cannot reach whom, and who is downed for it: see `reachability`.
     reach: Reachability,
+    /// What this node counted about itself, for operators.
+    telemetry: Telemetry,
+    /// When `Input::Start` came, for `Telemetry::ready_after`.
+    started_at: Option<Duration>,
 }
 
 /// How many unknown names' dropped heartbeats are reported, at most: the
@@ -158,6 +164,8 @@ impl Membership {
             strangers: Tally::new(),
             unknown_names: BTreeSet::new(),
             reach: Reachability::default(),
+            telemetry: Telemetry::default(),
+            started_at: None,
         };
         m.sentry = m.elected_sentry();
         m
@@ -295,6 +303,12 @@ impl Membership {
         }
     }
 
+    /// What this node counted since it started: dials, events, heartbeat
+    /// gaps, detections, the time to `Ready`.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
     /// The next effect to carry out, in order; `None` when there is none.
     pub fn poll(&mut self) -> Option<Effect> {
         self.effects.pop_front()
@@ -388,6 +402,7 @@ impl Membership {
     }
 
     pub(super) fn publish(&mut self, event: TopologyEvent) {
+        self.telemetry.event(&event);
         self.effects.push_back(Effect::Publish(event));
     }
 }

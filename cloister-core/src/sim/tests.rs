@@ -235,3 +235,48 @@ fn every_node_agrees_on_the_sentry_and_it_moves_when_the_sentry_dies() {
         );
     }
 }
+
+/// What the management endpoint exports is what happened: time to ready,
+/// heartbeat gaps near the interval, a freeze detected after the timeout,
+/// and the frozen node listed as no longer a member.
+#[test]
+fn telemetry_counts_readiness_heartbeat_gaps_and_a_freeze() {
+    let config = config(3);
+    let mut sim = Sim::new(3, &config, Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged));
+    sim.run_for(2 * config.heartbeat_timeout);
+    let t = sim.node(0).telemetry().clone();
+    assert!(t.ready_after.is_some_and(|d| d > Duration::ZERO), "{t:?}");
+    assert!(t.dials >= 1 && t.dial_failures == 0, "{t:?}");
+    assert_eq!(t.events.get("node_up"), Some(&2), "{t:?}");
+    assert!(t.heartbeat_gaps.count > 0, "{t:?}");
+    let mean = t.heartbeat_gaps.sum / t.heartbeat_gaps.count as f64;
+    let interval = config.heartbeat_interval.as_secs_f64();
+    assert!(
+        mean > interval / 2.0 && mean < 2.0 * interval,
+        "mean gap {mean}: {t:?}"
+    );
+    assert_eq!(t.unresponsive_detection.count, 0);
+
+    sim.pause(2);
+    let frozen = sim.name(2).clone();
+    let gone = |s: &Sim| !s.node(0).ring().contains(&frozen);
+    assert!(sim.run_until(LIMIT, gone), "the frozen node stayed");
+    let t = sim.node(0).telemetry();
+    assert_eq!(t.node_downs.get("unresponsive"), Some(&1), "{t:?}");
+    let detected = t.unresponsive_detection.sum;
+    assert!(
+        t.unresponsive_detection.count == 1 && detected >= config.heartbeat_timeout.as_secs_f64(),
+        "{t:?}"
+    );
+    let statuses = sim.node(0).peer_statuses(sim.now());
+    let status = statuses.iter().find(|p| p.name == frozen).unwrap();
+    assert_ne!(status.status, "member", "{status:?}");
+    let other = statuses.iter().find(|p| p.name == *sim.name(1)).unwrap();
+    assert_eq!(
+        (other.status, other.connected, other.watched),
+        ("member", true, true)
+    );
+    assert!(other.heard_ms_ago.is_some(), "{other:?}");
+}

@@ -76,6 +76,9 @@ pub enum CloisterMessage {
     Subscribe(Subscriber),
     /// Adds a callback listener.
     AddListener(Box<dyn Listener>),
+    /// Replies with what this node can tell an operator: see
+    /// [`inspect`](crate::inspect).
+    Inspect(RpcReplyPort<crate::Inspection>),
     /// Leaves the cluster: peers are told, then the Manager stops.
     Leave,
     /// Runtime plumbing; not for users.
@@ -302,6 +305,11 @@ impl Actor for CloisterManager {
         (config, listeners): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         config.validate()?;
+        // Bound first: a taken management port leaves nothing running.
+        let management = match config.management_addr {
+            Some(addr) => Some(bind_management(addr).await?),
+            None => None,
+        };
         let discovery = Discovery::new(&config)?;
         let host = discovery.own_host(&config).await?;
         let me = config.node_name_for(&host)?;
@@ -370,8 +378,18 @@ impl Actor for CloisterManager {
             discovery: discovery.for_service(),
             last_progress: String::new(),
             discovery_error: None,
+            recent: crate::inspect::Recent::default(),
+            management: None,
             config,
         };
+        if let Some(listener) = management {
+            let handle = Cloister::new(
+                Arc::clone(&state.view),
+                state.machine.name().clone(),
+                Arc::clone(&state.counters),
+            );
+            state.management = Some(serve_management(listener, handle, myself.clone()));
+        }
         for listener in listeners {
             let snapshot = state.machine.snapshot();
             listener.on_event(&TopologyEvent::Snapshot { snapshot });
@@ -433,6 +451,9 @@ impl Actor for CloisterManager {
                 listener.on_event(&TopologyEvent::Snapshot { snapshot });
                 state.listeners.push(listener);
             }
+            CloisterMessage::Inspect(reply) => {
+                let _ = reply.send(state.inspection());
+            }
             CloisterMessage::Leave => {
                 state.feed(&myself, Input::Leave);
                 // Give the goodbyes a moment to leave the socket buffers.
@@ -471,6 +492,37 @@ impl Actor for CloisterManager {
         }
         Ok(())
     }
+}
+
+#[cfg(feature = "management")]
+pub(crate) use crate::management::Endpoint as Management;
+#[cfg(feature = "management")]
+use crate::management::{bind as bind_management, serve as serve_management};
+
+/// Without the `management` feature there is no endpoint to keep.
+#[cfg(not(feature = "management"))]
+pub(crate) type Management = std::convert::Infallible;
+
+#[cfg(not(feature = "management"))]
+async fn bind_management(
+    addr: std::net::SocketAddr,
+) -> Result<std::convert::Infallible, CloisterError> {
+    Err(CloisterError::Management {
+        addr,
+        reason: "`management_addr` is set, but this build of cloister-ractor has no \
+                 `management` feature: enable it (`features = [\"management\"]`) or unset \
+                 `management_addr`"
+            .into(),
+    })
+}
+
+#[cfg(not(feature = "management"))]
+fn serve_management(
+    never: std::convert::Infallible,
+    _: Cloister,
+    _: ActorRef<CloisterMessage>,
+) -> Management {
+    match never {}
 }
 
 /// A child's registered name, or its id.

@@ -19,12 +19,14 @@ use ractor_cluster::NodeServerMessage;
 use crate::discovery::{Answer, Discovery};
 use crate::handle::View;
 use crate::herald;
+use crate::inspect::{millis, Recent};
 use crate::members::{is_closing, member_on};
 use crate::sessions::SessionEvent;
 use crate::stats::Counters;
 use crate::subscribe::{Listener, Subscribers};
+use crate::{Inspection, Share};
 
-use super::{Assembled, CloisterMessage, Internal};
+use super::{Assembled, CloisterMessage, Internal, Management};
 
 /// The Manager's state, built in `pre_start`.
 pub struct ManagerState {
@@ -56,6 +58,10 @@ pub struct ManagerState {
     pub(super) last_progress: String,
     /// The last discovery error logged, to log changes only.
     pub(super) discovery_error: Option<String>,
+    /// The last topology events, for [`crate::Inspection`].
+    pub(super) recent: Recent,
+    /// The management endpoint, while it serves; stops with the Manager.
+    pub(super) management: Option<Management>,
 }
 
 impl ManagerState {
@@ -427,11 +433,27 @@ impl ManagerState {
             _ => None,
         };
         self.counters.event();
+        self.recent.push(self.now(), &event);
         self.subscribers.send(&event);
         if let Some(snapshot) = ready {
             for (_, reply) in self.waiters.drain(..) {
                 let _ = reply.send(Ok(snapshot.clone()));
             }
+        }
+    }
+
+    /// What this node can tell an operator now.
+    pub(super) fn inspection(&self) -> Inspection {
+        let now = self.now();
+        let shares = self.machine.ring().shares().into_iter();
+        Inspection {
+            snapshot: self.machine.snapshot(),
+            peers: self.machine.peer_statuses(now),
+            shares: shares.map(|(node, share)| Share { node, share }).collect(),
+            telemetry: self.machine.telemetry().clone(),
+            stats: self.counters.read(),
+            uptime_ms: millis(now),
+            recent_events: self.recent.to_vec(),
         }
     }
 

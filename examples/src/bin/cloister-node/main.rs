@@ -106,6 +106,57 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     ring_vnodes: Option<u32>,
+    /// Serve `/ready`, `/alive`, `/members` and `/metrics`
+    /// here, e.g. `0.0.0.0:9100`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    management_addr: Option<String>,
+
+    #[command(subcommand)]
+    #[serde(skip)]
+    command: Option<Command>,
+}
+
+/// What else the binary does besides running a node.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Asks a running node's management endpoint whether it is ready (or
+    /// alive) and exits 0 if so, 1 if not: the health check of a scratch
+    /// image, which has no curl.
+    Health {
+        /// The management endpoint to ask.
+        #[arg(long, default_value = "127.0.0.1:9100", env = "CLOISTER_HEALTH_ADDR")]
+        addr: std::net::SocketAddr,
+        /// `ready` (200 only while Ready) or `alive` (while the Manager runs).
+        #[arg(long, default_value = "ready")]
+        probe: HealthProbe,
+    },
+}
+
+/// The probes `health` can ask.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum HealthProbe {
+    Ready,
+    Alive,
+}
+
+/// `cloister-node health`: one GET, the answer on stdout, the verdict as
+/// the exit code.
+async fn health(addr: std::net::SocketAddr, probe: HealthProbe) -> ! {
+    let path = match probe {
+        HealthProbe::Ready => "/ready",
+        HealthProbe::Alive => "/alive",
+    };
+    match cloister_examples::http::get(addr, path, Duration::from_secs(3)).await {
+        Ok((status, body)) => {
+            println!("{body}");
+            std::process::exit(if status == 200 { 0 } else { 1 });
+        }
+        Err(error) => {
+            eprintln!("cloister-node health: {error}");
+            std::process::exit(1);
+        }
+    }
 }
 
 fn load(args: &Args) -> Result<Config, String> {
@@ -399,6 +450,9 @@ impl Actor for Root {
 async fn main() {
     cloister_examples::init_logs();
     let args = Args::parse();
+    if let Some(Command::Health { addr, probe }) = args.command {
+        health(addr, probe).await;
+    }
     // Under a test's LocalCluster: exit when the test goes away.
     cloister_ractor::testing::exit_with_harness();
     let config = match load(&args) {
@@ -429,7 +483,8 @@ async fn main() {
                 Some(
                     CloisterError::Listen { .. }
                     | CloisterError::Config(_)
-                    | CloisterError::OwnEntry(_),
+                    | CloisterError::OwnEntry(_)
+                    | CloisterError::Management { .. },
                 ) => 2,
                 _ => 1,
             };
