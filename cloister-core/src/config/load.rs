@@ -19,8 +19,9 @@ use super::{quoted, ENV_SOURCE, FIELDS, TEXT_FIELDS};
 /// Docker tests), `CLOISTER_PROFILE` and `CLOISTER_IMAGE` (`docker/build.sh`),
 /// `CLOISTER_BENCH_BUILD`, `CLOISTER_BENCH_SCENARIOS` and `CLOISTER_BENCH_OUT`
 /// (`docker/bench.sh`), `CLOISTER_UNDER_HARNESS` and `CLOISTER_HARNESS_VERBOSE`
-/// (the `LocalCluster` test harness).
-pub const TOOL_VARIABLES: [&str; 8] = [
+/// (the `LocalCluster` test harness), `CLOISTER_METRICS_PARSER` (the
+/// management test) and `CLOISTER_HEALTH_ADDR` (`cloister-node health`).
+pub const TOOL_VARIABLES: [&str; 10] = [
     "CLOISTER_DOCKER_TESTS",
     "CLOISTER_PROFILE",
     "CLOISTER_IMAGE",
@@ -29,6 +30,8 @@ pub const TOOL_VARIABLES: [&str; 8] = [
     "CLOISTER_BENCH_OUT",
     "CLOISTER_UNDER_HARNESS",
     "CLOISTER_HARNESS_VERBOSE",
+    "CLOISTER_METRICS_PARSER",
+    "CLOISTER_HEALTH_ADDR",
 ];
 
 /// The reason given for a variable set to nothing but blanks.
