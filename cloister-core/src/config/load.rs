@@ -20,8 +20,11 @@ use super::{quoted, ENV_SOURCE, FIELDS, TEXT_FIELDS};
 /// `CLOISTER_BENCH_BUILD`, `CLOISTER_BENCH_SCENARIOS` and `CLOISTER_BENCH_OUT`
 /// (`docker/bench.sh`), `CLOISTER_UNDER_HARNESS` and `CLOISTER_HARNESS_VERBOSE`
 /// (the `LocalCluster` test harness), `CLOISTER_METRICS_PARSER` (the
-/// management test) and `CLOISTER_HEALTH_ADDR` (`cloister-node health`).
-pub const TOOL_VARIABLES: [&str; 10] = [
+/// management test), `CLOISTER_HEALTH_ADDR` (`cloister-node health`),
+/// `CLOISTER_K8S_VALIDATE` (the Kubernetes manifests' test) and
+/// `CLOISTER_LOG_FORMAT` (the example binaries' log on stderr: `text` or
+/// `json`).
+pub const TOOL_VARIABLES: [&str; 12] = [
     "CLOISTER_DOCKER_TESTS",
     "CLOISTER_PROFILE",
     "CLOISTER_IMAGE",
@@ -32,6 +35,8 @@ pub const TOOL_VARIABLES: [&str; 10] = [
     "CLOISTER_HARNESS_VERBOSE",
     "CLOISTER_METRICS_PARSER",
     "CLOISTER_HEALTH_ADDR",
+    "CLOISTER_K8S_VALIDATE",
+    "CLOISTER_LOG_FORMAT",
 ];
 
 /// The reason given for a variable set to nothing but blanks.
