@@ -1,7 +1,9 @@
 //! The management endpoint (feature `management`): `/ready`, `/alive`,
-//! `/members` and `/metrics`, over HTTP on
+//! `/members`, `/metrics` and a status page at `/`, over HTTP on
 //! `management_addr`. Probes read the lock-free handle; `/members` and
-//! `/metrics` ask the Manager for an [`Inspection`](crate::Inspection).
+//! `/metrics` ask the Manager for an [`Inspection`](crate::Inspection). The
+//! status page is one self-contained HTML file (`status.html`, no external
+//! assets) whose script polls `/members` and renders it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +21,9 @@ use tokio::net::TcpListener;
 use crate::{Cloister, CloisterError, CloisterMessage};
 
 mod metrics;
+
+/// The status page served at `/`: it renders `/members` in the browser.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// How long `/members` and `/metrics` wait for the Manager.
 const INSPECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,9 +63,10 @@ pub(crate) fn serve(
 ) -> Endpoint {
     if let Ok(addr) = listener.local_addr() {
         cloister.set_management_addr(addr);
-        tracing::info!(%addr, "management endpoint: /ready /alive /members /metrics");
+        tracing::info!(%addr, "management endpoint: / /ready /alive /members /metrics");
     }
     let app = Router::new()
+        .route("/", get(status_page))
         .route("/alive", get(alive))
         .route("/ready", get(ready))
         .route("/members", get(members))
@@ -71,6 +77,19 @@ pub(crate) fn serve(
             tracing::error!(%error, "the management endpoint stopped");
         }
     }))
+}
+
+/// The status page; it fetches its data itself, so it never goes stale in
+/// a cache.
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
 }
 
 /// What `/ready` and `/alive` answer.
