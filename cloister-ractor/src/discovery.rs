@@ -69,8 +69,9 @@ impl Discovery {
     /// This node's host. From a list: its own entry, which the core picks
     /// from this machine's addresses and what the list's DNS hosts resolve
     /// to; a refusal is a (boxed) `OwnEntryError`. From a service:
-    /// `advertised_host`, else the answer's address that is one of this
-    /// machine's own, waited for until `startup_deadline`.
+    /// `advertised_host` (a name: the address of this machine it resolves
+    /// to), else the answer's address that is one of this machine's own,
+    /// waited for until `startup_deadline`.
     pub(crate) async fn own_host(&self, config: &Config) -> Result<Host, ActorProcessingErr> {
         match self {
             Discovery::List => {
@@ -98,6 +99,7 @@ impl Discovery {
                 }
             }
             Discovery::Service(service) => match &config.advertised_host {
+                Some(Host::Dns(name)) => Ok(Host::Ip(service.own_address_of(name).await?)),
                 Some(host) => Ok(host.clone()),
                 None => Ok(service
                     .find_own_host(config.startup_deadline, config.consensus == 1)
@@ -198,6 +200,33 @@ impl Service {
             self.name,
         );
         Ok((found, Some(unresolved)))
+    }
+
+    /// The address of this machine that `name` (an `advertised_host`)
+    /// resolves to. Peers name a node of a service after its address in the
+    /// service's answer, so a name must become that address. This is how a
+    /// Swarm task names itself before Swarm's DNS lists it: Swarm adds a task
+    /// with a health check to the service's answer only once it is healthy,
+    /// but Docker writes the task's `hostname` with its address into
+    /// `/etc/hosts`, which the resolver reads first.
+    async fn own_address_of(&self, name: &str) -> Result<IpAddr, String> {
+        let error = |why: String| format!("`advertised_host` = {name:?}: {why}");
+        let ips = lookup(&self.resolver, name).await.map_err(error)?;
+        let local = local_ips()?;
+        let mut own: Vec<IpAddr> = ips
+            .iter()
+            .copied()
+            .filter(|ip| local.contains(ip))
+            .collect();
+        // A non-loopback address first: peers cannot dial a loopback one.
+        own.sort_by_key(IpAddr::is_loopback);
+        own.first().copied().ok_or_else(|| {
+            error(format!(
+                "it resolves to {ips:?}, none of them an address of this machine; in service \
+                 mode an advertised name must resolve to this node's own address (for example \
+                 through /etc/hosts), or set the address itself"
+            ))
+        })
     }
 
     /// Waits until the service's answer holds one of this machine's
@@ -448,6 +477,37 @@ mod tests {
                 && error.contains("gone-2.shop"),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_advertised_name_becomes_the_own_address_it_resolves_to() {
+        // `localhost` resolves through /etc/hosts, as a Swarm task's hostname does.
+        let service = Service::new(
+            &Config::service("shop", "shop.local"),
+            "shop.local",
+            resolver().expect("system resolver"),
+        );
+        let ip = service.own_address_of("localhost").await.expect("resolves");
+        assert!(ip.is_loopback(), "{ip}");
+    }
+
+    #[tokio::test]
+    async fn an_advertised_name_of_another_machine_is_an_error_that_names_it() {
+        let dns = name_server(1, 0).await;
+        let service = service_at(SRV_NAME, dns);
+        let error = service
+            .own_address_of("pod-1.shop.svc.cluster.local.")
+            .await
+            .expect_err("10.1.0.1 is not this machine's");
+        assert!(
+            error.contains("advertised_host") && error.contains("10.1.0.1"),
+            "{error}"
+        );
+        let error = service
+            .own_address_of("nothing.shop.svc.cluster.local.")
+            .await
+            .expect_err("NXDOMAIN");
+        assert!(error.contains("nothing.shop"), "{error}");
     }
 
     #[test]
