@@ -6,6 +6,9 @@
 
 pub mod bench;
 pub mod http;
+pub mod logs;
+
+pub use logs::{init_logs, try_init_logs, LogFormat};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -48,21 +51,4 @@ pub fn build_node_binary(bin: &str) -> io::Result<PathBuf> {
         .filter(|message| message["target"]["name"] == bin)
         .find_map(|message| message["executable"].as_str().map(PathBuf::from));
     executable.ok_or_else(|| io::Error::other(format!("cargo reported no {bin} executable")))
-}
-
-/// Logs to stderr, as every example binary does: `RUST_LOG` when set, else
-/// [`cloister_ractor::LOG_FILTER`] (`info`, ractor at `warn`, ractor_cluster
-/// at `error`: it writes a warning for every connection that fails its
-/// handshake, which cloister counts instead); colours only on a terminal
-/// (a harness's log files stay plain text).
-pub fn init_logs() {
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| cloister_ractor::LOG_FILTER.into()),
-        )
-        .init();
 }
