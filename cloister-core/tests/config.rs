@@ -213,6 +213,7 @@ fn the_projects_own_tool_variables_are_not_config_and_are_ignored() {
         "CLOISTER_HARNESS_VERBOSE",
         "CLOISTER_LOG_FORMAT",
         "CLOISTER_K8S_VALIDATE",
+        "CLOISTER_BROWSER_TESTS",
     ] {
         assert!(
             cloister_core::config::TOOL_VARIABLES.contains(&var),

@@ -21,10 +21,11 @@ use super::{quoted, ENV_SOURCE, FIELDS, TEXT_FIELDS};
 /// (`docker/bench.sh`), `CLOISTER_UNDER_HARNESS` and `CLOISTER_HARNESS_VERBOSE`
 /// (the `LocalCluster` test harness), `CLOISTER_METRICS_PARSER` (the
 /// management test), `CLOISTER_HEALTH_ADDR` (`cloister-node health`),
-/// `CLOISTER_K8S_VALIDATE` (the Kubernetes manifests' test) and
+/// `CLOISTER_K8S_VALIDATE` (the Kubernetes manifests' test),
 /// `CLOISTER_LOG_FORMAT` (the example binaries' log on stderr: `text` or
-/// `json`).
-pub const TOOL_VARIABLES: [&str; 12] = [
+/// `json`) and `CLOISTER_BROWSER_TESTS` (the status page's headless-browser
+/// test).
+pub const TOOL_VARIABLES: [&str; 13] = [
     "CLOISTER_DOCKER_TESTS",
     "CLOISTER_PROFILE",
     "CLOISTER_IMAGE",
@@ -37,6 +38,7 @@ pub const TOOL_VARIABLES: [&str; 12] = [
     "CLOISTER_HEALTH_ADDR",
     "CLOISTER_K8S_VALIDATE",
     "CLOISTER_LOG_FORMAT",
+    "CLOISTER_BROWSER_TESTS",
 ];
 
 /// The reason given for a variable set to nothing but blanks.
