@@ -9,7 +9,7 @@
 //!
 //! This file is the harness (the image, compose projects, what a container
 //! says); the scenarios are in `scenarios.rs` and, with the nemesis and the
-//! invariants, `partitions.rs`.
+//! invariants, `partitions.rs`; the Swarm stack's in `swarm.rs`.
 //!
 //! The tests skip (with a message on stderr) when no Docker engine answers,
 //! and fail instead when `CLOISTER_DOCKER_TESTS=required`. The image is built
@@ -39,6 +39,7 @@ use serde_json::Value;
 mod kv;
 mod partitions;
 mod scenarios;
+mod swarm;
 
 /// The tag the tests build and run (not `cloister-node:local`, which is the
 /// walkthrough's image).
