@@ -22,7 +22,8 @@ use crate::ring::Digest;
 ///               \         v  |       v
 ///                \       NoQuorum <--'      (only with a `quorum`)
 ///                 \
-///                  `----> Stopping -> Stopped  (from any running state)
+///                  `----> Stopping -> Stopped  (from any running state,
+///                                              on leave, after the drain)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,7 +42,8 @@ pub enum NodeState {
     /// and no sentry is named. It keeps its sessions and dials, and is ready
     /// again when quorum is back.
     NoQuorum,
-    /// Leaving: peers have been told, sessions are closing.
+    /// Leaving: peers have been told, the application drains (see
+    /// [`TopologyEvent::Leaving`]); not ready.
     Stopping,
     /// Left. Final.
     Stopped,
@@ -190,6 +192,16 @@ pub enum TopologyEvent {
         /// The new ring's digest.
         digest: Digest,
     },
+    /// This node is leaving: it is `stopping`, its peers have been told
+    /// (they report it `left`), and its own ring no longer holds it, so
+    /// `node_for` names the node that owns each key after it. Hand off
+    /// what this node owns, then release your drain hold: the node stops
+    /// once every hold is released, or after `drain_timeout`.
+    Leaving {
+        /// How long the node waits for the holds, from now.
+        #[serde(with = "humantime_serde")]
+        drain_timeout: std::time::Duration,
+    },
 }
 
 impl TopologyEvent {
@@ -202,6 +214,7 @@ impl TopologyEvent {
             TopologyEvent::NodeDown { .. } => "node_down",
             TopologyEvent::RingChanged { .. } => "ring_changed",
             TopologyEvent::SentryChanged { .. } => "sentry_changed",
+            TopologyEvent::Leaving { .. } => "leaving",
         }
     }
 }

@@ -258,6 +258,20 @@ impl Sim {
         self.start(i);
     }
 
+    /// Node `i`'s application asks it to leave ([`Input::Leave`]): it says
+    /// goodbye, drains, and its process ends at [`Effect::Left`].
+    pub fn leave(&mut self, i: usize) {
+        let at = self.now;
+        self.schedule(at, i, What::Input(Input::Leave));
+    }
+
+    /// Node `i`'s application has handed off what it owned
+    /// ([`Input::Drained`]).
+    pub fn drained(&mut self, i: usize) {
+        let at = self.now;
+        self.schedule(at, i, What::Input(Input::Drained));
+    }
+
     /// Freezes node `i` as SIGSTOP does: it neither acts nor answers, its
     /// sessions stay open, and what reaches it waits until
     /// [`Sim::resume`].
@@ -454,6 +468,8 @@ impl Sim {
                 }
             }
             Effect::Publish(event) => self.nodes[i].events.push(event),
+            // The leave is over: the process exits, its sessions close.
+            Effect::Left { .. } => self.kill(i),
             // Simulated sessions open authenticated and up at once: no
             // handshake to expire, no duplicate election to adopt from.
             Effect::Refused { .. }

@@ -136,9 +136,10 @@ fn a_comma_separated_string_with_at_signs_is_a_node_list() {
 fn durations_are_humantime_text() {
     let config = from_toml(&format!(
         "{TWO_NODES}\nheartbeat_interval = \"250ms\"\nheartbeat_timeout = \"1s 500ms\"\n\
-         startup_deadline = \"2m\""
+         startup_deadline = \"2m\"\ndrain_timeout = \"12s\""
     ))
     .expect("durations");
+    assert_eq!(config.drain_timeout, Duration::from_secs(12));
     assert_eq!(config.heartbeat_interval, Duration::from_millis(250));
     assert_eq!(config.heartbeat_timeout, Duration::from_millis(1500));
     assert_eq!(config.startup_deadline, Duration::from_secs(120));
@@ -232,7 +233,8 @@ fn an_unknown_variable_is_refused_with_the_nearest_name() {
         ("CLOISTER_SENTRIES", Some("CLOISTER_SENTRY")),
         ("cloister_cookei", Some("CLOISTER_COOKIE")),
         ("CLOISTER_DOCKER_TEST", Some("CLOISTER_DOCKER_TESTS")),
-        ("CLOISTER_LOG", None),
+        ("CLOISTER_LOG", Some("CLOISTER_LOG_FORMAT")),
+        ("CLOISTER_VERBOSE", None),
     ] {
         let _env = EnvGuard::set(&[("CLOISTER_SENTRY", "cloister_test.local"), (var, "2s")]);
         let text = message(Config::from_env());

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use cloister_core::membership::{AssemblyReport, MissingPeer};
+use cloister_core::membership::{AssemblyReport, MissingPeer, GOODBYE_LINGER};
 use cloister_core::DownReason::{Crashed, Left, Restarted, Unresponsive};
 use cloister_core::NodeState::{Assembling, Down, Ready, Rehashing, Stopped, Stopping};
 use cloister_core::{
@@ -1113,32 +1113,70 @@ fn a_new_process_replaces_the_old_one_without_a_rehash_whatever_its_clock() {
 
 // ---- 8. Leaving --------------------------------------------------------------------
 
+/// `ME`'s `Leaving` event.
+fn leaving(drain_timeout: Duration) -> Effect {
+    Effect::Publish(TopologyEvent::Leaving { drain_timeout })
+}
+
+/// A leaving `ME` names the sentry of its peers' ring: not itself.
+fn stopped_under(sentry: &str, members: &[&str]) -> Effect {
+    let Effect::Publish(TopologyEvent::StateChanged {
+        from,
+        to,
+        mut snapshot,
+    }) = changed(Stopping, Stopped, 1, members, false)
+    else {
+        unreachable!("changed() is a StateChanged")
+    };
+    snapshot.sentry = Some(n(sentry));
+    Effect::Publish(TopologyEvent::StateChanged { from, to, snapshot })
+}
+
 #[test]
-fn leaving_says_goodbye_to_every_connected_peer_then_ignores_everything() {
+fn leaving_says_goodbye_drains_then_stops_and_ignores_everything() {
     let mut m = started(&[A, B], 1);
     admit(&mut m, ms(1), A, 1, 7);
     // B is connected but not a member: it hears the goodbye too.
     m.handle(ms(2), session_up(B, 2));
     drain(&mut m);
 
-    // The application leaves: a goodbye to each connected peer, sorted, then
-    // Stopping. No timer is left.
+    // The application leaves: not ready first, then a goodbye to each
+    // connected peer, sorted; then ME takes itself out of its own ring (the
+    // ring A keeps after the goodbye, so ME's lookups name A) and tells the
+    // application to drain within `drain_timeout`.
+    let drain_timeout = Config::default().drain_timeout;
     m.handle(ms(10), Input::Leave);
     assert_eq!(
         drain(&mut m),
         [
+            changed(Ready, Stopping, 1, &[A, ME], true),
             goodbye(A, &[A, ME]),
             send(B, &[A, ME], true, 0), // B never said a word: echo 0
-            changed(Ready, Stopping, 1, &[A, ME], true),
+            ring(&[A]),
+            Effect::Publish(TopologyEvent::SentryChanged { sentry: Some(n(A)) }),
+            leaving(drain_timeout),
         ]
     );
-    assert_eq!(m.poll_timeout(), None);
+    assert_eq!(m.ring().node_for("any key"), Some(&n(A)));
+    // Nothing but the drain deadline is left to wake up for.
+    assert_eq!(m.poll_timeout(), Some(ms(10) + drain_timeout));
 
-    // The runtime has sent them and closed its sessions.
-    m.handle(ms(20), Input::LeaveComplete);
+    // A heartbeat, a closed session, a redial: a leaving node ignores them.
+    m.handle(ms(20), Input::Heartbeat(hb(&m, A, 7, digest(&[A]))));
+    m.handle(ms(21), session_down(B, 2));
+    m.handle_timeout(ms(30));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.state(), Stopping);
+
+    // The application drained at 30 ms: the node stops once the goodbyes
+    // have had their linger, 50 ms after the leave, not before.
+    m.handle(ms(30), Input::Drained);
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.poll_timeout(), Some(ms(10) + GOODBYE_LINGER));
+    m.handle_timeout(ms(10) + GOODBYE_LINGER);
     assert_eq!(
         drain(&mut m),
-        [changed(Stopping, Stopped, 1, &[A, ME], true)]
+        [stopped_under(A, &[A]), Effect::Left { drained: true }]
     );
 
     // Stopped is final: every input and every timer is ignored.
@@ -1151,14 +1189,64 @@ fn leaving_says_goodbye_to_every_connected_peer_then_ignores_everything() {
         Input::Discovered(vec![entry(A), entry(B)]),
         Input::DiscoveryFailed("no such host".into()),
         Input::Leave,
-        Input::LeaveComplete,
+        Input::Drained,
     ];
     for input in inputs {
-        m.handle(ms(30), input);
-        m.handle_timeout(ms(5_000));
+        m.handle(ms(100), input);
+        m.handle_timeout(ms(10_000));
         assert_eq!(drain(&mut m), []);
     }
+    assert_eq!(m.poll_timeout(), None);
     assert_eq!(m.state(), Stopped);
+}
+
+#[test]
+fn a_leave_that_is_not_drained_ends_at_drain_timeout() {
+    let mut m = machine(
+        Config {
+            drain_timeout: ms(800),
+            ..config(&[A], 1)
+        },
+        SEED,
+    );
+    m.handle(ms(0), Input::Start);
+    admit(&mut m, ms(1), A, 1, 7);
+    m.handle(ms(10), Input::Leave);
+    assert_eq!(drain(&mut m).last(), Some(&leaving(ms(800))));
+
+    // Nobody drains: just before the deadline the node is still leaving...
+    m.handle_timeout(ms(809));
+    assert_eq!(drain(&mut m), []);
+    // ...and at the deadline it stops, saying it was not drained.
+    assert_eq!(m.poll_timeout(), Some(ms(810)));
+    m.handle_timeout(ms(810));
+    assert_eq!(
+        drain(&mut m),
+        [stopped_under(A, &[A]), Effect::Left { drained: false }]
+    );
+    // A drain that comes too late changes nothing.
+    m.handle(ms(900), Input::Drained);
+    assert_eq!(drain(&mut m), []);
+}
+
+#[test]
+fn a_drain_timeout_of_zero_stops_right_after_the_goodbyes() {
+    let mut m = machine(
+        Config {
+            drain_timeout: Duration::ZERO,
+            ..config(&[A], 1)
+        },
+        SEED,
+    );
+    m.handle(ms(0), Input::Start);
+    admit(&mut m, ms(1), A, 1, 7);
+    m.handle(ms(10), Input::Leave);
+    let effects = drain(&mut m);
+    assert!(effects.contains(&goodbye(A, &[A, ME])), "{effects:?}");
+    // The deadline is the leave itself: due at once.
+    assert_eq!(m.poll_timeout(), Some(ms(10)));
+    m.handle_timeout(ms(10));
+    assert_eq!(drain(&mut m).last(), Some(&Effect::Left { drained: false }));
 }
 
 #[test]
@@ -1169,12 +1257,15 @@ fn sessions_closed_while_leaving_are_not_redialed() {
     m.handle(ms(10), Input::Leave);
     drain(&mut m);
 
-    // Between Leave and LeaveComplete the runtime closes its sessions, and
-    // reports each close. A leaving node dials nobody and wants no timer.
+    // While it drains, its sessions may close (the peers stop). A leaving
+    // node dials nobody and wants no timer but its drain deadline.
     m.handle(ms(11), session_down(A, 1));
     m.handle(ms(12), session_down(B, 2));
     assert_eq!(drain(&mut m), []);
-    assert_eq!(m.poll_timeout(), None);
+    assert_eq!(
+        m.poll_timeout(),
+        Some(ms(10) + Config::default().drain_timeout)
+    );
 }
 
 #[test]

@@ -238,6 +238,18 @@ pub struct Config {
     /// wrong sentry sooner.
     #[serde(with = "humantime_serde")]
     pub startup_deadline: Duration,
+    /// How long a leaving node waits for the application to hand off what
+    /// it owns before it stops. On leave (`cloister_ractor::leave`, or
+    /// SIGTERM through `cloister_ractor::leave_on_signal`) the node goes
+    /// `stopping` (probes fail), says goodbye (peers report `left` and take
+    /// it out of their rings), publishes a `leaving` event, and stops once
+    /// every drain hold is released or this much time has passed. Default
+    /// 5s; 0 stops right after the goodbyes. Longer lets a large handoff
+    /// finish; keep it below the orchestrator's grace period (Kubernetes'
+    /// `terminationGracePeriodSeconds`, Swarm's `stop_grace_period`), which
+    /// kills the process when it runs out.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// Virtual nodes per member on the consistent-hash ring. Default 256, 1 to
     /// 4096. More spreads keys more evenly, for more memory and slower rehashes.
     /// Every node must use the same value, or they would place keys
@@ -286,6 +298,7 @@ impl std::fmt::Debug for Config {
             .field("heartbeat_timeout", &self.heartbeat_timeout)
             .field("monitors", &self.monitors)
             .field("startup_deadline", &self.startup_deadline)
+            .field("drain_timeout", &self.drain_timeout)
             .field("ring_vnodes", &self.ring_vnodes)
             .field("ring", &self.ring)
             .field("management_addr", &self.management_addr)
@@ -317,6 +330,7 @@ impl Default for Config {
             heartbeat_timeout: Duration::from_millis(1500),
             monitors: 5,
             startup_deadline: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(5),
             ring_vnodes: 256,
             ring: RingMode::Builtin,
             management_addr: None,
@@ -326,7 +340,7 @@ impl Default for Config {
 
 /// Every field with what it accepts: the keys read from `CLOISTER_*` and the
 /// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 24] = [
+const FIELDS: [(&str, &str); 25] = [
     ("app", NAME_PART),
     ("node_name", NAME_PART),
     ("sentry", SENTRY),
@@ -348,6 +362,7 @@ const FIELDS: [(&str, &str); 24] = [
     ("heartbeat_timeout", DURATION),
     ("monitors", "a whole number, at least 1"),
     ("startup_deadline", DURATION),
+    ("drain_timeout", DURATION),
     ("ring_vnodes", "a whole number from 1 to 4096"),
     (
         "ring",

@@ -458,8 +458,10 @@ impl Membership {
         changed
     }
 
-    fn rebuild_ring(&mut self) {
-        let members = std::iter::once(self.me.clone()).chain(
+    pub(super) fn rebuild_ring(&mut self) {
+        // A leaving node's ring is the one its peers keep after its goodbye.
+        let me = (!self.is_leaving()).then(|| self.me.clone());
+        let members = me.into_iter().chain(
             self.peers
                 .iter()
                 .filter(|(_, p)| p.member.is_some())
@@ -482,24 +484,6 @@ impl Membership {
         self.state = to;
         let snapshot = self.snapshot();
         self.publish(TopologyEvent::StateChanged { from, to, snapshot });
-    }
-
-    pub(super) fn leave(&mut self) {
-        if !self.is_running() {
-            return;
-        }
-        self.heartbeat_all(true);
-        self.next_resolve = None;
-        self.next_heartbeat = None;
-        self.next_introduce = None;
-        self.next_peer_timer = None;
-        self.set_state(NodeState::Stopping);
-    }
-
-    pub(super) fn leave_complete(&mut self) {
-        if self.state == NodeState::Stopping {
-            self.set_state(NodeState::Stopped);
-        }
     }
 
     /// How often a connected peer that is not a member yet hears from us

@@ -42,6 +42,7 @@
 //! BTreeMap, so two nodes with the same inputs emit the same outputs.
 
 mod handshakes;
+mod leave;
 mod links;
 mod members;
 mod monitors;
@@ -61,6 +62,8 @@ use crate::names::{Incarnation, NodeName, SentryNode};
 use crate::ring::Ring;
 use crate::tally::Tally;
 
+use leave::Leaving;
+pub use leave::GOODBYE_LINGER;
 pub use monitors::monitors;
 use peer::{backoff, earliest, Dial, Member, Peer, TokenSource};
 pub use protocol::{
@@ -126,6 +129,8 @@ pub struct Membership {
     telemetry: Telemetry,
     /// When `Input::Start` came, for `Telemetry::ready_after`.
     started_at: Option<Duration>,
+    /// The leave under way, once `Input::Leave` came.
+    leaving: Option<Leaving>,
 }
 
 /// How many unknown names' dropped heartbeats are reported, at most: the
@@ -166,6 +171,7 @@ impl Membership {
             reach: Reachability::default(),
             telemetry: Telemetry::default(),
             started_at: None,
+            leaving: None,
         };
         m.sentry = m.elected_sentry();
         m
@@ -318,7 +324,7 @@ impl Membership {
     /// early (nothing is due then); it never comes late.
     pub fn poll_timeout(&self) -> Option<Duration> {
         if !self.is_running() {
-            return None;
+            return self.leave_due();
         }
         [
             self.next_resolve,
@@ -338,8 +344,8 @@ impl Membership {
     /// Feeds one input at time `now` (monotonic, from any fixed origin).
     pub fn handle(&mut self, now: Duration, input: Input) {
         // Before Start and from Leave on, only the inputs that move the state
-        // count: a leaving node neither redials nor re-arms timers.
-        if !self.is_running() && !matches!(input, Input::Start | Input::LeaveComplete) {
+        // count: a leaving node neither redials nor heartbeats.
+        if !self.is_running() && !matches!(input, Input::Start | Input::Drained) {
             return;
         }
         match input {
@@ -360,8 +366,8 @@ impl Membership {
                 self.session_down(now, &peer, session);
             }
             Input::Heartbeat(heartbeat) => self.heartbeat(now, heartbeat),
-            Input::Leave => self.leave(),
-            Input::LeaveComplete => self.leave_complete(),
+            Input::Leave => self.leave(now),
+            Input::Drained => self.drained(now),
         }
     }
 
@@ -369,6 +375,7 @@ impl Membership {
     /// deadlines, dial deadlines and redials.
     pub fn handle_timeout(&mut self, now: Duration) {
         if !self.is_running() {
+            self.leave_timeout(now);
             return;
         }
         if let Some(due) = self.poll_timeout() {

@@ -197,10 +197,16 @@ pub enum Input {
     },
     /// A peer's Manager sent a heartbeat.
     Heartbeat(Heartbeat),
-    /// The application asked this node to leave (`-> Stopping`): peers are told.
+    /// The application asked this node to leave: it goes `Stopping`, says
+    /// goodbye to every connected peer, takes itself out of its own ring (so
+    /// its lookups name the nodes that own its keys after it) and publishes
+    /// [`TopologyEvent::Leaving`](crate::TopologyEvent::Leaving). It ends
+    /// with [`Effect::Left`] once drained, or at `drain_timeout`.
     Leave,
-    /// The runtime has sent the goodbyes and closed its sessions (`-> Stopped`).
-    LeaveComplete,
+    /// The application has handed off what it owned (every drain hold is
+    /// released): the leave may end now, after the goodbyes have had
+    /// [`GOODBYE_LINGER`](crate::membership::GOODBYE_LINGER) to go out.
+    Drained,
 }
 
 /// Something for the runtime to carry out, drained with [`Membership::poll`].
@@ -288,6 +294,15 @@ pub enum Effect {
     },
     /// Tell subscribers.
     Publish(TopologyEvent),
+    /// The leave is over (`-> Stopped`): stop the node. Comes once, after
+    /// [`Input::Leave`], when the application drained or `drain_timeout`
+    /// passed, and never before the goodbyes had
+    /// [`GOODBYE_LINGER`](crate::membership::GOODBYE_LINGER) to go out.
+    Left {
+        /// True when the application said it had drained
+        /// ([`Input::Drained`]); false when `drain_timeout` passed first.
+        drained: bool,
+    },
     /// A peer's heartbeats are refused from now on (it would place keys
     /// differently); for the operator's log. Emitted when the reason first
     /// appears or changes, not for every refused heartbeat.

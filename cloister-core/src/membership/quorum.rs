@@ -76,12 +76,13 @@ impl Membership {
         if !self.has_quorum() {
             return None;
         }
-        let mine = (self.incarnation, &self.me);
+        // A leaving node is out of its own ring: it names the peers' sentry.
+        let mine = (!self.is_leaving()).then_some((self.incarnation, &self.me));
         let members = self
             .peers
             .iter()
             .filter_map(|(name, p)| p.member.as_ref().map(|m| (m.incarnation, name)));
-        let (_, oldest) = members.fold(mine, |a, b| a.min(b));
+        let (_, oldest) = mine.into_iter().chain(members).min()?;
         Some(oldest.clone())
     }
 

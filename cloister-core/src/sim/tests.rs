@@ -192,6 +192,65 @@ fn a_crashed_node_leaves_every_ring_and_rejoins_after_restart() {
 }
 
 #[test]
+fn a_node_that_leaves_is_reported_left_everywhere_and_stops_at_its_drain() {
+    let cfg = config(2);
+    let mut sim = Sim::new(5, &cfg, Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged));
+    let leaver = sim.name(4).clone();
+    let left_everywhere = |sim: &Sim| {
+        (0..4).all(|i| {
+            sim.events(i).iter().any(|e| {
+                matches!(e, TopologyEvent::NodeDown { node, reason: DownReason::Left, .. }
+                    if *node == leaver)
+            })
+        })
+    };
+
+    // The goodbyes take it out of every ring at once, while it drains.
+    sim.leave(4);
+    assert!(
+        sim.run_until(LIMIT, left_everywhere),
+        "not `left` everywhere"
+    );
+    assert_eq!(sim.node(4).state(), NodeState::Stopping);
+    let rest: Vec<_> = (0..4).map(|i| sim.name(i).clone()).collect();
+    assert!((0..5).all(|i| sim.node(i).ring().members() == rest.as_slice()));
+
+    // It has not drained: it stops at `drain_timeout`, and its sessions'
+    // close is not reported as a crash by anyone.
+    let stopped = |sim: &Sim| sim.node(4).state() == NodeState::Stopped;
+    assert!(sim.run_until(cfg.drain_timeout * 2, stopped));
+    sim.run_for(cfg.heartbeat_timeout * 2);
+    for i in 0..4 {
+        let downs: Vec<_> = (sim.events(i).iter())
+            .filter(|e| matches!(e, TopologyEvent::NodeDown { node, .. } if *node == leaver))
+            .collect();
+        assert_eq!(downs.len(), 1, "node {i}: {downs:?}");
+    }
+    assert!(sim.converged());
+}
+
+#[test]
+fn a_drained_node_stops_at_once() {
+    let cfg = config(1);
+    let mut sim = Sim::new(3, &cfg, Network::default());
+    sim.start_all();
+    assert!(sim.run_until(LIMIT, Sim::converged));
+    let left_at = sim.now();
+    sim.leave(2);
+    sim.drained(2);
+    let stopped = |sim: &Sim| sim.node(2).state() == NodeState::Stopped;
+    assert!(sim.run_until(LIMIT, stopped));
+    // The goodbye linger, not the drain timeout.
+    assert!(
+        sim.now() - left_at < cfg.drain_timeout,
+        "{:?}",
+        sim.now() - left_at
+    );
+}
+
+#[test]
 fn the_same_seed_replays_the_same_history() {
     let run = || {
         let network = Network {

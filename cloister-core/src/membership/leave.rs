@@ -1,0 +1,94 @@
+//! Leaving: the goodbye, the drain, the stop.
+//!
+//! Step by step, from [`Input::Leave`](super::Input::Leave) at `now`:
+//! 1. The node goes `Stopping`: it is not ready (probes fail) and dials,
+//!    resolves and heartbeats no more.
+//! 2. It says goodbye to every connected peer (a heartbeat with `leaving`):
+//!    each takes it out of its ring at once and reports it `left`. The
+//!    sessions stay open, so the application can still hand off.
+//! 3. It takes itself out of its own ring, which now matches the peers'
+//!    rings: `node_for` names the owner of each key after it.
+//! 4. It publishes [`TopologyEvent::Leaving`] with `drain_timeout`.
+//! 5. It ends with [`Effect::Left`] (`-> Stopped`) once the application has
+//!    drained ([`Input::Drained`](super::Input::Drained)), or at
+//!    `now + drain_timeout`, whichever comes first, but never before
+//!    `now + GOODBYE_LINGER`: the goodbyes must leave the socket buffers
+//!    before the runtime closes the sessions.
+
+use std::time::Duration;
+
+use crate::events::{NodeState, TopologyEvent};
+
+use super::{Effect, Membership};
+
+/// How long the goodbyes get to go out before a drained node stops.
+pub const GOODBYE_LINGER: Duration = Duration::from_millis(50);
+
+/// A leave under way.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Leaving {
+    /// Not before: the goodbyes are still going out.
+    linger_until: Duration,
+    /// At the latest: `drain_timeout` after the leave.
+    deadline: Duration,
+    /// The application has drained.
+    drained: bool,
+}
+
+impl Membership {
+    pub(super) fn leave(&mut self, now: Duration) {
+        if !self.is_running() {
+            return;
+        }
+        self.next_resolve = None;
+        self.next_heartbeat = None;
+        self.next_introduce = None;
+        self.next_peer_timer = None;
+        self.ring_due = None;
+        self.leaving = Some(Leaving {
+            linger_until: now + GOODBYE_LINGER,
+            deadline: now + self.config.drain_timeout,
+            drained: false,
+        });
+        self.set_state(NodeState::Stopping);
+        self.heartbeat_all(true);
+        self.rebuild_ring();
+        let drain_timeout = self.config.drain_timeout;
+        self.publish(TopologyEvent::Leaving { drain_timeout });
+    }
+
+    pub(super) fn drained(&mut self, now: Duration) {
+        if let Some(leaving) = self.leaving.as_mut() {
+            leaving.drained = true;
+        }
+        self.leave_timeout(now);
+    }
+
+    /// When the leave may end next.
+    pub(super) fn leave_due(&self) -> Option<Duration> {
+        let leaving = self.leaving.filter(|_| self.state == NodeState::Stopping)?;
+        Some(if leaving.drained {
+            leaving.linger_until.min(leaving.deadline)
+        } else {
+            leaving.deadline
+        })
+    }
+
+    /// Ends the leave if it is due at `now`.
+    pub(super) fn leave_timeout(&mut self, now: Duration) {
+        let Some(due) = self.leave_due() else {
+            return;
+        };
+        if due > now {
+            return;
+        }
+        let drained = self.leaving.is_some_and(|l| l.drained);
+        self.set_state(NodeState::Stopped);
+        self.effects.push_back(Effect::Left { drained });
+    }
+
+    /// True once the leave began: this node is out of its own ring.
+    pub(super) fn is_leaving(&self) -> bool {
+        self.leaving.is_some()
+    }
+}
