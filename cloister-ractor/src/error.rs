@@ -82,6 +82,19 @@ pub enum CloisterError {
     /// The Manager is gone (stopped or crashed); the call could not be made.
     #[error("the cloister manager is not running: {0}")]
     ManagerGone(String),
+    /// [`leave`](crate::leave) waited this long without an answer. The leave
+    /// goes on: the node stops at `drain_timeout` at the latest.
+    #[error(
+        "the leave did not end within {waited:?}; it goes on, and the node stops at \
+         `drain_timeout` at the latest"
+    )]
+    LeaveTimeout {
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
+    /// The process could not listen for SIGTERM or SIGINT; nothing changed.
+    #[error("cannot listen for SIGTERM and SIGINT: {0}")]
+    Signals(String),
 }
 
 impl CloisterError {

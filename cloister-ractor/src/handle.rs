@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use cloister_core::{Digest, NodeName, NodeState, Ring, Snapshot};
 use ractor::ActorCell;
 
+use crate::drain::{DrainHold, DrainHolds};
 use crate::members::is_closing;
 use crate::stats::{Counters, Stats};
 
@@ -99,11 +100,46 @@ pub struct Cloister {
     view: Arc<ArcSwap<View>>,
     me: NodeName,
     counters: Arc<Counters>,
+    holds: Arc<DrainHolds>,
 }
 
 impl Cloister {
-    pub(crate) fn new(view: Arc<ArcSwap<View>>, me: NodeName, counters: Arc<Counters>) -> Self {
-        Cloister { view, me, counters }
+    pub(crate) fn new(
+        view: Arc<ArcSwap<View>>,
+        me: NodeName,
+        counters: Arc<Counters>,
+        holds: Arc<DrainHolds>,
+    ) -> Self {
+        Cloister {
+            view,
+            me,
+            counters,
+            holds,
+        }
+    }
+
+    /// Takes a drain hold: when this node leaves ([`crate::leave`], or
+    /// SIGTERM through [`crate::leave_on_signal`]), it waits for every hold
+    /// to be released (or for `drain_timeout`) before it stops, so what it
+    /// owns can be handed off. `what` names the holder in the log and in
+    /// [`LeaveOutcome::DrainTimedOut`](crate::LeaveOutcome::DrainTimedOut).
+    ///
+    /// Take it at start, before any leave; on
+    /// [`TopologyEvent::Leaving`](cloister_core::TopologyEvent::Leaving),
+    /// hand off to the owners `node_for` names now (this node is out of its
+    /// own ring by then), then drop the hold.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// let hold = cloister.hold_drain("sessions store");
+    /// // ... on `TopologyEvent::Leaving`: hand off what this node owns, then
+    /// hold.release();
+    /// # }
+    /// ```
+    pub fn hold_drain(&self, what: impl Into<String>) -> DrainHold {
+        self.holds.take(what.into())
     }
 
     /// What the Manager has done so far: timer wake-ups, events, strangers
@@ -231,7 +267,9 @@ impl Cloister {
         self.view.load().ring.node_for(key) == Some(&self.me)
     }
 
-    /// The members, sorted, this node included.
+    /// The members, sorted, this node included (but once it leaves: from
+    /// [`TopologyEvent::Leaving`](cloister_core::TopologyEvent::Leaving) on,
+    /// the members its peers keep).
     ///
     /// # Examples
     ///
@@ -266,15 +304,13 @@ impl Cloister {
         Arc::clone(&self.view.load().ring)
     }
 
-    /// This node's state. After [`CloisterMessage::Leave`] it is `Stopping`,
-    /// then `Stopped`. Once the Manager is gone, for whatever reason (a leave,
+    /// This node's state. After a [`leave`](crate::leave) it is `Stopping`
+    /// while it drains, then `Stopped`. Once the Manager is gone, for whatever reason (a leave,
     /// a failed child, a panic, its supervisor stopping it), every handle it
     /// gave out says `Stopped`, has no members and no sentry, and routing
     /// fails with [`RouteError::Stopped`](crate::RouteError::Stopped) naming
     /// the cause. A supervisor that restarts the Manager gets a new handle
     /// from the new Manager; handles of the old one stay `Stopped`.
-    ///
-    /// [`CloisterMessage::Leave`]: crate::CloisterMessage::Leave
     ///
     /// # Examples
     ///

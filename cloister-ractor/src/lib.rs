@@ -65,6 +65,7 @@
 #![deny(missing_docs)]
 
 mod discovery;
+mod drain;
 mod error;
 mod handle;
 mod herald;
@@ -95,6 +96,7 @@ pub use error::CloisterError;
 ///     .init();
 /// ```
 pub const LOG_FILTER: &str = "info,ractor=warn,ractor_cluster=error";
+pub use drain::{leave, leave_on_signal, DrainHold, LeaveOutcome};
 pub use handle::Cloister;
 pub use inspect::{inspect, Inspection, RecentEvent, Share, RECENT_EVENTS};
 pub use manager::{Assembled, CloisterManager, CloisterMessage, Spawned, StartOptions};

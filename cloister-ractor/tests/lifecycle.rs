@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cloister_core::{Config, Host, NodeState};
-use cloister_ractor::{Cloister, CloisterManager, CloisterMessage, RouteError};
+use cloister_ractor::{
+    Cloister, CloisterError, CloisterManager, CloisterMessage, LeaveOutcome, RouteError,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
@@ -101,7 +103,7 @@ async fn wakeups_stay_flat_after_a_thousand_session_events() {
         "no wake-up was ever replaced: {stats:?}"
     );
 
-    manager.cast(CloisterMessage::Leave).unwrap();
+    manager.cast(CloisterMessage::Leave(None)).unwrap();
     tokio::time::timeout(Duration::from_secs(10), join)
         .await
         .unwrap()
@@ -208,7 +210,11 @@ async fn after_a_leave_every_handle_says_stopped() {
     assert!(cloister.is_sentry());
     assert!(cloister.route("idle", "user:42", Nudge).is_ok());
 
-    manager.cast(CloisterMessage::Leave).unwrap();
+    let outcome = cloister_ractor::leave(&manager, Duration::from_secs(10)).await;
+    assert!(
+        matches!(outcome, Ok(LeaveOutcome::Drained { .. })),
+        "{outcome:?}"
+    );
     tokio::time::timeout(Duration::from_secs(10), join)
         .await
         .unwrap()
@@ -216,6 +222,104 @@ async fn after_a_leave_every_handle_says_stopped() {
     assert_stopped(&cloister, "left the cluster");
     assert_stopped(&copy, "left the cluster");
     idle.stop(None);
+
+    // Leaving again: the Manager is gone, and the caller is told so.
+    let again = cloister_ractor::leave(&manager, Duration::from_secs(10)).await;
+    assert!(
+        matches!(again, Err(CloisterError::ManagerGone(_))),
+        "{again:?}"
+    );
+}
+
+/// Waits (bounded) until `cloister` is in `state`.
+async fn wait_state(cloister: &Cloister, state: NodeState) -> bool {
+    for _ in 0..500 {
+        if cloister.state() == state {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_leave_waits_for_every_drain_hold_then_says_it_drained() {
+    let (manager, join, cloister) = CloisterManager::spawn(None, alone_as("holds", free_port()))
+        .await
+        .unwrap();
+    let (a, b) = (
+        cloister.hold_drain("store a"),
+        cloister.hold_drain("store b"),
+    );
+    let leaving = {
+        let manager = manager.clone();
+        tokio::spawn(async move { cloister_ractor::leave(&manager, Duration::from_secs(30)).await })
+    };
+
+    // Not ready while it drains, and it keeps draining while a hold is
+    // taken: one released is not enough.
+    assert!(wait_state(&cloister, NodeState::Stopping).await);
+    a.release();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(cloister.state(), NodeState::Stopping);
+    assert!(!leaving.is_finished());
+
+    // The last hold dropped (as an actor's state is when it stops): done.
+    drop(b);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), leaving)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(outcome, Ok(LeaveOutcome::Drained { .. })),
+        "{outcome:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), join)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cloister.state(), NodeState::Stopped);
+}
+
+#[tokio::test]
+async fn a_hold_never_released_ends_the_leave_at_drain_timeout_and_is_named() {
+    let mut config = alone_as("stuck", free_port());
+    config.drain_timeout = Duration::from_millis(400);
+    let (manager, join, cloister) = CloisterManager::spawn(None, config).await.unwrap();
+    let _stuck = cloister.hold_drain("a stuck handoff");
+    let outcome = cloister_ractor::leave(&manager, Duration::from_secs(30)).await;
+    match outcome {
+        Ok(LeaveOutcome::DrainTimedOut { took, still_held }) => {
+            assert_eq!(still_held, ["a stuck handoff"]);
+            assert!(took >= Duration::from_millis(400), "{took:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::timeout(Duration::from_secs(10), join)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_caller_that_waits_less_than_the_drain_is_told_the_leave_goes_on() {
+    let (manager, join, cloister) =
+        CloisterManager::spawn(None, alone_as("impatient", free_port()))
+            .await
+            .unwrap();
+    let hold = cloister.hold_drain("slow handoff");
+    let outcome = cloister_ractor::leave(&manager, Duration::from_millis(100)).await;
+    assert!(
+        matches!(outcome, Err(CloisterError::LeaveTimeout { .. })),
+        "{outcome:?}"
+    );
+    // The leave went on: releasing the hold ends it.
+    assert_eq!(cloister.state(), NodeState::Stopping);
+    drop(hold);
+    tokio::time::timeout(Duration::from_secs(10), join)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]

@@ -106,7 +106,7 @@ async fn a_lone_node_with_consensus_one_is_ready_and_tells_everyone() {
     // Leaving: the listener and the subscriber see Ready -> Stopping -> Stopped.
     let transitions = Arc::new(Mutex::new(Vec::new()));
     cloister_ractor::add_listener(&manager, Transitions(Arc::clone(&transitions))).unwrap();
-    manager.cast(CloisterMessage::Leave).unwrap();
+    manager.cast(CloisterMessage::Leave(None)).unwrap();
     tokio::time::timeout(Duration::from_secs(10), join)
         .await
         .unwrap()
@@ -128,6 +128,12 @@ async fn a_lone_node_with_consensus_one_is_ready_and_tells_everyone() {
         )))
         .await
     );
+    // Before it stopped, the application was told to drain.
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, TopologyEvent::Leaving { .. })));
 }
 
 #[tokio::test]

@@ -79,8 +79,9 @@ pub enum CloisterMessage {
     /// Replies with what this node can tell an operator: see
     /// [`inspect`](crate::inspect).
     Inspect(RpcReplyPort<crate::Inspection>),
-    /// Leaves the cluster: peers are told, then the Manager stops.
-    Leave,
+    /// Leaves the cluster: see [`crate::leave`], which sends it. The
+    /// Manager stops once drained or at `drain_timeout`, and answers then.
+    Leave(Option<RpcReplyPort<crate::LeaveOutcome>>),
     /// Runtime plumbing; not for users.
     #[doc(hidden)]
     Internal(Internal),
@@ -113,8 +114,8 @@ pub enum Internal {
     /// The DNS service answered.
     #[allow(private_interfaces)]
     Discovered(Result<Answer, String>),
-    /// The goodbyes have had time to go out.
-    LeaveDone,
+    /// Every drain hold is released.
+    Drained,
 }
 
 impl CloisterManager {
@@ -380,6 +381,9 @@ impl Actor for CloisterManager {
             discovery_error: None,
             recent: crate::inspect::Recent::default(),
             management: None,
+            holds: Arc::default(),
+            leave_waiters: Vec::new(),
+            leave_started: None,
             config,
         };
         if let Some(listener) = management {
@@ -387,6 +391,7 @@ impl Actor for CloisterManager {
                 Arc::clone(&state.view),
                 state.machine.name().clone(),
                 Arc::clone(&state.counters),
+                Arc::clone(&state.holds),
             );
             state.management = Some(serve_management(listener, handle, myself.clone()));
         }
@@ -424,6 +429,7 @@ impl Actor for CloisterManager {
                     Arc::clone(&state.view),
                     state.machine.name().clone(),
                     Arc::clone(&state.counters),
+                    Arc::clone(&state.holds),
                 );
                 let _ = reply.send(handle);
             }
@@ -454,13 +460,7 @@ impl Actor for CloisterManager {
             CloisterMessage::Inspect(reply) => {
                 let _ = reply.send(state.inspection());
             }
-            CloisterMessage::Leave => {
-                state.feed(&myself, Input::Leave);
-                // Give the goodbyes a moment to leave the socket buffers.
-                myself.send_after(Duration::from_millis(50), || {
-                    CloisterMessage::Internal(Internal::LeaveDone)
-                });
-            }
+            CloisterMessage::Leave(reply) => state.leave(&myself, reply),
             CloisterMessage::Internal(internal) => state.internal(&myself, internal),
         }
         state.arm_timer(&myself);

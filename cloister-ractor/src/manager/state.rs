@@ -17,6 +17,7 @@ use ractor::{ActorCell, ActorRef, RpcReplyPort};
 use ractor_cluster::NodeServerMessage;
 
 use crate::discovery::{Answer, Discovery};
+use crate::drain::DrainHolds;
 use crate::handle::View;
 use crate::herald;
 use crate::inspect::{millis, Recent};
@@ -24,7 +25,7 @@ use crate::members::{is_closing, member_on};
 use crate::sessions::SessionEvent;
 use crate::stats::Counters;
 use crate::subscribe::{Listener, Subscribers};
-use crate::{Inspection, Share};
+use crate::{Inspection, LeaveOutcome, Share};
 
 use super::{Assembled, CloisterMessage, Internal, Management};
 
@@ -62,6 +63,12 @@ pub struct ManagerState {
     pub(super) recent: Recent,
     /// The management endpoint, while it serves; stops with the Manager.
     pub(super) management: Option<Management>,
+    /// The drain holds the application took through its handles.
+    pub(super) holds: Arc<DrainHolds>,
+    /// Who waits for the leave to end.
+    pub(super) leave_waiters: Vec<RpcReplyPort<LeaveOutcome>>,
+    /// When the leave began (core clock).
+    pub(super) leave_started: Option<Duration>,
 }
 
 impl ManagerState {
@@ -111,11 +118,7 @@ impl ManagerState {
                 self.discovery_problem(error.clone());
                 self.feed(myself, Input::DiscoveryFailed(error));
             }
-            Internal::LeaveDone => {
-                self.stop_cause = Some("it left the cluster".into());
-                self.feed(myself, Input::LeaveComplete);
-                myself.stop(Some("left the cluster".into()));
-            }
+            Internal::Drained => self.feed(myself, Input::Drained),
         }
     }
 
@@ -233,6 +236,7 @@ impl ManagerState {
                     }
                 }
                 Effect::Publish(event) => self.publish(event),
+                Effect::Left { drained } => self.left(myself, drained),
                 Effect::Refused { peer, why } => tracing::warn!(%peer, "{why}"),
                 Effect::CloseSession { session } => {
                     if let Some(link) = self.links.get(&session.0) {
@@ -412,10 +416,15 @@ impl ManagerState {
             } => {
                 tracing::info!(%sentry, "sentry moved");
             }
+            TopologyEvent::SentryChanged { sentry: None }
+                if self.machine.state() == NodeState::Stopping =>
+            {
+                tracing::info!("no sentry: this node is leaving and has no other member");
+            }
             TopologyEvent::SentryChanged { sentry: None } => {
                 tracing::warn!("no sentry: the members do not hold quorum");
             }
-            TopologyEvent::Snapshot { .. } => {}
+            TopologyEvent::Snapshot { .. } | TopologyEvent::Leaving { .. } => {}
         }
         self.store_view();
         for listener in &self.listeners {
@@ -508,6 +517,65 @@ impl ManagerState {
                 myself.send_after(delay, tick);
             }
         }
+    }
+
+    /// Begins a leave (or waits for the one under way): the core says
+    /// goodbye and publishes `Leaving`; the holds are watched from here.
+    pub(super) fn leave(
+        &mut self,
+        myself: &ActorRef<CloisterMessage>,
+        reply: Option<RpcReplyPort<LeaveOutcome>>,
+    ) {
+        self.leave_waiters.extend(reply);
+        if self.leave_started.is_some() {
+            return;
+        }
+        self.leave_started = Some(self.now());
+        let held = self.holds.held();
+        tracing::info!(
+            drain_timeout = ?self.config.drain_timeout,
+            "leaving the cluster: not ready, goodbyes sent; {}",
+            if held.is_empty() {
+                "no drain hold taken, stopping once the goodbyes are out".to_string()
+            } else {
+                format!("waiting for the drain holds: {}", held.join(", "))
+            }
+        );
+        self.feed(myself, Input::Leave);
+        let holds = Arc::clone(&self.holds);
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            holds.released().await;
+            let _ = myself.cast(CloisterMessage::Internal(Internal::Drained));
+        });
+    }
+
+    /// The leave is over: answer who waits, and stop.
+    fn left(&mut self, myself: &ActorRef<CloisterMessage>, drained: bool) {
+        let took = self
+            .now()
+            .saturating_sub(self.leave_started.unwrap_or_default());
+        let outcome = if drained {
+            tracing::info!(
+                took_ms = took.as_millis() as u64,
+                "left the cluster, drained"
+            );
+            LeaveOutcome::Drained { took }
+        } else {
+            let still_held = self.holds.held();
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                "left the cluster at drain_timeout ({:?}) with drain holds still taken: {}",
+                self.config.drain_timeout,
+                still_held.join(", ")
+            );
+            LeaveOutcome::DrainTimedOut { took, still_held }
+        };
+        for reply in self.leave_waiters.drain(..) {
+            let _ = reply.send(outcome.clone());
+        }
+        self.stop_cause = Some("it left the cluster".into());
+        myself.stop(Some("left the cluster".into()));
     }
 
     /// Publishes the view handles keep once the Manager is gone.

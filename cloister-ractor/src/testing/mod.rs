@@ -223,6 +223,9 @@ fn event_fields(event: &TopologyEvent) -> Value {
         TopologyEvent::RingChanged { members, digest } => {
             json!({ "members": members, "ring_digest": digest })
         }
+        TopologyEvent::Leaving { drain_timeout } => {
+            json!({ "drain_timeout_ms": drain_timeout.as_millis() as u64 })
+        }
     }
 }
 
