@@ -35,9 +35,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cloister_core::{Config, TopologyEvent};
+use cloister_core::{Config, NodeName, NodeState, TopologyEvent};
 use cloister_ractor::testing::{control_lines, print_line, EventLines};
-use cloister_ractor::{Cloister, CloisterManager, StartOptions};
+use cloister_ractor::{Cloister, CloisterManager, DrainHold, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde_json::{json, Value};
@@ -75,6 +75,11 @@ enum KvMsg {
     /// The scheduled retry of a handoff that could not reach every node.
     /// Sent by this node only.
     Retry,
+    /// This node is leaving: hand every key to the nodes that hold it
+    /// after this one, acknowledged, within the drain timeout, then
+    /// release the drain hold. The drain timeout in milliseconds. Sent by
+    /// this node only.
+    Drain(u64),
 }
 
 struct Store;
@@ -84,6 +89,9 @@ struct Shard {
     data: HashMap<String, (u64, String)>,
     /// A retry is already scheduled.
     retrying: bool,
+    /// Keeps this node from stopping on leave until its keys are handed
+    /// off (released by `KvMsg::Drain`, or dropped with the store).
+    hold: Option<DrainHold>,
 }
 
 impl Actor for Store {
@@ -99,6 +107,7 @@ impl Actor for Store {
         cloister_ractor::join_group(GROUP, myself.get_cell());
         print_line(cloister.me(), "kv_started", json!({}));
         Ok(Shard {
+            hold: Some(cloister.hold_drain("kv store handoff")),
             cloister,
             data: HashMap::new(),
             retrying: false,
@@ -125,10 +134,20 @@ impl Actor for Store {
             KvMsg::Count(reply) => {
                 let _ = reply.send(shard.data.len() as u64);
             }
+            // Leaving: the drain hands off, acknowledged; a cast now
+            // would drop keys on a send that proves nothing.
+            KvMsg::Rebalance | KvMsg::Retry if shard.cloister.state() == NodeState::Stopping => {}
             KvMsg::Rebalance => shard.rebalance(&myself),
             KvMsg::Retry => {
                 shard.retrying = false;
                 shard.rebalance(&myself);
+            }
+            KvMsg::Drain(within_ms) => {
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(within_ms);
+                let (handed, left) = shard.drain(deadline).await;
+                let fields = json!({ "handed_off": handed, "not_handed_off": left });
+                print_line(shard.cloister.me(), "drained", fields);
+                shard.hold.take();
             }
         }
         Ok(())
@@ -192,6 +211,67 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Hands every key to the nodes that hold it now (this leaving node is
+    /// out of its own ring), each put acknowledged, retrying what failed
+    /// until `deadline`. Returns how many keys were handed off and how
+    /// many were not.
+    async fn drain(&mut self, deadline: tokio::time::Instant) -> (usize, usize) {
+        let mut pending: Vec<String> = self.data.keys().cloned().collect();
+        let total = pending.len();
+        while !pending.is_empty() && tokio::time::Instant::now() < deadline {
+            let mut failed = Vec::new();
+            for key in pending {
+                let Some((version, value)) = self.data.get(&key).cloned() else {
+                    continue;
+                };
+                if !store_on_holders(&self.cloister, &key, &value, version)
+                    .await
+                    .1
+                    .is_empty()
+                {
+                    failed.push(key);
+                }
+            }
+            pending = failed;
+            if !pending.is_empty() {
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+        (total - pending.len(), pending.len())
+    }
+}
+
+/// Puts `key` on each of its holders with an acknowledgement: the holders
+/// that keep it, and one error per holder that did not answer so.
+async fn store_on_holders(
+    cloister: &Cloister,
+    key: &str,
+    value: &str,
+    version: u64,
+) -> (Vec<NodeName>, Vec<String>) {
+    let mut stored_on = Vec::new();
+    let mut errors = Vec::new();
+    for node in cloister.nodes_for(key, REPLICAS) {
+        let stored = match cloister.actor_on::<KvMsg>(GROUP, &node) {
+            Ok(store) => store
+                .call(
+                    |reply| KvMsg::Store(key.into(), value.into(), version, reply),
+                    Some(PUT_TIMEOUT),
+                )
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|r| r.success_or(()).map_err(|()| "no answer".into())),
+            Err(error) => Err(error.to_string()),
+        };
+        match stored {
+            Ok(_) => stored_on.push(node),
+            Err(error) => errors.push(format!("{node}: {error}")),
+        }
+    }
+    (stored_on, errors)
+}
+
 /// Runs one command line and prints its answer.
 async fn run(cloister: &Cloister, line: &str) {
     let me = cloister.me();
@@ -215,22 +295,10 @@ async fn run(cloister: &Cloister, line: &str) {
                 Vec::new()
             };
             let wanted = holders.len();
-            for node in holders {
-                let stored = match cloister.actor_on::<KvMsg>(GROUP, &node) {
-                    Ok(store) => store
-                        .call(
-                            |reply| KvMsg::Store(key.into(), value.into(), version, reply),
-                            Some(PUT_TIMEOUT),
-                        )
-                        .await
-                        .map_err(|error| error.to_string())
-                        .and_then(|r| r.success_or(()).map_err(|()| "no answer".into())),
-                    Err(error) => Err(error.to_string()),
-                };
-                match stored {
-                    Ok(_) => stored_on.push(node),
-                    Err(error) => errors.push(format!("{node}: {error}")),
-                }
+            if wanted > 0 {
+                let (on, failed) = store_on_holders(cloister, key, value, version).await;
+                stored_on = on;
+                errors.extend(failed);
             }
             let acknowledged = wanted > 0 && stored_on.len() == wanted;
             let fields = json!({
@@ -305,6 +373,7 @@ async fn main() {
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {
     let mut commands = commands();
     let config = Config::from_env()?;
+    let config_drain = config.drain_timeout;
     let options = StartOptions {
         name: Some("cloister".into()),
         hold: true,
@@ -320,11 +389,28 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         TopologyEvent::Snapshot { .. }
         | TopologyEvent::RingChanged { .. }
         | TopologyEvent::NodeUp { .. } => Some(KvMsg::Rebalance),
+        TopologyEvent::Leaving { drain_timeout } => {
+            Some(KvMsg::Drain(drain_timeout.as_millis() as u64))
+        }
         _ => None,
     })?;
-    while let Some(line) = commands.recv().await {
-        if !line.trim().is_empty() {
-            run(&cloister, line.trim()).await;
+    // SIGTERM or Ctrl-C: leave, hand the keys off, then stop.
+    let leave_within = config_drain + Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            line = commands.recv() => match line {
+                Some(line) if !line.trim().is_empty() => run(&cloister, line.trim()).await,
+                Some(_) => {}
+                None => break,
+            },
+            left = cloister_ractor::leave_on_signal(&manager, leave_within) => {
+                let outcome = match left {
+                    Ok(outcome) => format!("{outcome:?}"),
+                    Err(error) => error.to_string(),
+                };
+                print_line(cloister.me(), "left", json!({ "outcome": outcome }));
+                break;
+            }
         }
     }
     Ok(())

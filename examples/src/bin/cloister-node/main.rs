@@ -462,6 +462,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let drain = config.drain_timeout;
     let root = RootArgs {
         config,
         show_keys: args.show_keys,
@@ -495,21 +496,14 @@ async fn main() {
         .get_children()
         .into_iter()
         .find(|c| c.get_name().as_deref() == Some("cloister"));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let Some(manager) = manager.map(ActorRef::<CloisterMessage>::from) else {
+        let _ = join.await;
+        return;
+    };
+    // SIGTERM (an orchestrator stopping the container) or Ctrl-C: a
+    // graceful leave. Peers report `left`, and the node stops once drained.
     tokio::select! {
         _ = join => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-    if let Some(manager) = manager {
-        let manager: ActorRef<CloisterMessage> = manager.into();
-        let _ = manager.cast(CloisterMessage::Leave);
-        // The Manager stops itself once its goodbyes are out.
-        for _ in 0..40 {
-            if matches!(manager.get_status(), ractor::ActorStatus::Stopped) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        _ = cloister_ractor::leave_on_signal(&manager, drain + Duration::from_secs(5)) => {}
     }
 }
