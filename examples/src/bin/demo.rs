@@ -189,7 +189,14 @@ fn describe(event: &Value) -> Option<String> {
             members(),
             text("ring_digest")
         ),
-        "sentry_changed" => format!("the sentry is now {}", short(&text("sentry"))),
+        "sentry_changed" => match event["sentry"].as_str() {
+            Some(sentry) => format!("the sentry is now {}", short(sentry)),
+            None => "no sentry now".to_string(),
+        },
+        "leaving" => format!(
+            "leaving: goodbyes sent, draining (up to {} ms)",
+            event["drain_timeout_ms"]
+        ),
         "app_started" => "consensus reached: the application started".to_string(),
         "startup_failed" => format!("startup failed: {}", text("error")),
         _ => return None,
