@@ -166,7 +166,11 @@ pub struct Config {
     /// machine; in service mode, the service's record that is one of this
     /// machine's addresses. Set it behind NAT, with several interfaces, or
     /// for a node not in a static list (the list is then its seeds); never a
-    /// wildcard such as `0.0.0.0`.
+    /// wildcard such as `0.0.0.0`. In service mode peers name a node after
+    /// its address in the service's answer, so a name here must resolve to
+    /// one of this machine's addresses (as a Swarm task's `hostname` does
+    /// through `/etc/hosts`), which the node then uses; set the pod IP in
+    /// Kubernetes.
     pub advertised_host: Option<Host>,
     /// The shared secret of the handshake: nodes with different cookies refuse
     /// each other. Default `"cloister"`, fine on loopback and in tests; anyone
