@@ -61,6 +61,17 @@
 //! `impl ractor::Message for MyMsg {}`) when it stays local, and
 //! `#[derive(ractor_cluster::RactorClusterMessage)]` when it crosses nodes
 //! (its fields must implement `ractor::BytesConvertable`).
+//!
+//! ## Testing your binary: which part goes where
+//!
+//! A binary that a test runs as a cluster uses [`harness`] (its
+//! [`EventLines`](harness::EventLines) listener and its control channel,
+//! [`control_lines`](harness::control_lines) or
+//! [`exit_with_harness`](harness::exit_with_harness)): always there, no
+//! feature needed, and inert unless the harness started the process. The
+//! harness itself, `testing::LocalCluster` and the event readers, is the
+//! `testing` feature: turn it on in `[dev-dependencies]` only, so it
+//! (and the signal crate it uses) stays out of production builds.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -68,6 +79,7 @@ mod discovery;
 mod drain;
 mod error;
 mod handle;
+pub mod harness;
 mod herald;
 mod inspect;
 #[cfg(feature = "management")]

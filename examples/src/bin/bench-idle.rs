@@ -243,7 +243,7 @@ impl Node {
                 &port.to_string(),
             ])
             .args(["--sentry", &format!("idle@127.0.0.1:{port}")])
-            .env(cloister_ractor::testing::HARNESS_VAR, "1")
+            .env(cloister_ractor::harness::HARNESS_VAR, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

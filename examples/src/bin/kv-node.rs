@@ -18,7 +18,7 @@
 //! `LocalCluster::send_line`, or typed): `put KEY VALUE`, `get KEY` (asks the
 //! owner, then the other replica) and `count` (the keys this node holds).
 //! Each answer is a JSON line on stdout, next to the topology lines of
-//! `cloister_ractor::testing::EventLines`. Configured by `CLOISTER_*`
+//! `cloister_ractor::harness::EventLines`. Configured by `CLOISTER_*`
 //! variables, like any node `LocalCluster` runs.
 //!
 //! What a real store would add: sending only the keys whose placement
@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cloister_core::{Config, NodeName, NodeState, TopologyEvent};
-use cloister_ractor::testing::{control_lines, print_line, EventLines};
+use cloister_ractor::harness::{control_lines, print_line, EventLines};
 use cloister_ractor::{Cloister, CloisterManager, DrainHold, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;

@@ -21,7 +21,7 @@ use std::hash::Hasher;
 
 use cloister_core::config::RingMode;
 use cloister_core::{Config, NodeName, TopologyEvent};
-use cloister_ractor::testing::{exit_with_harness, print_line, EventLines};
+use cloister_ractor::harness::{exit_with_harness, print_line, EventLines};
 use cloister_ractor::{Cloister, CloisterManager, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use cloister_core::Config;
 
 use super::{LocalCluster, Node, HOST, VERBOSE_VAR};
-use crate::testing::HARNESS_VAR;
+use crate::harness::HARNESS_VAR;
 
 /// Builds a [`LocalCluster`]; see [`LocalCluster::builder`].
 #[derive(Debug, Clone)]

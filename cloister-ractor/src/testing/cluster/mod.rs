@@ -15,7 +15,7 @@
 //! returns an error that shows each node's last events. Dropping the cluster
 //! kills (SIGKILL) and reaps every process it started, also while a test
 //! unwinds from a panic; a node that calls
-//! [`exit_with_harness`](super::exit_with_harness) also exits when the test
+//! [`exit_with_harness`](crate::harness::exit_with_harness) also exits when the test
 //! process dies without unwinding, because its stdin closes.
 
 use std::fs::{self, OpenOptions};
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 use serde_json::{json, Value};
 
-use super::lossy_lines;
+use crate::harness::lossy_lines;
 
 mod builder;
 mod observe;
@@ -47,7 +47,7 @@ const HOST: &str = "127.0.0.1";
 const VERBOSE_VAR: &str = "CLOISTER_HARNESS_VERBOSE";
 
 /// Processes of one binary on 127.0.0.1, each a cluster node, and what
-/// they printed. See the [module docs](super) for what the binary must do.
+/// they printed. See [`crate::harness`] for what the binary must do.
 ///
 /// ```no_run
 /// use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
@@ -298,7 +298,7 @@ impl LocalCluster {
     }
 
     /// Writes `line` (a newline is added) to node `i`'s stdin, where the
-    /// node reads it from [`control_lines`](super::control_lines).
+    /// node reads it from [`control_lines`](crate::harness::control_lines).
     ///
     /// # Examples
     ///

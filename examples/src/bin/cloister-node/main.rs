@@ -1,7 +1,7 @@
 //! `cloister-node`: a demo node. It runs a supervisor with the cloister
 //! Manager and a small key-owner actor that starts only once the cluster is
 //! assembled, and writes one JSON object per line to stdout for every topology
-//! event (`cloister_ractor::testing::EventLines`). Logs go to stderr.
+//! event (`cloister_ractor::harness::EventLines`). Logs go to stderr.
 //! Configured by `CLOISTER_*` variables, a TOML file and the flags below
 //! (flags win), so `LocalCluster` drives it like any user's binary.
 
@@ -14,7 +14,7 @@ use cloister_core::config::figment::providers::Serialized;
 use cloister_core::config::figment::value::{Dict, Map};
 use cloister_core::config::figment::{self, Metadata, Profile, Provider};
 use cloister_core::{Config, NodeName, TopologyEvent};
-use cloister_ractor::testing::EventLines;
+use cloister_ractor::harness::EventLines;
 use cloister_ractor::{Cloister, CloisterError, CloisterManager, CloisterMessage, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorClusterMessage;
@@ -187,7 +187,7 @@ impl Provider for &Args {
 
 /// Writes one JSON line to stdout.
 fn emit(node: &NodeName, event: &str, fields: Value) {
-    cloister_ractor::testing::print_line(node, event, fields);
+    cloister_ractor::harness::print_line(node, event, fields);
 }
 
 /// Reports a failed start once, on stdout (JSON) and stderr.
@@ -454,7 +454,7 @@ async fn main() {
         health(addr, probe).await;
     }
     // Under a test's LocalCluster: exit when the test goes away.
-    cloister_ractor::testing::exit_with_harness();
+    cloister_ractor::harness::exit_with_harness();
     let config = match load(&args) {
         Ok(config) => config,
         Err(error) => {
