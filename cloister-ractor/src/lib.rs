@@ -78,6 +78,7 @@
 mod discovery;
 mod drain;
 mod error;
+mod group;
 mod handle;
 pub mod harness;
 mod herald;
@@ -109,9 +110,10 @@ pub use error::CloisterError;
 /// ```
 pub const LOG_FILTER: &str = "info,ractor=warn,ractor_cluster=error";
 pub use drain::{leave, leave_on_signal, DrainHold, LeaveOutcome};
+pub use group::Group;
 pub use handle::Cloister;
 pub use inspect::{inspect, Inspection, RecentEvent, Share, RECENT_EVENTS};
 pub use manager::{Assembled, CloisterManager, CloisterMessage, Spawned, StartOptions};
-pub use routing::{join_group, Multicall, RouteError};
+pub use routing::{Multicall, RouteError};
 pub use stats::Stats;
 pub use subscribe::{add_listener, await_consensus, subscribe, Listener, Subscriber};

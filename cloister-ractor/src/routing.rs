@@ -1,9 +1,8 @@
 //! Working across the cluster: reach the actor that owns a key, or a named
 //! group's actor on every member.
 //!
-//! A *group* is a name under which one actor per node joins (see
-//! [`join_group`]); it is a ractor `pg` group, so ractor_cluster shows each
-//! node's member to its peers. Lookups read one version of the ring and never
+//! A [`Group`] is a name under which one actor per node joins, typed by the
+//! messages its actors take. Lookups read one version of the ring and never
 //! block: when the owner's node is gone or has no actor in the group, the
 //! caller gets an error at once instead of a silent drop.
 //!
@@ -18,14 +17,15 @@ use cloister_core::NodeName;
 use ractor::rpc::CallResult;
 use ractor::{ActorCell, ActorRef, Message, RpcReplyPort};
 
+use crate::group::Group;
 use crate::handle::{Cloister, Found, View};
 use crate::members::{is_closing, member_on};
 
 /// Why a message could not be routed. Nothing was sent unless said.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    /// The ring is empty. Not expected from a [`Cloister`]: the Manager's
-    /// ring always holds this node, even after it leaves.
+    /// The ring is empty: this node is leaving (its ring no longer holds
+    /// it) and no other member is left.
     #[error("the ring has no members")]
     EmptyRing,
     /// This node runs with `ring = "external"`: cloister keeps no hash ring
@@ -65,19 +65,33 @@ pub enum RouteError {
         /// What ractor said.
         reason: String,
     },
-    /// The actor took the request but dropped it without replying, and its
-    /// node is still connected: the actor stopped, or (on this node) a
-    /// handler let the reply port go. A remote handler that drops the port
-    /// sends nothing back: the caller sees [`RouteError::Timeout`].
+    /// The request was dropped before the timeout, without a reply, and
+    /// its node is still connected: the actor stopped while it held the
+    /// request, or a handler let the reply port go. (A remote handler that
+    /// drops the port sends nothing back: across nodes that shows as
+    /// [`RouteError::Timeout`].)
     #[error("{0}'s actor dropped the request without replying")]
     NoReply(NodeName),
-    /// No reply within the timeout.
+    /// No reply within the timeout from a node that is still connected: it
+    /// is slow, frozen or overloaded, or (across nodes) its handler dropped
+    /// the request.
     #[error("{node} did not reply within {timeout:?}")]
     Timeout {
         /// The node.
         node: NodeName,
-        /// The timeout given.
+        /// The time waited: the timeout given.
         timeout: Duration,
+    },
+    /// [`Cloister::await_group`] waited `waited` and these members still
+    /// had no actor in the group.
+    #[error("after {waited:?}, no actor of group `{group}` on {}", names(.missing))]
+    GroupIncomplete {
+        /// The group waited for.
+        group: String,
+        /// The members without an actor in it.
+        missing: Vec<NodeName>,
+        /// How long it waited.
+        waited: Duration,
     },
     /// The cloister Manager of this node is gone (it left, failed or was
     /// stopped): this handle no longer routes. A restarted Manager gives a
@@ -88,37 +102,9 @@ pub enum RouteError {
     Stopped(String),
 }
 
-/// The pg group cloister uses for a user's group name.
-fn pg_group(group: &str) -> String {
-    format!("cloister:group:{group}")
-}
-
-/// Adds `actor` to `group` on this node. One actor per node per group: the
-/// routing functions address the group's actor on a node. It stays that
-/// node's actor in the group until it stops (routing remembers it per view);
-/// to replace it, stop it and join the new one.
-///
-/// # Examples
-///
-/// Make an actor this node's `kv` actor, reachable by key from every node:
-///
-/// ```no_run
-/// use ractor::{Actor, ActorProcessingErr, ActorRef};
-/// # struct KvShard;
-/// # #[derive(ractor_cluster::RactorClusterMessage)]
-/// # enum KvMsg { Put(String, String) }
-///
-/// impl Actor for KvShard {
-/// #   type Msg = KvMsg; type State = (); type Arguments = ();
-/// #   async fn handle(&self, _: ActorRef<KvMsg>, _: KvMsg, _: &mut ()) -> Result<(), ActorProcessingErr> { Ok(()) }
-///     async fn pre_start(&self, myself: ActorRef<KvMsg>, _: ()) -> Result<(), ActorProcessingErr> {
-///         cloister_ractor::join_group("kv", myself.get_cell());
-///         Ok(())
-///     }
-/// }
-/// ```
-pub fn join_group(group: &str, actor: ActorCell) {
-    ractor::pg::join(pg_group(group), vec![actor]);
+fn names(nodes: &[NodeName]) -> String {
+    let names: Vec<String> = nodes.iter().map(ToString::to_string).collect();
+    names.join(", ")
 }
 
 /// Every reply of a [`Cloister::multicall`], and every node that failed.
@@ -144,25 +130,25 @@ impl View {
     /// The group's actor on `node`, per this view. Found once by scanning
     /// the group, then by name while it runs: an actor that stops is looked
     /// up again, and a session change brings a new view, found afresh.
-    fn actor_on(
+    pub(crate) fn actor_on<M>(
         &self,
         me: &NodeName,
-        group: &str,
+        group: Group<M>,
         node: &NodeName,
     ) -> Result<ActorCell, RouteError> {
         if let Some(cause) = &self.stopped {
             return Err(RouteError::Stopped(cause.clone()));
         }
         let found = self.found.load();
-        if let Some(cell) = found.get(group).and_then(|nodes| nodes.get(node)) {
+        if let Some(cell) = found.get(group.name()).and_then(|nodes| nodes.get(node)) {
             if !is_closing(cell) {
                 return Ok(cell.clone());
             }
         }
-        if let Some(cell) = member_on(&pg_group(group), node, me, &self.sessions) {
+        if let Some(cell) = member_on(&group.pg(), node, me, &self.sessions) {
             self.found.rcu(|found| {
                 let mut found = Found::clone(found);
-                let nodes = found.entry(group.to_string()).or_default();
+                let nodes = found.entry(group.name().to_string()).or_default();
                 nodes.insert(node.clone(), cell.clone());
                 found
             });
@@ -172,7 +158,7 @@ impl View {
             return Err(RouteError::NodeGone(node.clone()));
         }
         Err(RouteError::NoSuchActor {
-            group: group.to_string(),
+            group: group.name().to_string(),
             node: node.clone(),
         })
     }
@@ -188,18 +174,20 @@ impl Cloister {
     /// Put a key on its owner and on the next node of the ring:
     ///
     /// ```no_run
+    /// # use cloister_ractor::Group;
     /// # #[derive(ractor_cluster::RactorClusterMessage)]
     /// # enum KvMsg { Put(String, String) }
+    /// const KV: Group<KvMsg> = Group::new("kv");
     /// # fn demo(cloister: cloister_ractor::Cloister) -> Result<(), Box<dyn std::error::Error>> {
     /// for node in cloister.nodes_for("user:42", 2) {
-    ///     let kv = cloister.actor_on::<KvMsg>("kv", &node)?;
+    ///     let kv = cloister.actor_on(KV, &node)?;
     ///     kv.cast(KvMsg::Put("user:42".into(), "Ada".into()))?;
     /// }
     /// # Ok(()) }
     /// ```
     pub fn actor_on<M: Message>(
         &self,
-        group: &str,
+        group: Group<M>,
         node: &NodeName,
     ) -> Result<ActorRef<M>, RouteError> {
         let cell = self.view().actor_on(self.me(), group, node)?;
@@ -211,22 +199,22 @@ impl Cloister {
     ///
     /// # Examples
     ///
-    /// Look the owner up once, then talk to its actor directly (`KvMsg`
-    /// derives `ractor_cluster::RactorClusterMessage`, as the owner is
-    /// usually on another node):
+    /// Look the owner up once, then talk to its actor directly:
     ///
     /// ```no_run
+    /// # use cloister_ractor::Group;
     /// # #[derive(ractor_cluster::RactorClusterMessage)]
     /// # enum KvMsg { Put(String, String) }
+    /// const KV: Group<KvMsg> = Group::new("kv");
     /// # fn demo(cloister: cloister_ractor::Cloister) -> Result<(), Box<dyn std::error::Error>> {
-    /// let (owner, kv) = cloister.owner_of::<KvMsg>("kv", "user:42")?;
+    /// let (owner, kv) = cloister.owner_of(KV, "user:42")?;
     /// kv.cast(KvMsg::Put("user:42".into(), "Ada".into()))?;
     /// println!("user:42 is kept on {owner}");
     /// # Ok(()) }
     /// ```
     pub fn owner_of<M: Message>(
         &self,
-        group: &str,
+        group: Group<M>,
         key: impl AsRef<[u8]>,
     ) -> Result<(NodeName, ActorRef<M>), RouteError> {
         let view = self.view();
@@ -249,28 +237,33 @@ impl Cloister {
     }
 
     /// Sends `message` to the owner of `key` in `group`; returns the owner.
+    /// A cast: `Ok` means it left for the owner's session, not that it
+    /// arrived (use [`Cloister::call_owner`] to know).
     ///
     /// # Examples
     ///
     /// Fire and forget to whichever node owns the key:
     ///
     /// ```no_run
+    /// use cloister_ractor::Group;
+    ///
     /// #[derive(ractor_cluster::RactorClusterMessage)]
     /// enum KvMsg {
     ///     Put(String, String),
     /// }
+    /// const KV: Group<KvMsg> = Group::new("kv");
     ///
     /// # fn demo(cloister: cloister_ractor::Cloister) -> Result<(), cloister_ractor::RouteError> {
-    /// let owner = cloister.route("kv", "user:42", KvMsg::Put("user:42".into(), "Ada".into()))?;
+    /// let owner = cloister.route(KV, "user:42", KvMsg::Put("user:42".into(), "Ada".into()))?;
     /// # let _ = owner; Ok(()) }
     /// ```
     pub fn route<M: Message>(
         &self,
-        group: &str,
+        group: Group<M>,
         key: impl AsRef<[u8]>,
         message: M,
     ) -> Result<NodeName, RouteError> {
-        let (owner, actor) = self.owner_of::<M>(group, key)?;
+        let (owner, actor) = self.owner_of(group, key)?;
         actor
             .send_message(message)
             .map_err(|e| RouteError::SendFailed {
@@ -280,7 +273,12 @@ impl Cloister {
         Ok(owner)
     }
 
-    /// Asks the owner of `key` in `group`, waiting at most `timeout`.
+    /// Asks the owner of `key` in `group`, waiting at most `timeout`; returns
+    /// the owner with its reply, so the caller need not look it up again
+    /// (and race a ring change). No answer in time from an owner still
+    /// connected is [`RouteError::Timeout`] naming it; an owner gone
+    /// meanwhile is [`RouteError::NodeGone`]; a request its actor dropped
+    /// early (it stopped) is [`RouteError::NoReply`].
     ///
     /// # Examples
     ///
@@ -289,31 +287,38 @@ impl Cloister {
     ///
     /// ```no_run
     /// use std::time::Duration;
+    /// use cloister_ractor::{Group, RouteError};
     ///
     /// #[derive(ractor_cluster::RactorClusterMessage)]
     /// enum KvMsg {
     ///     #[rpc]
     ///     Get(String, ractor::RpcReplyPort<String>),
     /// }
+    /// const KV: Group<KvMsg> = Group::new("kv");
     ///
-    /// # async fn demo(cloister: cloister_ractor::Cloister) -> Result<(), cloister_ractor::RouteError> {
+    /// # async fn demo(cloister: cloister_ractor::Cloister) {
     /// let get = |reply| KvMsg::Get("user:42".into(), reply);
-    /// let value = cloister.call_owner("kv", "user:42", get, Duration::from_millis(500)).await?;
-    /// # let _ = value; Ok(()) }
+    /// match cloister.call_owner(KV, "user:42", get, Duration::from_millis(500)).await {
+    ///     Ok((owner, value)) => println!("{owner} says {value}"),
+    ///     Err(RouteError::Timeout { node, timeout }) => eprintln!("{node}: no answer in {timeout:?}"),
+    ///     Err(error) => eprintln!("{error}"),
+    /// }
+    /// # }
     /// ```
     pub async fn call_owner<M, R>(
         &self,
-        group: &str,
+        group: Group<M>,
         key: impl AsRef<[u8]>,
         request: impl FnOnce(RpcReplyPort<R>) -> M,
         timeout: Duration,
-    ) -> Result<R, RouteError>
+    ) -> Result<(NodeName, R), RouteError>
     where
         M: Message,
         R: Send + 'static,
     {
-        let (owner, actor) = self.owner_of::<M>(group, key)?;
-        self.call(owner, &actor, request, timeout).await
+        let (owner, actor) = self.owner_of(group, key)?;
+        let reply = self.call(owner.clone(), &actor, request, timeout).await?;
+        Ok((owner, reply))
     }
 
     /// Sends `message` to the group's actor on every member, this node's
@@ -324,10 +329,12 @@ impl Cloister {
     /// Tell every node's `cache` actor to drop a key, and log the misses:
     ///
     /// ```no_run
+    /// # use cloister_ractor::Group;
     /// # #[derive(ractor_cluster::RactorClusterMessage, Clone)]
     /// # enum CacheMsg { Evict(String) }
+    /// const CACHE: Group<CacheMsg> = Group::new("cache");
     /// # fn demo(cloister: cloister_ractor::Cloister) {
-    /// for (node, sent) in cloister.multicast("cache", CacheMsg::Evict("user:42".into())) {
+    /// for (node, sent) in cloister.multicast(CACHE, CacheMsg::Evict("user:42".into())) {
     ///     if let Err(error) = sent {
     ///         eprintln!("{node} not told: {error}");
     ///     }
@@ -336,7 +343,7 @@ impl Cloister {
     /// ```
     pub fn multicast<M: Message + Clone>(
         &self,
-        group: &str,
+        group: Group<M>,
         message: M,
     ) -> Vec<(NodeName, Result<(), RouteError>)> {
         let view = self.view();
@@ -367,10 +374,12 @@ impl Cloister {
     ///
     /// ```no_run
     /// # use std::time::Duration;
+    /// # use cloister_ractor::Group;
     /// # #[derive(ractor_cluster::RactorClusterMessage)]
     /// # enum KvMsg { #[rpc] Count(ractor::RpcReplyPort<u64>) }
+    /// const KV: Group<KvMsg> = Group::new("kv");
     /// # async fn demo(cloister: cloister_ractor::Cloister) {
-    /// let all = cloister.multicall("kv", KvMsg::Count, Duration::from_millis(500)).await;
+    /// let all = cloister.multicall(KV, KvMsg::Count, Duration::from_millis(500)).await;
     /// let total: u64 = all.replies.iter().map(|(_, count)| count).sum();
     /// for (node, error) in &all.failures {
     ///     eprintln!("{node} not counted: {error}");
@@ -379,7 +388,7 @@ impl Cloister {
     /// ```
     pub async fn multicall<M, R>(
         &self,
-        group: &str,
+        group: Group<M>,
         request: impl Fn(RpcReplyPort<R>) -> M,
         timeout: Duration,
     ) -> Multicall<R>
@@ -413,8 +422,12 @@ impl Cloister {
 }
 
 impl Cloister {
-    /// Asks `actor` on `node`. A dropped reply port means the node went away
-    /// when its session is gone too, else that the actor dropped the request.
+    /// Asks `actor` on `node`. A dropped reply port means the node went
+    /// away when its session is gone too; else, at the timeout, that it did
+    /// not answer in time (ractor_cluster's generated remote call drops the
+    /// port with a timer of its own, started after ours, so a remote timeout
+    /// arrives as a dropped port); before it, that the actor dropped the
+    /// request.
     async fn call<M: Message, R: Send + 'static>(
         &self,
         node: NodeName,
@@ -422,15 +435,18 @@ impl Cloister {
         request: impl FnOnce(RpcReplyPort<R>) -> M,
         timeout: Duration,
     ) -> Result<R, RouteError> {
+        let asked = tokio::time::Instant::now();
         match actor.call(request, Some(timeout)).await {
             Ok(CallResult::Success(reply)) => Ok(reply),
             Ok(CallResult::Timeout) => Err(RouteError::Timeout { node, timeout }),
             Ok(CallResult::SenderError) => {
                 let connected = node == *self.me() || self.view().connected(&node);
-                Err(if connected {
-                    RouteError::NoReply(node)
-                } else {
+                Err(if !connected {
                     RouteError::NodeGone(node)
+                } else if asked.elapsed() >= timeout {
+                    RouteError::Timeout { node, timeout }
+                } else {
+                    RouteError::NoReply(node)
                 })
             }
             Err(error) => Err(RouteError::SendFailed {

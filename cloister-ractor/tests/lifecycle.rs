@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cloister_core::{Config, Host, NodeState};
 use cloister_ractor::{
-    Cloister, CloisterError, CloisterManager, CloisterMessage, LeaveOutcome, RouteError,
+    Cloister, CloisterError, CloisterManager, CloisterMessage, Group, LeaveOutcome, RouteError,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::NodeConnectionMode;
@@ -170,7 +170,7 @@ impl Actor for Idle {
     type Arguments = ();
 
     async fn pre_start(&self, myself: ActorRef<Nudge>, _: ()) -> Result<(), ActorProcessingErr> {
-        cloister_ractor::join_group("idle", myself.get_cell());
+        IDLE.join(&myself);
         Ok(())
     }
 }
@@ -178,6 +178,8 @@ impl Actor for Idle {
 #[derive(Clone)]
 struct Nudge;
 impl ractor::Message for Nudge {}
+
+const IDLE: Group<Nudge> = Group::new("idle");
 
 /// What every handle must say once its Manager is gone, `cause` in its errors.
 fn assert_stopped(cloister: &Cloister, cause: &str) {
@@ -189,11 +191,11 @@ fn assert_stopped(cloister: &Cloister, cause: &str) {
     assert_eq!(cloister.sentry(), None, "a stopped node names a sentry");
     assert!(cloister.members().is_empty(), "{:?}", cloister.members());
     assert_eq!(cloister.node_for("user:42"), None);
-    match cloister.route("idle", "user:42", Nudge) {
+    match cloister.route(IDLE, "user:42", Nudge) {
         Err(RouteError::Stopped(why)) => assert!(why.contains(cause), "{why}"),
         other => panic!("route after the Manager stopped: {other:?}"),
     }
-    let sent = cloister.multicast("idle", Nudge);
+    let sent = cloister.multicast(IDLE, Nudge);
     assert!(
         matches!(sent.as_slice(), [(node, Err(RouteError::Stopped(_)))] if node == cloister.me()),
         "{sent:?}"
@@ -208,7 +210,7 @@ async fn after_a_leave_every_handle_says_stopped() {
     let (idle, _) = Actor::spawn(None, Idle, ()).await.unwrap();
     let copy = cloister.clone();
     assert!(cloister.is_sentry());
-    assert!(cloister.route("idle", "user:42", Nudge).is_ok());
+    assert!(cloister.route(IDLE, "user:42", Nudge).is_ok());
 
     let outcome = cloister_ractor::leave(&manager, Duration::from_secs(10)).await;
     assert!(

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloister_core::{Config, Host, NodeState, TopologyEvent};
-use cloister_ractor::{CloisterManager, CloisterMessage, Listener};
+use cloister_ractor::{CloisterManager, CloisterMessage, Group, Listener};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 fn free_port() -> u16 {
@@ -162,13 +162,17 @@ enum Ask {
 }
 impl ractor::Message for Ask {}
 
+const SILENT: Group<Ask> = Group::new("silent");
+const NOBODY: Group<Ask> = Group::new("nobody");
+const NUMBERED: Group<Ask> = Group::new("numbered");
+
 impl Actor for Silent {
     type Msg = Ask;
     type State = ();
     type Arguments = ();
 
     async fn pre_start(&self, myself: ActorRef<Ask>, _: ()) -> Result<(), ActorProcessingErr> {
-        cloister_ractor::join_group("silent", myself.get_cell());
+        SILENT.join(&myself);
         Ok(())
     }
 
@@ -193,14 +197,14 @@ async fn a_routing_error_says_what_went_wrong() {
     let timeout = Duration::from_secs(5);
 
     let dropped = cloister
-        .call_owner("silent", "user:42", Ask::Ping, timeout)
+        .call_owner(SILENT, "user:42", Ask::Ping, timeout)
         .await;
     assert_eq!(
         dropped.unwrap_err(),
         RouteError::NoReply(cloister.me().clone())
     );
     let missing = cloister
-        .call_owner("nobody", "user:42", Ask::Ping, timeout)
+        .call_owner(NOBODY, "user:42", Ask::Ping, timeout)
         .await;
     assert_eq!(
         missing.unwrap_err(),
@@ -208,6 +212,19 @@ async fn a_routing_error_says_what_went_wrong() {
             group: "nobody".into(),
             node: cloister.me().clone()
         }
+    );
+
+    // Waiting for a group: at once when every member has an actor in it,
+    // an error naming those without one otherwise.
+    assert_eq!(cloister.await_group(SILENT, timeout).await, Ok(()));
+    let waited = Duration::from_millis(50);
+    assert_eq!(
+        cloister.await_group(NOBODY, waited).await,
+        Err(RouteError::GroupIncomplete {
+            group: "nobody".into(),
+            missing: vec![cloister.me().clone()],
+            waited
+        })
     );
 
     silent.stop(None);
@@ -228,7 +245,7 @@ async fn under_an_external_ring_routing_refuses_and_says_why() {
     assert_eq!(cloister.members(), vec![cloister.me().clone()]);
     assert_eq!(cloister.node_for("user:42"), None);
     let refused = cloister.route(
-        "anything",
+        Group::new("anything"),
         "user:42",
         Ask::Ping(ractor::concurrency::oneshot().0.into()),
     );
@@ -264,7 +281,7 @@ async fn without_quorum_routing_by_key_refuses_and_no_sentry_is_named() {
     assert_eq!(cloister.sentry(), None);
     assert!(!cloister.is_sentry());
     let refused = cloister
-        .call_owner("silent", "user:42", Ask::Ping, Duration::from_secs(1))
+        .call_owner(SILENT, "user:42", Ask::Ping, Duration::from_secs(1))
         .await
         .unwrap_err();
     assert_eq!(
@@ -282,6 +299,76 @@ async fn without_quorum_routing_by_key_refuses_and_no_sentry_is_named() {
     join.await.unwrap();
 }
 
+/// Hands each request to another thread, which lets it go `DROP_AFTER`
+/// later without an answer: as ractor_cluster's generated remote call does
+/// when its own timer, started after the caller's, fires.
+struct LateDropper;
+
+/// When [`LateDropper`] lets a request go, after it came.
+const DROP_AFTER: Duration = Duration::from_millis(250);
+
+impl Actor for LateDropper {
+    type Msg = Ask;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, myself: ActorRef<Ask>, _: ()) -> Result<(), ActorProcessingErr> {
+        LATE.join(&myself);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Ask>,
+        Ask::Ping(reply): Ask,
+        _: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        std::thread::spawn(move || {
+            std::thread::sleep(DROP_AFTER);
+            drop(reply);
+        });
+        Ok(())
+    }
+}
+
+const LATE: Group<Ask> = Group::new("late");
+
+#[tokio::test]
+async fn a_request_dropped_after_the_timeout_is_a_timeout_not_a_dropped_request() {
+    use cloister_ractor::RouteError;
+    let (manager, join, cloister) = CloisterManager::spawn(None, alone_as("late", free_port()))
+        .await
+        .unwrap();
+    let (late, late_join) = Actor::spawn(None, LateDropper, ()).await.unwrap();
+    let timeout = Duration::from_millis(200);
+
+    // This test's runtime has one thread: block it from before the timeout
+    // until after the drop, so that when the caller runs again its port is
+    // already closed and its timer has fired, the order a loaded machine
+    // gives a remote call. (A remote call's port is always dropped at or
+    // after the caller's timeout: its timer starts later.)
+    let blocker = tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        std::thread::sleep(Duration::from_millis(600));
+    });
+    let asked = cloister
+        .call_owner(LATE, "user:42", Ask::Ping, timeout)
+        .await;
+    blocker.await.unwrap();
+    assert_eq!(
+        asked.unwrap_err(),
+        RouteError::Timeout {
+            node: cloister.me().clone(),
+            timeout
+        }
+    );
+
+    late.stop(None);
+    late_join.await.unwrap();
+    manager.stop(None);
+    join.await.unwrap();
+}
+
 /// Answers every ping with its own number.
 struct Numbered;
 
@@ -291,7 +378,7 @@ impl Actor for Numbered {
     type Arguments = u32;
 
     async fn pre_start(&self, myself: ActorRef<Ask>, n: u32) -> Result<u32, ActorProcessingErr> {
-        cloister_ractor::join_group("numbered", myself.get_cell());
+        NUMBERED.join(&myself);
         Ok(n)
     }
 
@@ -313,19 +400,15 @@ async fn routing_reaches_the_actor_that_replaced_a_stopped_one() {
         .unwrap();
     let timeout = Duration::from_secs(5);
     let (first, first_join) = Actor::spawn(None, Numbered, 1).await.unwrap();
-    let asked = cloister
-        .call_owner("numbered", "k", Ask::Ping, timeout)
-        .await;
-    assert_eq!(asked, Ok(1));
+    let asked = cloister.call_owner(NUMBERED, "k", Ask::Ping, timeout).await;
+    assert_eq!(asked, Ok((cloister.me().clone(), 1)));
 
     // Routing remembered the first actor; a stopped one is looked up again.
     first.stop(None);
     first_join.await.unwrap();
     let (second, second_join) = Actor::spawn(None, Numbered, 2).await.unwrap();
-    let asked = cloister
-        .call_owner("numbered", "k", Ask::Ping, timeout)
-        .await;
-    assert_eq!(asked, Ok(2));
+    let asked = cloister.call_owner(NUMBERED, "k", Ask::Ping, timeout).await;
+    assert_eq!(asked, Ok((cloister.me().clone(), 2)));
 
     second.stop(None);
     second_join.await.unwrap();

@@ -84,6 +84,76 @@ fn multicall_names_a_paused_node_as_failed_and_returns_the_others() {
 }
 
 #[test]
+fn call_owner_to_a_paused_owner_is_a_timeout_that_names_it() {
+    let _serial = serial();
+    // Few keys, so a round with a paused owner (500 ms a call) stays short;
+    // a long heartbeat timeout keeps the paused node the owner.
+    let keys = 12;
+    let cluster = cluster(3)
+        .consensus(3)
+        .extra_args([
+            "--probe-keys",
+            &keys.to_string(),
+            "--heartbeat-timeout",
+            "20s",
+        ])
+        .start()
+        .unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT));
+    ok(cluster.wait_for(0, DEADLINE, |events| all_reached(events, keys)));
+
+    let paused = cluster.node_name(2).to_string();
+    let mark = cluster.event_count(0);
+    cluster.pause(2).unwrap();
+    let timed_out = |probe: &Value| {
+        probe["first_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&paused) && e.contains("did not reply within 500ms"))
+    };
+    let result = cluster.wait_for(0, DEFAULT_TIMEOUT, |events| {
+        all_of(&events[mark.min(events.len())..], "probe").any(timed_out)
+    });
+    cluster.resume(2).unwrap();
+    ok(result);
+    // A paused node's silence is never reported as an actor that dropped
+    // the request.
+    for probe in all_of(&cluster.events(0)[mark..], "probe") {
+        let error = probe["first_error"].as_str().unwrap_or_default();
+        assert!(!error.contains("dropped the request"), "{probe}");
+    }
+}
+
+#[test]
+fn call_owner_to_an_actor_that_stops_holding_the_request_says_it_was_dropped() {
+    let _serial = serial();
+    let cluster = cluster(3)
+        .consensus(3)
+        .extra_args(["--probe-dropped"])
+        .start()
+        .unwrap();
+    ok(cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT));
+    // The first member in ring order asks another member's dropper.
+    let probed =
+        |c: &LocalCluster| (0..3).find(|&i| last_of(&c.events(i), "dropped_probe").is_some());
+    ok(
+        cluster.wait_until("a dropped_probe line", DEFAULT_TIMEOUT, |c| {
+            probed(c).is_some()
+        }),
+    );
+    let i = probed(&cluster).unwrap();
+    let events = cluster.events(i);
+    let probe = last_of(&events, "dropped_probe").unwrap();
+    let owner = probe["owner"].as_str().unwrap_or_default();
+    let error = probe["error"].as_str().unwrap_or_default();
+    // Told at once that the request was dropped, naming the node: not a
+    // timeout (the call waited up to 5 s), not a gone node.
+    assert!(
+        error.contains("dropped the request") && error.contains(owner) && !owner.is_empty(),
+        "{probe}"
+    );
+}
+
+#[test]
 fn after_a_kill_calls_fail_with_an_error_then_reach_the_new_owner() {
     let _serial = serial();
     let keys = 2_000;

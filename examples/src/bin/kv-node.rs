@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cloister_core::{Config, NodeName, NodeState, TopologyEvent};
 use cloister_ractor::harness::{control_lines, print_line, EventLines};
-use cloister_ractor::{Cloister, CloisterManager, DrainHold, StartOptions};
+use cloister_ractor::{Cloister, CloisterManager, DrainHold, Group, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde_json::{json, Value};
@@ -47,7 +47,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 /// How many nodes keep each key.
 const REPLICAS: usize = 2;
 /// The group every node's store joins.
-const GROUP: &str = "kv";
+const KV: Group<KvMsg> = Group::new("kv");
 /// How long a `get` waits for one replica.
 const GET_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a put waits for each holder to answer that it keeps the key.
@@ -104,7 +104,7 @@ impl Actor for Store {
         myself: ActorRef<KvMsg>,
         cloister: Cloister,
     ) -> Result<Shard, ActorProcessingErr> {
-        cloister_ractor::join_group(GROUP, myself.get_cell());
+        KV.join(&myself);
         print_line(cloister.me(), "kv_started", json!({}));
         Ok(Shard {
             hold: Some(cloister.hold_drain("kv store handoff")),
@@ -199,7 +199,7 @@ impl Shard {
             let mut handed = true;
             for node in holders.iter().filter(|node| **node != me) {
                 let put = KvMsg::Put(key.clone(), value.clone(), *version);
-                let sent = cloister.actor_on::<KvMsg>(GROUP, node).map(|a| a.cast(put));
+                let sent = cloister.actor_on(KV, node).map(|a| a.cast(put));
                 if !matches!(sent, Ok(Ok(()))) {
                     handed = false;
                 }
@@ -253,7 +253,7 @@ async fn store_on_holders(
     let mut stored_on = Vec::new();
     let mut errors = Vec::new();
     for node in cloister.nodes_for(key, REPLICAS) {
-        let stored = match cloister.actor_on::<KvMsg>(GROUP, &node) {
+        let stored = match cloister.actor_on(KV, &node) {
             Ok(store) => store
                 .call(
                     |reply| KvMsg::Store(key.into(), value.into(), version, reply),
@@ -308,7 +308,7 @@ async fn run(cloister: &Cloister, line: &str) {
         }
         (Some("get"), Some(key), None) => print_line(me, "get", get(cloister, key).await),
         (Some("count"), None, None) => {
-            let count = match cloister.actor_on::<KvMsg>(GROUP, me) {
+            let count = match cloister.actor_on(KV, me) {
                 Ok(store) => ractor::call_t!(store, KvMsg::Count, 1_000).ok(),
                 Err(_) => None,
             };
@@ -327,7 +327,7 @@ async fn run(cloister: &Cloister, line: &str) {
 async fn get(cloister: &Cloister, key: &str) -> Value {
     let mut errors = Vec::new();
     for node in cloister.nodes_for(key, REPLICAS) {
-        let asked = match cloister.actor_on::<KvMsg>(GROUP, &node) {
+        let asked = match cloister.actor_on(KV, &node) {
             Ok(store) => store
                 .call(|reply| KvMsg::Get(key.into(), reply), Some(GET_TIMEOUT))
                 .await

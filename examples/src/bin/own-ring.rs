@@ -22,7 +22,7 @@ use std::hash::Hasher;
 use cloister_core::config::RingMode;
 use cloister_core::{Config, NodeName, TopologyEvent};
 use cloister_ractor::harness::{exit_with_harness, print_line, EventLines};
-use cloister_ractor::{Cloister, CloisterManager, StartOptions};
+use cloister_ractor::{Cloister, CloisterManager, Group, StartOptions};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 use siphasher::sip::SipHasher13;
@@ -61,6 +61,10 @@ enum PlacementMsg {
     Members(Vec<NodeName>),
 }
 
+/// Every node's placement actor: reach one with `cloister.actor_on(PLACEMENT,
+/// &node)` once your own ring named the node.
+const PLACEMENT: Group<PlacementMsg> = Group::new("placement");
+
 impl Actor for Placement {
     type Msg = PlacementMsg;
     type State = (Cloister, Rendezvous);
@@ -68,9 +72,10 @@ impl Actor for Placement {
 
     async fn pre_start(
         &self,
-        _: ActorRef<PlacementMsg>,
+        myself: ActorRef<PlacementMsg>,
         cloister: Cloister,
     ) -> Result<Self::State, ActorProcessingErr> {
+        PLACEMENT.join(&myself);
         let members = Vec::new();
         Ok((cloister, Rendezvous { members }))
     }
@@ -91,7 +96,7 @@ impl Actor for Placement {
         }
         // What cloister's own lookups say under `ring = "external"`.
         let builtin = cloister.node_for("key-0");
-        let routed = cloister.route("anything", "key-0", PlacementMsg::Members(Vec::new()));
+        let routed = cloister.route(PLACEMENT, "key-0", PlacementMsg::Members(Vec::new()));
         print_line(
             cloister.me(),
             "own_ring",

@@ -15,12 +15,15 @@ use cloister_core::config::figment::value::{Dict, Map};
 use cloister_core::config::figment::{self, Metadata, Profile, Provider};
 use cloister_core::{Config, NodeName, TopologyEvent};
 use cloister_ractor::harness::EventLines;
-use cloister_ractor::{Cloister, CloisterError, CloisterManager, CloisterMessage, StartOptions};
+use cloister_ractor::{
+    Cloister, CloisterError, CloisterManager, CloisterMessage, Group, StartOptions,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorClusterMessage;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod dropped;
 mod probe;
 
 use probe::{bench_routing, Probe};
@@ -55,6 +58,12 @@ struct Args {
     #[arg(long)]
     #[serde(skip)]
     probe_multicall: bool,
+    /// Once the application runs, run a dropper (an actor that stops when
+    /// asked, without answering); the first member asks another's once
+    /// and prints a `dropped_probe` line with what it was told.
+    #[arg(long)]
+    #[serde(skip)]
+    probe_dropped: bool,
     /// Once the application runs, time N `call_owner` round trips against N
     /// raw remote calls to the same actor, one-way `route` casts against raw
     /// casts, and multicall latency; print a `bench_routing` line.
@@ -312,6 +321,9 @@ async fn print_owners(state: &PrinterState) {
 /// `key_owner` group.
 struct KeyOwner;
 
+/// The group of the key owners, one per node.
+const KEY_OWNER: Group<KeyOwnerMsg> = Group::new("key_owner");
+
 /// What the key owner answers, from this node or any other.
 #[derive(RactorClusterMessage)]
 enum KeyOwnerMsg {
@@ -344,7 +356,7 @@ impl Actor for KeyOwner {
         myself: ActorRef<KeyOwnerMsg>,
         cloister: Cloister,
     ) -> Result<KeyOwnerState, ActorProcessingErr> {
-        cloister_ractor::join_group("key_owner", myself.get_cell());
+        KEY_OWNER.join(&myself);
         emit(cloister.me(), "app_started", json!({}));
         Ok(KeyOwnerState { cloister, ticks: 0 })
     }
@@ -427,6 +439,9 @@ impl Actor for Root {
         if let Some(calls) = args.probe.bench {
             tokio::spawn(bench_routing(cloister.clone(), calls));
         }
+        if args.probe.dropped {
+            tokio::spawn(dropped::run(cloister.clone()));
+        }
         if args.probe.keys.is_some() || args.probe.multicall {
             tokio::spawn(args.probe.run(cloister));
         }
@@ -470,6 +485,7 @@ async fn main() {
         probe: Probe {
             keys: args.probe_keys,
             multicall: args.probe_multicall,
+            dropped: args.probe_dropped,
             bench: args.bench_routing,
         },
     };

@@ -7,12 +7,13 @@ use cloister_ractor::Cloister;
 use ractor::ActorRef;
 use serde_json::{json, Value};
 
-use crate::{emit, KeyOwnerMsg};
+use crate::{emit, KeyOwnerMsg, KEY_OWNER};
 
 /// Rounds of requests across the cluster, to show (and test) routing.
 pub(crate) struct Probe {
     pub(crate) keys: Option<u32>,
     pub(crate) multicall: bool,
+    pub(crate) dropped: bool,
     pub(crate) bench: Option<u32>,
 }
 
@@ -27,11 +28,16 @@ impl Probe {
                     let key = format!("key-{i}");
                     let expected = cloister.node_for(&key).map(|o| o.to_string());
                     let asked = cloister
-                        .call_owner("key_owner", &key, KeyOwnerMsg::WhoAmI, timeout)
+                        .call_owner(KEY_OWNER, &key, KeyOwnerMsg::WhoAmI, timeout)
                         .await;
                     match asked {
-                        Ok(who) if Some(&who) == expected.as_ref() => reached += 1,
-                        Ok(who) => {
+                        Ok((owner, who))
+                            if Some(&who) == expected.as_ref()
+                                && Some(owner.to_string()) == expected =>
+                        {
+                            reached += 1
+                        }
+                        Ok((_, who)) => {
                             errors += 1;
                             first_error.get_or_insert(format!("{key}: answered by {who}"));
                         }
@@ -52,7 +58,7 @@ impl Probe {
             }
             if self.multicall {
                 let answers = cloister
-                    .multicall("key_owner", KeyOwnerMsg::WhoAmI, timeout)
+                    .multicall(KEY_OWNER, KeyOwnerMsg::WhoAmI, timeout)
                     .await;
                 let replies: Vec<String> =
                     answers.replies.into_iter().map(|(_, who)| who).collect();
@@ -86,7 +92,7 @@ pub(crate) async fn bench_routing(cloister: Cloister, calls: u32) {
     // Wait until every member's key owner answers.
     for _ in 0..100 {
         let answers = cloister
-            .multicall("key_owner", KeyOwnerMsg::WhoAmI, timeout)
+            .multicall(KEY_OWNER, KeyOwnerMsg::WhoAmI, timeout)
             .await;
         if answers.failures.is_empty() && answers.replies.len() == cloister.members().len() {
             break;
@@ -101,7 +107,7 @@ pub(crate) async fn bench_routing(cloister: Cloister, calls: u32) {
         .filter(|k| cloister.node_for(k).as_ref() == Some(&remote))
         .take(100)
         .collect();
-    let Ok((_, actor)) = cloister.owner_of::<KeyOwnerMsg>("key_owner", &keys[0]) else {
+    let Ok((_, actor)) = cloister.owner_of(KEY_OWNER, &keys[0]) else {
         return emit(
             &me,
             "bench_routing",
@@ -121,7 +127,7 @@ pub(crate) async fn bench_routing(cloister: Cloister, calls: u32) {
         let start = std::time::Instant::now();
         for i in 0..per_round {
             let _ = cloister
-                .call_owner("key_owner", key(i.into()), KeyOwnerMsg::WhoAmI, timeout)
+                .call_owner(KEY_OWNER, key(i.into()), KeyOwnerMsg::WhoAmI, timeout)
                 .await;
         }
         ours.push(start.elapsed().as_secs_f64() * 1e6 / f64::from(per_round));
@@ -141,7 +147,7 @@ pub(crate) async fn bench_routing(cloister: Cloister, calls: u32) {
         let routes = || {
             cast_round(&actor, CASTS_PER_ROUND, |i| {
                 cloister
-                    .route("key_owner", key(i), KeyOwnerMsg::Tick(i))
+                    .route(KEY_OWNER, key(i), KeyOwnerMsg::Tick(i))
                     .is_ok()
             })
         };
@@ -175,14 +181,14 @@ pub(crate) async fn bench_routing(cloister: Cloister, calls: u32) {
     let node_for_ns = start.elapsed().as_secs_f64() * 1e9 / lookups as f64;
     let start = std::time::Instant::now();
     for i in 0..lookups {
-        let _ = std::hint::black_box(cloister.owner_of::<KeyOwnerMsg>("key_owner", key(i)));
+        let _ = std::hint::black_box(cloister.owner_of(KEY_OWNER, key(i)));
     }
     let owner_of_ns = start.elapsed().as_secs_f64() * 1e9 / lookups as f64;
     let mut multicall = Vec::new();
     for _ in 0..200 {
         let start = std::time::Instant::now();
         let _ = cloister
-            .multicall("key_owner", KeyOwnerMsg::WhoAmI, timeout)
+            .multicall(KEY_OWNER, KeyOwnerMsg::WhoAmI, timeout)
             .await;
         multicall.push(start.elapsed().as_secs_f64() * 1e6);
     }
