@@ -124,8 +124,16 @@ pub struct Snapshot {
     /// rings: the digest does not cover `ring_vnodes`, but members must share
     /// it (a peer with another value is refused).
     pub digest: Digest,
-    /// True when every other member's last heartbeat carried this node's digest:
-    /// the members agree on the ring.
+    /// True when every member this node watches last sent this node's ring
+    /// digest: the members agree on the ring (watching links every member
+    /// to every other, so when every member says so, all rings agree).
+    ///
+    /// Usually false in the snapshot of `StateChanged { to: Ready }`: a node
+    /// turns ready the moment it has admitted enough members, and their
+    /// heartbeats carry the new ring's digest from their next round, about
+    /// one `heartbeat_interval` (default 300 ms) later. No event marks it
+    /// turning true: read it from `Cloister::snapshot()` (lock-free) when
+    /// you need it, or compare `digest` with what your peers report.
     pub converged: bool,
     /// The member marked to run singleton work: the one up longest (smallest
     /// incarnation), ties broken by name. Members that agree on membership

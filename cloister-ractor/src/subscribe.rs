@@ -95,6 +95,11 @@ impl Subscriber {
 /// The first event is always [`TopologyEvent::Snapshot`] with the current
 /// view, then every change in order.
 ///
+/// To unsubscribe, stop the receiver: the subscription ends with it (the
+/// Manager drops a subscriber whose actor has stopped, at its next event).
+/// To stop listening while the actor runs, subscribe a small child actor
+/// that forwards to it, and stop the child.
+///
 /// # Examples
 ///
 /// Send an actor the initial view and every ring change, skipping the rest:
