@@ -28,7 +28,7 @@
 //!     type Arguments = ();
 //!     async fn pre_start(&self, myself: ActorRef<()>, _: ()) -> Result<Self::State, ActorProcessingErr> {
 //!         // Returns once `consensus` members are connected, or fails at the deadline.
-//!         let (_manager, _, cloister) = CloisterManager::spawn_linked(
+//!         let (_manager, cloister) = CloisterManager::spawn_linked(
 //!             Some("cloister".into()), Config::from_env()?, myself.get_cell()).await?;
 //!         // Children spawned from here on start in an assembled cluster.
 //!         Ok(cloister)

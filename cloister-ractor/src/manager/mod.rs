@@ -122,9 +122,18 @@ impl CloisterManager {
     /// Spawns the Manager linked to `supervisor` and returns once `consensus`
     /// members, this node included, are connected: a supervisor that calls it
     /// in `pre_start` starts its later children only in an assembled cluster.
+    /// Returns the Manager and the [`Cloister`] handle, as ractor's
+    /// `Actor::spawn_linked` returns an actor and its join handle (the
+    /// supervisor hears of the Manager's end through its supervision
+    /// events; [`CloisterManager::start`] gives the join handle too).
     /// At `startup_deadline` it stops what it started and fails with
     /// [`CloisterError::ConsensusTimeout`], which says whom it had and whom
     /// it could not reach, and why.
+    ///
+    /// Returned from your `pre_start` with `?`, the error makes ractor's
+    /// spawn of your supervisor fail with it inside, worded by ractor as a
+    /// panic ("Actor panicked during startup"): print
+    /// [`CloisterError::cause_of`] to show what it is.
     ///
     /// # Examples
     ///
@@ -142,27 +151,35 @@ impl CloisterManager {
     ///     async fn pre_start(&self, myself: ActorRef<()>, _: ()) -> Result<Cloister, ActorProcessingErr> {
     ///         let config = Config::nodes("shop", ["shop@10.0.0.1:4000", "shop@10.0.0.2:4000"])?
     ///             .with_consensus(2);
-    ///         let (_manager, _, cloister) =
+    ///         let (_manager, cloister) =
     ///             CloisterManager::spawn_linked(Some("cloister".into()), config, myself.get_cell()).await?;
     ///         Ok(cloister)
     ///     }
     /// }
+    ///
+    /// # async fn main_of_the_node() {
+    /// // Where the supervisor is spawned: say what failed, not only "panicked".
+    /// if let Err(error) = Actor::spawn(None, Root, ()).await {
+    ///     match cloister_ractor::CloisterError::cause_of(&error) {
+    ///         Some(cloister) => eprintln!("cannot join the cluster: {cloister}"),
+    ///         None => eprintln!("{error}"),
+    ///     }
+    /// }
+    /// # }
     /// ```
     pub async fn spawn_linked(
         name: Option<String>,
         config: Config,
         supervisor: ActorCell,
-    ) -> Result<Spawned, CloisterError> {
-        Self::start(
-            config,
-            StartOptions {
-                name,
-                supervisor: Some(supervisor),
-                hold: true,
-                listeners: Vec::new(),
-            },
-        )
-        .await
+    ) -> Result<(ActorRef<CloisterMessage>, Cloister), CloisterError> {
+        let options = StartOptions {
+            name,
+            supervisor: Some(supervisor),
+            hold: true,
+            listeners: Vec::new(),
+        };
+        let (manager, _, cloister) = Self::start(config, options).await?;
+        Ok((manager, cloister))
     }
 
     /// [`CloisterManager::spawn_linked`] without a supervisor.
