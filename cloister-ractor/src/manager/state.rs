@@ -200,6 +200,15 @@ impl ManagerState {
 
     /// Carries out every effect the machine has queued.
     pub(super) fn apply(&mut self, myself: &ActorRef<CloisterMessage>) {
+        self.carry_out(myself);
+        // Convergence changes with heartbeats, without an event: the
+        // handles' snapshot must still say so.
+        if self.view.load().snapshot.converged != self.machine.converged() {
+            self.store_view();
+        }
+    }
+
+    fn carry_out(&mut self, myself: &ActorRef<CloisterMessage>) {
         while let Some(effect) = self.machine.poll() {
             match effect {
                 Effect::Dial {
