@@ -484,6 +484,30 @@ impl Actor for CloisterManager {
         Ok(())
     }
 
+    /// A Manager stopped without a leave (`manager.stop(..)`) still says
+    /// goodbye, so its peers report it `left`, not `crashed`; there is no
+    /// drain. (A Manager killed with its supervisor gets no such chance:
+    /// ractor kills the children of a stopping supervisor, so call
+    /// [`crate::leave`] from the supervisor's `post_stop`.)
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let running = matches!(
+            state.machine.state(),
+            NodeState::Assembling | NodeState::Ready | NodeState::Rehashing | NodeState::NoQuorum
+        );
+        if running {
+            tracing::info!(
+                "the cloister manager stops without a leave: goodbyes to its peers, no drain"
+            );
+            state.feed(&myself, Input::Leave);
+            tokio::time::sleep(cloister_core::membership::GOODBYE_LINGER).await;
+        }
+        Ok(())
+    }
+
     async fn handle_supervisor_evt(
         &self,
         myself: ActorRef<Self::Msg>,
