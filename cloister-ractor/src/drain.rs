@@ -145,6 +145,28 @@ impl Drop for DrainHold {
 /// }
 /// # }
 /// ```
+///
+/// From your supervisor's `post_stop`, so stopping the supervisor is a
+/// leave (ractor kills a stopping supervisor's children, the Manager
+/// among them, right after its `post_stop`):
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cloister_ractor::CloisterMessage;
+/// use ractor::{Actor, ActorProcessingErr, ActorRef};
+///
+/// struct Root;
+/// impl Actor for Root {
+///     type Msg = ();
+///     type State = ActorRef<CloisterMessage>; // the Manager
+///     type Arguments = ();
+/// #   async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<Self::State, ActorProcessingErr> { unimplemented!() }
+///     async fn post_stop(&self, _: ActorRef<()>, manager: &mut Self::State) -> Result<(), ActorProcessingErr> {
+///         let _ = cloister_ractor::leave(manager, Duration::from_secs(10)).await;
+///         Ok(())
+///     }
+/// }
+/// ```
 pub async fn leave(
     manager: &ActorRef<CloisterMessage>,
     timeout: Duration,

@@ -409,6 +409,9 @@ impl Cloister {
     }
 
     /// The whole view: state, members, digest, whether members agree.
+    /// `converged` is usually false right at `ready` (the members' next
+    /// heartbeats carry the new ring, a `heartbeat_interval` later) and
+    /// turns true here without an event.
     ///
     /// # Examples
     ///
@@ -421,6 +424,20 @@ impl Cloister {
     ///     "{} is {} with {}/{} members, converged: {}",
     ///     view.node, view.state, view.members.len(), view.consensus, view.converged
     /// );
+    /// # }
+    /// ```
+    ///
+    /// Wait, bounded, until every member agrees on the ring:
+    ///
+    /// ```no_run
+    /// # async fn demo(cloister: cloister_ractor::Cloister) {
+    /// use std::time::Duration;
+    /// for _ in 0..100 {
+    ///     if cloister.snapshot().converged {
+    ///         break;
+    ///     }
+    ///     tokio::time::sleep(Duration::from_millis(20)).await;
+    /// }
     /// # }
     /// ```
     pub fn snapshot(&self) -> Snapshot {

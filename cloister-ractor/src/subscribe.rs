@@ -98,7 +98,36 @@ impl Subscriber {
 /// To unsubscribe, stop the receiver: the subscription ends with it (the
 /// Manager drops a subscriber whose actor has stopped, at its next event).
 /// To stop listening while the actor runs, subscribe a small child actor
-/// that forwards to it, and stop the child.
+/// that forwards to it, and stop the child:
+///
+/// ```no_run
+/// use cloister_core::TopologyEvent;
+/// use ractor::{Actor, ActorProcessingErr, ActorRef};
+///
+/// /// Forwards topology events to the actor that wants them.
+/// struct Forwarder;
+/// #[derive(ractor_cluster::RactorMessage)]
+/// struct Event(TopologyEvent);
+///
+/// impl Actor for Forwarder {
+///     type Msg = Event;
+///     type State = ActorRef<Event>;
+///     type Arguments = ActorRef<Event>;
+///     async fn pre_start(&self, _: ActorRef<Event>, to: ActorRef<Event>) -> Result<ActorRef<Event>, ActorProcessingErr> {
+///         Ok(to)
+///     }
+///     async fn handle(&self, _: ActorRef<Event>, event: Event, to: &mut ActorRef<Event>) -> Result<(), ActorProcessingErr> {
+///         Ok(to.send_message(event)?)
+///     }
+/// }
+///
+/// # async fn demo(manager: ActorRef<cloister_ractor::CloisterMessage>, me: ActorRef<Event>) -> Result<(), Box<dyn std::error::Error>> {
+/// let (forwarder, _) = Actor::spawn_linked(None, Forwarder, me.clone(), me.get_cell()).await?;
+/// cloister_ractor::subscribe(&manager, forwarder.clone(), |event| Some(Event(event)))?;
+/// // ... later, to unsubscribe:
+/// forwarder.stop(None);
+/// # Ok(()) }
+/// ```
 ///
 /// # Examples
 ///
