@@ -1240,13 +1240,14 @@ fn a_drain_timeout_of_zero_stops_right_after_the_goodbyes() {
     );
     m.handle(ms(0), Input::Start);
     admit(&mut m, ms(1), A, 1, 7);
+    // Nothing to wait for but the goodbyes' linger.
     m.handle(ms(10), Input::Leave);
     let effects = drain(&mut m);
     assert!(effects.contains(&goodbye(A, &[A, ME])), "{effects:?}");
-    // The deadline is the leave itself: due at once.
-    assert_eq!(m.poll_timeout(), Some(ms(10)));
-    m.handle_timeout(ms(10));
+    assert_eq!(m.poll_timeout(), Some(ms(10) + GOODBYE_LINGER));
+    m.handle_timeout(ms(10) + GOODBYE_LINGER);
     assert_eq!(drain(&mut m).last(), Some(&Effect::Left { drained: false }));
+    assert_eq!(m.state(), Stopped);
 }
 
 #[test]

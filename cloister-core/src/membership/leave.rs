@@ -47,7 +47,8 @@ impl Membership {
         self.ring_due = None;
         self.leaving = Some(Leaving {
             linger_until: now + GOODBYE_LINGER,
-            deadline: now + self.config.drain_timeout,
+            // Even undrained, the goodbyes get their linger.
+            deadline: now + self.config.drain_timeout.max(GOODBYE_LINGER),
             drained: false,
         });
         self.set_state(NodeState::Stopping);
