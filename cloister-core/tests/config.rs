@@ -443,6 +443,8 @@ fn every_broken_rule_names_the_field_and_the_value() {
             "advertised_host",
             "bad host",
         ),
+        (r#"listen_addr = "224.0.0.1""#, "listen_addr", "224.0.0.1"),
+        (r#"listen_addr = "localhost""#, "listen_addr", "localhost"),
         (
             r#"discovery_tick = "3 lightyears""#,
             "discovery_tick",
@@ -720,4 +722,32 @@ fn management_addr_is_read_from_the_environment_and_a_bad_one_is_named() {
         .to_string();
     assert!(error.contains("CLOISTER_MANAGEMENT_ADDR"), "{error}");
     assert!(error.contains("an IP address and port"), "{error}");
+}
+
+#[test]
+fn listen_addr_is_read_from_the_environment_and_a_bad_one_is_named() {
+    let config = {
+        let _env = EnvGuard::set(&[
+            ("CLOISTER_SENTRY", "a@127.0.0.1:4000"),
+            ("CLOISTER_LISTEN_ADDR", "127.0.0.1"),
+        ]);
+        Config::load(None).expect("a listen address")
+    };
+    assert_eq!(config.listen_addr, std::net::Ipv4Addr::LOCALHOST);
+    assert!(config.listens_on_loopback_only());
+    let every = {
+        let _env = EnvGuard::set(&[("CLOISTER_SENTRY", "a@127.0.0.1:4000")]);
+        Config::load(None).expect("the default")
+    };
+    assert_eq!(every.listen_addr, std::net::Ipv6Addr::UNSPECIFIED);
+    let _env = EnvGuard::set(&[
+        ("CLOISTER_SENTRY", "a@127.0.0.1:4000"),
+        ("CLOISTER_LISTEN_ADDR", "0.0.0.0:4000"),
+    ]);
+    let error = Config::load(None)
+        .expect_err("a socket address is not an IP")
+        .to_string();
+    assert!(error.contains("CLOISTER_LISTEN_ADDR"), "{error}");
+    assert!(error.contains("0.0.0.0:4000"), "{error}");
+    assert!(error.contains("every interface"), "{error}");
 }

@@ -26,7 +26,7 @@
 //! `Config` they return is usable as is.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -82,12 +82,14 @@ fn duration(value: Duration) -> String {
     humantime_serde::re::humantime::format_duration(value).to_string()
 }
 
+mod listen;
 mod load;
 mod own_entry;
 mod quorum;
 mod sentry;
 mod timers;
 
+pub use listen::DEFAULT_COOKIE;
 pub use load::TOOL_VARIABLES;
 use load::{describe, EnvVars};
 pub use own_entry::{LocalAddrs, OwnEntry, OwnEntryError};
@@ -160,6 +162,14 @@ pub struct Config {
     /// carry no port, so in service mode every replica must use the same one.
     /// 0 lets the OS pick: loopback tests only, as no list can then name it.
     pub listen_port: u16,
+    /// The IP address the node port is bound to. Default `::`: every
+    /// interface, IPv4 and IPv6. `0.0.0.0` is every IPv4 interface; an
+    /// address of one interface keeps the node off the others;
+    /// `127.0.0.1` keeps it on this machine (the built-in cookie is
+    /// allowed only there, see [`Config::check_cookie_exposure`]). Narrower
+    /// is safer, but peers must reach the node at its `advertised_host`
+    /// through it.
+    pub listen_addr: IpAddr,
     /// The host peers reach this node at, and the host part of its name.
     /// Default: none, found at run time: from a static list, the entry with
     /// this node's name, or of several, the one on an address of this
@@ -173,8 +183,9 @@ pub struct Config {
     /// Kubernetes.
     pub advertised_host: Option<Host>,
     /// The shared secret of the handshake: nodes with different cookies refuse
-    /// each other. Default `"cloister"`, fine on loopback and in tests; anyone
-    /// who can reach the port knows it, so set your own in production. Not empty.
+    /// each other. Default `"cloister"` ([`DEFAULT_COOKIE`]), public, so a
+    /// node refuses to start with it unless `listen_addr` is loopback: set
+    /// your own everywhere else (`CLOISTER_COOKIE`). Not empty.
     pub cookie: String,
     /// How often the sentry is resolved again and missing peers are dialled.
     /// Default 500ms. Shorter finds new nodes sooner, for more DNS queries and
@@ -290,6 +301,7 @@ impl std::fmt::Debug for Config {
             .field("tie_breaker", &self.tie_breaker)
             .field("stable_after", &self.stable_after)
             .field("listen_port", &self.listen_port)
+            .field("listen_addr", &self.listen_addr)
             .field("advertised_host", &self.advertised_host)
             .field("cookie", &"<redacted>")
             .field("discovery_tick", &self.discovery_tick)
@@ -322,8 +334,9 @@ impl Default for Config {
             tie_breaker: TieBreaker::None,
             stable_after: Duration::from_secs(5),
             listen_port: 4000,
+            listen_addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             advertised_host: None,
-            cookie: "cloister".into(),
+            cookie: DEFAULT_COOKIE.into(),
             discovery_tick: Duration::from_millis(500),
             dial_backoff_min: Duration::from_millis(25),
             dial_backoff_max: Duration::from_secs(2),
@@ -344,7 +357,7 @@ impl Default for Config {
 
 /// Every field with what it accepts: the keys read from `CLOISTER_*` and the
 /// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 25] = [
+const FIELDS: [(&str, &str); 26] = [
     ("app", NAME_PART),
     ("node_name", NAME_PART),
     ("sentry", SENTRY),
@@ -354,6 +367,7 @@ const FIELDS: [(&str, &str); 25] = [
     ("tie_breaker", quorum::TIE_BREAKER),
     ("stable_after", DURATION),
     ("listen_port", "a TCP port from 0 to 65535 (0 picks one)"),
+    ("listen_addr", listen::LISTEN_ADDR),
     ("advertised_host", "an IP address or a DNS name"),
     ("cookie", "a non-empty string"),
     ("discovery_tick", DURATION),
@@ -384,8 +398,9 @@ const DURATION: &str = "a duration such as \"300ms\", \"2s\" or \"1m 30s\"";
 
 /// Fields whose environment values are text whatever they look like: figment's
 /// `Env` would read a cookie `0123` as the number 123.
-const TEXT_FIELDS: [&str; 5] = [
+const TEXT_FIELDS: [&str; 6] = [
     "app",
+    "listen_addr",
     "node_name",
     "cookie",
     "advertised_host",
@@ -436,7 +451,8 @@ impl Config {
 
     /// The defaults with short timers, for nodes on loopback in tests: a
     /// heartbeat every 100ms and down after 500ms, dial backoff 10ms to 500ms,
-    /// dial timeout 500ms, discovery every 100ms, start-up deadline 20s. Too
+    /// dial timeout 500ms, discovery every 100ms, start-up deadline 20s,
+    /// listening on `127.0.0.1` only (so the default cookie is allowed). Too
     /// twitchy for real networks, where a pause would evict live nodes. The
     /// sentry is still required.
     ///
@@ -458,6 +474,7 @@ impl Config {
             heartbeat_interval: Duration::from_millis(100),
             heartbeat_timeout: Duration::from_millis(500),
             startup_deadline: Duration::from_secs(20),
+            listen_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             ..Config::default()
         }
     }
@@ -496,6 +513,12 @@ impl Config {
     /// Sets `listen_port`.
     pub fn with_listen_port(mut self, listen_port: u16) -> Config {
         self.listen_port = listen_port;
+        self
+    }
+
+    /// Sets `listen_addr`, the IP the node port is bound to.
+    pub fn with_listen_addr(mut self, listen_addr: IpAddr) -> Config {
+        self.listen_addr = listen_addr;
         self
     }
 
@@ -562,6 +585,7 @@ impl Config {
                 return Err(invalid("advertised_host", ip.to_string(), WILDCARD));
             }
         }
+        self.check_listen_addr()?;
         if self.cookie.is_empty() {
             return Err(invalid("cookie", "\"\"", "must not be empty"));
         }

@@ -339,7 +339,8 @@ impl Actor for CloisterManager {
             host.to_string(),
             None,
             Some(NodeConnectionMode::Isolated),
-        );
+        )
+        .with_listen_addr(config.listen_addr);
         let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell())
             .await
             .map_err(|e| CloisterError::listen(config.listen_port, e))?;

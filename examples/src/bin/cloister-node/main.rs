@@ -91,6 +91,11 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen_port: Option<u32>,
+    /// The IP to listen on: `127.0.0.1` (this machine only), `0.0.0.0`
+    /// (every IPv4 interface) or `::` (default, every interface).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_addr: Option<String>,
     /// The host peers reach this node at (default: from the sentry list or DNS).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
