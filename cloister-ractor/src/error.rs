@@ -42,13 +42,14 @@ pub enum CloisterError {
     /// set. Nothing was started.
     #[error(transparent)]
     OwnEntry(#[from] OwnEntryError),
-    /// The NodeServer could not listen on `listen_port`: it is taken by
-    /// another process (`error.kind()` is `AddrInUse`), or this user may not
-    /// bind it. Nothing was left running.
-    #[error("cannot listen on port {port}: {}", plain(.error))]
+    /// The node could not listen on `listen_addr:listen_port`: the port is
+    /// taken by another process (`error.kind()` is `AddrInUse`), this user
+    /// may not bind it, or `listen_addr` is no address of this machine
+    /// (`AddrNotAvailable`). Nothing was left running.
+    #[error("cannot listen on {addr}: {}", plain(.error))]
     Listen {
-        /// The configured listen port.
-        port: u16,
+        /// The address it tried: `listen_addr` and `listen_port`.
+        addr: std::net::SocketAddr,
         /// The error the operating system gave.
         #[source]
         error: io::Error,
@@ -108,7 +109,7 @@ impl CloisterError {
     /// use cloister_ractor::CloisterError;
     /// if let Err(error) = ractor::Actor::spawn(None, root, ()).await {
     ///     match CloisterError::cause_of(&error) {
-    ///         Some(CloisterError::Listen { port, .. }) => eprintln!("port {port} is taken"),
+    ///         Some(CloisterError::Listen { addr, .. }) => eprintln!("{addr} is taken"),
     ///         Some(cloister) => eprintln!("{cloister}"),
     ///         None => eprintln!("{error}"),
     ///     }
@@ -125,9 +126,9 @@ impl CloisterError {
         }
     }
 
-    /// The error for a NodeServer on `port` that did not start: it does
-    /// nothing but open its listener.
-    pub(crate) fn listen(port: u16, error: SpawnErr) -> CloisterError {
+    /// The error for a NodeServer listening on `addr` that did not start:
+    /// it does nothing but open its listener.
+    pub(crate) fn listen(addr: std::net::SocketAddr, error: SpawnErr) -> CloisterError {
         let error = match innermost(error) {
             Ok(cause) => match cause.downcast::<io::Error>() {
                 Ok(error) => *error,
@@ -135,7 +136,7 @@ impl CloisterError {
             },
             Err(spawn) => io::Error::other(spawn.to_string()),
         };
-        CloisterError::Listen { port, error }
+        CloisterError::Listen { addr, error }
     }
 
     /// The error for a Manager on `port` that did not start: the

@@ -9,8 +9,10 @@
 //! ```text
 //! your supervisor
 //! └── CloisterManager            drives cloister-core's membership machine
-//!     ├── NodeServer             ractor_cluster: listener and one NodeSession per peer
+//!     ├── NodeServer             ractor_cluster: one NodeSession per peer
 //!     │   └── NodeSession ...
+//!     ├── Acceptor               the node port: handshake deadline and caps, then
+//!     │                          each stream to the NodeServer
 //!     └── Herald                 in pg group `cloister:{app}`: heartbeats from peers
 //! ```
 //!
@@ -75,6 +77,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod accept;
 mod discovery;
 mod drain;
 mod error;

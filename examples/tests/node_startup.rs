@@ -102,6 +102,7 @@ fn lone_node(name: &str, port: u16, consensus: usize) -> Vec<(&'static str, Stri
     vec![
         ("CLOISTER_NODE_NAME", name.to_string()),
         ("CLOISTER_ADVERTISED_HOST", "127.0.0.1".to_string()),
+        ("CLOISTER_LISTEN_ADDR", "127.0.0.1".to_string()),
         ("CLOISTER_LISTEN_PORT", port.to_string()),
         (
             "CLOISTER_SENTRY",
@@ -131,7 +132,7 @@ fn a_taken_port_exits_2_with_a_plain_message() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let exit = run_node("taken-port", &lone_node("second", port, 1));
-    let expected = format!("cloister-node: cannot listen on port {port}: address in use");
+    let expected = format!("cloister-node: cannot listen on 127.0.0.1:{port}: address in use");
     assert_refused_plainly(&exit, &expected);
     drop(taken);
 }

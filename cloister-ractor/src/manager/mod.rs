@@ -22,10 +22,10 @@ use cloister_core::{
     TimerToken, TopologyEvent,
 };
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use ractor_cluster::node::NodeConnectionMode;
-use ractor_cluster::{NodeServer, NodeServerMessage};
+use ractor_cluster::NodeServerMessage;
 use tokio::task::JoinHandle;
 
+use crate::accept::{AcceptLoop, Acceptor, Upgrade};
 use crate::discovery::{Answer, Discovery};
 use crate::error::CloisterError;
 use crate::handle::{Cloister, View};
@@ -332,18 +332,8 @@ impl Actor for CloisterManager {
         let host = discovery.own_host(&config).await?;
         let me = config.node_name_for(&host)?;
 
-        let server = NodeServer::new(
-            config.listen_port,
-            config.cookie.clone(),
-            config.effective_node_name().to_string(),
-            host.to_string(),
-            None,
-            Some(NodeConnectionMode::Isolated),
-        )
-        .with_listen_addr(config.listen_addr);
-        let (node_server, _) = Actor::spawn_linked(None, server, (), myself.get_cell())
-            .await
-            .map_err(|e| CloisterError::listen(config.listen_port, e))?;
+        let (listener, node_server) =
+            crate::accept::open(&config, &host.to_string(), myself.get_cell()).await?;
         node_server.cast(NodeServerMessage::SubscribeToEvents {
             id: "cloister".into(),
             subscription: Box::new(Forwarder(myself.clone())),
@@ -418,6 +408,14 @@ impl Actor for CloisterManager {
             listener.on_event(&TopologyEvent::Snapshot { snapshot });
             state.listeners.push(listener);
         }
+        let accept = AcceptLoop {
+            listener,
+            node_server: state.node_server.clone(),
+            upgrade: Upgrade::Plain,
+            deadline: state.config.handshake_timeout(),
+            counters: Arc::clone(&state.counters),
+        };
+        Actor::spawn_linked(None, Acceptor, accept, myself.get_cell()).await?;
         state.feed(&myself, Input::Start);
         Ok(state)
     }

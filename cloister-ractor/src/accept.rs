@@ -1,0 +1,493 @@
+//! The node port: cloister's own accept loop, in front of ractor_cluster's
+//! NodeServer.
+//!
+//! The node binds `listen_addr:listen_port` itself and runs every accepted
+//! connection through an upgrade step under a handshake deadline before it
+//! hands the stream to the NodeServer (`NodeServerMessage::ConnectionOpened`
+//! with `is_server: true`, the message ractor_cluster's own listener sends).
+//! For plain TCP the upgrade waits for the peer's first byte without reading
+//! it: in ractor_cluster's protocol the dialing side speaks first (its
+//! `NodeSession` sends its name as it starts), so a connection that says
+//! nothing within the deadline is no cluster node, and it is closed before
+//! it costs a `NodeSession`. TLS will be one more [`Upgrade`]: the
+//! handshake of a `TlsAcceptor`, under the same deadline, giving the
+//! NodeServer a `NetworkStream::TlsServer`.
+//!
+//! Connections still in their upgrade are capped: at most
+//! [`MAX_PER_SOURCE`] from one source (an IPv4 address, or an IPv6 /64), the
+//! newest refused beyond it, and at most [`MAX_HANDSHAKES`] in all, the
+//! oldest closed to make room. A client that connects and says nothing
+//! therefore costs at most one deadline of one slot, and a legitimate peer,
+//! which speaks within milliseconds, is only kept out by a flood from its
+//! own address, or by more than [`MAX_HANDSHAKES`] new connections within
+//! its first milliseconds. Every closed connection counts as a stranger
+//! ([`Stats::strangers`](crate::Stats::strangers)); the log says how many
+//! and why at most every 10 s, as the Manager does for the handshakes that
+//! fail later, never a line per connection.
+//!
+//! # Why ractor_cluster's own listener still runs, on loopback
+//!
+//! Read on ractor_cluster 0.16.5 (`node.rs`, `net/listener.rs`):
+//!
+//! - `NodeServer::pre_start` always spawns its `Listener` child on the
+//!   NodeServer's port (every interface, `[::]` dual stack, unless
+//!   `with_listen_addr`), and fails to start if it cannot bind.
+//! - Its `handle_supervisor_evt` respawns the listener whenever it stops
+//!   or fails, on the same port; if that respawn cannot bind, the error
+//!   ends the NodeServer. So the listener cannot be stopped, nor kept out
+//!   by taking its port, without losing the NodeServer.
+//! - Its TLS accept runs inline in the listener, without a timeout: one
+//!   silent client stalls every accept after it. Plain TCP is handed over
+//!   at once.
+//!
+//! So cloister gives the NodeServer `127.0.0.1` and port 0: its listener
+//! takes an ephemeral port that only this machine can reach, and the
+//! listener tells its NodeServer that port (`PortChanged`), which cloister
+//! then overwrites with the real one (the name it gives peers carries it).
+//! That extra loopback port stays open: a process on this machine can
+//! connect to it in plain TCP, past this loop's caps and deadline (the
+//! Manager still closes a connection that does not authenticate within
+//! `handshake_timeout`, and the cookie still applies). When nodes talk TLS,
+//! that listener must get the same TLS acceptor, or it is a plain-TCP door
+//! on loopback.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cloister_core::tally::{Tally, REPORT_EVERY};
+use cloister_core::Config;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use ractor_cluster::node::NodeConnectionMode;
+use ractor_cluster::{NetworkStream, NodeServer, NodeServerMessage};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+
+use crate::error::CloisterError;
+use crate::stats::Counters;
+
+/// Connections in their handshake at once, in all; the oldest is closed
+/// to admit a new one beyond it.
+pub const MAX_HANDSHAKES: usize = 512;
+
+/// Connections in their handshake at once from one source (an IPv4
+/// address, or an IPv6 /64); a new one beyond it is closed at once.
+pub const MAX_PER_SOURCE: usize = 64;
+
+/// The listen queue of the node port.
+const BACKLOG: i32 = 1024;
+
+/// How long the loop waits after the operating system refused an accept
+/// (out of file descriptors), instead of retrying in a hot loop.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// Binds the node port, `listen_addr:listen_port`, then starts the
+/// NodeServer on its loopback side port (see the module docs) and tells it
+/// the node port. A taken port is [`CloisterError::Listen`] and leaves
+/// nothing running.
+pub(crate) async fn open(
+    config: &Config,
+    host: &str,
+    supervisor: ActorCell,
+) -> Result<(TcpListener, ActorRef<NodeServerMessage>), CloisterError> {
+    let wanted = SocketAddr::new(config.listen_addr, config.listen_port);
+    let listener = bind(wanted).map_err(|error| CloisterError::Listen {
+        addr: wanted,
+        error,
+    })?;
+    let port = listener
+        .local_addr()
+        .map_err(|error| CloisterError::Listen {
+            addr: wanted,
+            error,
+        })?
+        .port();
+    let side = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
+    let server = NodeServer::new(
+        side.port(),
+        config.cookie.clone(),
+        config.effective_node_name().to_string(),
+        host.to_string(),
+        None,
+        Some(NodeConnectionMode::Isolated),
+    )
+    .with_listen_addr(side.ip());
+    let (node_server, _) = Actor::spawn_linked(None, server, (), supervisor)
+        .await
+        .map_err(|e| CloisterError::listen(side, e))?;
+    // After the side listener's own `PortChanged`, which it sent while the
+    // NodeServer started: this one is handled last.
+    node_server
+        .cast(NodeServerMessage::PortChanged { port })
+        .map_err(|e| CloisterError::Listen {
+            addr: wanted,
+            error: io::Error::other(format!("the node server stopped at once: {e}")),
+        })?;
+    Ok((listener, node_server))
+}
+
+/// A listening socket on `addr`, address reuse on (a restarted node takes
+/// its port back at once), both IP versions on `::`.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// What turns an accepted TCP connection into the stream the NodeServer
+/// takes. It runs under the handshake deadline.
+#[derive(Debug)]
+pub(crate) enum Upgrade {
+    /// Plain TCP: the stream as it is, once the peer has sent its first
+    /// byte (left unread for the NodeServer).
+    Plain,
+}
+
+impl Upgrade {
+    async fn run(&self, stream: TcpStream, peer: SocketAddr) -> Result<NetworkStream, Refusal> {
+        match self {
+            Upgrade::Plain => {
+                let mut first = [0u8; 1];
+                match stream.peek(&mut first).await {
+                    Ok(0) | Err(_) => Err(Refusal::Closed),
+                    Ok(_) => {
+                        let local_addr = stream.local_addr().map_err(|_| Refusal::Closed)?;
+                        let _ = stream.set_nodelay(true);
+                        Ok(NetworkStream::Raw {
+                            peer_addr: peer,
+                            local_addr,
+                            stream,
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a connection was closed before the NodeServer took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Its handshake did not finish within the deadline.
+    Silent,
+    /// Its source already had [`MAX_PER_SOURCE`] in their handshake.
+    OverCap,
+    /// It was the oldest of [`MAX_HANDSHAKES`] when a new one came.
+    Evicted,
+    /// The peer closed it (or it failed) before its first byte.
+    Closed,
+}
+
+/// Who a connection counts against: its IPv4 address, or its IPv6 /64 (one
+/// host usually holds a whole /64).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+/// The connections in their handshake: how many per source, and each one's
+/// handle (`H`: what closes it), oldest first.
+#[derive(Debug)]
+struct Admission<H> {
+    total: usize,
+    per_source: usize,
+    open: BTreeMap<u64, (IpAddr, H)>,
+    by_source: HashMap<IpAddr, usize>,
+    next: u64,
+}
+
+impl<H> Admission<H> {
+    fn new(total: usize, per_source: usize) -> Self {
+        Admission {
+            total,
+            per_source,
+            open: BTreeMap::new(),
+            by_source: HashMap::new(),
+            next: 0,
+        }
+    }
+
+    /// Admits a connection from `source`, its handle made from its number
+    /// by `start`: `Err(())` when its source is at its cap (nothing
+    /// started), else the handle of the oldest connection, evicted to make
+    /// room, if the total was at its cap.
+    #[allow(clippy::result_unit_err)]
+    fn admit(&mut self, source: IpAddr, start: impl FnOnce(u64) -> H) -> Result<Option<H>, ()> {
+        if self.by_source.get(&source).copied().unwrap_or(0) >= self.per_source {
+            return Err(());
+        }
+        let evicted = if self.open.len() >= self.total {
+            self.open
+                .keys()
+                .next()
+                .copied()
+                .and_then(|oldest| self.release(oldest))
+        } else {
+            None
+        };
+        let seq = self.next;
+        self.next += 1;
+        *self.by_source.entry(source).or_default() += 1;
+        self.open.insert(seq, (source, start(seq)));
+        Ok(evicted)
+    }
+
+    /// Connection `seq` left its handshake: its handle, if it was still in.
+    fn release(&mut self, seq: u64) -> Option<H> {
+        let (source, handle) = self.open.remove(&seq)?;
+        if let Some(count) = self.by_source.get_mut(&source) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_source.remove(&source);
+            }
+        }
+        Some(handle)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.open.len()
+    }
+}
+
+/// The refused connections since the last report, by reason, and when to
+/// report: a [`Tally`], as for every other stranger.
+#[derive(Debug, Default)]
+struct Refused {
+    tally: Tally,
+    by_reason: BTreeMap<&'static str, u64>,
+}
+
+impl Refused {
+    fn note(&mut self, now: Duration, refusal: Refusal, deadline: Duration, counters: &Counters) {
+        counters.strangers(1);
+        let reason = match refusal {
+            Refusal::Silent => "silent past the handshake deadline",
+            Refusal::OverCap => "over the cap per source address",
+            Refusal::Evicted => "the oldest when the total cap was reached",
+            Refusal::Closed => "closed by the peer before a byte",
+        };
+        *self.by_reason.entry(reason).or_default() += 1;
+        if let Some(count) = self.tally.note(now) {
+            self.report(count, deadline);
+        }
+    }
+
+    fn flush(&mut self, now: Duration, deadline: Duration) {
+        if let Some(count) = self.tally.flush(now) {
+            self.report(count, deadline);
+        }
+    }
+
+    fn report(&mut self, count: u64, deadline: Duration) {
+        let reasons: Vec<String> = std::mem::take(&mut self.by_reason)
+            .into_iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        tracing::warn!(
+            count,
+            "{count} connection(s) closed without authenticating before the node server took \
+             them ({}; handshake deadline {deadline:?}, at most {MAX_PER_SOURCE} per address and \
+             {MAX_HANDSHAKES} in all); counted, logged at most every {REPORT_EVERY:?}",
+            reasons.join(", ")
+        );
+    }
+}
+
+/// The accept loop's arguments: the bound node port and where streams go.
+pub(crate) struct AcceptLoop {
+    pub(crate) listener: TcpListener,
+    pub(crate) node_server: ActorRef<NodeServerMessage>,
+    pub(crate) upgrade: Upgrade,
+    /// How long a connection may take to finish its upgrade.
+    pub(crate) deadline: Duration,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl AcceptLoop {
+    async fn run(self) {
+        let AcceptLoop {
+            listener,
+            node_server,
+            upgrade,
+            deadline,
+            counters,
+        } = self;
+        let upgrade = Arc::new(upgrade);
+        let epoch = Instant::now();
+        let mut admission = Admission::<AbortHandle>::new(MAX_HANDSHAKES, MAX_PER_SOURCE);
+        // Dropped with the loop, which aborts every handshake in flight.
+        let mut handshakes: JoinSet<(u64, Result<(), Refusal>)> = JoinSet::new();
+        let mut refused = Refused::default();
+        let mut accept_errors = Tally::new();
+        loop {
+            let due = refused.tally.due();
+            let wake = tokio::time::Instant::from_std(epoch + due.unwrap_or(REPORT_EVERY));
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let start = |seq| handshakes.spawn(handshake(
+                            seq, stream, peer, Arc::clone(&upgrade), deadline, node_server.clone(),
+                        ));
+                        let now = epoch.elapsed();
+                        match admission.admit(source_of(peer.ip()), start) {
+                            Err(()) => refused.note(now, Refusal::OverCap, deadline, &counters),
+                            Ok(Some(oldest)) => {
+                                oldest.abort();
+                                refused.note(now, Refusal::Evicted, deadline, &counters);
+                            }
+                            Ok(None) => {}
+                        }
+                    }
+                    Err(error) => {
+                        if let Some(count) = accept_errors.note(epoch.elapsed()) {
+                            tracing::warn!(
+                                count, %error,
+                                "the node port could not accept {count} connection(s) \
+                                 (logged at most every {REPORT_EVERY:?})"
+                            );
+                        }
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                    }
+                },
+                Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
+                    // An evicted handshake ends cancelled, already released.
+                    if let Ok((seq, outcome)) = done {
+                        admission.release(seq);
+                        if let Err(refusal) = outcome {
+                            refused.note(epoch.elapsed(), refusal, deadline, &counters);
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(wake), if due.is_some() => {
+                    refused.flush(epoch.elapsed(), deadline);
+                }
+            }
+        }
+    }
+}
+
+/// One connection's upgrade under the deadline, then the hand-over.
+async fn handshake(
+    seq: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    upgrade: Arc<Upgrade>,
+    deadline: Duration,
+    node_server: ActorRef<NodeServerMessage>,
+) -> (u64, Result<(), Refusal>) {
+    let outcome = match tokio::time::timeout(deadline, upgrade.run(stream, peer)).await {
+        Err(_) => Err(Refusal::Silent),
+        Ok(Err(refusal)) => Err(refusal),
+        Ok(Ok(stream)) => {
+            // A stopped NodeServer stops the Manager, and this loop with it.
+            let _ = node_server.cast(NodeServerMessage::ConnectionOpened {
+                stream: Box::new(stream),
+                is_server: true,
+            });
+            Ok(())
+        }
+    };
+    (seq, outcome)
+}
+
+/// The actor that owns the accept loop, a linked child of the Manager: the
+/// loop ends when it stops, and the Manager stops if it ends.
+pub(crate) struct Acceptor;
+
+/// The acceptor takes no messages.
+pub(crate) enum AcceptorMessage {}
+
+impl ractor::Message for AcceptorMessage {}
+
+impl Actor for Acceptor {
+    type Msg = AcceptorMessage;
+    type State = JoinHandle<()>;
+    type Arguments = AcceptLoop;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        accept: AcceptLoop,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tokio::spawn(accept.run()))
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        task: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        task.abort();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an ip")
+    }
+
+    #[test]
+    fn a_source_past_its_cap_is_refused_and_others_still_get_in() {
+        let mut admission = Admission::new(10, 2);
+        let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
+        assert_eq!(admission.admit(a, |seq| seq), Ok(None));
+        assert_eq!(admission.admit(a, |seq| seq), Ok(None));
+        // A third from `a` waits for none of the others: it is refused.
+        assert_eq!(admission.admit(a, |seq| seq), Err(()));
+        assert_eq!(admission.admit(b, |seq| seq), Ok(None));
+        // One of `a`'s ends its handshake: `a` may open another.
+        assert_eq!(admission.release(0), Some(0));
+        assert_eq!(admission.admit(a, |seq| seq), Ok(None));
+        assert_eq!(admission.len(), 3);
+    }
+
+    #[test]
+    fn at_the_total_cap_the_oldest_makes_room_for_the_newest() {
+        let mut admission = Admission::new(3, 3);
+        for n in 1..=3 {
+            let source = ip(&format!("10.0.0.{n}"));
+            assert_eq!(admission.admit(source, |seq| seq), Ok(None));
+        }
+        // Full: the fourth evicts connection 0, and its source's count drops.
+        assert_eq!(admission.admit(ip("10.0.0.9"), |seq| seq), Ok(Some(0)));
+        assert_eq!(admission.len(), 3);
+        assert_eq!(admission.by_source.get(&ip("10.0.0.1")), None);
+        // An evicted connection's own end later changes nothing.
+        assert_eq!(admission.release(0), None);
+        assert_eq!(admission.len(), 3);
+    }
+
+    #[test]
+    fn a_source_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        assert_eq!(source_of(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(source_of(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(source_of(ip("2001:db8:0:1::5")), ip("2001:db8:0:1::"));
+        assert_eq!(
+            source_of(ip("2001:db8:0:1:ffff::9")),
+            source_of(ip("2001:db8:0:1::1"))
+        );
+        assert_ne!(
+            source_of(ip("2001:db8:0:2::1")),
+            source_of(ip("2001:db8:0:1::1"))
+        );
+    }
+}
