@@ -4,6 +4,8 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -59,4 +61,176 @@ fn thousands_of_junk_connections_make_a_few_log_lines() {
         new.len(),
         new.iter().take(10).copied().collect::<Vec<_>>().join("\n")
     );
+}
+
+/// Silent connections a flood keeps open to each port it targets: more
+/// than the node's cap of connections in their handshake (512), so the
+/// node must close the oldest to let anyone in.
+const SILENT: usize = 600;
+
+/// The flood's source addresses, `127.0.0.2` to `127.0.0.11`: strangers at
+/// other addresses than the nodes (`127.0.0.1`), 60 each, under the cap per
+/// address (64), so only the total cap holds them back.
+const FLOOD_SOURCES: u8 = 10;
+
+/// A thread that keeps `SILENT` connections open to each target port,
+/// saying nothing, and reopens those the node closes; stopped and joined
+/// (every connection closed) on drop, also when the test fails.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(ports: Vec<u16>) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (stop_, open_) = (Arc::clone(&stop), Arc::clone(&open));
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(flood(ports, stop_, open_));
+        });
+        Flood {
+            stop,
+            open,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections open right now to the first target port.
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn flood(ports: Vec<u16>, stop: Arc<AtomicBool>, open: Arc<AtomicUsize>) {
+    use tokio::net::{TcpSocket, TcpStream};
+    let mut slots: Vec<Vec<Option<TcpStream>>> = ports
+        .iter()
+        .map(|_| (0..SILENT).map(|_| None).collect())
+        .collect();
+    // Bounded even if the test never stops it: ten minutes.
+    let end = Instant::now() + Duration::from_secs(600);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+        for (port, slots) in ports.iter().zip(slots.iter_mut()) {
+            let target = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
+            for (k, slot) in slots.iter_mut().enumerate() {
+                // A closed connection reads end-of-file or an error.
+                let closed = slot.as_ref().is_some_and(|stream| {
+                    !matches!(stream.try_read(&mut [0; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                });
+                if closed {
+                    *slot = None;
+                }
+                if slot.is_none() {
+                    let source_host = 2 + (k % usize::from(FLOOD_SOURCES)) as u8;
+                    let source = std::net::SocketAddr::from(([127, 0, 0, source_host], 0));
+                    let Ok(socket) = TcpSocket::new_v4() else {
+                        continue;
+                    };
+                    if socket.bind(source).is_err() {
+                        continue;
+                    }
+                    let connect =
+                        tokio::time::timeout(Duration::from_millis(200), socket.connect(target));
+                    if let Ok(Ok(stream)) = connect.await {
+                        *slot = Some(stream);
+                    }
+                }
+            }
+        }
+        let first = slots[0].iter().filter(|slot| slot.is_some()).count();
+        open.store(first, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn silent_connections_beyond_the_cap_do_not_keep_a_new_node_out() {
+    let _serial = serial();
+    let mut cluster = cluster(2).consensus(2).build().unwrap();
+    // Node 1 up alone, and knowing only itself: it never dials node 2, so
+    // node 2 gets in only through node 1's port.
+    let alone = format!("{}:{}", cluster.node_name(0), cluster.port(0));
+    cluster
+        .start_node_with(0, &["--consensus", "1", "--sentry", &alone])
+        .unwrap();
+    ok(cluster.wait_ready(&[0], DEFAULT_TIMEOUT));
+
+    // Strangers hold hundreds of silent connections to node 1's port.
+    let flood = Flood::start(vec![cluster.port(0)]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while flood.open() < SILENT * 9 / 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the flood holds only {}",
+            flood.open()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // The new node joins while they are open: its dial must get past a
+    // port full of strangers.
+    cluster.start_node(1).unwrap();
+    ok(cluster.wait_ready(&[0, 1], DEFAULT_TIMEOUT));
+    assert!(
+        flood.open() >= SILENT / 2,
+        "the flood was no longer holding its connections: {}",
+        flood.open()
+    );
+    assert!(cluster.is_running(0) && cluster.is_running(1));
+    drop(flood);
+
+    // The node made room by closing the oldest, and said so in a count.
+    let log = stderr_of(&cluster);
+    assert!(
+        log.contains("the oldest when the total cap was reached"),
+        "no eviction reported:\n{log}"
+    );
+}
+
+#[test]
+fn a_node_on_127_0_0_1_cannot_be_reached_at_another_address() {
+    let _serial = serial();
+    // 127.0.0.2 is another address of this machine (all of 127.0.0.0/8 is).
+    let other = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let local = cluster(1)
+        .consensus(1)
+        .env("CLOISTER_LISTEN_ADDR", "127.0.0.1")
+        .start()
+        .unwrap();
+    ok(local.wait_ready(&[0], DEFAULT_TIMEOUT));
+    let port = local.port(0);
+    TcpStream::connect(("127.0.0.1", port)).expect("its own address");
+    let refused = TcpStream::connect((other, port)).expect_err("listening on 127.0.0.1 only");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    drop(local);
+
+    // The same node on every interface is reached there: the refusal above
+    // is the listen address at work.
+    let everywhere = cluster(1)
+        .consensus(1)
+        .env("CLOISTER_LISTEN_ADDR", "0.0.0.0")
+        .env("CLOISTER_COOKIE", "a secret for this test")
+        .start()
+        .unwrap();
+    ok(everywhere.wait_ready(&[0], DEFAULT_TIMEOUT));
+    TcpStream::connect((other, everywhere.port(0))).expect("listening on every interface");
 }
