@@ -368,6 +368,10 @@ async fn main() {
         eprintln!("kv-node: {error}");
         std::process::exit(1);
     }
+    // Left (or stdin closed): exit now. The runtime's shutdown would wait
+    // for the blocking read of an open stdin (`docker attach`, Swarm's
+    // `stdin_open`) until the orchestrator's SIGKILL.
+    std::process::exit(0);
 }
 
 async fn serve() -> Result<(), Box<dyn std::error::Error>> {
@@ -394,8 +398,12 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => None,
     })?;
-    // SIGTERM or Ctrl-C: leave, hand the keys off, then stop.
+    // SIGTERM or Ctrl-C: leave, hand the keys off, then stop. One future for
+    // the whole loop: one made per turn would be dropped by the next command
+    // line, mid-leave or with the signal taken, and wait for another.
     let leave_within = config_drain + Duration::from_secs(5);
+    let left = cloister_ractor::leave_on_signal(&manager, leave_within);
+    tokio::pin!(left);
     loop {
         tokio::select! {
             line = commands.recv() => match line {
@@ -403,7 +411,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
                 Some(_) => {}
                 None => break,
             },
-            left = cloister_ractor::leave_on_signal(&manager, leave_within) => {
+            left = &mut left => {
                 let outcome = match left {
                     Ok(outcome) => format!("{outcome:?}"),
                     Err(error) => error.to_string(),
