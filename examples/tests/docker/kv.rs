@@ -1,6 +1,8 @@
 //! The kv example (`kv-node`, in the same image) under a random fault
 //! schedule with `quorum = "majority"`: every put it acknowledged is
-//! readable from every node once the faults have healed.
+//! readable from every node once the faults have healed. Also the kv
+//! clients the Swarm kv scenario (`swarm_kv.rs`) uses: command lines in
+//! through `docker attach`, answers out through `docker logs`.
 
 use std::io::Write;
 use std::process::{Child, Stdio};
@@ -43,13 +45,28 @@ impl Dice {
 
 /// Command lines into the kv nodes' stdin, through `docker attach`; a
 /// container that restarted is attached again. The attach processes are
-/// killed on drop.
-struct Clients {
+/// killed on drop (`docker attach --sig-proxy=false` ignores SIGTERM).
+pub(super) struct Clients {
     attached: BTreeMap<String, Child>,
 }
 
 impl Clients {
-    fn send(&mut self, view: &View, line: &str) {
+    pub(super) fn new() -> Clients {
+        Clients {
+            attached: BTreeMap::new(),
+        }
+    }
+
+    /// Sends `line` to `view`'s stdin; panics if it cannot.
+    pub(super) fn send(&mut self, view: &View, line: &str) {
+        if let Err(e) = self.try_send(view, line) {
+            panic!("cannot write to {}'s stdin: {e}", view.container);
+        }
+    }
+
+    /// Sends `line` to `view`'s stdin, or says why it could not (the
+    /// container stopped, so its attach process ended).
+    pub(super) fn try_send(&mut self, view: &View, line: &str) -> std::io::Result<()> {
         let alive = self
             .attached
             .get_mut(&view.id)
@@ -69,9 +86,7 @@ impl Clients {
         }
         let child = self.attached.get_mut(&view.id).expect("attached above");
         let stdin = child.stdin.as_mut().expect("a piped stdin");
-        if let Err(e) = writeln!(stdin, "{line}") {
-            panic!("cannot write to {}'s stdin: {e}", view.container);
-        }
+        writeln!(stdin, "{line}")
     }
 }
 
@@ -160,7 +175,10 @@ impl Fault {
 }
 
 /// The keys whose put some node acknowledged, with their values.
-fn acknowledged(views: &[View], sent: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub(super) fn acknowledged(
+    views: &[View],
+    sent: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     views
         .iter()
         .flat_map(|v| v.events.iter())
@@ -171,9 +189,10 @@ fn acknowledged(views: &[View], sent: &BTreeMap<String, String>) -> BTreeMap<Str
 }
 
 /// Asks `node` for every key of `expected` until each answers its value or
-/// the deadline passes; returns the keys still missing or wrong.
-fn unreadable(
-    project: &Project,
+/// [`DEADLINE`] passes; returns the keys still missing or wrong. `now`
+/// reads the node again (its latest lines), `None` if it is gone.
+pub(super) fn unreadable(
+    now: &dyn Fn(&View) -> Option<View>,
     clients: &mut Clients,
     node: &View,
     expected: &BTreeMap<String, String>,
@@ -181,19 +200,22 @@ fn unreadable(
     let until = Instant::now() + DEADLINE;
     let mut asking: Vec<&String> = expected.keys().collect();
     while !asking.is_empty() && Instant::now() < until {
-        let mark = project
-            .views()
-            .iter()
-            .find(|v| v.id == node.id)
-            .map_or(0, |v| v.events.len());
+        let mark = now(node).map_or(0, |v| v.events.len());
         for key in &asking {
             clients.send(node, &format!("get {key}"));
         }
-        let answers: Vec<Value> = project.wait("answers to every get", |views| {
-            let v = views.iter().find(|v| v.id == node.id)?;
-            let got: Vec<Value> = v.after(mark, "get").cloned().collect();
-            (got.len() >= asking.len()).then_some(got)
-        });
+        // Every get answers (a value, or null with errors); a node that
+        // stops answering ends the wait at the deadline.
+        let mut answers: Vec<Value> = Vec::new();
+        while Instant::now() < until {
+            if let Some(v) = now(node) {
+                answers = v.after(mark, "get").cloned().collect();
+            }
+            if answers.len() >= asking.len() {
+                break;
+            }
+            thread::sleep(POLL);
+        }
         asking.retain(|key| {
             !answers
                 .iter()
@@ -215,7 +237,8 @@ fn all_readable(
     acked: &BTreeMap<String, String>,
     when: &str,
 ) {
-    let missing = unreadable(project, clients, node, acked);
+    let now = |node: &View| project.views().into_iter().find(|v| v.id == node.id);
+    let missing = unreadable(&now, clients, node, acked);
     assert!(
         missing.is_empty(),
         "{when}: {} of {} acknowledged puts unreadable through {}: {missing:?}\n{}",
@@ -245,9 +268,7 @@ fn kv_keeps_acknowledged_puts_under_a_fault_schedule() {
     println!("kv fault schedule: CLOISTER_FAULT_SEED={seed}");
     let mut dice = Dice(seed);
     let mut nemesis = Nemesis::new();
-    let mut clients = Clients {
-        attached: BTreeMap::new(),
-    };
+    let mut clients = Clients::new();
     let mut sent: BTreeMap<String, String> = BTreeMap::new();
     for step in 0..STEPS {
         let nodes: Vec<View> = live(&project.views()).into_iter().cloned().collect();

@@ -9,7 +9,8 @@
 //!
 //! This file is the harness (the image, compose projects, what a container
 //! says); the scenarios are in `scenarios.rs` and, with the nemesis and the
-//! invariants, `partitions.rs`; the Swarm stack's in `swarm.rs`.
+//! invariants, `partitions.rs`; the Swarm stacks' in `swarm.rs` (the demo
+//! node) and `swarm_kv.rs` (the kv example through a rolling update).
 //!
 //! The tests skip (with a message on stderr) when no Docker engine answers,
 //! and fail instead when `CLOISTER_DOCKER_TESTS=required`. The image is built
@@ -40,6 +41,7 @@ mod kv;
 mod partitions;
 mod scenarios;
 mod swarm;
+mod swarm_kv;
 
 /// The tag the tests build and run (not `cloister-node:local`, which is the
 /// walkthrough's image).

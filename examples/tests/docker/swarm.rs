@@ -18,6 +18,9 @@
 //! the node's own lines (`state_changed` to `ready`, `ring_digest`), which it
 //! writes when they change, as `/ready` and `/members` would answer.
 //!
+//! `Stack` deploys any stack file of `docker/` this way; `swarm_kv.rs`
+//! deploys `docker/kv-stack.yml` with it.
+//!
 //! The swarm: when none is active, the first lease runs `docker swarm init
 //! --advertise-addr 127.0.0.1` and the last one leaves (`docker swarm leave
 //! --force`, and removes the `docker_gwbridge` network the init created);
@@ -30,10 +33,25 @@ use std::sync::Mutex;
 
 use super::*;
 
-/// The service in `docker/stack.yml`; its full name is `<stack>_cloister`.
-const STACK_SERVICE: &str = "cloister";
 /// How long a rolling update of every task may take before the test fails.
-const UPDATE_DEADLINE: Duration = Duration::from_secs(180);
+pub(super) const UPDATE_DEADLINE: Duration = Duration::from_secs(180);
+
+/// A stack file of `docker/` with one service.
+pub(super) struct StackFile {
+    /// Its path from the workspace root.
+    pub(super) path: &'static str,
+    /// Its service; the full name is `<stack>_<service>`.
+    pub(super) service: &'static str,
+    /// The `CLOISTER_APP` it sets: its tasks are `<app>@<overlay IP>`.
+    pub(super) app: &'static str,
+}
+
+/// `docker/stack.yml`, the demo node.
+const DEMO: StackFile = StackFile {
+    path: "docker/stack.yml",
+    service: "cloister",
+    app: "cloister",
+};
 
 /// The swarm's users in this process, and whether this process created it.
 static SWARM: Mutex<(usize, Option<Created>)> = Mutex::new((0, None));
@@ -89,30 +107,35 @@ impl Drop for SwarmLease {
 }
 
 /// One task: its container as a [`View`], its slot and its health.
-struct Task {
-    view: View,
-    slot: u32,
-    healthy: bool,
+#[derive(Clone)]
+pub(super) struct Task {
+    pub(super) view: View,
+    pub(super) slot: u32,
+    pub(super) healthy: bool,
+    /// When its container stopped (Unix ms), once it has.
+    pub(super) finished_ms: Option<i64>,
 }
 
-/// One deployment of `docker/stack.yml`; removed on drop. Holds a lease on
-/// the swarm, dropped after the stack is gone.
-struct Stack {
+/// One deployment of a stack file; removed on drop. Holds a lease on the
+/// swarm, dropped after the stack is gone.
+pub(super) struct Stack {
     name: String,
+    file: StackFile,
     _swarm: SwarmLease,
 }
 
 impl Stack {
-    /// Deploys the stack with the container tests' short timers and a cookie
+    /// Deploys `file` with the container tests' short timers and a cookie
     /// of this run.
-    fn deploy(scenario: &str) -> Stack {
+    pub(super) fn deploy(scenario: &str, file: StackFile) -> Stack {
         let swarm = SwarmLease::take();
         let stack = Stack {
             name: format!("cswarm_{scenario}_{}", std::process::id()),
+            file,
             _swarm: swarm,
         };
         stack.remove();
-        let file = root().join("docker/stack.yml");
+        let file = root().join(stack.file.path);
         let cookie = format!("{:x}{:x}", std::process::id(), now_ms());
         let out = Command::new("docker")
             .args(["stack", "deploy", "--resolve-image", "never", "-c"])
@@ -135,8 +158,13 @@ impl Stack {
         stack
     }
 
-    fn service(&self) -> String {
-        format!("{}_{STACK_SERVICE}", self.name)
+    pub(super) fn service(&self) -> String {
+        format!("{}_{}", self.name, self.file.service)
+    }
+
+    /// A task's node name, from its overlay address.
+    pub(super) fn node_of(&self, ip: &str) -> String {
+        format!("{}@{ip}", self.file.app)
     }
 
     fn network(&self) -> String {
@@ -161,7 +189,7 @@ impl Stack {
     }
 
     /// Every container of the service, exited ones included.
-    fn tasks(&self) -> Vec<Task> {
+    pub(super) fn tasks(&self) -> Vec<Task> {
         let filter = format!("label=com.docker.swarm.service.name={}", self.service());
         let ids: Vec<String> = run("docker", &["ps", "-aq", "--no-trunc", "--filter", &filter])
             .unwrap_or_default()
@@ -211,6 +239,10 @@ impl Stack {
                     stderr,
                 };
                 Task {
+                    finished_ms: c["State"]["FinishedAt"]
+                        .as_str()
+                        .filter(|_| !view.running)
+                        .and_then(rfc3339_ms),
                     view,
                     slot,
                     healthy: c["State"]["Health"]["Status"] == "healthy",
@@ -223,7 +255,7 @@ impl Stack {
 
     /// Polls the tasks until `check` returns a value, or panics after
     /// `deadline` with `what` and the last lines of every task.
-    fn wait<T>(
+    pub(super) fn wait<T>(
         &self,
         what: &str,
         deadline: Duration,
@@ -247,7 +279,7 @@ impl Stack {
     }
 
     /// The service's tasks as Swarm lists them, and every task's last lines.
-    fn report(&self, tasks: &[Task]) -> String {
+    pub(super) fn report(&self, tasks: &[Task]) -> String {
         let mut text = run(
             "docker",
             &[
@@ -282,7 +314,7 @@ impl Stack {
     }
 
     /// `docker service <args> <service>`, without waiting for it to converge.
-    fn service_cmd(&self, args: &[&str]) {
+    pub(super) fn service_cmd(&self, args: &[&str]) {
         let service = self.service();
         let mut all = vec!["service"];
         all.extend_from_slice(args);
@@ -290,10 +322,20 @@ impl Stack {
         docker(&all);
     }
 
+    /// Whether Swarm says the service's last update completed.
+    pub(super) fn update_completed(&self) -> bool {
+        let format = "{{.UpdateStatus.State}}";
+        run(
+            "docker",
+            &["service", "inspect", "--format", format, &self.service()],
+        )
+        .is_ok_and(|state| state.trim() == "completed")
+    }
+
     /// Waits until exactly `n` tasks run, all healthy, every one ready with
     /// a ring of all of them (named after their overlay IPs) and one digest,
     /// and `more` holds; returns the running tasks.
-    fn wait_agree(
+    pub(super) fn wait_agree(
         &self,
         n: usize,
         what: &str,
@@ -301,18 +343,25 @@ impl Stack {
         mut more: impl FnMut(&[&Task]) -> bool,
     ) -> Vec<View> {
         self.wait(what, deadline, |tasks| {
-            let running: Vec<&Task> = tasks.iter().filter(|t| t.view.running).collect();
-            if running.len() != n || running.iter().any(|t| !t.healthy || t.view.ip.is_none()) {
-                return None;
-            }
-            let names: BTreeSet<String> = running
-                .iter()
-                .map(|t| node_of(t.view.ip.as_deref().unwrap_or_default()))
-                .collect();
-            let views: Vec<&View> = running.iter().map(|t| &t.view).collect();
-            agreed(&views, &names)?;
-            more(&running).then(|| views.into_iter().cloned().collect())
+            let running = self.agreeing(tasks, n)?;
+            more(&running).then(|| running.iter().map(|t| t.view.clone()).collect())
         })
+    }
+
+    /// The running tasks among `tasks` when exactly `n` run, all healthy,
+    /// every one ready with a ring of all of them and one digest.
+    pub(super) fn agreeing<'a>(&self, tasks: &'a [Task], n: usize) -> Option<Vec<&'a Task>> {
+        let running: Vec<&Task> = tasks.iter().filter(|t| t.view.running).collect();
+        if running.len() != n || running.iter().any(|t| !t.healthy || t.view.ip.is_none()) {
+            return None;
+        }
+        let names: BTreeSet<String> = running
+            .iter()
+            .map(|t| self.node_of(t.view.ip.as_deref().unwrap_or_default()))
+            .collect();
+        let views: Vec<&View> = running.iter().map(|t| &t.view).collect();
+        agreed(&views, &names)?;
+        Some(running)
     }
 }
 
@@ -322,11 +371,6 @@ impl Drop for Stack {
     }
 }
 
-/// A task's node name (`CLOISTER_APP=cloister` in the stack file).
-fn node_of(ip: &str) -> String {
-    format!("cloister@{ip}")
-}
-
 /// Deploy 3, scale to 5 and back, update every task: one ring each time.
 /// One test, so the steps share one stack and one swarm, in order.
 #[test]
@@ -334,7 +378,7 @@ fn swarm_stack_deploys_scales_and_rolls() {
     if !docker_ready("swarm") {
         return;
     }
-    let stack = Stack::deploy("roll");
+    let stack = Stack::deploy("roll", DEMO);
 
     let three = stack.wait_agree(3, "3 tasks healthy and ready on one ring", DEADLINE, |_| {
         true
@@ -342,7 +386,7 @@ fn swarm_stack_deploys_scales_and_rolls() {
     for v in &three {
         assert_eq!(
             v.node(),
-            Some(node_of(v.ip.as_deref().unwrap_or_default()).as_str()),
+            Some(stack.node_of(v.ip.as_deref().unwrap_or_default()).as_str()),
             "{} names itself after its overlay address",
             v.container
         );
@@ -380,20 +424,7 @@ fn swarm_stack_deploys_scales_and_rolls() {
         3,
         "every task replaced by a new one, the update completed, one ring",
         UPDATE_DEADLINE,
-        |running| {
-            running.iter().all(|t| !before.contains(&t.view.id))
-                && run(
-                    "docker",
-                    &[
-                        "service",
-                        "inspect",
-                        "--format",
-                        "{{.UpdateStatus.State}}",
-                        &stack.service(),
-                    ],
-                )
-                .is_ok_and(|state| state.trim() == "completed")
-        },
+        |running| running.iter().all(|t| !before.contains(&t.view.id)) && stack.update_completed(),
     );
     measure(
         "swarm: rolling update of 3 tasks, command -> completed and one ring",
