@@ -49,6 +49,8 @@ mkdir -p "$out"
 
 # The compose file's defaults, whatever the calling shell says.
 unset CLOISTER_HEARTBEAT_INTERVAL CLOISTER_HEARTBEAT_TIMEOUT RUST_LOG CLOISTER_CONSENSUS
+# The nodes' shared secret (the compose file takes it from here).
+export CLOISTER_COOKIE=${CLOISTER_COOKIE:-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')}
 
 if docker-compose version >/dev/null 2>&1; then
   compose=(docker-compose)
@@ -217,7 +219,8 @@ class Project:
         cid = run(["docker", "run", "-d", "--label", f"cloister.bench={PREFIX}",
                    "--network", self.network, "--ip", ip, IMAGE,
                    "--app", "placeholder", "--sentry", f"placeholder@{ip}:4999",
-                   "--listen-port", "4999", "--consensus", "2",
+                   "--listen-port", "4999", "--listen-addr", "127.0.0.1",
+                   "--consensus", "2",
                    "--startup-deadline", "300s"]).strip()
         self.placeholders.append(cid)
 

@@ -76,7 +76,8 @@ fn start_manager(runtime: &tokio::runtime::Runtime) -> (ActorRef<CloisterMessage
     let mut config = Config::nodes("bench", [format!("bench@127.0.0.1:{port}")])
         .expect("a valid sentry entry")
         .with_consensus(1)
-        .with_listen_port(port);
+        .with_listen_port(port)
+        .with_listen_addr([127, 0, 0, 1].into());
     config.advertised_host = Some("127.0.0.1".parse::<Host>().expect("an IP host"));
     let config = config.validated().expect("a valid config");
     runtime.block_on(async {

@@ -85,13 +85,15 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// Binds the node port, `listen_addr:listen_port`, then starts the
 /// NodeServer on its loopback side port (see the module docs) and tells it
-/// the node port. A taken port is [`CloisterError::Listen`] and leaves
-/// nothing running.
+/// the node port. The built-in cookie beyond loopback is refused first
+/// ([`Config::check_cookie_exposure`]); a taken port is
+/// [`CloisterError::Listen`]. Either leaves nothing running.
 pub(crate) async fn open(
     config: &Config,
     host: &str,
     supervisor: ActorCell,
 ) -> Result<(TcpListener, ActorRef<NodeServerMessage>), CloisterError> {
+    config.check_cookie_exposure()?;
     let wanted = SocketAddr::new(config.listen_addr, config.listen_port);
     let listener = bind(wanted).map_err(|error| CloisterError::Listen {
         addr: wanted,

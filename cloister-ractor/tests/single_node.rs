@@ -27,7 +27,8 @@ fn alone(port: u16) -> Config {
 fn alone_as(app: &str, port: u16) -> Config {
     let mut config = Config::nodes(app, [format!("{app}@127.0.0.1:{port}")])
         .unwrap()
-        .with_listen_port(port);
+        .with_listen_port(port)
+        .with_listen_addr([127, 0, 0, 1].into());
     config.advertised_host = Some(Host::Ip([127, 0, 0, 1].into()));
     config
 }
@@ -144,6 +145,32 @@ async fn a_taken_port_is_an_error_not_a_panic() {
     let text = error.to_string();
     assert!(text.contains(&port.to_string()), "{text}");
     assert!(!text.contains("panicked"), "{text}");
+}
+
+#[tokio::test]
+async fn the_default_cookie_beyond_loopback_is_refused_before_the_port_is_bound() {
+    let port = free_port();
+    let config = alone(port).with_listen_addr([0, 0, 0, 0].into());
+    let error = CloisterManager::spawn(None, config.clone())
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        matches!(error, cloister_ractor::CloisterError::Config(_)),
+        "{text}"
+    );
+    assert!(
+        text.contains("`cookie`") && text.contains("CLOISTER_COOKIE"),
+        "{text}"
+    );
+    // Nothing kept the port.
+    std::net::TcpListener::bind(("0.0.0.0", port)).expect("the port is free");
+    // A cookie of its own, and the same node starts.
+    let (manager, join, _) = CloisterManager::spawn(None, config.with_cookie("our own secret"))
+        .await
+        .unwrap();
+    manager.stop(None);
+    join.await.unwrap();
 }
 
 #[tokio::test]
@@ -269,6 +296,7 @@ async fn without_quorum_routing_by_key_refuses_and_no_sentry_is_named() {
     )
     .unwrap()
     .with_listen_port(port)
+    .with_listen_addr([127, 0, 0, 1].into())
     .with_quorum(Quorum::Majority);
     config.advertised_host = Some(Host::Ip([127, 0, 0, 1].into()));
     let (manager, join, cloister) = CloisterManager::spawn_unheld(None, config, None)

@@ -365,6 +365,9 @@ fn the_manifests_do_what_the_readme_says() {
             Config::from_env()
         };
         let config = config.unwrap_or_else(|e| panic!("{kind}: the node would refuse: {e}"));
+        if let Err(e) = config.check_cookie_exposure() {
+            panic!("{kind}: the node would refuse to listen: {e}");
+        }
         assert_eq!(
             config.sentry.service(),
             Some(format!("{service_name}.{NAMESPACE}.svc.cluster.local.").as_str()),

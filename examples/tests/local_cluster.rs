@@ -519,6 +519,7 @@ fn a_node_exits_when_its_harness_dies_without_unwinding() {
             .env("CLOISTER_UNDER_HARNESS", "1")
             .env("CLOISTER_NODE_NAME", "lonely")
             .env("CLOISTER_LISTEN_PORT", port.to_string())
+            .env("CLOISTER_LISTEN_ADDR", "127.0.0.1")
             .env("CLOISTER_SENTRY", format!("lonely@127.0.0.1:{port}"))
             .env("CLOISTER_CONSENSUS", "1")
             .stdin(Stdio::piped())

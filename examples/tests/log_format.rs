@@ -134,6 +134,7 @@ fn json_logs_are_one_object_per_line_with_level_and_message() {
             ("CLOISTER_NODE_NAME", "solo".into()),
             ("CLOISTER_SENTRY", format!("solo@127.0.0.1:{port}")),
             ("CLOISTER_LISTEN_PORT", port.to_string()),
+            ("CLOISTER_LISTEN_ADDR", "127.0.0.1".into()),
         ],
     );
     // Started, ready on its own, then asked to stop as an orchestrator

@@ -14,7 +14,7 @@
 //! three with `LocalCluster` (examples/tests/routing.rs does), or by hand:
 //!
 //! ```text
-//! CLOISTER_APP=own CLOISTER_SENTRY=own@127.0.0.1:4000 cargo run -p cloister-examples --bin own-ring
+//! CLOISTER_APP=own CLOISTER_SENTRY=own@127.0.0.1:4000 CLOISTER_LISTEN_ADDR=127.0.0.1 cargo run -p cloister-examples --bin own-ring
 //! ```
 
 use std::hash::Hasher;

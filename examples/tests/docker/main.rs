@@ -241,6 +241,7 @@ impl Project {
              version: \"3.8\"\n\
              services:\n  {SERVICE}:\n    image: {IMAGE}\n{service}    environment:\n\
              \x20     - CLOISTER_CONSENSUS={consensus}\n\
+             \x20     - CLOISTER_COOKIE=cdock-{pid}-{k}\n\
              \x20     - CLOISTER_HEARTBEAT_INTERVAL=100ms\n\
              \x20     - CLOISTER_HEARTBEAT_TIMEOUT=600ms\n\
              \x20     - CLOISTER_DISCOVERY_TICK=200ms\n\
@@ -492,6 +493,9 @@ impl Placeholder {
             &sentry,
             "--listen-port",
             "4999",
+            // Holds its address and lets nobody in (nor needs a cookie).
+            "--listen-addr",
+            "127.0.0.1",
             "--consensus",
             "2",
             "--startup-deadline",

@@ -325,13 +325,15 @@ fn one_name_on_several_hosts() {
             "  {name}:\n    image: {IMAGE}\n    networks:\n      local:\n        ipv4_address: {ip}\n\
              \x20   environment:\n\
              \x20     - CLOISTER_APP=shop\n\
+             \x20     - CLOISTER_COOKIE=cdock-shop-{}\n\
              \x20     - CLOISTER_SENTRY={sentry}\n\
              \x20     - CLOISTER_CONSENSUS=3\n\
              \x20     - CLOISTER_HEARTBEAT_INTERVAL=100ms\n\
              \x20     - CLOISTER_HEARTBEAT_TIMEOUT=600ms\n\
              \x20     - CLOISTER_DIAL_TIMEOUT=500ms\n\
              \x20     - CLOISTER_DIAL_BACKOFF_MAX=500ms\n\
-             {extra}"
+             {extra}",
+            std::process::id()
         )
     };
     let seed_ip = ip(21);

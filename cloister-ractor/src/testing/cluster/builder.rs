@@ -167,7 +167,7 @@ impl LocalClusterBuilder {
 }
 
 /// The environment that makes a binary node `node_name` of the cluster:
-/// its name and port, the sentry list, consensus, and the short timers of
+/// its name, its port on 127.0.0.1 only, the sentry list, consensus, and the short timers of
 /// [`Config::for_tests`] (100 ms heartbeats, a 500 ms timeout).
 pub(super) fn harness_env(
     node_name: &str,
@@ -179,6 +179,8 @@ pub(super) fn harness_env(
         (HARNESS_VAR, "1".to_string()),
         ("CLOISTER_NODE_NAME", node_name.to_string()),
         ("CLOISTER_ADVERTISED_HOST", HOST.to_string()),
+        // Loopback only: the built-in cookie is allowed there.
+        ("CLOISTER_LISTEN_ADDR", HOST.to_string()),
         ("CLOISTER_LISTEN_PORT", port.to_string()),
         ("CLOISTER_SENTRY", sentry.to_string()),
         ("CLOISTER_CONSENSUS", consensus.to_string()),
