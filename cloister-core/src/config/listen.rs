@@ -68,8 +68,8 @@ impl Config {
             return Ok(());
         }
         let why = format!(
-            "the built-in default cookie is public, and `listen_addr` = {} lets other machines \
-             reach this node: set a secret of your own shared by every node (`CLOISTER_COOKIE`, \
+            "anyone can know it, and `listen_addr` = {} lets other machines reach this node: \
+             set a secret of your own shared by every node (`CLOISTER_COOKIE`, \
              `cookie` in the config file, or `Config::with_cookie`), for example \
              CLOISTER_COOKIE=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'), or listen on \
              loopback only (`CLOISTER_LISTEN_ADDR=127.0.0.1`)",
@@ -91,7 +91,9 @@ mod tests {
     #[test]
     fn the_default_cookie_is_refused_beyond_loopback_only() {
         for exposed in ["::", "0.0.0.0", "10.0.0.1", "fd00::1"] {
-            let error = with_addr(exposed).check_cookie_exposure().expect_err(exposed);
+            let error = with_addr(exposed)
+                .check_cookie_exposure()
+                .expect_err(exposed);
             let text = error.to_string();
             assert!(text.contains("`cookie`"), "{text}");
             assert!(text.contains("CLOISTER_COOKIE"), "{text}");
