@@ -1251,6 +1251,38 @@ fn a_drain_timeout_of_zero_stops_right_after_the_goodbyes() {
 }
 
 #[test]
+fn a_leaving_node_still_hears_a_goodbye_so_it_never_hands_off_to_a_leaver() {
+    let mut m = started(&[A, B], 1);
+    admit(&mut m, ms(1), A, 1, 7);
+    admit(&mut m, ms(2), B, 2, 8);
+    m.handle(ms(10), Input::Leave);
+    drain(&mut m);
+    assert_eq!(m.ring().members(), names(&[A, B]));
+
+    // A leaves too, while ME drains: ME takes A out of its ring at once,
+    // so its lookups (where it hands off) name B alone.
+    let goodbye_of_a = Heartbeat {
+        leaving: true,
+        ..hb(&m, A, 7, digest(&[A, B, ME]))
+    };
+    m.handle(ms(20), Input::Heartbeat(goodbye_of_a));
+    let effects = drain(&mut m);
+    assert_eq!(effects[..2], [down(A, 7, Left), ring(&[B])], "{effects:?}");
+    assert_eq!(m.state(), Stopping);
+
+    // Anything else from a peer is still ignored, and no timer but the
+    // drain deadline is wanted.
+    m.handle(ms(21), Input::Heartbeat(hb(&m, B, 8, digest(&[B]))));
+    m.handle(ms(22), session_down(B, 2));
+    assert_eq!(drain(&mut m), []);
+    assert_eq!(m.ring().members(), names(&[B]));
+    assert_eq!(
+        m.poll_timeout(),
+        Some(ms(10) + Config::default().drain_timeout)
+    );
+}
+
+#[test]
 fn sessions_closed_while_leaving_are_not_redialed() {
     let mut m = started(&[A, B], 1);
     admit(&mut m, ms(1), A, 1, 7);

@@ -9,6 +9,8 @@
 //! 3. It takes itself out of its own ring, which now matches the peers'
 //!    rings: `node_for` names the owner of each key after it.
 //! 4. It publishes [`TopologyEvent::Leaving`] with `drain_timeout`.
+//!    While it drains, a peer's goodbye still takes that peer out of its
+//!    ring, so it never hands off to a node that leaves with it.
 //! 5. It ends with [`Effect::Left`] (`-> Stopped`) once the application has
 //!    drained ([`Input::Drained`](super::Input::Drained)), or at
 //!    `now + drain_timeout`, whichever comes first, but never before
@@ -17,9 +19,9 @@
 
 use std::time::Duration;
 
-use crate::events::{NodeState, TopologyEvent};
+use crate::events::{DownReason, NodeState, TopologyEvent};
 
-use super::{Effect, Membership};
+use super::{Effect, Heartbeat, Membership};
 
 /// How long the goodbyes get to go out before a drained node stops.
 pub const GOODBYE_LINGER: Duration = Duration::from_millis(50);
@@ -56,6 +58,33 @@ impl Membership {
         self.rebuild_ring();
         let drain_timeout = self.config.drain_timeout;
         self.publish(TopologyEvent::Leaving { drain_timeout });
+    }
+
+    /// While this node leaves, a peer's goodbye still takes the peer out
+    /// of its ring at once, so the handoff never aims at a node that leaves
+    /// too (two nodes of a rolling update, a scale-down by several). Other
+    /// heartbeats, closed sessions and the rest are ignored.
+    pub(super) fn heard_while_leaving(&mut self, now: Duration, heartbeat: Heartbeat) {
+        if !heartbeat.leaving || heartbeat.app != self.config.app {
+            return;
+        }
+        let name = heartbeat.from.clone();
+        let Some(session) = self.peers.get(&name).and_then(|p| p.session) else {
+            return;
+        };
+        if !self.check_token(&name, &heartbeat).0 {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&name) else {
+            return;
+        };
+        peer.left = Some(session);
+        if peer.member.is_some() {
+            self.remove_member(now, &name, DownReason::Left);
+            self.note_left();
+            self.ring_due = None;
+            self.rebuild_ring();
+        }
     }
 
     pub(super) fn drained(&mut self, now: Duration) {

@@ -34,7 +34,7 @@ impl Membership {
     /// `name`, a peer with a session: whether it counts (it echoes our token
     /// for that session), and whether it taught us a new token of the peer.
     /// Reports the first suspicious drop of the session.
-    fn check_token(&mut self, name: &NodeName, heartbeat: &Heartbeat) -> (bool, bool) {
+    pub(super) fn check_token(&mut self, name: &NodeName, heartbeat: &Heartbeat) -> (bool, bool) {
         let Some(peer) = self.peers.get_mut(name) else {
             return (false, false);
         };

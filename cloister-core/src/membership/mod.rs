@@ -343,9 +343,18 @@ impl Membership {
 
     /// Feeds one input at time `now` (monotonic, from any fixed origin).
     pub fn handle(&mut self, now: Duration, input: Input) {
-        // Before Start and from Leave on, only the inputs that move the state
-        // count: a leaving node neither redials nor heartbeats.
-        if !self.is_running() && !matches!(input, Input::Start | Input::Drained) {
+        // A leaving node neither redials nor heartbeats: it hears only
+        // goodbyes and its own drain.
+        if self.state == NodeState::Stopping {
+            match input {
+                Input::Heartbeat(heartbeat) => self.heard_while_leaving(now, heartbeat),
+                Input::Drained => self.drained(now),
+                _ => {}
+            }
+            return;
+        }
+        // Before Start and once stopped, only Start counts.
+        if !self.is_running() && !matches!(input, Input::Start) {
             return;
         }
         match input {
