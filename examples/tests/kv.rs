@@ -194,6 +194,55 @@ fn a_rolling_restart_by_sigterm_loses_no_acknowledged_key() {
     );
 }
 
+#[test]
+fn two_nodes_leaving_together_hand_their_keys_to_the_rest_and_lose_none() {
+    let _serial = serial();
+    let n = 4;
+    let mut cluster = LocalCluster::builder(kv_node(), n)
+        .consensus(2)
+        .start()
+        .unwrap();
+    let all: Vec<usize> = (0..n).collect();
+    ok(cluster.wait_ready(&all, DEFAULT_TIMEOUT));
+    ok(
+        cluster.wait_until("every store started", DEFAULT_TIMEOUT, |c| {
+            all.iter().all(|&i| started(c, i))
+        }),
+    );
+    let expected: BTreeMap<String, String> = (0..KEYS)
+        .map(|k| (format!("key-{k}"), format!("value-{k}")))
+        .collect();
+    let acknowledged = put_until_acknowledged(&cluster, 0, &expected);
+
+    // SIGTERM to two nodes at once: each drains while the other leaves, so
+    // neither may hand a key to the other.
+    let pids: Vec<String> = [2, 3]
+        .iter()
+        .map(|&i| cluster.pid(i).unwrap().to_string())
+        .collect();
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .args(&pids)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for i in [2, 3] {
+        let status = cluster.wait_exit(i, DEFAULT_TIMEOUT).unwrap();
+        assert!(status.success(), "node {i} exited with {status}");
+        let events = cluster.events(i);
+        let drained = last_of(&events, "drained").expect("no `drained` line");
+        assert_eq!(drained["not_handed_off"], 0, "node {i}: {drained}");
+    }
+    ok(cluster.wait_ready(&[0, 1], DEFAULT_TIMEOUT));
+    let wrong = read_all(&cluster, 1, &acknowledged);
+    assert!(
+        wrong.is_empty(),
+        "{} acknowledged keys wrong or missing after two left together: {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
 /// Puts every key through node `i`, again until each put is acknowledged
 /// (both holders answered) or the deadline passes; returns the keys
 /// acknowledged.

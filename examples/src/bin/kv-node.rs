@@ -121,6 +121,11 @@ impl Actor for Store {
         shard: &mut Shard,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            // A leaving store keeps nothing new: it would leave with it.
+            // The caller hears `false` and puts the key elsewhere.
+            KvMsg::Store(.., reply) if shard.cloister.state() == NodeState::Stopping => {
+                let _ = reply.send(false);
+            }
             KvMsg::Store(key, value, version, reply) => {
                 shard.put(&myself, key, value, version);
                 let _ = reply.send(true);
@@ -222,6 +227,10 @@ impl Shard {
         while !pending.is_empty() && tokio::time::Instant::now() < deadline {
             let mut failed = Vec::new();
             for key in pending {
+                if tokio::time::Instant::now() >= deadline {
+                    failed.push(key); // out of time: counted as not handed off
+                    continue;
+                }
                 let Some((version, value)) = self.data.get(&key).cloned() else {
                     continue;
                 };
@@ -265,7 +274,8 @@ async fn store_on_holders(
             Err(error) => Err(error.to_string()),
         };
         match stored {
-            Ok(_) => stored_on.push(node),
+            Ok(true) => stored_on.push(node),
+            Ok(false) => errors.push(format!("{node}: leaving, kept nothing")),
             Err(error) => errors.push(format!("{node}: {error}")),
         }
     }
