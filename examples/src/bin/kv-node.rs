@@ -27,7 +27,8 @@
 //! microseconds, and the newer version wins).
 //!
 //! ```text
-//! CLOISTER_APP=kv CLOISTER_SENTRY=kv@127.0.0.1:4000 cargo run -p cloister-examples --bin kv-node
+//! CLOISTER_APP=kv CLOISTER_SENTRY=kv@127.0.0.1:4000 CLOISTER_LISTEN_ADDR=127.0.0.1 \
+//!     cargo run -p cloister-examples --bin kv-node
 //! put user:42 Ada
 //! get user:42
 //! ```
