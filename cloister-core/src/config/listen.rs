@@ -11,9 +11,9 @@
 //! with the default cookie; the runtime runs it before it binds the port.
 //! It is not part of [`Config::validate`], so a config can still be built,
 //! printed and checked anywhere with the default cookie; it is the start of
-//! a node beyond loopback that it stops. Once nodes can talk TLS with
-//! certificates, TLS will lift the rule: the certificates then authenticate
-//! the peers, not the cookie.
+//! a node beyond loopback that it stops. TLS (`tls_cert`, `tls_key`,
+//! `tls_ca`) lifts the rule: the certificates then authenticate the peers,
+//! not the cookie.
 
 use std::net::IpAddr;
 
@@ -51,8 +51,10 @@ impl Config {
     /// loopback (`listen_addr` other than `127.0.0.1` or `::1`; the default
     /// `::` is every interface): anyone who can reach its port would know
     /// the secret. The error says how to set one (`CLOISTER_COOKIE`) or to
-    /// listen on loopback. Nothing changes either way; the runtime calls it
-    /// before it binds the port.
+    /// listen on loopback. With TLS on ([`Config::tls`]) any cookie is
+    /// allowed: a peer must then present a certificate under `tls_ca`
+    /// before the cookie is ever asked. Nothing changes either way; the
+    /// runtime calls it before it binds the port.
     ///
     /// ```
     /// use cloister_core::Config;
@@ -64,7 +66,8 @@ impl Config {
     /// # Ok::<(), cloister_core::ConfigError>(())
     /// ```
     pub fn check_cookie_exposure(&self) -> Result<(), ConfigError> {
-        if self.cookie != DEFAULT_COOKIE || self.listens_on_loopback_only() {
+        if self.cookie != DEFAULT_COOKIE || self.listens_on_loopback_only() || self.tls().is_some()
+        {
             return Ok(());
         }
         let why = format!(
@@ -72,7 +75,8 @@ impl Config {
              set a secret of your own shared by every node (`CLOISTER_COOKIE`, \
              `cookie` in the config file, or `Config::with_cookie`), for example \
              CLOISTER_COOKIE=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'), or listen on \
-             loopback only (`CLOISTER_LISTEN_ADDR=127.0.0.1`)",
+             loopback only (`CLOISTER_LISTEN_ADDR=127.0.0.1`), or turn on TLS between nodes \
+             (`CLOISTER_TLS_CERT`, `CLOISTER_TLS_KEY`, `CLOISTER_TLS_CA`)",
             self.listen_addr
         );
         Err(invalid("cookie", "the built-in default", why))

@@ -27,7 +27,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The figment version cloister-core is built with, for merging more providers
@@ -88,6 +88,7 @@ mod own_entry;
 mod quorum;
 mod sentry;
 mod timers;
+mod tls;
 
 pub use listen::DEFAULT_COOKIE;
 pub use load::TOOL_VARIABLES;
@@ -96,6 +97,7 @@ pub use own_entry::{LocalAddrs, OwnEntry, OwnEntryError};
 pub(crate) use quorum::fixed_size;
 pub use quorum::{Quorum, TieBreaker};
 pub use sentry::{RingMode, Sentry};
+pub use tls::TlsFiles;
 
 /// Everything a node needs to join its cluster. Durations are written as
 /// humantime text in files and the environment: `"300ms"`, `"2s"`, `"1m 30s"`;
@@ -285,6 +287,28 @@ pub struct Config {
     /// cloister-ractor's `management` feature; a node built without it
     /// refuses to start with this set. Port 0 picks one (tests).
     pub management_addr: Option<std::net::SocketAddr>,
+    /// This node's certificate chain for mutual TLS between nodes, a PEM
+    /// file, leaf first. Default: none, plain TCP. Set together with
+    /// `tls_key` and `tls_ca`, or not at all. With TLS every connection
+    /// between nodes is encrypted and both sides must present a
+    /// certificate that chains to `tls_ca`, so a node without one never
+    /// reaches the cookie handshake, and the built-in cookie is allowed
+    /// off loopback; the price is a TLS handshake per connection and the
+    /// certificates to issue and renew (read once at start: a renewed file
+    /// needs a restart).
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert`'s leaf certificate, a PEM file
+    /// (PKCS#8, PKCS#1 or SEC1). Default: none. Only with `tls_cert` and
+    /// `tls_ca`.
+    pub tls_key: Option<PathBuf>,
+    /// The certificate authorities a peer's certificate must chain to, a
+    /// PEM file of one or more certificates. Default: none. Only with
+    /// `tls_cert` and `tls_key`. Every node of a cluster needs a
+    /// certificate issued under it; a peer whose chain ends elsewhere, or
+    /// whose certificate is expired or not yet valid, is refused before any
+    /// cluster message. Peers are checked by chain and validity only, not
+    /// by the name or address in their certificate.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Like a derived `Debug`, but the cookie is never printed: configs end up in
@@ -318,6 +342,9 @@ impl std::fmt::Debug for Config {
             .field("ring_vnodes", &self.ring_vnodes)
             .field("ring", &self.ring)
             .field("management_addr", &self.management_addr)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }
@@ -351,13 +378,16 @@ impl Default for Config {
             ring_vnodes: 256,
             ring: RingMode::Builtin,
             management_addr: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
 
 /// Every field with what it accepts: the keys read from `CLOISTER_*` and the
 /// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 26] = [
+const FIELDS: [(&str, &str); 29] = [
     ("app", NAME_PART),
     ("node_name", NAME_PART),
     ("sentry", SENTRY),
@@ -390,6 +420,9 @@ const FIELDS: [(&str, &str); 26] = [
         "management_addr",
         "an IP address and port such as `0.0.0.0:9100` or `[::1]:9100`",
     ),
+    (tls::TLS_FIELDS[0], tls::TLS_PATH),
+    (tls::TLS_FIELDS[1], tls::TLS_PATH),
+    (tls::TLS_FIELDS[2], tls::TLS_PATH),
 ];
 const SENTRY: &str =
     "a list of `name@host:port` nodes (or one string of them joined by commas) or a DNS service name";
@@ -398,13 +431,16 @@ const DURATION: &str = "a duration such as \"300ms\", \"2s\" or \"1m 30s\"";
 
 /// Fields whose environment values are text whatever they look like: figment's
 /// `Env` would read a cookie `0123` as the number 123.
-const TEXT_FIELDS: [&str; 6] = [
+const TEXT_FIELDS: [&str; 9] = [
     "app",
     "listen_addr",
     "node_name",
     "cookie",
     "advertised_host",
     "management_addr",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
 ];
 const ENV_SOURCE: &str = "environment variable";
 const WILDCARD: &str = "must be an address peers can dial, not a wildcard";
@@ -586,6 +622,7 @@ impl Config {
             }
         }
         self.check_listen_addr()?;
+        self.check_tls()?;
         if self.cookie.is_empty() {
             return Err(invalid("cookie", "\"\"", "must not be empty"));
         }

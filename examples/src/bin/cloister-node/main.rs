@@ -125,6 +125,19 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     management_addr: Option<String>,
+    /// This node's certificate chain (PEM) for mutual TLS between nodes;
+    /// with `--tls-key` and `--tls-ca`, or none of them (plain TCP).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_cert: Option<String>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_key: Option<String>,
+    /// The CA certificates (PEM) every peer's certificate must chain to.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_ca: Option<String>,
 
     #[command(subcommand)]
     #[serde(skip)]
