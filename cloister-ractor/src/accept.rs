@@ -9,9 +9,13 @@
 //! it: in ractor_cluster's protocol the dialing side speaks first (its
 //! `NodeSession` sends its name as it starts), so a connection that says
 //! nothing within the deadline is no cluster node, and it is closed before
-//! it costs a `NodeSession`. TLS will be one more [`Upgrade`]: the
-//! handshake of a `TlsAcceptor`, under the same deadline, giving the
-//! NodeServer a `NetworkStream::TlsServer`.
+//! it costs a `NodeSession`. With TLS ([`Upgrade::Tls`]) the upgrade is
+//! the whole handshake of a `TlsAcceptor`, the peer's certificate verified
+//! against `tls_ca` (see [`crate::tls`]), under the same deadline, and the
+//! NodeServer gets a `NetworkStream::TlsServer`: a peer that fails it is
+//! closed before any cluster message, counted as a stranger, and the
+//! periodic log line names the reason (no certificate, not under
+//! `tls_ca`, expired, not yet valid, no TLS at all).
 //!
 //! Connections still in their upgrade are capped: at most
 //! [`MAX_PER_SOURCE`] from one source (an IPv4 address, or an IPv6 /64), the
@@ -47,9 +51,11 @@
 //! That extra loopback port stays open: a process on this machine can
 //! connect to it in plain TCP, past this loop's caps and deadline (the
 //! Manager still closes a connection that does not authenticate within
-//! `handshake_timeout`, and the cookie still applies). When nodes talk TLS,
-//! that listener must get the same TLS acceptor, or it is a plain-TCP door
-//! on loopback.
+//! `handshake_timeout`, and the cookie still applies). With TLS on, the
+//! NodeServer gets the same `TlsAcceptor` (`IncomingEncryptionMode::Tls`),
+//! so that side port demands a certificate under `tls_ca` too; only its
+//! handshake runs inline, without deadline or log line, so a silent local
+//! process can stall that port (never the node port).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -61,12 +67,13 @@ use cloister_core::tally::{Tally, REPORT_EVERY};
 use cloister_core::Config;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::NodeConnectionMode;
-use ractor_cluster::{NetworkStream, NodeServer, NodeServerMessage};
+use ractor_cluster::{IncomingEncryptionMode, NetworkStream, NodeServer, NodeServerMessage};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use crate::error::CloisterError;
 use crate::stats::Counters;
+use crate::tls::Tls;
 
 /// Connections in their handshake at once, in all; the oldest is closed
 /// to admit a new one beyond it.
@@ -85,12 +92,14 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
 
 /// Binds the node port, `listen_addr:listen_port`, then starts the
 /// NodeServer on its loopback side port (see the module docs) and tells it
-/// the node port. The built-in cookie beyond loopback is refused first
+/// the node port; with `tls`, the side port takes TLS with the same
+/// acceptor. The built-in cookie beyond loopback is refused first
 /// ([`Config::check_cookie_exposure`]); a taken port is
 /// [`CloisterError::Listen`]. Either leaves nothing running.
 pub(crate) async fn open(
     config: &Config,
     host: &str,
+    tls: Option<&Tls>,
     supervisor: ActorCell,
 ) -> Result<(TcpListener, ActorRef<NodeServerMessage>), CloisterError> {
     config.check_cookie_exposure()?;
@@ -112,7 +121,7 @@ pub(crate) async fn open(
         config.cookie.clone(),
         config.effective_node_name().to_string(),
         host.to_string(),
-        None,
+        tls.map(|tls| IncomingEncryptionMode::Tls(tls.acceptor.clone())),
         Some(NodeConnectionMode::Isolated),
     )
     .with_listen_addr(side.ip());
@@ -147,11 +156,12 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// What turns an accepted TCP connection into the stream the NodeServer
 /// takes. It runs under the handshake deadline.
-#[derive(Debug)]
 pub(crate) enum Upgrade {
     /// Plain TCP: the stream as it is, once the peer has sent its first
     /// byte (left unread for the NodeServer).
     Plain,
+    /// A TLS handshake, the peer's certificate verified against `tls_ca`.
+    Tls(tokio_rustls::TlsAcceptor),
 }
 
 impl Upgrade {
@@ -172,6 +182,18 @@ impl Upgrade {
                     }
                 }
             }
+            Upgrade::Tls(acceptor) => {
+                let local_addr = stream.local_addr().map_err(|_| Refusal::Closed)?;
+                let _ = stream.set_nodelay(true);
+                match acceptor.accept(stream).await {
+                    Ok(stream) => Ok(NetworkStream::TlsServer {
+                        peer_addr: peer,
+                        local_addr,
+                        stream,
+                    }),
+                    Err(error) => Err(Refusal::Tls(crate::tls::refusal_reason(&error))),
+                }
+            }
         }
     }
 }
@@ -187,6 +209,8 @@ enum Refusal {
     Evicted,
     /// The peer closed it (or it failed) before its first byte.
     Closed,
+    /// Its TLS handshake failed, for this reason.
+    Tls(&'static str),
 }
 
 /// Who a connection counts against: its IPv4 address, or its IPv6 /64 (one
@@ -282,31 +306,33 @@ impl Refused {
             Refusal::OverCap => "over the cap per source address",
             Refusal::Evicted => "the oldest when the total cap was reached",
             Refusal::Closed => "closed by the peer before a byte",
+            Refusal::Tls(reason) => reason,
         };
         *self.by_reason.entry(reason).or_default() += 1;
-        if let Some(count) = self.tally.note(now) {
-            self.report(count, deadline);
+        if self.tally.note(now).is_some() {
+            self.report(deadline);
         }
     }
 
     fn flush(&mut self, now: Duration, deadline: Duration) {
-        if let Some(count) = self.tally.flush(now) {
-            self.report(count, deadline);
+        if self.tally.flush(now).is_some() {
+            self.report(deadline);
         }
     }
 
-    fn report(&mut self, count: u64, deadline: Duration) {
-        let reasons: Vec<String> = std::mem::take(&mut self.by_reason)
-            .into_iter()
-            .map(|(reason, n)| format!("{n} {reason}"))
-            .collect();
-        tracing::warn!(
-            count,
-            "{count} connection(s) closed without authenticating before the node server took \
-             them ({}; handshake deadline {deadline:?}, at most {MAX_PER_SOURCE} per address and \
-             {MAX_HANDSHAKES} in all); counted, logged at most every {REPORT_EVERY:?}",
-            reasons.join(", ")
-        );
+    /// One line per reason, so a refused certificate is never lost among
+    /// silent connections.
+    fn report(&mut self, deadline: Duration) {
+        for (reason, count) in std::mem::take(&mut self.by_reason) {
+            tracing::warn!(
+                count,
+                reason,
+                "{count} connection(s) closed without authenticating before the node server took \
+                 them: {reason} (handshake deadline {deadline:?}, at most {MAX_PER_SOURCE} per \
+                 address and {MAX_HANDSHAKES} in all); counted, logged at most every \
+                 {REPORT_EVERY:?}"
+            );
+        }
     }
 }
 

@@ -54,6 +54,19 @@ pub enum CloisterError {
         #[source]
         error: io::Error,
     },
+    /// TLS is on but a file of `tls_cert`, `tls_key` or `tls_ca` cannot be
+    /// used: missing or unreadable, no PEM item of the right kind, a key
+    /// that is not the certificate's, a CA that is not one. Nothing was
+    /// started.
+    #[error("cannot use `{field}` = {}: {reason}", .path.display())]
+    Tls {
+        /// The field naming the file.
+        field: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The management endpoint could not listen on `management_addr`
     /// (taken, or not an address of this machine), or `management_addr` is
     /// set in a build without the `management` feature. Nothing was left

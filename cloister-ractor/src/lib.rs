@@ -96,6 +96,7 @@ mod stats;
 mod subscribe;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 
 pub use error::CloisterError;
 

@@ -332,8 +332,10 @@ impl Actor for CloisterManager {
         let host = discovery.own_host(&config).await?;
         let me = config.node_name_for(&host)?;
 
+        let tls = config.tls().map(crate::tls::Tls::load).transpose()?;
         let (listener, node_server) =
-            crate::accept::open(&config, &host.to_string(), myself.get_cell()).await?;
+            crate::accept::open(&config, &host.to_string(), tls.as_ref(), myself.get_cell())
+                .await?;
         node_server.cast(NodeServerMessage::SubscribeToEvents {
             id: "cloister".into(),
             subscription: Box::new(Forwarder(myself.clone())),
@@ -374,6 +376,7 @@ impl Actor for CloisterManager {
             machine,
             epoch: Instant::now(),
             node_server,
+            tls: tls.as_ref().map(|tls| tls.connector.clone()),
             view,
             subscribers: Subscribers::default(),
             listeners: Vec::new(),
@@ -411,7 +414,10 @@ impl Actor for CloisterManager {
         let accept = AcceptLoop {
             listener,
             node_server: state.node_server.clone(),
-            upgrade: Upgrade::Plain,
+            upgrade: match tls {
+                Some(tls) => Upgrade::Tls(tls.acceptor),
+                None => Upgrade::Plain,
+            },
             deadline: state.config.handshake_timeout(),
             counters: Arc::clone(&state.counters),
         };

@@ -36,6 +36,9 @@ pub struct ManagerState {
     /// Origin of the core's clock.
     pub(super) epoch: Instant,
     pub(super) node_server: ActorRef<NodeServerMessage>,
+    /// With TLS on, what dials go through (this node's certificate, peers'
+    /// verified against `tls_ca`); plain TCP without.
+    pub(super) tls: Option<tokio_rustls::TlsConnector>,
     pub(super) view: Arc<ArcSwap<View>>,
     pub(super) subscribers: Subscribers,
     pub(super) listeners: Vec<Box<dyn Listener>>,
@@ -322,6 +325,7 @@ impl ManagerState {
         timeout: Duration,
     ) {
         let node_server = self.node_server.clone();
+        let tls = self.tls.clone();
         let myself = myself.clone();
         tokio::spawn(async move {
             // Dialing a peer that already has a session can tear it down
@@ -360,15 +364,29 @@ impl ManagerState {
                 Host::Ip(ip) => std::net::SocketAddr::new(*ip, addr.port()).to_string(),
                 Host::Dns(_) => addr.to_string(),
             };
-            let result = tokio::time::timeout(
-                timeout,
-                ractor_cluster::client_connect(&node_server, target.as_str()),
-            )
-            .await;
+            let connect = async {
+                match tls {
+                    Some(connector) => {
+                        let name = crate::tls::server_name(addr.host());
+                        ractor_cluster::client_connect_enc(
+                            &node_server,
+                            target.as_str(),
+                            connector,
+                            name,
+                        )
+                        .await
+                    }
+                    None => ractor_cluster::client_connect(&node_server, target.as_str()).await,
+                }
+            };
+            let result = tokio::time::timeout(timeout, connect).await;
             let error = match result {
                 Ok(Ok(())) => return,
                 Ok(Err(ractor_cluster::ClientConnectErr::Socket(error))) => {
                     format!("dial {addr} failed: {error}")
+                }
+                Ok(Err(ractor_cluster::ClientConnectErr::Encryption(error))) => {
+                    format!("dial {addr} failed in its TLS handshake: {error}")
                 }
                 Ok(Err(error)) => format!("dial {addr} failed: {error:?}"),
                 Err(_) => format!("dial {addr} timed out after {timeout:?}"),

@@ -1,0 +1,261 @@
+//! Mutual TLS between nodes: the rustls configurations built from the
+//! node's PEM files, and why a peer's TLS handshake failed.
+//!
+//! Both directions present a certificate. The node port (and the
+//! NodeServer's loopback side port) require a client certificate and
+//! verify it with rustls's `WebPkiClientVerifier` against `tls_ca`; a dial
+//! presents this node's certificate and verifies the peer's against the
+//! same roots. Peers are dialled by IP, and in an orchestrator their
+//! addresses change with every restart, so certificates cannot be expected
+//! to name them: a dial checks the peer's chain to `tls_ca`, its validity
+//! dates, its signature and its extended key usage (server auth, when the
+//! extension is present), not the name or address it was dialled at, just
+//! as the accepting side checks a client certificate. Whoever holds a key
+//! certified under `tls_ca` is a node of the cluster; the cookie still
+//! applies on top.
+//!
+//! The files are read once, when the node starts; a replaced certificate
+//! takes a restart.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cloister_core::config::TlsFiles;
+use cloister_core::names::Host;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_rustls::rustls;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::error::CloisterError;
+
+/// The node's TLS settings, built once at start.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    /// For the node port and the NodeServer's side port.
+    pub(crate) acceptor: TlsAcceptor,
+    /// For dials.
+    pub(crate) connector: TlsConnector,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls { .. }")
+    }
+}
+
+fn tls_error(path: &Path, field: &'static str, reason: impl std::fmt::Display) -> CloisterError {
+    CloisterError::Tls {
+        field,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Tls {
+    /// Reads and parses the PEM files and builds both configurations, or
+    /// says which file is wrong and how. Nothing is started either way.
+    pub(crate) fn load(files: TlsFiles<'_>) -> Result<Tls, CloisterError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let chain = certificates(files.cert, "tls_cert")?;
+        let key = PrivateKeyDer::from_pem_file(files.key)
+            .map_err(|e| tls_error(files.key, "tls_key", format!("no PEM private key: {e}")))?;
+        let mut roots = RootCertStore::empty();
+        for ca in certificates(files.ca, "tls_ca")? {
+            roots
+                .add(ca)
+                .map_err(|e| tls_error(files.ca, "tls_ca", format!("not a CA certificate: {e}")))?;
+        }
+        let roots = Arc::new(roots);
+
+        let clients =
+            WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| tls_error(files.ca, "tls_ca", e))?;
+        let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error(files.cert, "tls_cert", e))?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| key_error(files, e))?;
+
+        let peers = Arc::new(ChainOnly {
+            roots,
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_error(files.cert, "tls_cert", e))?
+            .dangerous()
+            .with_custom_certificate_verifier(peers)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| key_error(files, e))?;
+        Ok(Tls {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            connector: TlsConnector::from(Arc::new(client)),
+        })
+    }
+}
+
+/// The certificates of a PEM file, at least one.
+fn certificates(
+    path: &Path,
+    field: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, CloisterError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect)
+        .map_err(|e| tls_error(path, field, format!("cannot read PEM certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(tls_error(
+            path,
+            field,
+            "holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+        ));
+    }
+    Ok(certs)
+}
+
+fn key_error(files: TlsFiles<'_>, error: rustls::Error) -> CloisterError {
+    match error {
+        rustls::Error::InconsistentKeys(_) => tls_error(
+            files.key,
+            "tls_key",
+            format!(
+                "is not the key of the certificate in {}",
+                files.cert.display()
+            ),
+        ),
+        other => tls_error(files.key, "tls_key", other),
+    }
+}
+
+/// Verifies a dialled peer's certificate chain, not its name: see the
+/// module docs.
+#[derive(Debug)]
+struct ChainOnly {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The name a dial gives the peer (SNI for a DNS name); [`ChainOnly`]
+/// does not check it.
+pub(crate) fn server_name(host: &Host) -> ServerName<'static> {
+    match host {
+        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+        Host::Dns(name) => ServerName::try_from(name.to_string()).unwrap_or(ServerName::IpAddress(
+            std::net::Ipv4Addr::UNSPECIFIED.into(),
+        )),
+    }
+}
+
+/// Why a TLS handshake at the node port failed, in the words of the log.
+pub(crate) fn refusal_reason(error: &std::io::Error) -> &'static str {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return "TLS handshake cut off by the peer";
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(why) => match why {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "TLS: the peer's certificate is expired"
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "TLS: the peer's certificate is not valid yet"
+            }
+            CertificateError::UnknownIssuer => {
+                "TLS: the peer's certificate does not chain to `tls_ca`"
+            }
+            CertificateError::BadSignature => "TLS: the peer's certificate has a bad signature",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "TLS: the peer's certificate is not for client authentication"
+            }
+            _ => "TLS: the peer's certificate is invalid",
+        },
+        rustls::Error::NoCertificatesPresented => "TLS: the peer presented no certificate",
+        rustls::Error::AlertReceived(_) => {
+            "TLS: the peer aborted the handshake (it refused this node's certificate?)"
+        }
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "TLS: the peer does not speak TLS (a plain-TCP node?)"
+        }
+        _ => "TLS: the handshake failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files<'a>(cert: &'a Path, key: &'a Path, ca: &'a Path) -> TlsFiles<'a> {
+        TlsFiles { cert, key, ca }
+    }
+
+    #[test]
+    fn an_unusable_file_is_named_with_its_field_and_what_is_wrong() {
+        let dir = std::env::temp_dir().join(format!("cloister-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let missing = dir.join("missing.pem");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+
+        let error = Tls::load(files(&missing, &missing, &missing)).expect_err("missing");
+        let text = error.to_string();
+        assert!(text.starts_with("cannot use `tls_cert` = "), "{text}");
+        assert!(text.contains("missing.pem"), "{text}");
+
+        let error = Tls::load(files(&empty, &empty, &empty)).expect_err("no PEM");
+        let text = error.to_string();
+        assert!(text.contains("`tls_cert`"), "{text}");
+        assert!(text.contains("holds no PEM certificate"), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

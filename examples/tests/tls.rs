@@ -1,0 +1,197 @@
+//! Mutual TLS between nodes, over real processes: certificates made at test
+//! time with rcgen, a cluster that assembles with them, and the nodes it
+//! must keep out (a certificate from another CA, no TLS at all).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+mod common;
+use common::{cluster, ok, serial};
+
+/// How long a refused node is given to get in, if it could.
+const QUIET_SPELL: Duration = Duration::from_secs(3);
+
+/// A directory of PEM files, removed on drop, also when the test fails.
+struct CertDir(PathBuf);
+
+impl CertDir {
+    fn new(test: &str) -> CertDir {
+        let dir = std::env::temp_dir().join(format!("cloister-tls-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        CertDir(dir)
+    }
+
+    fn write(&self, name: &str, pem: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A certificate authority: its certificate and key.
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A node certificate for `name` on 127.0.0.1, for both ends of a
+    /// connection; written as `{file}.pem` and `{file}.key` beside
+    /// `ca.pem`. Returns the flags that give them to cloister-node.
+    fn issue(&self, dir: &CertDir, file: &str, name: &str, ca: &Path) -> Vec<String> {
+        let mut params =
+            CertificateParams::new(vec![name.to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let cert_path = dir.write(&format!("{file}.pem"), &cert.pem());
+        let key_path = dir.write(&format!("{file}.key"), &key.serialize_pem());
+        let flag = |name: &str, path: &Path| [name.to_string(), path.display().to_string()];
+        [
+            flag("--tls-cert", &cert_path),
+            flag("--tls-key", &key_path),
+            flag("--tls-ca", ca),
+        ]
+        .concat()
+    }
+}
+
+/// Starts node `i` with these flags.
+fn start(cluster: &mut LocalCluster, i: usize, flags: &[String]) {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    cluster.start_node_with(i, &flags).unwrap();
+}
+
+/// Node `i`'s stderr, as the harness kept it.
+fn stderr_of(cluster: &LocalCluster, i: usize) -> String {
+    std::fs::read_to_string(cluster.stderr_path(i)).unwrap_or_default()
+}
+
+/// A TLS cluster of three (nodes 0-2) is ready; node 3, also in everyone's
+/// sentry list, is left to the test.
+fn tls_cluster(dir: &CertDir) -> (LocalCluster, Ca, PathBuf) {
+    let ca = Ca::new("cloister test CA");
+    let ca_path = dir.write("ca.pem", &ca.cert.pem());
+    let mut cluster = cluster(4).consensus(3).build().unwrap();
+    for i in 0..3 {
+        let name = cluster.node_name(i).to_string();
+        let flags = ca.issue(dir, &format!("node{i}"), &name, &ca_path);
+        start(&mut cluster, i, &flags);
+    }
+    ok(cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT));
+    (cluster, ca, ca_path)
+}
+
+/// Node 3 runs and stays out: no member lists it, no member lost anyone,
+/// and every member's log says why it was refused (`reason`).
+fn assert_kept_out(cluster: &mut LocalCluster, reason: &str) {
+    let stranger = cluster.node_name(3).to_string();
+    // The refusals are logged at most every 10 s: wait for the line.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(0..3).all(|i| stderr_of(cluster, i).contains(reason)) {
+        assert!(
+            Instant::now() < deadline,
+            "no member logged {reason:?} within 30 s; node 0's log:\n{}",
+            stderr_of(cluster, 0)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    thread::sleep(QUIET_SPELL);
+    for i in 0..3 {
+        let members = cluster.members(i).unwrap_or_default();
+        assert!(
+            !members.contains(&stranger),
+            "{} let {stranger} in: {members:?}",
+            cluster.node_name(i)
+        );
+        assert_eq!(
+            members.len(),
+            3,
+            "{} lost a member: {members:?}",
+            cluster.node_name(i)
+        );
+    }
+    assert!(cluster.agree(&[0, 1, 2], "ready"), "the cluster changed");
+    assert!(cluster.is_running(3), "node 3 exited");
+    assert_ne!(
+        cluster.state(3).as_deref(),
+        Some("ready"),
+        "node 3 became ready"
+    );
+    let log = stderr_of(cluster, 0);
+    assert!(
+        log.contains("closed without authenticating"),
+        "node 0 did not count the refusals: {log}"
+    );
+}
+
+#[test]
+fn a_tls_cluster_of_three_assembles() {
+    let _serial = serial();
+    let dir = CertDir::new("assembles");
+    let (cluster, _, _) = tls_cluster(&dir);
+    for i in 0..3 {
+        assert_eq!(cluster.members(i).map(|m| m.len()), Some(3));
+        let log = stderr_of(&cluster, i);
+        assert!(
+            !log.contains("TLS:"),
+            "a TLS refusal in a healthy cluster: {log}"
+        );
+    }
+}
+
+#[test]
+fn a_node_with_a_certificate_from_another_ca_is_refused() {
+    let _serial = serial();
+    let dir = CertDir::new("other-ca");
+    let (mut cluster, _, ca_path) = tls_cluster(&dir);
+    // A certificate from a rogue CA. The rogue trusts the cluster's CA (a
+    // CA certificate is no secret), so it accepts the members' certificates
+    // and the refusal is theirs: at their ports (its client certificate)
+    // and on their dials (its server certificate).
+    let rogue = Ca::new("rogue CA");
+    let name = cluster.node_name(3).to_string();
+    let flags = rogue.issue(&dir, "rogue", &name, &ca_path);
+    start(&mut cluster, 3, &flags);
+    assert_kept_out(
+        &mut cluster,
+        "the peer's certificate does not chain to `tls_ca`",
+    );
+}
+
+#[test]
+fn a_plain_tcp_node_cannot_join_a_tls_cluster() {
+    let _serial = serial();
+    let dir = CertDir::new("plain");
+    let (mut cluster, _, _) = tls_cluster(&dir);
+    start(&mut cluster, 3, &[]);
+    assert_kept_out(&mut cluster, "the peer does not speak TLS");
+}
