@@ -63,6 +63,18 @@ impl Ca {
     /// connection; written as `{file}.pem` and `{file}.key` beside
     /// `ca.pem`. Returns the flags that give them to cloister-node.
     fn issue(&self, dir: &CertDir, file: &str, name: &str, ca: &Path) -> Vec<String> {
+        self.issue_with(dir, file, name, ca, |_| {})
+    }
+
+    /// [`Ca::issue`], with `adjust` applied to the certificate first.
+    fn issue_with(
+        &self,
+        dir: &CertDir,
+        file: &str,
+        name: &str,
+        ca: &Path,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Vec<String> {
         let mut params =
             CertificateParams::new(vec![name.to_string(), "127.0.0.1".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
@@ -70,6 +82,7 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        adjust(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         let cert_path = dir.write(&format!("{file}.pem"), &cert.pem());
@@ -194,4 +207,34 @@ fn a_plain_tcp_node_cannot_join_a_tls_cluster() {
     let (mut cluster, _, _) = tls_cluster(&dir);
     start(&mut cluster, 3, &[]);
     assert_kept_out(&mut cluster, "the peer does not speak TLS");
+}
+
+#[test]
+fn a_node_with_an_expired_certificate_is_refused() {
+    let _serial = serial();
+    let dir = CertDir::new("expired");
+    let (mut cluster, ca, ca_path) = tls_cluster(&dir);
+    // Issued by the cluster's own CA, but valid only in 2020.
+    let name = cluster.node_name(3).to_string();
+    let flags = ca.issue_with(&dir, "expired", &name, &ca_path, |params| {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+    });
+    start(&mut cluster, 3, &flags);
+    assert_kept_out(&mut cluster, "the peer's certificate is expired");
+}
+
+#[test]
+fn a_node_with_a_certificate_not_valid_yet_is_refused() {
+    let _serial = serial();
+    let dir = CertDir::new("not-yet");
+    let (mut cluster, ca, ca_path) = tls_cluster(&dir);
+    // Issued by the cluster's own CA, but valid only from 2099.
+    let name = cluster.node_name(3).to_string();
+    let flags = ca.issue_with(&dir, "not-yet", &name, &ca_path, |params| {
+        params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    });
+    start(&mut cluster, 3, &flags);
+    assert_kept_out(&mut cluster, "the peer's certificate is not valid yet");
 }
