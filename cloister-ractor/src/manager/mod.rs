@@ -34,6 +34,7 @@ use crate::sessions::{Forwarder, SessionEvent};
 use crate::stats::Counters;
 use crate::subscribe::{Listener, Subscriber, Subscribers};
 
+mod effects;
 mod state;
 
 pub use state::ManagerState;
