@@ -8,112 +8,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::Value;
 
 mod common;
-use common::node_binary;
-
-/// How long a node may take to start, or to stop once asked.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A running node; killed, and its output removed, when the test ends.
-struct Node {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.out);
-        let _ = std::fs::remove_file(&self.err);
-    }
-}
-
-impl Node {
-    /// Starts `cloister-node` with `vars` as its only `CLOISTER_*` variables.
-    fn start(test: &str, vars: &[(&str, String)]) -> Node {
-        let file = |stream: &str| {
-            let name = format!("cloister-{test}-{}.{stream}", std::process::id());
-            std::env::temp_dir().join(name)
-        };
-        let (out, err) = (file("stdout"), file("stderr"));
-        let mut command = Command::new(node_binary());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CLOISTER_") {
-                command.env_remove(key);
-            }
-        }
-        command
-            .env_remove("RUST_LOG")
-            .envs(vars.iter().map(|(key, value)| (key, value)))
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).unwrap())
-            .stderr(File::create(&err).unwrap());
-        Node {
-            child: command.spawn().unwrap(),
-            out,
-            err,
-        }
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap()
-    }
-
-    /// Waits until `done` holds for the stdout written so far; fails if the
-    /// node exits first or the deadline passes.
-    fn wait_stdout(&mut self, what: &str, done: impl Fn(&str) -> bool) {
-        let start = Instant::now();
-        while !done(&self.stdout()) {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "{what}: the node exited ({status}) first:\n{}",
-                    self.shown()
-                );
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "{what}: not after {DEADLINE:?}:\n{}",
-                self.shown()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits for the node to exit; its exit status.
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "still running after {DEADLINE:?}:\n{}",
-                self.shown()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn shown(&self) -> String {
-        format!("stdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr())
-    }
-}
+use common::node::Node;
 
 /// A port nothing listens on now.
 fn free_port() -> u16 {
@@ -140,7 +41,7 @@ fn json_logs_are_one_object_per_line_with_level_and_message() {
     // Started, ready on its own, then asked to stop as an orchestrator
     // asks: everything it logs on the way is in the file.
     node.wait_stdout("app_started", |out| out.contains("\"app_started\""));
-    let pid = node.child.id().to_string();
+    let pid = node.pid().to_string();
     let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(term.success(), "kill -TERM {pid}");
     node.wait_exit();

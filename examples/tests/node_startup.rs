@@ -9,34 +9,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
 
 mod common;
-use common::node_binary;
-
-/// How long a node may take to give up; it exits at once in every case here.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Kills the node if the test fails before it exits; removes its output.
-struct Node {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.out);
-        let _ = std::fs::remove_file(&self.err);
-    }
-}
+use common::node::Node;
 
 /// What a node printed before it exited.
 struct Exit {
@@ -48,42 +25,12 @@ struct Exit {
 /// Runs `cloister-node` with `vars` as its only `CLOISTER_*` variables until
 /// it exits.
 fn run_node(test: &str, vars: &[(&str, String)]) -> Exit {
-    let file = |stream: &str| {
-        let name = format!("cloister-{test}-{}.{stream}", std::process::id());
-        std::env::temp_dir().join(name)
-    };
-    let (out, err) = (file("stdout"), file("stderr"));
-    let mut command = Command::new(node_binary());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("CLOISTER_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .envs(vars.iter().map(|(key, value)| (key, value)))
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).unwrap())
-        .stderr(File::create(&err).unwrap());
-    let mut node = Node {
-        child: command.spawn().unwrap(),
-        out,
-        err,
-    };
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = node.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the node still runs after {DEADLINE:?}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
+    let mut node = Node::start(test, vars);
+    let status = node.wait_exit();
     Exit {
         status,
-        stdout: std::fs::read_to_string(&node.out).unwrap(),
-        stderr: std::fs::read_to_string(&node.err).unwrap(),
+        stdout: node.stdout(),
+        stderr: node.stderr(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! clusters run one at a time. Each test file uses only some of them.
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
