@@ -5,6 +5,7 @@
 //! one they run.
 
 pub mod bench;
+pub mod certs;
 pub mod http;
 pub mod logs;
 

@@ -3,99 +3,17 @@
 //! must keep out (a certificate from another CA, no TLS at all).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use cloister_examples::certs::{Ca, CertDir};
 use cloister_ractor::testing::{LocalCluster, DEFAULT_TIMEOUT};
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 mod common;
 use common::{cluster, ok, serial};
 
 /// How long a refused node is given to get in, if it could.
 const QUIET_SPELL: Duration = Duration::from_secs(3);
-
-/// A directory of PEM files, removed on drop, also when the test fails.
-struct CertDir(PathBuf);
-
-impl CertDir {
-    fn new(test: &str) -> CertDir {
-        let dir = std::env::temp_dir().join(format!("cloister-tls-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        CertDir(dir)
-    }
-
-    fn write(&self, name: &str, pem: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, pem).unwrap();
-        path
-    }
-}
-
-impl Drop for CertDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A certificate authority: its certificate and key.
-struct Ca {
-    cert: Certificate,
-    key: KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// A node certificate for `name` on 127.0.0.1, for both ends of a
-    /// connection; written as `{file}.pem` and `{file}.key` beside
-    /// `ca.pem`. Returns the flags that give them to cloister-node.
-    fn issue(&self, dir: &CertDir, file: &str, name: &str, ca: &Path) -> Vec<String> {
-        self.issue_with(dir, file, name, ca, |_| {})
-    }
-
-    /// [`Ca::issue`], with `adjust` applied to the certificate first.
-    fn issue_with(
-        &self,
-        dir: &CertDir,
-        file: &str,
-        name: &str,
-        ca: &Path,
-        adjust: impl FnOnce(&mut CertificateParams),
-    ) -> Vec<String> {
-        let mut params =
-            CertificateParams::new(vec![name.to_string(), "127.0.0.1".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        adjust(&mut params);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let cert_path = dir.write(&format!("{file}.pem"), &cert.pem());
-        let key_path = dir.write(&format!("{file}.key"), &key.serialize_pem());
-        let flag = |name: &str, path: &Path| [name.to_string(), path.display().to_string()];
-        [
-            flag("--tls-cert", &cert_path),
-            flag("--tls-key", &key_path),
-            flag("--tls-ca", ca),
-        ]
-        .concat()
-    }
-}
 
 /// Starts node `i` with these flags.
 fn start(cluster: &mut LocalCluster, i: usize, flags: &[String]) {
@@ -111,12 +29,12 @@ fn stderr_of(cluster: &LocalCluster, i: usize) -> String {
 /// A TLS cluster of three (nodes 0-2) is ready; node 3, also in everyone's
 /// sentry list, is left to the test.
 fn tls_cluster(dir: &CertDir) -> (LocalCluster, Ca, PathBuf) {
-    let ca = Ca::new("cloister test CA");
-    let ca_path = dir.write("ca.pem", &ca.cert.pem());
+    let ca = Ca::new("cloister test CA").unwrap();
+    let ca_path = dir.write("ca.pem", &ca.pem()).unwrap();
     let mut cluster = cluster(4).consensus(3).build().unwrap();
     for i in 0..3 {
         let name = cluster.node_name(i).to_string();
-        let flags = ca.issue(dir, &format!("node{i}"), &name, &ca_path);
+        let flags = ca.issue(dir, &format!("node{i}"), &name, &ca_path).unwrap();
         start(&mut cluster, i, &flags);
     }
     ok(cluster.wait_ready(&[0, 1, 2], DEFAULT_TIMEOUT));
@@ -169,7 +87,7 @@ fn assert_kept_out(cluster: &mut LocalCluster, reason: &str) {
 #[test]
 fn a_tls_cluster_of_three_assembles() {
     let _serial = serial();
-    let dir = CertDir::new("assembles");
+    let dir = CertDir::new("assembles").unwrap();
     let (cluster, _, _) = tls_cluster(&dir);
     for i in 0..3 {
         assert_eq!(cluster.members(i).map(|m| m.len()), Some(3));
@@ -184,15 +102,15 @@ fn a_tls_cluster_of_three_assembles() {
 #[test]
 fn a_node_with_a_certificate_from_another_ca_is_refused() {
     let _serial = serial();
-    let dir = CertDir::new("other-ca");
+    let dir = CertDir::new("other-ca").unwrap();
     let (mut cluster, _, ca_path) = tls_cluster(&dir);
     // A certificate from a rogue CA. The rogue trusts the cluster's CA (a
     // CA certificate is no secret), so it accepts the members' certificates
     // and the refusal is theirs: at their ports (its client certificate)
     // and on their dials (its server certificate).
-    let rogue = Ca::new("rogue CA");
+    let rogue = Ca::new("rogue CA").unwrap();
     let name = cluster.node_name(3).to_string();
-    let flags = rogue.issue(&dir, "rogue", &name, &ca_path);
+    let flags = rogue.issue(&dir, "rogue", &name, &ca_path).unwrap();
     start(&mut cluster, 3, &flags);
     assert_kept_out(
         &mut cluster,
@@ -203,7 +121,7 @@ fn a_node_with_a_certificate_from_another_ca_is_refused() {
 #[test]
 fn a_plain_tcp_node_cannot_join_a_tls_cluster() {
     let _serial = serial();
-    let dir = CertDir::new("plain");
+    let dir = CertDir::new("plain").unwrap();
     let (mut cluster, _, _) = tls_cluster(&dir);
     start(&mut cluster, 3, &[]);
     assert_kept_out(&mut cluster, "the peer does not speak TLS");
@@ -212,14 +130,16 @@ fn a_plain_tcp_node_cannot_join_a_tls_cluster() {
 #[test]
 fn a_node_with_an_expired_certificate_is_refused() {
     let _serial = serial();
-    let dir = CertDir::new("expired");
+    let dir = CertDir::new("expired").unwrap();
     let (mut cluster, ca, ca_path) = tls_cluster(&dir);
     // Issued by the cluster's own CA, but valid only in 2020.
     let name = cluster.node_name(3).to_string();
-    let flags = ca.issue_with(&dir, "expired", &name, &ca_path, |params| {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2020, 12, 31);
-    });
+    let flags = ca
+        .issue_with(&dir, "expired", &name, &ca_path, |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        })
+        .unwrap();
     start(&mut cluster, 3, &flags);
     assert_kept_out(&mut cluster, "the peer's certificate is expired");
 }
@@ -227,14 +147,16 @@ fn a_node_with_an_expired_certificate_is_refused() {
 #[test]
 fn a_node_with_a_certificate_not_valid_yet_is_refused() {
     let _serial = serial();
-    let dir = CertDir::new("not-yet");
+    let dir = CertDir::new("not-yet").unwrap();
     let (mut cluster, ca, ca_path) = tls_cluster(&dir);
     // Issued by the cluster's own CA, but valid only from 2099.
     let name = cluster.node_name(3).to_string();
-    let flags = ca.issue_with(&dir, "not-yet", &name, &ca_path, |params| {
-        params.not_before = rcgen::date_time_ymd(2099, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
-    });
+    let flags = ca
+        .issue_with(&dir, "not-yet", &name, &ca_path, |params| {
+            params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        })
+        .unwrap();
     start(&mut cluster, 3, &flags);
     assert_kept_out(&mut cluster, "the peer's certificate is not valid yet");
 }

@@ -30,6 +30,10 @@
 //! `--heartbeat-interval`/`--heartbeat-timeout` explicitly, so the figures are
 //! those of the library defaults. `--tests-preset` keeps the test timers.
 //!
+//! `--tls` gives every node its own certificate from a throwaway CA (mutual
+//! TLS between nodes); `--tls both` alternates plain and TLS clusters run by
+//! run (the order swapping every round) and prints a row for each.
+//!
 //! Every wait has a deadline; a run that misses one is reported as failed and
 //! skipped. All processes are killed when each cluster is dropped.
 
@@ -44,6 +48,7 @@ use cloister_core::Config;
 use cloister_examples::bench::{
     cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms, wait_dropped,
 };
+use cloister_examples::certs::{ClusterCerts, Tls};
 use cloister_ractor::testing::{all_of, LocalCluster};
 
 /// Times formation, failure detection and memory of real cloister-node processes.
@@ -76,6 +81,10 @@ struct Args {
     /// Only these parts, comma-separated: formation,joiner,crash,freeze,memory.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Mutual TLS between nodes: `on` (also `--tls` alone), or `both` to
+    /// alternate plain and TLS runs.
+    #[arg(long, value_enum, default_value_t = Tls::Off, num_args = 0..=1, default_missing_value = "on")]
+    tls: Tls,
 }
 
 /// Run `i` of `runs` spreads its fault over one default heartbeat interval
@@ -93,7 +102,11 @@ const SETTLE: Duration = Duration::from_millis(500);
 fn main() -> Result<()> {
     let args = Args::parse();
     let binary = node_binary(args.binary.as_deref())?;
-    let bench = Bench::new(binary, args.tests_preset);
+    let certs = match args.tls {
+        Tls::Off => None,
+        _ => Some(ClusterCerts::new("bench-cluster")?),
+    };
+    let bench = Bench::new(binary, args.tests_preset, certs);
     eprintln!("cloister-node: {}", bench.binary.display());
     eprintln!("node config: {}", bench.describe());
     let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|p| p == part);
@@ -101,10 +114,10 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     if wanted("formation") {
         for (n, repeats) in [(3, args.formation3), (10, args.formation10)] {
-            let mut from_first = Vec::new();
-            let runs = bench.repeat(repeats, |_| {
-                let (last, first) = bench.formation(n, false)?;
-                from_first.push(first);
+            let mut from_first = [Vec::new(), Vec::new()];
+            let runs = bench.repeat(args.tls, repeats, |_, tls| {
+                let (last, first) = bench.formation(n, false, tls)?;
+                from_first[usize::from(tls)].push(first);
                 Ok(last)
             });
             let goal = if n == 3 {
@@ -112,68 +125,74 @@ fn main() -> Result<()> {
             } else {
                 "<= 500 ms median"
             };
-            rows.push(Row::ms(
-                format!("formation, {n} nodes started together"),
-                runs,
-                goal,
-            ));
-            let runs = Runs {
-                values: from_first,
-                failed: 0,
-            };
-            rows.push(Row::ms(
-                format!("(same runs, from the first spawn; {n} spawns back to back)"),
-                runs,
-                "-",
-            ));
+            for (tls, runs) in runs {
+                rows.push(Row::ms(
+                    args.tls
+                        .label(&format!("formation, {n} nodes started together"), tls),
+                    runs,
+                    goal,
+                ));
+                let runs = Runs {
+                    values: std::mem::take(&mut from_first[usize::from(tls)]),
+                    failed: 0,
+                };
+                rows.push(Row::ms(
+                    format!("(same runs, from the first spawn; {n} spawns back to back)"),
+                    runs,
+                    "-",
+                ));
+            }
         }
     }
     if wanted("joiner") {
         for n in [3, 10] {
-            let runs = bench.repeat(args.joiner, |_| Ok(bench.formation(n, true)?.0));
-            rows.push(Row::ms(
-                format!(
+            let runs = bench.repeat(args.tls, args.joiner, |_, tls| {
+                Ok(bench.formation(n, true, tls)?.0)
+            });
+            for (tls, runs) in runs {
+                let what = format!(
                     "formation, node {n} joins {} waiting (consensus {n})",
                     n - 1
-                ),
-                runs,
-                "-",
-            ));
+                );
+                rows.push(Row::ms(args.tls.label(&what, tls), runs, "-"));
+            }
         }
     }
     if wanted("crash") {
-        let runs = bench.repeat(args.crash, |i| {
-            bench.detection(Fault::Kill, spread(i, args.crash))
+        let runs = bench.repeat(args.tls, args.crash, |i, tls| {
+            bench.detection(Fault::Kill, spread(i, args.crash), tls)
         });
-        rows.push(Row::ms(
-            "crash detection (SIGKILL), 3 nodes",
-            runs,
-            "<= 50 ms median",
-        ));
+        for (tls, runs) in runs {
+            rows.push(Row::ms(
+                args.tls.label("crash detection (SIGKILL), 3 nodes", tls),
+                runs,
+                "<= 50 ms median",
+            ));
+        }
     }
     if wanted("freeze") {
-        let runs = bench.repeat(args.freeze, |i| {
-            bench.detection(Fault::Stop, spread(i, args.freeze))
+        let runs = bench.repeat(args.tls, args.freeze, |i, tls| {
+            bench.detection(Fault::Stop, spread(i, args.freeze), tls)
         });
-        rows.push(Row::ms(
-            "freeze detection (SIGSTOP), 3 nodes",
-            runs,
-            "<= 2 s",
-        ));
+        for (tls, runs) in runs {
+            rows.push(Row::ms(
+                args.tls.label("freeze detection (SIGSTOP), 3 nodes", tls),
+                runs,
+                "<= 2 s",
+            ));
+        }
     }
-    let memory = if wanted("memory") {
-        match bench.memory(10, Duration::from_secs(args.idle)) {
-            Ok(memory) => Some(memory),
-            Err(error) => {
-                eprintln!("memory: failed: {error:#}");
-                None
+    let mut memory = Vec::new();
+    if wanted("memory") {
+        for tls in args.tls.round(0) {
+            match bench.memory(10, Duration::from_secs(args.idle), tls) {
+                Ok(m) => memory.push((args.tls.label("", tls), m)),
+                Err(error) => eprintln!("memory: failed: {error:#}"),
             }
         }
-    } else {
-        None
-    };
+    }
 
-    print_report(&bench, &rows, memory.as_ref(), args.idle);
+    print_report(&bench, &rows, &memory, args.idle);
     Ok(())
 }
 
@@ -189,17 +208,34 @@ struct Bench {
     env: Vec<(String, String)>,
     extra_args: Vec<String>,
     tests_preset: bool,
+    /// The certificates of `--tls`.
+    certs: Option<ClusterCerts>,
 }
 
 impl Bench {
-    fn new(binary: PathBuf, tests_preset: bool) -> Bench {
+    fn new(binary: PathBuf, tests_preset: bool, certs: Option<ClusterCerts>) -> Bench {
         let (env, extra_args) = node_config(tests_preset);
         Bench {
             binary,
             env,
             extra_args,
             tests_preset,
+            certs,
         }
+    }
+
+    /// Starts node `i`, with its certificate when `tls`.
+    fn start(&self, cluster: &mut LocalCluster, i: usize, tls: bool) -> Result<()> {
+        if !tls {
+            return Ok(cluster.start_node(i)?);
+        }
+        let certs = self
+            .certs
+            .as_ref()
+            .ok_or_else(|| anyhow!("a TLS run without certificates"))?;
+        let flags = certs.flags(cluster.node_name(i))?;
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Ok(cluster.start_node_with(i, &flags)?)
     }
 
     fn describe(&self) -> String {
@@ -239,29 +275,44 @@ impl Bench {
         Ok(builder.build()?)
     }
 
-    /// Runs `run` `repeats` times; failures are printed and left out.
-    fn repeat(&self, repeats: usize, mut run: impl FnMut(usize) -> Result<f64>) -> Runs {
-        let mut runs = Runs::default();
+    /// Runs `run(i, tls)` `repeats` times for each transport of `mode`,
+    /// interleaved round by round; failures are printed and left out.
+    /// Returns the runs of each transport, plain first.
+    fn repeat(
+        &self,
+        mode: Tls,
+        repeats: usize,
+        mut run: impl FnMut(usize, bool) -> Result<f64>,
+    ) -> Vec<(bool, Runs)> {
+        let mut plain = Runs::default();
+        let mut tls_runs = Runs::default();
         for i in 0..repeats {
-            match run(i) {
-                Ok(value) => runs.values.push(value),
-                Err(error) => {
-                    eprintln!("run {i} failed: {error:#}");
-                    runs.failed += 1;
+            for tls in mode.round(i) {
+                let runs = if tls { &mut tls_runs } else { &mut plain };
+                match run(i, tls) {
+                    Ok(value) => runs.values.push(value),
+                    Err(error) => {
+                        eprintln!("run {i} (tls {tls}) failed: {error:#}");
+                        runs.failed += 1;
+                    }
                 }
             }
         }
-        runs
+        match mode {
+            Tls::Off => vec![(false, plain)],
+            Tls::On => vec![(true, tls_runs)],
+            Tls::Both => vec![(false, plain), (true, tls_runs)],
+        }
     }
 
     /// Milliseconds from the last spawn to the last node's `ready`, and from
     /// the first spawn.
-    fn formation(&self, n: usize, wait_for_others: bool) -> Result<(f64, f64)> {
+    fn formation(&self, n: usize, wait_for_others: bool, tls: bool) -> Result<(f64, f64)> {
         let mut cluster = self.cluster(n)?;
         let all: Vec<usize> = (0..n).collect();
         let t0 = unix_ms();
         for i in 0..n - 1 {
-            cluster.start_node(i)?;
+            self.start(&mut cluster, i, tls)?;
         }
         if wait_for_others {
             // Up and connected to each other, still assembling.
@@ -278,7 +329,7 @@ impl Bench {
                 .map_err(|e| anyhow!(e))?;
         }
         let t = unix_ms();
-        cluster.start_node(n - 1)?;
+        self.start(&mut cluster, n - 1, tls)?;
         cluster.wait_ready(&all, DEADLINE).map_err(|e| anyhow!(e))?;
         let mut latest = 0;
         for i in all {
@@ -295,7 +346,7 @@ impl Bench {
             "together"
         };
         eprintln!(
-            "  formation {n} {shape}: {:.0} ms after the last spawn",
+            "  formation {n} {shape} (tls {tls}): {:.0} ms after the last spawn",
             latest as f64 - t
         );
         Ok((latest as f64 - t, latest as f64 - t0))
@@ -303,10 +354,10 @@ impl Bench {
 
     /// Milliseconds from the fault to the last survivor's `node_down`; the
     /// fault comes `SETTLE + phase` after the cluster is ready.
-    fn detection(&self, fault: Fault, phase: Duration) -> Result<f64> {
+    fn detection(&self, fault: Fault, phase: Duration, tls: bool) -> Result<f64> {
         let mut cluster = self.cluster(3)?;
         for i in 0..3 {
-            cluster.start_node(i)?;
+            self.start(&mut cluster, i, tls)?;
         }
         cluster
             .wait_ready(&[0, 1, 2], DEADLINE)
@@ -326,7 +377,7 @@ impl Bench {
         let latest = found.iter().map(|(ts, _)| *ts).max().unwrap_or_default();
         let reasons: Vec<&str> = found.iter().map(|(_, why)| why.as_str()).collect();
         eprintln!(
-            "  {fault:?}: detected after {:.0} ms ({})",
+            "  {fault:?} (tls {tls}): detected after {:.0} ms ({})",
             latest as f64 - t,
             reasons.join(", ")
         );
@@ -336,10 +387,10 @@ impl Bench {
         Ok(latest as f64 - t)
     }
 
-    fn memory(&self, n: usize, idle: Duration) -> Result<Memory> {
+    fn memory(&self, n: usize, idle: Duration, tls: bool) -> Result<Memory> {
         let mut cluster = self.cluster(n)?;
         for i in 0..n {
-            cluster.start_node(i)?;
+            self.start(&mut cluster, i, tls)?;
         }
         let all: Vec<usize> = (0..n).collect();
         cluster.wait_ready(&all, DEADLINE).map_err(|e| anyhow!(e))?;
@@ -428,7 +479,7 @@ fn fmt(value: Option<f64>, digits: usize) -> String {
     value.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-fn print_report(bench: &Bench, rows: &[Row], memory: Option<&Memory>, idle: u64) {
+fn print_report(bench: &Bench, rows: &[Row], memories: &[(String, Memory)], idle: u64) {
     println!("node config: {}", bench.describe());
     println!();
     println!("| measurement | runs | median | min | max | goal |");
@@ -448,22 +499,22 @@ fn print_report(bench: &Bench, rows: &[Row], memory: Option<&Memory>, idle: u64)
             row.goal
         );
     }
-    if let Some(memory) = memory {
+    for (transport, memory) in memories {
         let n = memory.rss.len();
         println!(
-            "| VmRSS per process, {n} nodes idle {idle} s | {n} | {} MiB | {} MiB | {} MiB | - |",
+            "| VmRSS per process, {n} nodes idle {idle} s{transport} | {n} | {} MiB | {} MiB | {} MiB | - |",
             fmt(median(&memory.rss), 1),
             fmt(min(&memory.rss), 1),
             fmt(max(&memory.rss), 1)
         );
         println!(
-            "| VmHWM per process, {n} nodes idle {idle} s | {n} | {} MiB | {} MiB | {} MiB | - |",
+            "| VmHWM per process, {n} nodes idle {idle} s{transport} | {n} | {} MiB | {} MiB | {} MiB | - |",
             fmt(median(&memory.hwm), 1),
             fmt(min(&memory.hwm), 1),
             fmt(max(&memory.hwm), 1)
         );
         println!(
-            "| CPU per process while idle, {n} nodes | {n} | {}% | {}% | {}% | - |",
+            "| CPU per process while idle, {n} nodes{transport} | {n} | {}% | {}% | {}% | - |",
             fmt(median(&memory.cpu), 2),
             fmt(min(&memory.cpu), 2),
             fmt(max(&memory.cpu), 2)

@@ -1,0 +1,180 @@
+//! Throwaway certificates for mutual TLS between nodes, made with rcgen:
+//! a CA and one certificate per node in a directory that is removed on drop.
+//! The TLS tests and the benchmarks' `--tls` use them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+/// A directory of PEM files under the temp dir, removed on drop.
+pub struct CertDir(PathBuf);
+
+impl CertDir {
+    /// A fresh, empty `cloister-tls-{label}-{pid}` in the temp dir.
+    pub fn new(label: &str) -> io::Result<CertDir> {
+        let dir = std::env::temp_dir().join(format!("cloister-tls-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(CertDir(dir))
+    }
+
+    /// Writes `pem` as `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, pem: &str) -> io::Result<PathBuf> {
+        let path = self.0.join(name);
+        std::fs::write(&path, pem)?;
+        Ok(path)
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rcgen_error(error: rcgen::Error) -> io::Error {
+    io::Error::other(format!("rcgen: {error}"))
+}
+
+/// A certificate authority: its certificate and key.
+pub struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    /// A self-signed CA with common name `name`.
+    pub fn new(name: &str) -> io::Result<Ca> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().map_err(rcgen_error)?;
+        let cert = params.self_signed(&key).map_err(rcgen_error)?;
+        Ok(Ca { cert, key })
+    }
+
+    /// The CA's certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A node certificate for `name` on 127.0.0.1, for both ends of a
+    /// connection; written as `{file}.pem` and `{file}.key` in `dir`.
+    /// Returns the flags that give them and `ca` to cloister-node.
+    pub fn issue(
+        &self,
+        dir: &CertDir,
+        file: &str,
+        name: &str,
+        ca: &Path,
+    ) -> io::Result<Vec<String>> {
+        self.issue_with(dir, file, name, ca, |_| {})
+    }
+
+    /// [`Ca::issue`], with `adjust` applied to the certificate first.
+    pub fn issue_with(
+        &self,
+        dir: &CertDir,
+        file: &str,
+        name: &str,
+        ca: &Path,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> io::Result<Vec<String>> {
+        let mut params = CertificateParams::new(vec![name.to_string(), "127.0.0.1".to_string()])
+            .map_err(rcgen_error)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        adjust(&mut params);
+        let key = KeyPair::generate().map_err(rcgen_error)?;
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(rcgen_error)?;
+        let cert_path = dir.write(&format!("{file}.pem"), &cert.pem())?;
+        let key_path = dir.write(&format!("{file}.key"), &key.serialize_pem())?;
+        let flag = |name: &str, path: &Path| [name.to_string(), path.display().to_string()];
+        Ok([
+            flag("--tls-cert", &cert_path),
+            flag("--tls-key", &key_path),
+            flag("--tls-ca", ca),
+        ]
+        .concat())
+    }
+}
+
+/// A throwaway CA and its directory, for a benchmark's `--tls`: each node
+/// gets its own certificate from [`ClusterCerts::flags`].
+pub struct ClusterCerts {
+    ca: Ca,
+    ca_path: PathBuf,
+    // Last: the files go when the rest is dropped.
+    dir: CertDir,
+}
+
+impl ClusterCerts {
+    /// A new CA in a new `cloister-tls-{label}-{pid}` directory.
+    pub fn new(label: &str) -> io::Result<ClusterCerts> {
+        let dir = CertDir::new(label)?;
+        let ca = Ca::new("cloister benchmark CA")?;
+        let ca_path = dir.write("ca.pem", &ca.pem())?;
+        Ok(ClusterCerts { ca, ca_path, dir })
+    }
+
+    /// The cloister-node flags for node `name`: a certificate issued for it
+    /// (written once, then reused), its key and the CA.
+    pub fn flags(&self, name: &str) -> io::Result<Vec<String>> {
+        let file = name.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        let cert = self.dir.0.join(format!("{file}.pem"));
+        let key = self.dir.0.join(format!("{file}.key"));
+        if cert.exists() && key.exists() {
+            let flag = |name: &str, path: &Path| [name.to_string(), path.display().to_string()];
+            return Ok([
+                flag("--tls-cert", &cert),
+                flag("--tls-key", &key),
+                flag("--tls-ca", &self.ca_path),
+            ]
+            .concat());
+        }
+        self.ca.issue(&self.dir, &file, name, &self.ca_path)
+    }
+}
+
+/// Which transports a benchmark's runs use (its `--tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tls {
+    /// Plain TCP only.
+    Off,
+    /// Mutual TLS only.
+    On,
+    /// Both, alternating.
+    Both,
+}
+
+impl Tls {
+    /// The transports of round `i`, `true` for TLS; `both` swaps the order
+    /// every round.
+    pub fn round(self, i: usize) -> Vec<bool> {
+        match self {
+            Tls::Off => vec![false],
+            Tls::On => vec![true],
+            Tls::Both if i.is_multiple_of(2) => vec![false, true],
+            Tls::Both => vec![true, false],
+        }
+    }
+
+    /// `what`, marked with its transport when TLS is involved.
+    pub fn label(self, what: &str, tls: bool) -> String {
+        match (self, tls) {
+            (Tls::Off, _) => what.to_string(),
+            (_, true) => format!("{what}, TLS"),
+            (_, false) => format!("{what}, plain TCP"),
+        }
+    }
+}
