@@ -56,8 +56,10 @@ fn main() -> Result<()> {
             }
         }
     }
-    // Plain first, then TLS, each by size.
-    let lines: Vec<_> = [false, true]
+    // Plain first, then TLS, each by size (round 0 lists each transport once).
+    let lines: Vec<_> = args
+        .tls
+        .round(0)
         .into_iter()
         .flat_map(|tls| [3, 10].map(|n| args.tls.label(&n.to_string(), tls)))
         .flat_map(|label| runs.iter().filter(move |(l, _)| *l == label))
