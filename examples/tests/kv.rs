@@ -146,21 +146,8 @@ fn keys_survive_a_restart_and_a_kill_by_being_re_put() {
 fn a_rolling_restart_by_sigterm_loses_no_acknowledged_key() {
     let _serial = serial();
     let n = 3;
-    let mut cluster = LocalCluster::builder(kv_node(), n)
-        .consensus(2)
-        .start()
-        .unwrap();
+    let (mut cluster, acknowledged) = ready_with_keys(n);
     let all: Vec<usize> = (0..n).collect();
-    ok(cluster.wait_ready(&all, DEFAULT_TIMEOUT));
-    ok(
-        cluster.wait_until("every store started", DEFAULT_TIMEOUT, |c| {
-            all.iter().all(|&i| started(c, i))
-        }),
-    );
-    let expected: BTreeMap<String, String> = (0..KEYS)
-        .map(|k| (format!("key-{k}"), format!("value-{k}")))
-        .collect();
-    let acknowledged = put_until_acknowledged(&cluster, 0, &expected);
 
     // Each node in turn gets SIGTERM, hands its keys off and exits 0, and
     // starts again empty; the next one goes as soon as the cluster is
@@ -197,22 +184,7 @@ fn a_rolling_restart_by_sigterm_loses_no_acknowledged_key() {
 #[test]
 fn two_nodes_leaving_together_hand_their_keys_to_the_rest_and_lose_none() {
     let _serial = serial();
-    let n = 4;
-    let mut cluster = LocalCluster::builder(kv_node(), n)
-        .consensus(2)
-        .start()
-        .unwrap();
-    let all: Vec<usize> = (0..n).collect();
-    ok(cluster.wait_ready(&all, DEFAULT_TIMEOUT));
-    ok(
-        cluster.wait_until("every store started", DEFAULT_TIMEOUT, |c| {
-            all.iter().all(|&i| started(c, i))
-        }),
-    );
-    let expected: BTreeMap<String, String> = (0..KEYS)
-        .map(|k| (format!("key-{k}"), format!("value-{k}")))
-        .collect();
-    let acknowledged = put_until_acknowledged(&cluster, 0, &expected);
+    let (mut cluster, acknowledged) = ready_with_keys(4);
 
     // SIGTERM to two nodes at once: each drains while the other leaves, so
     // neither may hand a key to the other.
@@ -241,6 +213,27 @@ fn two_nodes_leaving_together_hand_their_keys_to_the_rest_and_lose_none() {
         wrong.len(),
         &wrong[..wrong.len().min(5)]
     );
+}
+
+/// `n` kv nodes (consensus 2), every store started, and `KEYS` keys put
+/// through node 1 until each was acknowledged; returns the cluster and them.
+fn ready_with_keys(n: usize) -> (LocalCluster, BTreeMap<String, String>) {
+    let cluster = LocalCluster::builder(kv_node(), n)
+        .consensus(2)
+        .start()
+        .unwrap();
+    let all: Vec<usize> = (0..n).collect();
+    ok(cluster.wait_ready(&all, DEFAULT_TIMEOUT));
+    ok(
+        cluster.wait_until("every store started", DEFAULT_TIMEOUT, |c| {
+            all.iter().all(|&i| started(c, i))
+        }),
+    );
+    let expected: BTreeMap<String, String> = (0..KEYS)
+        .map(|k| (format!("key-{k}"), format!("value-{k}")))
+        .collect();
+    let acknowledged = put_until_acknowledged(&cluster, 0, &expected);
+    (cluster, acknowledged)
 }
 
 /// Puts every key through node `i`, again until each put is acknowledged
