@@ -8,22 +8,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::process::Command;
 
 use serde_json::Value;
 
 mod common;
+use common::free_port;
 use common::node::Node;
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn json_logs_are_one_object_per_line_with_level_and_message() {

@@ -18,26 +18,7 @@ use cloister_ractor::testing::DEFAULT_TIMEOUT as DEADLINE;
 use serde_json::Value;
 
 mod common;
-use common::{cluster, node_binary, ok, serial};
-
-/// A port nobody listens on right now, for a node's management endpoint.
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// One GET: status and body, or what failed.
-fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(cloister_examples::http::get(
-        addr,
-        path,
-        Duration::from_secs(3),
-    ))
-}
+use common::{cluster, free_addr, get, node_binary, ok, serial};
 
 /// Polls `path` on `addr` until `done` holds for the answer, or fails at
 /// the deadline with the last answer.

@@ -13,6 +13,7 @@ use std::net::TcpListener;
 use std::process::ExitStatus;
 
 mod common;
+use common::free_port;
 use common::node::Node;
 
 /// What a node printed before it exited.
@@ -32,15 +33,6 @@ fn run_node(test: &str, vars: &[(&str, String)]) -> Exit {
         stdout: node.stdout(),
         stderr: node.stderr(),
     }
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The variables of a lone node `name` on `port`, waiting for `consensus`.

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +20,7 @@ use cloister_ractor::testing::DEFAULT_TIMEOUT as DEADLINE;
 use serde_json::Value;
 
 mod common;
-use common::{cluster, ok, serial};
+use common::{cluster, free_addr, get, ok, serial};
 
 /// How long one browser run may take before it is killed: a render takes
 /// about a second here; this only bounds a browser that hangs.
@@ -134,25 +134,6 @@ impl Drop for Browser {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
-}
-
-/// A port nobody listens on right now, for a node's management endpoint.
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// One GET: status and body, or what failed.
-fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(cloister_examples::http::get(
-        addr,
-        path,
-        Duration::from_secs(3),
-    ))
 }
 
 /// `/members` of `addr`, polled until `done` holds for it, or a panic at

@@ -5,8 +5,10 @@
 
 pub mod node;
 
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use cloister_ractor::testing::{LocalCluster, LocalClusterBuilder};
 
@@ -36,4 +38,28 @@ pub fn ok<T>(result: Result<T, String>) -> T {
         Ok(value) => value,
         Err(report) => panic!("{report}"),
     }
+}
+
+/// A port nothing listens on now (on 127.0.0.1).
+pub fn free_port() -> u16 {
+    free_addr().port()
+}
+
+/// An address on 127.0.0.1 nobody listens on right now.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// One GET to a node's management endpoint: status and body, or what failed.
+pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(cloister_examples::http::get(
+        addr,
+        path,
+        Duration::from_secs(3),
+    ))
 }
