@@ -46,6 +46,12 @@ pub(crate) fn name(app: &str, node: &NodeName) -> String {
     format!("cloister:{app}:{node}")
 }
 
+/// Decodes a peer's [`HeraldMessage::Heartbeat`] payload: any bytes, an
+/// error for those that are not a JSON [`Heartbeat`].
+pub(crate) fn decode(bytes: &[u8]) -> Result<Heartbeat, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
 /// Encodes a heartbeat for the wire.
 pub(crate) fn encode(heartbeat: &Heartbeat) -> HeraldMessage {
     // Serializing plain data into a Vec cannot fail.
@@ -76,7 +82,7 @@ impl Actor for Herald {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            HeraldMessage::Heartbeat(bytes) => match serde_json::from_slice::<Heartbeat>(&bytes) {
+            HeraldMessage::Heartbeat(bytes) => match decode(&bytes) {
                 Ok(heartbeat) => {
                     let heartbeat = CloisterMessage::Internal(Internal::Heartbeat(heartbeat));
                     let _ = state.manager.cast(heartbeat);
@@ -93,5 +99,109 @@ impl Actor for Herald {
             },
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Any peer holding the cookie can cast any bytes to the herald: what
+    //! ractor_cluster hands over is a variant name and packed arguments, and
+    //! every step from there to a [`Heartbeat`] must refuse, never panic.
+    #![allow(clippy::unwrap_used)]
+
+    use cloister_core::{Digest, Incarnation};
+    use proptest::prelude::*;
+    use ractor::message::SerializedMessage;
+    use ractor::Message;
+
+    use super::*;
+
+    /// What ractor_cluster hands the herald's decoder for a cast.
+    fn cast(variant: &str, args: Vec<u8>) -> SerializedMessage {
+        SerializedMessage::Cast {
+            variant: variant.into(),
+            args,
+            metadata: None,
+        }
+    }
+
+    /// One field as the derive packs it: its length (u64, big-endian), then
+    /// its bytes.
+    fn packed(field: &[u8]) -> Vec<u8> {
+        let mut args = (field.len() as u64).to_be_bytes().to_vec();
+        args.extend_from_slice(field);
+        args
+    }
+
+    /// What the herald does with a message from a peer, short of its
+    /// Manager: the derive's decoding, then [`decode`].
+    fn receive(message: SerializedMessage) -> Option<Result<Heartbeat, serde_json::Error>> {
+        match HeraldMessage::deserialize(message).ok()? {
+            HeraldMessage::Heartbeat(bytes) => Some(decode(&bytes)),
+        }
+    }
+
+    fn heartbeat() -> Heartbeat {
+        let from: NodeName = "cloister@10.0.0.1".parse().unwrap();
+        Heartbeat {
+            digest: Digest::of([&from]),
+            from,
+            app: "cloister".into(),
+            incarnation: Incarnation(7),
+            ring_vnodes: 256,
+            leaving: false,
+            token: 0xA1,
+            echo: 0xB1,
+            watching: true,
+            admitted: true,
+            unresponsive: Vec::new(),
+            observations: Vec::new(),
+            downed: None,
+        }
+    }
+
+    #[test]
+    fn what_a_node_sends_is_what_its_peer_decodes() {
+        let sent = heartbeat();
+        let wire = encode(&sent).serialize().unwrap();
+        assert_eq!(receive(wire).unwrap().unwrap(), sent);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any variant name and any arguments: a heartbeat, an error, or
+        /// nothing (the derive refused it), never a panic.
+        #[test]
+        fn arbitrary_casts_never_panic(
+            variant in prop_oneof![Just("Heartbeat".to_string()), ".{0,12}"],
+            args in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let _ = receive(cast(&variant, args));
+        }
+
+        /// A well-framed payload always reaches [`decode`]: the field's type
+        /// (`Vec<u8>`) cannot fail to decode, so no peer's bytes are turned
+        /// away, or panic, before cloister's own parse sees them.
+        #[test]
+        fn any_payload_reaches_the_parse(payload in prop::collection::vec(any::<u8>(), 0..512)) {
+            prop_assert!(receive(cast("Heartbeat", packed(&payload))).is_some());
+        }
+
+        /// A real heartbeat, cut short or with bytes changed: the parse
+        /// answers, whatever it answers.
+        #[test]
+        fn damaged_heartbeats_never_panic(
+            cut in any::<prop::sample::Index>(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        ) {
+            let mut json = serde_json::to_vec(&heartbeat()).unwrap();
+            for (at, byte) in flips {
+                let at = at.index(json.len());
+                json[at] = byte;
+            }
+            json.truncate(cut.index(json.len() + 1));
+            let _ = receive(cast("Heartbeat", packed(&json)));
+        }
     }
 }
