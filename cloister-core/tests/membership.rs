@@ -1792,3 +1792,192 @@ fn the_assembly_report_waits_for_the_quorum_when_it_needs_more_than_consensus() 
     run_until(&mut m, ms(2));
     assert_eq!(m.state(), Ready);
 }
+
+// ---- Hostile heartbeats ----------------------------------------------------
+//
+// Any peer with the cookie can cast the herald anything that parses as a
+// heartbeat. Whatever the fields say, the machine must not panic, and a
+// node becomes a member only as the protocol says: by a heartbeat that
+// echoes the token `ME` gave it on its current session. `A` is a member
+// (admitted the honest way); `B` has a session but has not echoed; `C` and
+// the rest never connected.
+
+mod hostile {
+    use std::collections::BTreeSet;
+
+    use cloister_core::membership::{Observation, Suspect};
+    use cloister_core::config::Quorum;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A name that parses: one of the cast, `ME` itself, or any other,
+    /// the longest the rules allow included.
+    fn name() -> impl Strategy<Value = NodeName> {
+        prop_oneof![
+            prop::sample::select(vec![A, B, C, ME]).prop_map(n),
+            ("[a-z][a-z0-9_.-]{0,63}", any::<[u8; 2]>())
+                .prop_map(|(node, [x, y])| n(&format!("{node}@10.9.{x}.{y}"))),
+            "[a-z]{63}(\\.[a-z]{63}){2}\\.[a-z]{61}".prop_map(|host| n(&format!("{}@{host}", "x".repeat(64)))),
+        ]
+    }
+
+    fn incarnation() -> impl Strategy<Value = Incarnation> {
+        prop_oneof![
+            Just(Incarnation(0)),
+            Just(Incarnation(u64::MAX)),
+            Just(Incarnation(MY_INCARNATION)),
+            Just(Incarnation(2)), // A's
+            any::<u64>().prop_map(Incarnation),
+        ]
+    }
+
+    fn big() -> impl Strategy<Value = u64> {
+        prop_oneof![Just(0), Just(u64::MAX), any::<u64>()]
+    }
+
+    fn suspects() -> impl Strategy<Value = Vec<Suspect>> {
+        // Duplicates included: nothing makes a sender list each once.
+        prop::collection::vec(
+            (name(), incarnation()).prop_map(|(node, incarnation)| Suspect { node, incarnation }),
+            0..6,
+        )
+    }
+
+    fn observation() -> impl Strategy<Value = Observation> {
+        (name(), incarnation(), big(), suspects(), suspects()).prop_map(
+            |(observer, incarnation, version, unreachable, reachable)| Observation {
+                observer,
+                incarnation,
+                version,
+                unreachable,
+                reachable,
+            },
+        )
+    }
+
+    /// How the heartbeat's echo is chosen: anything, or the token `ME`
+    /// really gave the named sender (then it is that sender speaking, over
+    /// its own session, and the protocol lets it in).
+    #[derive(Debug, Clone)]
+    enum Echo {
+        Any(u64),
+        Genuine,
+    }
+
+    fn heartbeat() -> impl Strategy<Value = (Heartbeat, Echo)> {
+        let identity = (
+            name(),
+            prop_oneof![Just("cloister".to_string()), ".{0,40}"],
+            incarnation(),
+            big().prop_map(Digest),
+            prop_oneof![Just(Config::default().ring_vnodes), any::<u32>()],
+        );
+        let session = (
+            any::<bool>(),
+            big(),
+            prop_oneof![big().prop_map(Echo::Any), Just(Echo::Genuine)],
+            any::<bool>(),
+            any::<bool>(),
+        );
+        let gossip = (
+            suspects(),
+            prop::collection::vec(observation(), 0..4),
+            prop::option::of(incarnation()),
+        );
+        (identity, session, gossip).prop_map(
+            |(
+                (from, app, incarnation, digest, ring_vnodes),
+                (leaving, token, echo, watching, admitted),
+                (unresponsive, observations, downed),
+            )| {
+                let heartbeat = Heartbeat {
+                    from,
+                    app,
+                    incarnation,
+                    digest,
+                    ring_vnodes,
+                    leaving,
+                    token,
+                    echo: 0,
+                    watching,
+                    admitted,
+                    unresponsive,
+                    observations,
+                    downed,
+                };
+                (heartbeat, echo)
+            },
+        )
+    }
+
+    /// A step of the attack: a heartbeat, or time passing (timers run).
+    #[derive(Debug, Clone)]
+    enum Step {
+        Beat(Heartbeat, Echo),
+        Wait(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => heartbeat().prop_map(|(heartbeat, echo)| Step::Beat(heartbeat, echo)),
+            1 => (1u64..2_000).prop_map(Step::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn hostile_heartbeats_never_panic_nor_admit_a_node_that_did_not_echo(
+            quorum in prop_oneof![Just(Quorum::Off), Just(Quorum::Majority)],
+            steps in prop::collection::vec(step(), 1..40),
+        ) {
+            let mut m = machine(config(&[A, B], 1).with_quorum(quorum), SEED);
+            m.handle(ms(0), Input::Start);
+            drain(&mut m);
+            admit(&mut m, ms(10), A, 1, 2);
+            m.handle(ms(10), session_up(B, 2));
+            drain(&mut m);
+            // Who may be a member: `ME`, and whoever echoed its token.
+            let mut echoed: BTreeSet<NodeName> = [n(ME), n(A)].into();
+            let sessions: BTreeSet<NodeName> = [n(A), n(B)].into();
+
+            let mut now = ms(10);
+            for step in steps {
+                match step {
+                    Step::Beat(mut heartbeat, echo) => {
+                        let genuine = m.sent.get(&heartbeat.from).copied();
+                        heartbeat.echo = match echo {
+                            Echo::Genuine => genuine.unwrap_or(0),
+                            Echo::Any(echo) => echo,
+                        };
+                        if genuine.is_some_and(|token| token == heartbeat.echo)
+                            && sessions.contains(&heartbeat.from)
+                        {
+                            echoed.insert(heartbeat.from.clone());
+                        }
+                        m.handle(now, Input::Heartbeat(heartbeat));
+                    }
+                    Step::Wait(millis) => {
+                        now += ms(millis);
+                        while let Some(at) = m.poll_timeout().filter(|at| *at <= now) {
+                            m.handle_timeout(at);
+                        }
+                    }
+                }
+                drain(&mut m);
+                for member in m.ring().members() {
+                    prop_assert!(echoed.contains(member), "{member} is a member: {:?}", m.ring().members());
+                }
+                for member in &m.snapshot().members {
+                    prop_assert!(echoed.contains(member), "{member} in the snapshot");
+                }
+                // No state for a name nobody listed or connected as.
+                for peer in m.peer_statuses(now) {
+                    prop_assert!(sessions.contains(&peer.name), "state kept for {}", peer.name);
+                }
+            }
+        }
+    }
+}
