@@ -1805,8 +1805,8 @@ fn the_assembly_report_waits_for_the_quorum_when_it_needs_more_than_consensus() 
 mod hostile {
     use std::collections::BTreeSet;
 
-    use cloister_core::membership::{Observation, Suspect};
     use cloister_core::config::Quorum;
+    use cloister_core::membership::{Observation, Suspect};
     use proptest::prelude::*;
 
     use super::*;
@@ -1818,7 +1818,8 @@ mod hostile {
             prop::sample::select(vec![A, B, C, ME]).prop_map(n),
             ("[a-z][a-z0-9_.-]{0,63}", any::<[u8; 2]>())
                 .prop_map(|(node, [x, y])| n(&format!("{node}@10.9.{x}.{y}"))),
-            "[a-z]{63}(\\.[a-z]{63}){2}\\.[a-z]{61}".prop_map(|host| n(&format!("{}@{host}", "x".repeat(64)))),
+            "[a-z]{63}(\\.[a-z]{63}){2}\\.[a-z]{61}"
+                .prop_map(|host| n(&format!("{}@{host}", "x".repeat(64)))),
         ]
     }
 

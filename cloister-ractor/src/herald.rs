@@ -115,23 +115,7 @@ mod tests {
     use ractor::Message;
 
     use super::*;
-
-    /// What ractor_cluster hands the herald's decoder for a cast.
-    fn cast(variant: &str, args: Vec<u8>) -> SerializedMessage {
-        SerializedMessage::Cast {
-            variant: variant.into(),
-            args,
-            metadata: None,
-        }
-    }
-
-    /// One field as the derive packs it: its length (u64, big-endian), then
-    /// its bytes.
-    fn packed(field: &[u8]) -> Vec<u8> {
-        let mut args = (field.len() as u64).to_be_bytes().to_vec();
-        args.extend_from_slice(field);
-        args
-    }
+    use crate::wire::frames::{cast, packed};
 
     /// What the herald does with a message from a peer, short of its
     /// Manager: the derive's decoding, then [`decode`].
@@ -185,7 +169,7 @@ mod tests {
         /// away, or panic, before cloister's own parse sees them.
         #[test]
         fn any_payload_reaches_the_parse(payload in prop::collection::vec(any::<u8>(), 0..512)) {
-            prop_assert!(receive(cast("Heartbeat", packed(&payload))).is_some());
+            prop_assert!(receive(cast("Heartbeat", packed(&[payload]))).is_some());
         }
 
         /// A real heartbeat, cut short or with bytes changed: the parse
@@ -201,7 +185,7 @@ mod tests {
                 json[at] = byte;
             }
             json.truncate(cut.index(json.len() + 1));
-            let _ = receive(cast("Heartbeat", packed(&json)));
+            let _ = receive(cast("Heartbeat", packed(&[json])));
         }
     }
 }

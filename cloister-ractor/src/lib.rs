@@ -62,7 +62,11 @@
 //! message type needs `#[derive(ractor_cluster::RactorMessage)]` (or
 //! `impl ractor::Message for MyMsg {}`) when it stays local, and
 //! `#[derive(ractor_cluster::RactorClusterMessage)]` when it crosses nodes
-//! (its fields must implement `ractor::BytesConvertable`).
+//! (its fields must implement `ractor::BytesConvertable`). ractor's own
+//! impls for `String`, the numbers and `bool` panic on bytes from a peer
+//! that do not fit: make such fields, and reply types, [`Wire`]s, which
+//! decode any bytes and hand the handler an error for those that do not
+//! parse (see [`wire`]).
 //!
 //! ## Testing your binary: which part goes where
 //!
@@ -97,6 +101,7 @@ mod subscribe;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tls;
+pub mod wire;
 
 pub use error::CloisterError;
 
@@ -121,3 +126,4 @@ pub use manager::{Assembled, CloisterManager, CloisterMessage, Spawned, StartOpt
 pub use routing::{Multicall, RouteError};
 pub use stats::Stats;
 pub use subscribe::{add_listener, await_consensus, subscribe, Listener, Subscriber};
+pub use wire::{Wire, WireError};

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod certs;
+pub mod garbled;
 pub mod http;
 pub mod logs;
 

@@ -37,10 +37,12 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cloister_core::{Config, NodeName, NodeState, TopologyEvent};
+use cloister_examples::garbled::Garbled;
 use cloister_ractor::harness::{control_lines, print_line, EventLines};
-use cloister_ractor::{Cloister, CloisterManager, DrainHold, Group, StartOptions};
+use cloister_ractor::{Cloister, CloisterManager, DrainHold, Group, StartOptions, Wire};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -57,19 +59,21 @@ const PUT_TIMEOUT: Duration = Duration::from_millis(500);
 const RETRY: Duration = Duration::from_millis(200);
 
 /// What stores send each other; also what the local node sends its store.
+/// Fields and replies are [`Wire`]s: a peer can send any bytes, which the
+/// store checks instead of ractor's decoders panicking on them.
 #[derive(RactorClusterMessage)]
 enum KvMsg {
-    /// Keep `value` under `key` unless a newer version is already there.
-    Put(String, String, u64),
+    /// Keep the entry unless a newer version of its key is already there.
+    Put(Wire<Entry>),
     /// [`KvMsg::Put`], answered once kept: what a client's put sends.
     #[rpc]
-    Store(String, String, u64, RpcReplyPort<bool>),
+    Store(Wire<Entry>, RpcReplyPort<Wire<bool>>),
     /// Replies with `{"value": .., "node": ..}` (`value` null when absent).
     #[rpc]
-    Get(String, RpcReplyPort<String>),
+    Get(Wire<String>, RpcReplyPort<Wire<String>>),
     /// Replies with how many keys this store holds.
     #[rpc]
-    Count(RpcReplyPort<u64>),
+    Count(RpcReplyPort<Wire<u64>>),
     /// The ring changed or a node came up: put every key where it belongs
     /// now. Sent by this node only.
     Rebalance,
@@ -78,9 +82,16 @@ enum KvMsg {
     Retry,
     /// This node is leaving: hand every key to the nodes that hold it
     /// after this one, acknowledged, within the drain timeout, then
-    /// release the drain hold. The drain timeout in milliseconds. Sent by
-    /// this node only.
-    Drain(u64),
+    /// release the drain hold. Sent by this node only.
+    Drain,
+}
+
+/// A key's value and version, as stores send them to each other.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    key: String,
+    value: String,
+    version: u64,
 }
 
 struct Store;
@@ -93,17 +104,22 @@ struct Shard {
     /// Keeps this node from stopping on leave until its keys are handed
     /// off (released by `KvMsg::Drain`, or dropped with the store).
     hold: Option<DrainHold>,
+    /// How long the drain may take: the node's `drain_timeout`.
+    drain_timeout: Duration,
+    /// Messages from peers dropped because their fields did not parse.
+    garbled: Garbled,
 }
 
 impl Actor for Store {
     type Msg = KvMsg;
     type State = Shard;
-    type Arguments = Cloister;
+    /// The handle, and the node's `drain_timeout`.
+    type Arguments = (Cloister, Duration);
 
     async fn pre_start(
         &self,
         myself: ActorRef<KvMsg>,
-        cloister: Cloister,
+        (cloister, drain_timeout): (Cloister, Duration),
     ) -> Result<Shard, ActorProcessingErr> {
         KV.join(&myself);
         print_line(cloister.me(), "kv_started", json!({}));
@@ -112,6 +128,8 @@ impl Actor for Store {
             cloister,
             data: HashMap::new(),
             retrying: false,
+            drain_timeout,
+            garbled: Garbled::new("kv store"),
         })
     }
 
@@ -125,20 +143,26 @@ impl Actor for Store {
             // A leaving store keeps nothing new: it would leave with it.
             // The caller hears `false` and puts the key elsewhere.
             KvMsg::Store(.., reply) if shard.cloister.state() == NodeState::Stopping => {
-                let _ = reply.send(false);
+                let _ = reply.send(Wire::new(false));
             }
-            KvMsg::Store(key, value, version, reply) => {
-                shard.put(&myself, key, value, version);
-                let _ = reply.send(true);
+            KvMsg::Store(entry, reply) => {
+                let kept = shard.put(&myself, entry);
+                let _ = reply.send(Wire::new(kept));
             }
-            KvMsg::Put(key, value, version) => shard.put(&myself, key, value, version),
-            KvMsg::Get(key, reply) => {
-                let value = shard.data.get(&key).map(|(_, value)| value);
-                let answer = json!({ "value": value, "node": shard.cloister.me() });
-                let _ = reply.send(answer.to_string());
+            KvMsg::Put(entry) => {
+                shard.put(&myself, entry);
             }
+            KvMsg::Get(key, reply) => match key.into_inner() {
+                Ok(key) => {
+                    let value = shard.data.get(&key).map(|(_, value)| value);
+                    let answer = json!({ "value": value, "node": shard.cloister.me() });
+                    let _ = reply.send(Wire::new(answer.to_string()));
+                }
+                // No answer: the caller's call fails, as for a stopped store.
+                Err(error) => shard.garbled.note(&error),
+            },
             KvMsg::Count(reply) => {
-                let _ = reply.send(shard.data.len() as u64);
+                let _ = reply.send(Wire::new(shard.data.len() as u64));
             }
             // Leaving: the drain hands off, acknowledged; a cast now
             // would drop keys on a send that proves nothing.
@@ -148,8 +172,13 @@ impl Actor for Store {
                 shard.retrying = false;
                 shard.rebalance(&myself);
             }
-            KvMsg::Drain(within_ms) => {
-                let deadline = tokio::time::Instant::now() + Duration::from_millis(within_ms);
+            // Sent by this node's own subscription once it leaves (the
+            // state is `Stopping` before the event goes out); a peer's
+            // would release the drain hold early, so a later leave would
+            // not wait for the hand-off.
+            KvMsg::Drain if shard.cloister.state() != NodeState::Stopping => {}
+            KvMsg::Drain => {
+                let deadline = tokio::time::Instant::now() + shard.drain_timeout;
                 let (handed, left) = shard.drain(deadline).await;
                 let fields = json!({ "handed_off": handed, "not_handed_off": left });
                 print_line(shard.cloister.me(), "drained", fields);
@@ -161,8 +190,20 @@ impl Actor for Store {
 }
 
 impl Shard {
-    /// Keeps `value` under `key` unless a newer version is already there.
-    fn put(&mut self, myself: &ActorRef<KvMsg>, key: String, value: String, version: u64) {
+    /// Keeps the entry unless a newer version of its key is already there.
+    /// Returns false if its fields did not parse (nothing was kept).
+    fn put(&mut self, myself: &ActorRef<KvMsg>, entry: Wire<Entry>) -> bool {
+        let Entry {
+            key,
+            value,
+            version,
+        } = match entry.into_inner() {
+            Ok(entry) => entry,
+            Err(error) => {
+                self.garbled.note(&error);
+                return false;
+            }
+        };
         let me = self.cloister.me().clone();
         let stray = !self.cloister.nodes_for(&key, REPLICAS).contains(&me);
         let newer = self.data.get(&key).is_none_or(|(old, _)| version > *old);
@@ -175,6 +216,7 @@ impl Shard {
             // next rebalance, so no third copy stays.
             self.rebalance_later(myself);
         }
+        true
     }
 
     /// Hands off, and schedules a retry if some node could not be reached:
@@ -204,7 +246,11 @@ impl Shard {
             let holders = cloister.nodes_for(key, REPLICAS);
             let mut handed = true;
             for node in holders.iter().filter(|node| **node != me) {
-                let put = KvMsg::Put(key.clone(), value.clone(), *version);
+                let put = KvMsg::Put(Wire::new(Entry {
+                    key: key.clone(),
+                    value: value.clone(),
+                    version: *version,
+                }));
                 let sent = cloister.actor_on(KV, node).map(|a| a.cast(put));
                 if !matches!(sent, Ok(Ok(()))) {
                     handed = false;
@@ -266,12 +312,20 @@ async fn store_on_holders(
         let stored = match cloister.actor_on(KV, &node) {
             Ok(store) => store
                 .call(
-                    |reply| KvMsg::Store(key.into(), value.into(), version, reply),
+                    |reply| {
+                        let entry = Entry {
+                            key: key.into(),
+                            value: value.into(),
+                            version,
+                        };
+                        KvMsg::Store(Wire::new(entry), reply)
+                    },
                     Some(PUT_TIMEOUT),
                 )
                 .await
                 .map_err(|error| error.to_string())
-                .and_then(|r| r.success_or(()).map_err(|()| "no answer".into())),
+                .and_then(|r| r.success_or(()).map_err(|()| "no answer".into()))
+                .and_then(|kept| kept.into_inner().map_err(|error| error.to_string())),
             Err(error) => Err(error.to_string()),
         };
         match stored {
@@ -320,7 +374,9 @@ async fn run(cloister: &Cloister, line: &str) {
         (Some("get"), Some(key), None) => print_line(me, "get", get(cloister, key).await),
         (Some("count"), None, None) => {
             let count = match cloister.actor_on(KV, me) {
-                Ok(store) => ractor::call_t!(store, KvMsg::Count, 1_000).ok(),
+                Ok(store) => ractor::call_t!(store, KvMsg::Count, 1_000)
+                    .ok()
+                    .and_then(|count| count.into_inner().ok()),
                 Err(_) => None,
             };
             print_line(me, "count", json!({ "keys": count }));
@@ -340,10 +396,14 @@ async fn get(cloister: &Cloister, key: &str) -> Value {
     for node in cloister.nodes_for(key, REPLICAS) {
         let asked = match cloister.actor_on(KV, &node) {
             Ok(store) => store
-                .call(|reply| KvMsg::Get(key.into(), reply), Some(GET_TIMEOUT))
+                .call(
+                    |reply| KvMsg::Get(Wire::new(key.into()), reply),
+                    Some(GET_TIMEOUT),
+                )
                 .await
                 .map_err(|error| error.to_string())
-                .and_then(|result| result.success_or(()).map_err(|()| "no reply".into())),
+                .and_then(|result| result.success_or(()).map_err(|()| "no reply".into()))
+                .and_then(|answer| answer.into_inner().map_err(|error| error.to_string())),
             Err(error) => Err(error.to_string()),
         };
         match asked.map(|answer| serde_json::from_str::<Value>(&answer)) {
@@ -396,7 +456,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         ..StartOptions::default()
     };
     let (manager, _, cloister) = CloisterManager::start(config, options).await?;
-    let (store, _) = Actor::spawn(None, Store, cloister.clone()).await?;
+    let (store, _) = Actor::spawn(None, Store, (cloister.clone(), config_drain)).await?;
     // Snapshot first, then every ring change, and every node that comes up:
     // a node restarted between two heartbeats is back under its old name,
     // so the ring does not change, but its store is empty.
@@ -404,9 +464,7 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         TopologyEvent::Snapshot { .. }
         | TopologyEvent::RingChanged { .. }
         | TopologyEvent::NodeUp { .. } => Some(KvMsg::Rebalance),
-        TopologyEvent::Leaving { drain_timeout } => {
-            Some(KvMsg::Drain(drain_timeout.as_millis() as u64))
-        }
+        TopologyEvent::Leaving { .. } => Some(KvMsg::Drain),
         _ => None,
     })?;
     // SIGTERM or Ctrl-C: leave, hand the keys off, then stop. One future for
@@ -433,4 +491,69 @@ async fn serve() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Any peer with the cookie can send the store any variant of
+    //! [`KvMsg`] with any bytes: every field must decode (the store then
+    //! checks it), never panic in ractor's decoders.
+
+    use cloister_ractor::wire::frames::{call, cast, decodes, packed, reply_arrives};
+    use proptest::prelude::*;
+
+    use super::{Entry, KvMsg, Wire};
+
+    /// The variants, whether each is a call, and how many fields it has
+    /// besides its reply port.
+    const VARIANTS: [(&str, bool, usize); 7] = [
+        ("Put", false, 1),
+        ("Store", true, 1),
+        ("Get", true, 1),
+        ("Count", true, 0),
+        ("Rebalance", false, 0),
+        ("Retry", false, 0),
+        ("Drain", false, 0),
+    ];
+
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..48)
+    }
+
+    /// The first failures the properties found, when the fields were
+    /// `String`s and `u64`s: a key that is not UTF-8, an empty version.
+    #[test]
+    fn a_put_with_a_key_that_is_not_utf8_decodes() {
+        assert!(decodes::<KvMsg>(cast("Put", packed(&[[0x80]]))));
+        assert!(decodes::<KvMsg>(call("Get", packed(&[[0x80]]))));
+        assert!(reply_arrives(KvMsg::Count, Vec::new()));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_fields_from_a_peer_decode(
+            which in 0..VARIANTS.len(),
+            fields in prop::collection::vec(field(), 1),
+        ) {
+            let (variant, is_call, count) = VARIANTS[which];
+            let args = packed(&fields[..count]);
+            let message = if is_call { call(variant, args) } else { cast(variant, args) };
+            prop_assert!(decodes::<KvMsg>(message), "{} refused {:?}", variant, &fields[..count]);
+        }
+
+        #[test]
+        fn any_reply_from_a_peer_reaches_the_caller(which in 0..3usize, bytes in field()) {
+            let arrived = match which {
+                0 => {
+                    let entry = Entry { key: "k".into(), value: "v".into(), version: 1 };
+                    reply_arrives(|r| KvMsg::Store(Wire::new(entry), r), bytes)
+                }
+                1 => reply_arrives(|r| KvMsg::Get(Wire::new("k".into()), r), bytes),
+                _ => reply_arrives(KvMsg::Count, bytes),
+            };
+            prop_assert!(arrived);
+        }
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use cloister_ractor::{Cloister, Group};
+use cloister_ractor::{Cloister, Group, Wire};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde_json::json;
@@ -18,7 +18,7 @@ use crate::emit;
 pub(crate) enum DropperMsg {
     /// Never answered: the dropper stops holding it.
     #[rpc]
-    Ask(RpcReplyPort<String>),
+    Ask(RpcReplyPort<Wire<String>>),
 }
 
 /// Every node's dropper.
@@ -33,7 +33,7 @@ pub(crate) struct Dropper;
 
 impl Actor for Dropper {
     type Msg = DropperMsg;
-    type State = Option<RpcReplyPort<String>>;
+    type State = Option<RpcReplyPort<Wire<String>>>;
     type Arguments = ();
 
     async fn pre_start(
@@ -86,7 +86,10 @@ pub(crate) async fn run(cloister: Cloister) {
         .call_owner(DROPPER, &key, DropperMsg::Ask, CALL_TIMEOUT)
         .await;
     let fields = match asked {
-        Ok((node, answer)) => json!({ "owner": node, "answer": answer }),
+        Ok((node, answer)) => match answer.into_inner() {
+            Ok(answer) => json!({ "owner": node, "answer": answer }),
+            Err(error) => json!({ "owner": node, "error": error.to_string() }),
+        },
         Err(error) => json!({ "owner": owner, "error": error.to_string() }),
     };
     emit(&me, "dropped_probe", fields);

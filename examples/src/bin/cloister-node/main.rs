@@ -14,9 +14,10 @@ use cloister_core::config::figment::providers::Serialized;
 use cloister_core::config::figment::value::{Dict, Map};
 use cloister_core::config::figment::{self, Metadata, Profile, Provider};
 use cloister_core::{Config, NodeName, TopologyEvent};
+use cloister_examples::garbled::Garbled;
 use cloister_ractor::harness::EventLines;
 use cloister_ractor::{
-    Cloister, CloisterError, CloisterManager, CloisterMessage, Group, StartOptions,
+    Cloister, CloisterError, CloisterManager, CloisterMessage, Group, StartOptions, Wire,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use ractor_cluster::RactorClusterMessage;
@@ -298,9 +299,12 @@ async fn print_owners(state: &PrinterState) {
         let mut owners: BTreeMap<&str, Option<NodeName>> = BTreeMap::new();
         for key in &state.show_keys {
             let asked = match &key_owner {
-                Some(actor) => ractor::call_t!(actor, KeyOwnerMsg::Owner, 1_000, key.clone())
-                    .ok()
-                    .and_then(|owner| owner.parse::<NodeName>().ok()),
+                Some(actor) => {
+                    ractor::call_t!(actor, KeyOwnerMsg::Owner, 1_000, Wire::new(key.clone()))
+                        .ok()
+                        .and_then(|owner| owner.into_inner().ok())
+                        .and_then(|owner| owner.parse::<NodeName>().ok())
+                }
                 None => None,
             };
             owners.insert(key, asked.or_else(|| ring.node_for(key).cloned()));
@@ -342,26 +346,31 @@ struct KeyOwner;
 /// The group of the key owners, one per node.
 const KEY_OWNER: Group<KeyOwnerMsg> = Group::new("key_owner");
 
-/// What the key owner answers, from this node or any other.
+/// What the key owner answers, from this node or any other. Fields and
+/// replies are [`Wire`]s: a peer can send any bytes, which the key owner
+/// checks instead of ractor's decoders panicking on them.
 #[derive(RactorClusterMessage)]
 enum KeyOwnerMsg {
     /// Replies with the owner of the key (empty if there is none).
     #[rpc]
-    Owner(String, RpcReplyPort<String>),
+    Owner(Wire<String>, RpcReplyPort<Wire<String>>),
     /// Replies with this node's name.
     #[rpc]
-    WhoAmI(RpcReplyPort<String>),
-    /// Counted, nothing else: the one-way message of `--bench-routing`.
-    Tick(u64),
+    WhoAmI(RpcReplyPort<Wire<String>>),
+    /// Counted, nothing else: the one-way message of `--bench-routing`
+    /// (its number is not read).
+    Tick(Wire<u64>),
     /// Replies with the number of `Tick`s received so far.
     #[rpc]
-    Ticks(RpcReplyPort<u64>),
+    Ticks(RpcReplyPort<Wire<u64>>),
 }
 
-/// The key owner's state: the handle, and the `Tick`s counted.
+/// The key owner's state: the handle, the `Tick`s counted, and the
+/// messages dropped because their fields did not parse.
 struct KeyOwnerState {
     cloister: Cloister,
     ticks: u64,
+    garbled: Garbled,
 }
 
 impl Actor for KeyOwner {
@@ -376,7 +385,11 @@ impl Actor for KeyOwner {
     ) -> Result<KeyOwnerState, ActorProcessingErr> {
         KEY_OWNER.join(&myself);
         emit(cloister.me(), "app_started", json!({}));
-        Ok(KeyOwnerState { cloister, ticks: 0 })
+        Ok(KeyOwnerState {
+            cloister,
+            ticks: 0,
+            garbled: Garbled::new("key owner"),
+        })
     }
 
     async fn handle(
@@ -386,16 +399,20 @@ impl Actor for KeyOwner {
         state: &mut KeyOwnerState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            KeyOwnerMsg::Owner(key, reply) => {
-                let owner = state.cloister.node_for(key).map(|n| n.to_string());
-                let _ = reply.send(owner.unwrap_or_default());
-            }
+            KeyOwnerMsg::Owner(key, reply) => match key.into_inner() {
+                Ok(key) => {
+                    let owner = state.cloister.node_for(key).map(|n| n.to_string());
+                    let _ = reply.send(Wire::new(owner.unwrap_or_default()));
+                }
+                // No answer: the caller's call fails, as for a stopped actor.
+                Err(error) => state.garbled.note(&error),
+            },
             KeyOwnerMsg::WhoAmI(reply) => {
-                let _ = reply.send(state.cloister.me().to_string());
+                let _ = reply.send(Wire::new(state.cloister.me().to_string()));
             }
             KeyOwnerMsg::Tick(_) => state.ticks += 1,
             KeyOwnerMsg::Ticks(reply) => {
-                let _ = reply.send(state.ticks);
+                let _ = reply.send(Wire::new(state.ticks));
             }
         }
         Ok(())
@@ -539,5 +556,52 @@ async fn main() {
     tokio::select! {
         _ = join => {}
         _ = cloister_ractor::leave_on_signal(&manager, drain + Duration::from_secs(5)) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Any peer with the cookie can send the key owner and the dropper any
+    //! variant with any bytes, and answer their calls with any bytes: every
+    //! field and reply must decode (the actor then checks it), never panic
+    //! in ractor's decoders.
+
+    use cloister_ractor::wire::frames::{call, cast, decodes, packed, reply_arrives};
+    use proptest::prelude::*;
+
+    use super::dropped::DropperMsg;
+    use super::{KeyOwnerMsg, Wire};
+
+    fn field() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(any::<u8>(), 0..48)
+    }
+
+    /// The first failures the properties found, when `Tick` took a `u64`
+    /// and `Ticks` answered one: no bytes at all.
+    #[test]
+    fn an_empty_tick_and_an_empty_count_decode() {
+        assert!(decodes::<KeyOwnerMsg>(cast("Tick", packed(&[[0u8; 0]]))));
+        assert!(reply_arrives(KeyOwnerMsg::Ticks, Vec::new()));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_fields_from_a_peer_decode(key in field(), tick in field()) {
+            prop_assert!(decodes::<KeyOwnerMsg>(call("Owner", packed(&[key]))));
+            prop_assert!(decodes::<KeyOwnerMsg>(cast("Tick", packed(&[tick]))));
+            prop_assert!(decodes::<KeyOwnerMsg>(call("WhoAmI", Vec::new())));
+            prop_assert!(decodes::<KeyOwnerMsg>(call("Ticks", Vec::new())));
+            prop_assert!(decodes::<DropperMsg>(call("Ask", Vec::new())));
+        }
+
+        #[test]
+        fn any_reply_from_a_peer_reaches_the_caller(bytes in field()) {
+            prop_assert!(reply_arrives(|r| KeyOwnerMsg::Owner(Wire::new("k".into()), r), bytes.clone()));
+            prop_assert!(reply_arrives(KeyOwnerMsg::WhoAmI, bytes.clone()));
+            prop_assert!(reply_arrives(KeyOwnerMsg::Ticks, bytes.clone()));
+            prop_assert!(reply_arrives(DropperMsg::Ask, bytes));
+        }
     }
 }

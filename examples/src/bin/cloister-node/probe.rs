@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cloister_ractor::Cloister;
+use cloister_ractor::{Cloister, Wire};
 use ractor::ActorRef;
 use serde_json::{json, Value};
 
@@ -29,7 +29,12 @@ impl Probe {
                     let expected = cloister.node_for(&key).map(|o| o.to_string());
                     let asked = cloister
                         .call_owner(KEY_OWNER, &key, KeyOwnerMsg::WhoAmI, timeout)
-                        .await;
+                        .await
+                        .map_err(|error| error.to_string())
+                        .and_then(|(owner, who)| match who.into_inner() {
+                            Ok(who) => Ok((owner, who)),
+                            Err(error) => Err(error.to_string()),
+                        });
                     match asked {
                         Ok((owner, who))
                             if Some(&who) == expected.as_ref()
@@ -60,13 +65,20 @@ impl Probe {
                 let answers = cloister
                     .multicall(KEY_OWNER, KeyOwnerMsg::WhoAmI, timeout)
                     .await;
-                let replies: Vec<String> =
-                    answers.replies.into_iter().map(|(_, who)| who).collect();
-                let failures: Vec<Value> = answers
+                let mut replies: Vec<String> = Vec::new();
+                let mut failures: Vec<Value> = answers
                     .failures
                     .iter()
                     .map(|(node, error)| json!({ "node": node, "error": error.to_string() }))
                     .collect();
+                for (node, who) in answers.replies {
+                    match who.into_inner() {
+                        Ok(who) => replies.push(who),
+                        Err(error) => {
+                            failures.push(json!({ "node": node, "error": error.to_string() }))
+                        }
+                    }
+                }
                 emit(
                     &me,
                     "multicall",
@@ -141,13 +153,13 @@ pub(crate) async fn bench_routing(cloister: Cloister, calls: u32) {
     for round in 0..=CAST_ROUNDS {
         let raw_casts = || {
             cast_round(&actor, CASTS_PER_ROUND, |i| {
-                actor.cast(KeyOwnerMsg::Tick(i)).is_ok()
+                actor.cast(KeyOwnerMsg::Tick(Wire::new(i))).is_ok()
             })
         };
         let routes = || {
             cast_round(&actor, CASTS_PER_ROUND, |i| {
                 cloister
-                    .route(KEY_OWNER, key(i), KeyOwnerMsg::Tick(i))
+                    .route(KEY_OWNER, key(i), KeyOwnerMsg::Tick(Wire::new(i)))
                     .is_ok()
             })
         };
@@ -274,7 +286,9 @@ async fn ticks(actor: &ActorRef<KeyOwnerMsg>) -> Result<u64, String> {
         .call(KeyOwnerMsg::Ticks, Some(Duration::from_secs(60)))
         .await
     {
-        Ok(ractor::rpc::CallResult::Success(count)) => Ok(count),
+        Ok(ractor::rpc::CallResult::Success(count)) => count
+            .into_inner()
+            .map_err(|error| format!("Ticks: {error}")),
         Ok(ractor::rpc::CallResult::Timeout) => Err("Ticks timed out".into()),
         Ok(ractor::rpc::CallResult::SenderError) => Err("Ticks: the session closed".into()),
         Err(error) => Err(format!("Ticks: {error}")),
