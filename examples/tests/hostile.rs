@@ -1,5 +1,6 @@
 //! A node under hostile input, over a real process: what anyone who can reach
-//! its port can make it do must not fill its log.
+//! its port can make it do must not fill its log, keep peers out, or make it
+//! allocate what a frame header claims.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
@@ -233,4 +234,91 @@ fn a_node_on_127_0_0_1_cannot_be_reached_at_another_address() {
         .unwrap();
     ok(everywhere.wait_ready(&[0], DEFAULT_TIMEOUT));
     TcpStream::connect((other, everywhere.port(0))).expect("listening on every interface");
+}
+
+/// Junk connections of [`random_junk_and_huge_length_prefixes_leave_a_node_serving`].
+const RANDOM_JUNK: usize = 400;
+
+/// ractor_cluster's frame-size cap (`DEFAULT_MAX_INBOUND_FRAME_SIZE`, 16
+/// MiB): a frame's first 8 bytes are its length, big-endian.
+const FRAME_CAP: u64 = 16 * 1024 * 1024;
+
+/// A peak (VmHWM) this far over the one before the junk is a balloon:
+/// far below what any one huge prefix would cost if the node allocated it.
+const BALLOON_KIB: u64 = 64 * 1024;
+
+/// One junk connection's bytes: random bytes, or a frame header claiming
+/// more than the frame cap (up to `u64::MAX`) or just under it, then a
+/// little random payload.
+fn junk(rng: &mut fastrand::Rng) -> Vec<u8> {
+    let mut bytes = match rng.u8(0..4) {
+        0 => Vec::new(),
+        1 => u64::MAX.to_be_bytes().to_vec(),
+        2 => rng.u64(FRAME_CAP + 1..).to_be_bytes().to_vec(),
+        _ => (FRAME_CAP - rng.u64(0..1024)).to_be_bytes().to_vec(),
+    };
+    let payload = rng.usize(1..4096);
+    bytes.extend((0..payload).map(|_| rng.u8(..)));
+    bytes
+}
+
+/// The node's peak resident memory so far, in KiB.
+fn peak_kib(cluster: &cloister_ractor::testing::LocalCluster, i: usize) -> u64 {
+    let pid = cluster.pid(i).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    cloister_examples::bench::status_kib(&status, "VmHWM:").unwrap()
+}
+
+#[test]
+fn random_junk_and_huge_length_prefixes_leave_a_node_serving() {
+    let _serial = serial();
+    let seed = std::env::var("CLOISTER_TEST_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("junk seed {seed} (run again with CLOISTER_TEST_SEED={seed})");
+    let mut rng = fastrand::Rng::with_seed(seed);
+
+    let mut cluster = cluster(2).consensus(2).build().unwrap();
+    // Node 1 alone, knowing only itself: node 2 gets in only through
+    // node 1's port, after the junk.
+    let alone = format!("{}:{}", cluster.node_name(0), cluster.port(0));
+    cluster
+        .start_node_with(0, &["--consensus", "1", "--sentry", &alone])
+        .unwrap();
+    ok(cluster.wait_ready(&[0], DEFAULT_TIMEOUT));
+    let peak_before = peak_kib(&cluster, 0);
+
+    // Plain TCP, one connection each, written and closed; a few held open
+    // at once, so the node holds several headers at a time.
+    let addr = ("127.0.0.1", cluster.port(0));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut held = std::collections::VecDeque::new();
+    for i in 0..RANDOM_JUNK {
+        assert!(Instant::now() < deadline, "only {i} connections in 120 s");
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            thread::sleep(Duration::from_millis(5)); // the backlog is full: let it drain
+            continue;
+        };
+        let _ = stream.write_all(&junk(&mut rng));
+        held.push_back(stream);
+        if held.len() > 16 {
+            held.pop_front();
+        }
+    }
+    drop(held);
+    ok(cluster.wait_for(0, Duration::from_secs(30), |_| {
+        stderr_of(&cluster).contains("closed without authenticating")
+    }));
+    assert!(cluster.is_running(0), "the node exited");
+
+    // It still takes a peer through the same port.
+    cluster.start_node(1).unwrap();
+    ok(cluster.wait_ready(&[0, 1], DEFAULT_TIMEOUT));
+    let peak_after = peak_kib(&cluster, 0);
+    eprintln!("node 1 peak memory: {peak_before} KiB before the junk, {peak_after} KiB after");
+    assert!(
+        peak_after < peak_before + BALLOON_KIB,
+        "node 1's peak memory went from {peak_before} KiB to {peak_after} KiB (seed {seed})"
+    );
 }
