@@ -9,9 +9,17 @@
 //! from the remote cell. examples/tests/forged_heartbeat.rs runs it against a
 //! `LocalCluster` and checks that the node it lies to keeps the victim.
 //!
-//! It prints one JSON line on stdout, `{"event":"forged","sent":N}`, once the
-//! heartbeats are cast, then stays connected until its stdin closes (or
-//! `--linger` runs out), so that the session it lied over stays up.
+//! With `--garble` it lies in another way: it sends the target's key owner
+//! (`cloister-node`'s `key_owner` group) messages whose fields no honest
+//! node sends, `Tick` casts with 3 bytes where cloister-node's `Tick` once
+//! took a `u64` (8 bytes), and `Owner` calls with a key that is not UTF-8.
+//! examples/tests/forged_heartbeat.rs checks that the node neither panics
+//! nor logs a line per message.
+//!
+//! It prints one JSON line on stdout, `{"event":"forged","sent":N}` (or
+//! `"garbled"`), once the messages are sent, then stays connected until its
+//! stdin closes (or `--linger` runs out), so that the session it lied over
+//! stays up.
 //!
 //! ```text
 //! cargo run -p cloister-examples --bin rogue-heartbeat -- \
@@ -22,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorCell, ActorRef, RpcReplyPort};
 use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, RactorClusterMessage};
 use serde_json::json;
@@ -33,6 +41,14 @@ use tokio::io::AsyncReadExt;
 #[derive(RactorClusterMessage)]
 enum HeraldMessage {
     Heartbeat(Vec<u8>),
+}
+
+/// cloister-node's key owner's variant names, with fields of any bytes.
+#[derive(RactorClusterMessage)]
+enum KeyOwnerJunk {
+    Tick(Vec<u8>),
+    #[rpc]
+    Owner(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
 #[derive(Parser, Debug)]
@@ -62,6 +78,9 @@ struct Args {
     /// How long to stay connected afterwards at most, in seconds.
     #[arg(long, default_value_t = 120)]
     linger: u64,
+    /// Send the key owner garbled messages instead of forged heartbeats.
+    #[arg(long)]
+    garble: bool,
 }
 
 #[tokio::main]
@@ -87,22 +106,29 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("dial {} failed: {e:?}", args.target))?;
 
+    if args.garble {
+        let owner: ActorRef<KeyOwnerJunk> = remote_member("cloister:group:key_owner", args.wait)
+            .await?
+            .into();
+        for _ in 0..args.count {
+            owner
+                .cast(KeyOwnerJunk::Tick(vec![1, 2, 3]))
+                .context("cast to the key owner")?;
+            // Unanswered by a node that checks the key: a short wait each.
+            let _ = owner
+                .call(
+                    |reply| KeyOwnerJunk::Owner(vec![0x80, 0xff], reply),
+                    Some(Duration::from_millis(20)),
+                )
+                .await;
+        }
+        println!("{}", json!({ "event": "garbled", "sent": args.count }));
+        return linger(node_server, args.linger).await;
+    }
+
     // The target's herald, once its session has synced the group.
     let group = format!("cloister:{}", args.app);
-    let mut herald = None;
-    for _ in 0..args.wait * 20 {
-        herald = ractor::pg::get_members(&group)
-            .into_iter()
-            .find(|cell| !cell.get_id().is_local());
-        if herald.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let Some(herald) = herald else {
-        bail!("no herald in pg group {group} within {}s", args.wait);
-    };
-    let herald: ActorRef<HeraldMessage> = ActorRef::from(herald);
+    let herald: ActorRef<HeraldMessage> = remote_member(&group, args.wait).await?.into();
 
     // "The victim is leaving", from the victim's newest possible process, so
     // that no heartbeat of the real one outranks it on an incarnation order.
@@ -122,12 +148,33 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     println!("{}", json!({ "event": "forged", "sent": args.count }));
+    linger(node_server, args.linger).await
+}
 
-    // Stay connected until the harness lets go (stdin closes) or the linger
-    // runs out.
+/// The target's actor in pg group `group`, once its session has synced the
+/// group, waiting `wait` seconds at most.
+async fn remote_member(group: &str, wait: u64) -> anyhow::Result<ActorCell> {
+    for _ in 0..wait * 20 {
+        let member = ractor::pg::get_members(&group.to_string())
+            .into_iter()
+            .find(|cell| !cell.get_id().is_local());
+        if let Some(member) = member {
+            return Ok(member);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("no remote member in pg group {group} within {wait}s")
+}
+
+/// Stays connected until the harness lets go (stdin closes) or `linger`
+/// seconds run out.
+async fn linger(
+    node_server: ActorRef<ractor_cluster::NodeServerMessage>,
+    linger: u64,
+) -> anyhow::Result<()> {
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
-    let _ = tokio::time::timeout(Duration::from_secs(args.linger), async {
+    let _ = tokio::time::timeout(Duration::from_secs(linger), async {
         while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
     })
     .await;
