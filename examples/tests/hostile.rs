@@ -159,17 +159,22 @@ async fn flood(ports: Vec<u16>, stop: Arc<AtomicBool>, open: Arc<AtomicUsize>) {
     }
 }
 
-#[test]
-fn silent_connections_beyond_the_cap_do_not_keep_a_new_node_out() {
-    let _serial = serial();
+/// A cluster of two with node 1 up alone, and knowing only itself: it
+/// never dials node 2, so node 2 gets in only through node 1's port.
+fn first_of_two() -> cloister_ractor::testing::LocalCluster {
     let mut cluster = cluster(2).consensus(2).build().unwrap();
-    // Node 1 up alone, and knowing only itself: it never dials node 2, so
-    // node 2 gets in only through node 1's port.
     let alone = format!("{}:{}", cluster.node_name(0), cluster.port(0));
     cluster
         .start_node_with(0, &["--consensus", "1", "--sentry", &alone])
         .unwrap();
     ok(cluster.wait_ready(&[0], DEFAULT_TIMEOUT));
+    cluster
+}
+
+#[test]
+fn silent_connections_beyond_the_cap_do_not_keep_a_new_node_out() {
+    let _serial = serial();
+    let mut cluster = first_of_two();
 
     // Strangers hold hundreds of silent connections to node 1's port.
     let flood = Flood::start(vec![cluster.port(0)]);
@@ -279,14 +284,7 @@ fn random_junk_and_huge_length_prefixes_leave_a_node_serving() {
     eprintln!("junk seed {seed} (run again with CLOISTER_TEST_SEED={seed})");
     let mut rng = fastrand::Rng::with_seed(seed);
 
-    let mut cluster = cluster(2).consensus(2).build().unwrap();
-    // Node 1 alone, knowing only itself: node 2 gets in only through
-    // node 1's port, after the junk.
-    let alone = format!("{}:{}", cluster.node_name(0), cluster.port(0));
-    cluster
-        .start_node_with(0, &["--consensus", "1", "--sentry", &alone])
-        .unwrap();
-    ok(cluster.wait_ready(&[0], DEFAULT_TIMEOUT));
+    let mut cluster = first_of_two();
     let peak_before = peak_kib(&cluster, 0);
 
     // Plain TCP, one connection each, written and closed; a few held open
