@@ -7,7 +7,8 @@ use cloister_ractor::{Cloister, Wire};
 use ractor::ActorRef;
 use serde_json::{json, Value};
 
-use crate::{emit, KeyOwnerMsg, KEY_OWNER};
+use crate::emit;
+use crate::key_owner::{KeyOwnerMsg, KEY_OWNER};
 
 /// Rounds of requests across the cluster, to show (and test) routing.
 pub(crate) struct Probe {
