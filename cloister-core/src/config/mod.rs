@@ -448,7 +448,10 @@ const FIELDS: [(&str, &str); 31] = [
     (tls::TLS_FIELDS[1], tls::TLS_PATH),
     (tls::TLS_FIELDS[2], tls::TLS_PATH),
     ("tls_reload_interval", tls::RELOAD_INTERVAL),
-    ("tls_check_names", "`true` or `false` (needs `tls_cert`, `tls_key` and `tls_ca`)"),
+    (
+        "tls_check_names",
+        "`true` or `false` (needs `tls_cert`, `tls_key` and `tls_ca`)",
+    ),
 ];
 const SENTRY: &str =
     "a list of `name@host:port` nodes (or one string of them joined by commas) or a DNS service name";

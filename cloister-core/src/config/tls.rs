@@ -160,7 +160,10 @@ mod tests {
         };
         let error = off.check_tls().expect_err("no TLS");
         let text = error.to_string();
-        assert!(text.starts_with("invalid `tls_check_names` = true"), "{text}");
+        assert!(
+            text.starts_with("invalid `tls_check_names` = true"),
+            "{text}"
+        );
         assert!(text.contains("CLOISTER_TLS_CERT"), "{text}");
         let on = Config {
             tls_check_names: true,
@@ -172,7 +175,10 @@ mod tests {
     #[test]
     fn reloading_needs_tls_and_an_interval() {
         let on = with(Some("n.pem"), Some("n.key"), Some("ca.pem"));
-        assert_eq!(on.tls_reload_every(), Some(std::time::Duration::from_secs(30)));
+        assert_eq!(
+            on.tls_reload_every(),
+            Some(std::time::Duration::from_secs(30))
+        );
         let never = Config {
             tls_reload_interval: std::time::Duration::ZERO,
             ..on

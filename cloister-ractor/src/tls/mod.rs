@@ -14,32 +14,47 @@
 //! certified under `tls_ca` is a node of the cluster; the cookie still
 //! applies on top.
 //!
-//! The files are read once, when the node starts; a replaced certificate
-//! takes a restart.
+//! With `tls_check_names` on, a certificate must also name the node it
+//! speaks for ([`cloister_core::certified`]): a dial's verifier requires the
+//! dialled node's name, and an accepted connection's certificate names are
+//! checked against the name it gives once it authenticates ([`names`]).
+//!
+//! The files are read at start and again every `tls_reload_interval`
+//! ([`reload`]): new connections use the newest settings that loaded.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use cloister_core::certified::check_names;
 use cloister_core::config::TlsFiles;
 use cloister_core::names::Host;
+use cloister_core::NodeName;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
 use tokio_rustls::rustls;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::error::CloisterError;
 
-/// The node's TLS settings, built once at start.
+pub(crate) mod names;
+pub(crate) mod reload;
+
+/// The node's TLS settings, as built from its files at start or at the
+/// last reload that succeeded.
 #[derive(Clone)]
 pub(crate) struct Tls {
-    /// For the node port and the NodeServer's side port.
+    /// For the node port (and, as built at start, the NodeServer's side
+    /// port).
     pub(crate) acceptor: TlsAcceptor,
-    /// For dials.
-    pub(crate) connector: TlsConnector,
+    /// For dials whose peer's name is not checked.
+    client: Arc<rustls::ClientConfig>,
+    /// What checks a dialled peer's chain: the base of a dial's verifier
+    /// that checks its name too.
+    peers: ChainOnly,
 }
 
 impl std::fmt::Debug for Tls {
@@ -83,21 +98,42 @@ impl Tls {
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| key_error(files, e))?;
 
-        let peers = Arc::new(ChainOnly {
+        let peers = ChainOnly {
             roots,
             algorithms: provider.signature_verification_algorithms,
-        });
+            expected: None,
+        };
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_error(files.cert, "tls_cert", e))?
             .dangerous()
-            .with_custom_certificate_verifier(peers)
+            .with_custom_certificate_verifier(Arc::new(peers.clone()))
             .with_client_auth_cert(chain, key)
             .map_err(|e| key_error(files, e))?;
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            connector: TlsConnector::from(Arc::new(client)),
+            client: Arc::new(client),
+            peers,
         })
+    }
+
+    /// What a dial goes through; with `expected`, the peer's certificate
+    /// must also name that node (`tls_check_names`). Such a dial resumes no
+    /// earlier TLS session, whose certificate was checked for another name.
+    pub(crate) fn connector(&self, expected: Option<&NodeName>) -> TlsConnector {
+        let Some(expected) = expected else {
+            return TlsConnector::from(Arc::clone(&self.client));
+        };
+        let mut config = (*self.client).clone();
+        let verifier = ChainOnly {
+            expected: Some(expected.clone()),
+            ..self.peers.clone()
+        };
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(verifier));
+        config.resumption = rustls::client::Resumption::disabled();
+        TlsConnector::from(Arc::new(config))
     }
 }
 
@@ -133,12 +169,14 @@ fn key_error(files: TlsFiles<'_>, error: rustls::Error) -> CloisterError {
     }
 }
 
-/// Verifies a dialled peer's certificate chain, not its name: see the
-/// module docs.
-#[derive(Debug)]
+/// Verifies a dialled peer's certificate chain, not the name or address
+/// it was dialled at (see the module docs); and with `expected`, that the
+/// certificate names that node.
+#[derive(Debug, Clone)]
 struct ChainOnly {
     roots: Arc<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
+    expected: Option<NodeName>,
 }
 
 impl ServerCertVerifier for ChainOnly {
@@ -158,6 +196,13 @@ impl ServerCertVerifier for ChainOnly {
             now,
             self.algorithms.all,
         )?;
+        if let Some(expected) = &self.expected {
+            check_names(expected, &names::dns_names(end_entity)).map_err(|refusal| {
+                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                    refusal,
+                ))))
+            })?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
