@@ -174,8 +174,8 @@ impl NameCheck {
         let latest = self.latest.take().unwrap_or_default();
         tracing::warn!(
             count,
-            "{count} peer(s) refused: their certificate does not name the node they claim to be \
-             (tls_check_names); the latest: {latest}. Give each node a certificate whose DNS \
+            "{count} peer(s) refused: their certificate does not name the node they claim to \
+             be; the latest: {latest}. Give each node a certificate whose DNS \
              names include its node name; logged at most every {REPORT_EVERY:?}"
         );
     }
