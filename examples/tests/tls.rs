@@ -173,9 +173,7 @@ fn a_node_with_a_certificate_not_valid_yet_is_refused() {
 /// Waits until node `i`'s log holds `text`.
 fn wait_logged(cluster: &LocalCluster, i: usize, text: &str) {
     let what = format!("{} logs {text:?}", cluster.node_name(i));
-    ok(cluster.wait_until(&what, DEFAULT_TIMEOUT, |c| {
-        stderr_of(c, i).contains(text)
-    }));
+    ok(cluster.wait_until(&what, DEFAULT_TIMEOUT, |c| stderr_of(c, i).contains(text)));
 }
 
 /// Waits until node `i` lists node `j` among its members.
@@ -224,7 +222,11 @@ fn a_replaced_ca_bundle_is_picked_up_without_a_restart() {
 
     // Y, of the second CA, is refused by X.
     start(&mut cluster, y, &y_flags);
-    wait_logged(&cluster, x, "the peer's certificate does not chain to `tls_ca`");
+    wait_logged(
+        &cluster,
+        x,
+        "the peer's certificate does not chain to `tls_ca`",
+    );
     thread::sleep(QUIET_SPELL);
     let members = cluster.members(x).unwrap_or_default();
     assert!(!members.contains(&name(y)), "X let Y in: {members:?}");
@@ -263,7 +265,10 @@ fn with_names_checked_a_node_cannot_claim_a_name_its_certificate_lacks() {
     );
     for i in 0..3 {
         let log = stderr_of(&cluster, i);
-        assert!(log.contains("[`mallory`]"), "no certificate names logged: {log}");
+        assert!(
+            log.contains("[`mallory`]"),
+            "no certificate names logged: {log}"
+        );
     }
 
     // The same node with a certificate that names it gets in.

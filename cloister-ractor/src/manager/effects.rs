@@ -124,13 +124,18 @@ impl ManagerState {
     }
 
     pub(super) fn dial(
-        &self,
+        &mut self,
         myself: &ActorRef<CloisterMessage>,
         peer: NodeName,
         addr: NodeAddr,
         timeout: Duration,
     ) {
         let node_server = self.node_server.clone();
+        if let (Some(names), Host::Ip(ip)) = (&mut self.names, addr.host()) {
+            let target = std::net::SocketAddr::new(*ip, addr.port()).to_string();
+            let keep = timeout * crate::tls::names::KEEP_UNCLAIMED;
+            names.dialling(self.epoch.elapsed(), target, peer.clone(), keep);
+        }
         let expected = self.config.tls_check_names.then_some(&peer);
         let tls = self.tls.as_ref().map(|tls| tls.connector(expected));
         let myself = myself.clone();

@@ -80,6 +80,11 @@ pub(crate) struct NameCheck {
     certified: BTreeMap<String, (Duration, Vec<String>)>,
     /// Inbound sessions not yet authenticated: their peer's address.
     inbound: BTreeMap<u64, String>,
+    /// Dials under way by the address dialled, with when they began: the
+    /// node dialled, whose name the certificate was checked for.
+    dialled: BTreeMap<String, (Duration, NodeName)>,
+    /// Sessions of those dials, not yet authenticated: the node dialled.
+    outbound: BTreeMap<u64, NodeName>,
     /// Sessions refused for their name, until they close: their `Ready`
     /// is ignored and their close is a stranger's.
     refused: BTreeSet<u64>,
@@ -105,18 +110,42 @@ impl NameCheck {
         self.certified.insert(addr, (now, names));
     }
 
+    /// This node dials `peer` at `addr` (an IP address and port, as the
+    /// NodeServer will report it): its certificate is checked for `peer`
+    /// in the handshake, and its session must then claim that name too.
+    pub(crate) fn dialling(&mut self, now: Duration, addr: String, peer: NodeName, keep: Duration) {
+        self.dialled
+            .retain(|_, (at, _)| now.saturating_sub(*at) < keep);
+        self.dialled.insert(addr, (now, peer));
+    }
+
     /// Session `id` opened; `addr` is its peer's address.
     pub(crate) fn opened(&mut self, id: u64, addr: String, inbound: bool) {
         if inbound {
             self.inbound.insert(id, addr);
+        } else if let Some((_, peer)) = self.dialled.remove(&addr) {
+            self.outbound.insert(id, peer);
         }
     }
 
     /// Session `id` authenticated as `claimed`: whether its certificate
-    /// names it (a dialled session's was checked in its handshake). On
-    /// `Err`, why not, in the words of the log; the session is refused
-    /// from then on.
+    /// names it. A dialled session's certificate was checked for the node
+    /// dialled, so it must claim that node-name part. On `Err`, why not,
+    /// in the words of the log; the session is refused from then on.
     pub(crate) fn authenticated(&mut self, id: u64, claimed: Option<&str>) -> Result<(), String> {
+        if let Some(dialled) = self.outbound.remove(&id) {
+            let part = dialled.node_name();
+            let claimed = claimed.unwrap_or_default();
+            let same = (claimed.split('@').next()).is_some_and(|c| c.eq_ignore_ascii_case(part));
+            if !same {
+                self.refused.insert(id);
+                return Err(format!(
+                    "a node dialled as `{dialled}`, whose certificate names `{part}`, claims \
+                     `{claimed}`"
+                ));
+            }
+            return Ok(());
+        }
         let Some(addr) = self.inbound.remove(&id) else {
             return Ok(());
         };
@@ -152,6 +181,7 @@ impl NameCheck {
         if let Some(addr) = self.inbound.remove(&id) {
             self.certified.remove(&addr);
         }
+        self.outbound.remove(&id);
         self.refused.remove(&id)
     }
 
@@ -182,7 +212,12 @@ impl NameCheck {
 
     #[cfg(test)]
     fn held(&self) -> (usize, usize, usize) {
-        (self.certified.len(), self.inbound.len(), self.refused.len())
+        let sessions = self.inbound.len() + self.outbound.len();
+        (
+            self.certified.len() + self.dialled.len(),
+            sessions,
+            self.refused.len(),
+        )
     }
 }
 
@@ -231,10 +266,24 @@ mod tests {
     }
 
     #[test]
-    fn a_dialled_session_is_not_held_here() {
+    fn a_dialled_session_must_claim_the_name_its_certificate_was_checked_for() {
         let mut check = NameCheck::default();
+        let node_b: NodeName = "node-b@10.0.0.2".parse().expect("name");
+        let now = Duration::ZERO;
+        check.dialling(now, "10.0.0.2:4000".into(), node_b.clone(), KEEP);
         check.opened(3, "10.0.0.2:4000".into(), false);
-        assert_eq!(check.authenticated(3, Some("anyone@10.0.0.2")), Ok(()));
+        let why = check
+            .authenticated(3, Some("node-c@10.0.0.2"))
+            .expect_err("claims another name");
+        assert!(why.contains("claims `node-c@10.0.0.2`"), "{why}");
+        assert!(check.closed(3));
+        check.dialling(now, "10.0.0.2:4000".into(), node_b, KEEP);
+        check.opened(4, "10.0.0.2:4000".into(), false);
+        assert_eq!(check.authenticated(4, Some("node-b@10.0.0.2")), Ok(()));
+        // A dial by DNS name has no address on record: its certificate
+        // was checked, its claim is not.
+        check.opened(5, "10.0.0.3:4000".into(), false);
+        assert_eq!(check.authenticated(5, Some("anyone@10.0.0.3")), Ok(()));
         assert_eq!(check.held(), (0, 0, 0));
     }
 
