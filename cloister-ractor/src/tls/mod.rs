@@ -277,8 +277,61 @@ pub(crate) fn refusal_reason(error: &std::io::Error) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A CA and a certificate under it whose DNS name is `dns`, as PEM:
+    /// (ca, cert, key).
+    pub(crate) fn issue(ca_name: &str, dns: &str) -> (String, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        (params.distinguished_name).push(rcgen::DnType::CommonName, ca_name);
+        let ca = params.self_signed(&ca_key).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let leaf = CertificateParams::new(vec![dns.to_string(), "127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("leaf");
+        (ca.pem(), leaf.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_dial_that_checks_names_refuses_a_certificate_for_another_node_and_says_so() {
+        let dir = std::env::temp_dir().join(format!("cloister-tls-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (ca, cert, key) = issue("names CA", "mallory");
+        let path = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let (cert_path, key_path, ca_path) = (
+            path("n.pem", &cert),
+            path("n.key", &key),
+            path("ca.pem", &ca),
+        );
+        let tls = Tls::load(files(&cert_path, &key_path, &ca_path)).expect("loads");
+        let leaf = CertificateDer::from_pem_file(&cert_path).expect("leaf");
+        let verify = |expected: Option<&str>| {
+            let verifier = ChainOnly {
+                expected: expected.map(|name| name.parse().expect("a node name")),
+                ..tls.peers.clone()
+            };
+            let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+            verifier.verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+        };
+        assert!(verify(None).is_ok());
+        assert!(verify(Some("mallory@127.0.0.1")).is_ok());
+        let error = verify(Some("node-b@127.0.0.1")).expect_err("names mallory");
+        // As a dial sees it: inside the I/O error of the handshake.
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error);
+        let refusal = names::dial_refusal(&io).expect("a name refusal");
+        assert_eq!(refusal.claimed.as_str(), "node-b@127.0.0.1");
+        assert_eq!(refusal.names, ["mallory"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn files<'a>(cert: &'a Path, key: &'a Path, ca: &'a Path) -> TlsFiles<'a> {
         TlsFiles { cert, key, ca }

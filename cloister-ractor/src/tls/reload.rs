@@ -180,6 +180,7 @@ async fn reload_every(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::tests::issue;
 
     fn write(paths: &Paths, field: &str, text: &str) {
         let path = match field {
@@ -188,24 +189,6 @@ mod tests {
             _ => &paths.ca,
         };
         std::fs::write(path, text).expect("write");
-    }
-
-    /// A CA and a node certificate under it, as PEM: (ca, cert, key).
-    fn issue(ca_name: &str) -> (String, String, String) {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let ca_key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, ca_name);
-        let ca = params.self_signed(&ca_key).expect("ca");
-        let key = KeyPair::generate().expect("key");
-        let leaf = CertificateParams::new(vec!["node".to_string()])
-            .expect("params")
-            .signed_by(&key, &ca, &ca_key)
-            .expect("leaf");
-        (ca.pem(), leaf.pem(), key.serialize_pem())
     }
 
     #[test]
@@ -217,7 +200,7 @@ mod tests {
             key: dir.join("node.key"),
             ca: dir.join("ca.pem"),
         };
-        let (ca, cert, key) = issue("first CA");
+        let (ca, cert, key) = issue("first CA", "node");
         write(&paths, "tls_ca", &ca);
         write(&paths, "tls_cert", &cert);
         write(&paths, "tls_key", &key);
@@ -228,7 +211,7 @@ mod tests {
         assert!(look(&paths, &mut seen, &current).is_none());
 
         // A new certificate whose key is not written yet: kept, named.
-        let (ca2, cert2, key2) = issue("second CA");
+        let (ca2, cert2, key2) = issue("second CA", "node");
         write(&paths, "tls_cert", &cert2);
         match look(&paths, &mut seen, &current) {
             Some(Reloaded::Kept(fields, error)) => {
