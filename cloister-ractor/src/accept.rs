@@ -177,6 +177,21 @@ pub(crate) enum Upgrade {
 }
 
 impl Upgrade {
+    /// TLS with the node's settings as they stand, else plain TCP;
+    /// `names_to` as in [`Upgrade::Tls`].
+    pub(crate) fn new(
+        tls: Option<&crate::tls::reload::Watched>,
+        names_to: Option<ActorRef<CloisterMessage>>,
+    ) -> Upgrade {
+        match tls {
+            Some(tls) => Upgrade::Tls {
+                current: Arc::clone(&tls.current),
+                names_to,
+            },
+            None => Upgrade::Plain,
+        }
+    }
+
     async fn run(&self, stream: TcpStream, peer: SocketAddr) -> Result<NetworkStream, Refusal> {
         match self {
             Upgrade::Plain => {

@@ -384,13 +384,7 @@ impl Actor for CloisterManager {
             %incarnation, port = config.listen_port, consensus = config.consensus,
             "cloister node {me} starting"
         );
-        let upgrade = match &tls {
-            Some(tls) => Upgrade::Tls {
-                current: Arc::clone(&tls.current),
-                names_to: config.tls_check_names.then(|| myself.clone()),
-            },
-            None => Upgrade::Plain,
-        };
+        let upgrade = Upgrade::new(tls.as_ref(), config.tls_check_names.then(|| myself.clone()));
         let mut state = ManagerState {
             machine,
             epoch: Instant::now(),
