@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod certified;
 pub mod config;
 pub mod events;
 pub mod membership;

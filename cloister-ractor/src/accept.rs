@@ -52,10 +52,13 @@
 //! connect to it in plain TCP, past this loop's caps and deadline (the
 //! Manager still closes a connection that does not authenticate within
 //! `handshake_timeout`, and the cookie still applies). With TLS on, the
-//! NodeServer gets the same `TlsAcceptor` (`IncomingEncryptionMode::Tls`),
-//! so that side port demands a certificate under `tls_ca` too; only its
-//! handshake runs inline, without deadline or log line, so a silent local
-//! process can stall that port (never the node port).
+//! NodeServer gets the `TlsAcceptor` of the node's start
+//! (`IncomingEncryptionMode::Tls`), so that side port demands a certificate
+//! under `tls_ca` too (as loaded at start: a reload cannot reach it, see
+//! [`crate::tls::reload`]); only its handshake runs inline, without
+//! deadline or log line, so a silent local process can stall that port
+//! (never the node port). With `tls_check_names` a session through it is
+//! refused, as no certificate names are recorded for it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -71,7 +74,10 @@ use ractor_cluster::{IncomingEncryptionMode, NetworkStream, NodeServer, NodeServ
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
+use arc_swap::ArcSwap;
+
 use crate::error::CloisterError;
+use crate::manager::{CloisterMessage, Internal};
 use crate::stats::Counters;
 use crate::tls::Tls;
 
@@ -160,11 +166,32 @@ pub(crate) enum Upgrade {
     /// Plain TCP: the stream as it is, once the peer has sent its first
     /// byte (left unread for the NodeServer).
     Plain,
-    /// A TLS handshake, the peer's certificate verified against `tls_ca`.
-    Tls(tokio_rustls::TlsAcceptor),
+    /// A TLS handshake, the peer's certificate verified against `tls_ca`,
+    /// with the settings of the moment (see [`crate::tls::reload`]).
+    Tls {
+        current: Arc<ArcSwap<Tls>>,
+        /// With `tls_check_names`, who gets each peer's certificate names,
+        /// before the NodeServer gets its stream ([`crate::tls::names`]).
+        names_to: Option<ActorRef<CloisterMessage>>,
+    },
 }
 
 impl Upgrade {
+    /// TLS with the node's settings as they stand, else plain TCP;
+    /// `names_to` as in [`Upgrade::Tls`].
+    pub(crate) fn new(
+        tls: Option<&crate::tls::reload::Watched>,
+        names_to: Option<ActorRef<CloisterMessage>>,
+    ) -> Upgrade {
+        match tls {
+            Some(tls) => Upgrade::Tls {
+                current: Arc::clone(&tls.current),
+                names_to,
+            },
+            None => Upgrade::Plain,
+        }
+    }
+
     async fn run(&self, stream: TcpStream, peer: SocketAddr) -> Result<NetworkStream, Refusal> {
         match self {
             Upgrade::Plain => {
@@ -182,15 +209,26 @@ impl Upgrade {
                     }
                 }
             }
-            Upgrade::Tls(acceptor) => {
+            Upgrade::Tls { current, names_to } => {
                 let local_addr = stream.local_addr().map_err(|_| Refusal::Closed)?;
                 let _ = stream.set_nodelay(true);
+                let acceptor = current.load().acceptor.clone();
                 match acceptor.accept(stream).await {
-                    Ok(stream) => Ok(NetworkStream::TlsServer {
-                        peer_addr: peer,
-                        local_addr,
-                        stream,
-                    }),
+                    Ok(stream) => {
+                        if let Some(manager) = names_to {
+                            let names = crate::tls::names::peer_names(stream.get_ref().1);
+                            let addr = peer.to_string();
+                            let certified = Internal::Certified { addr, names };
+                            manager
+                                .cast(CloisterMessage::Internal(certified))
+                                .map_err(|_| Refusal::Closed)?;
+                        }
+                        Ok(NetworkStream::TlsServer {
+                            peer_addr: peer,
+                            local_addr,
+                            stream,
+                        })
+                    }
                     Err(error) => Err(Refusal::Tls(crate::tls::refusal_reason(&error))),
                 }
             }

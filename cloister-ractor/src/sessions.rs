@@ -20,6 +20,9 @@ pub(crate) enum SessionEvent {
         id: u64,
         actor: ActorRef<NodeSessionMessage>,
         inbound: bool,
+        /// The peer's address, as the accept loop saw it for an inbound
+        /// one (`tls_check_names` matches the two).
+        addr: String,
     },
     /// The session passed the cookie check (and won any duplicate election).
     Authenticated { id: u64, peer: Option<String> },
@@ -58,6 +61,7 @@ impl NodeEventSubscription for Forwarder {
             id: ses.node_id,
             actor: ses.actor,
             inbound: ses.is_server,
+            addr: ses.peer_addr,
         });
     }
 

@@ -63,9 +63,10 @@ impl Ca {
         self.cert.pem()
     }
 
-    /// A node certificate for `name` on 127.0.0.1, for both ends of a
-    /// connection; written as `{file}.pem` and `{file}.key` in `dir`.
-    /// Returns the flags that give them and `ca` to cloister-node.
+    /// A node certificate for node `name` (`node@host`) on 127.0.0.1, for
+    /// both ends of a connection: its DNS name is the node-name part, as
+    /// `tls_check_names` wants it; written as `{file}.pem` and `{file}.key`
+    /// in `dir`. Returns the flags that give them and `ca` to cloister-node.
     pub fn issue(
         &self,
         dir: &CertDir,
@@ -85,7 +86,8 @@ impl Ca {
         ca: &Path,
         adjust: impl FnOnce(&mut CertificateParams),
     ) -> io::Result<Vec<String>> {
-        let mut params = CertificateParams::new(vec![name.to_string(), "127.0.0.1".to_string()])
+        let part = name.split('@').next().unwrap_or(name);
+        let mut params = CertificateParams::new(vec![part.to_string(), "127.0.0.1".to_string()])
             .map_err(rcgen_error)?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![

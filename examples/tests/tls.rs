@@ -29,9 +29,18 @@ fn stderr_of(cluster: &LocalCluster, i: usize) -> String {
 /// A TLS cluster of three (nodes 0-2) is ready; node 3, also in everyone's
 /// sentry list, is left to the test.
 fn tls_cluster(dir: &CertDir) -> (LocalCluster, Ca, PathBuf) {
+    tls_cluster_with(dir, &[])
+}
+
+/// [`tls_cluster`], every node with these `CLOISTER_*` variables.
+fn tls_cluster_with(dir: &CertDir, env: &[(&str, &str)]) -> (LocalCluster, Ca, PathBuf) {
     let ca = Ca::new("cloister test CA").unwrap();
     let ca_path = dir.write("ca.pem", &ca.pem()).unwrap();
-    let mut cluster = cluster(4).consensus(3).build().unwrap();
+    let mut builder = cluster(4).consensus(3);
+    for (key, value) in env {
+        builder = builder.env(*key, *value);
+    }
+    let mut cluster = builder.build().unwrap();
     for i in 0..3 {
         let name = cluster.node_name(i).to_string();
         let flags = ca.issue(dir, &format!("node{i}"), &name, &ca_path).unwrap();
@@ -159,4 +168,112 @@ fn a_node_with_a_certificate_not_valid_yet_is_refused() {
         .unwrap();
     start(&mut cluster, 3, &flags);
     assert_kept_out(&mut cluster, "the peer's certificate is not valid yet");
+}
+
+/// Waits until node `i`'s log holds `text`.
+fn wait_logged(cluster: &LocalCluster, i: usize, text: &str) {
+    let what = format!("{} logs {text:?}", cluster.node_name(i));
+    ok(cluster.wait_until(&what, DEFAULT_TIMEOUT, |c| stderr_of(c, i).contains(text)));
+}
+
+/// Waits until node `i` lists node `j` among its members.
+fn wait_member(cluster: &LocalCluster, i: usize, j: usize) {
+    let (who, whom) = (cluster.node_name(i), cluster.node_name(j));
+    let what = format!("{who} lists {whom} as a member");
+    ok(cluster.wait_until(&what, DEFAULT_TIMEOUT, |c| {
+        c.members(i).unwrap_or_default().iter().any(|m| m == whom)
+    }));
+}
+
+#[test]
+fn a_replaced_ca_bundle_is_picked_up_without_a_restart() {
+    let _serial = serial();
+    let dir = CertDir::new("reload").unwrap();
+    let (first, second) = (Ca::new("first CA").unwrap(), Ca::new("second CA").unwrap());
+    let first_only = dir.write("first.pem", &first.pem()).unwrap();
+    let both = format!("{}{}", first.pem(), second.pem());
+    let both_path = dir.write("both.pem", &both).unwrap();
+    // X's bundle, the file replaced while X runs.
+    let x_bundle = dir.write("x-ca.pem", &first.pem()).unwrap();
+    let mut cluster = cluster(3)
+        .consensus(1)
+        .env("CLOISTER_TLS_RELOAD_INTERVAL", "200ms")
+        .build()
+        .unwrap();
+    let (x, z, y) = (0, 1, 2);
+    let names: Vec<String> = (0..3).map(|i| cluster.node_name(i).to_string()).collect();
+    let name = |i: usize| names[i].clone();
+    let x_flags = first.issue(&dir, "x", &name(x), &x_bundle).unwrap();
+    let z_flags = first.issue(&dir, "z", &name(z), &first_only).unwrap();
+    // Y's certificate is from the second CA; Y trusts both.
+    let y_flags = second.issue(&dir, "y", &name(y), &both_path).unwrap();
+    start(&mut cluster, x, &x_flags);
+    ok(cluster.wait_ready(&[x], DEFAULT_TIMEOUT));
+    let pid = cluster.pid(x);
+
+    // A replacement that does not load (written halfway): X says so once
+    // and keeps what it has, so a node of the first CA still gets in.
+    dir.write("x-ca.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n")
+        .unwrap();
+    wait_logged(&cluster, x, "but cannot be used: cannot use `tls_ca`");
+    start(&mut cluster, z, &z_flags);
+    wait_member(&cluster, x, z);
+    wait_member(&cluster, z, x);
+
+    // Y, of the second CA, is refused by X.
+    start(&mut cluster, y, &y_flags);
+    wait_logged(
+        &cluster,
+        x,
+        "the peer's certificate does not chain to `tls_ca`",
+    );
+    thread::sleep(QUIET_SPELL);
+    let members = cluster.members(x).unwrap_or_default();
+    assert!(!members.contains(&name(y)), "X let Y in: {members:?}");
+
+    // X's bundle now holds both CAs: Y gets in, and X never restarted.
+    dir.write("x-ca.pem", &both).unwrap();
+    wait_logged(&cluster, x, "TLS settings reloaded: tls_ca changed on disk");
+    wait_member(&cluster, x, y);
+    wait_member(&cluster, y, x);
+    assert_eq!(cluster.pid(x), pid, "X restarted");
+    let log = stderr_of(&cluster, x);
+    assert_eq!(
+        log.matches("but cannot be used").count(),
+        1,
+        "one warning per broken replacement: {log}"
+    );
+}
+
+#[test]
+fn with_names_checked_a_node_cannot_claim_a_name_its_certificate_lacks() {
+    let _serial = serial();
+    let dir = CertDir::new("names").unwrap();
+    let checked = [("CLOISTER_TLS_CHECK_NAMES", "true")];
+    let (mut cluster, ca, ca_path) = tls_cluster_with(&dir, &checked);
+    // Node 3 (`node4`, in every sentry list) runs with a certificate of the
+    // cluster's own CA that names `mallory`: its dials claim `node4`, and
+    // the members dialling `node4` meet `mallory`'s certificate.
+    let claimed = cluster.node_name(3).to_string();
+    let mallory = ca
+        .issue(&dir, "mallory", "mallory@127.0.0.1", &ca_path)
+        .unwrap();
+    start(&mut cluster, 3, &mallory);
+    assert_kept_out(
+        &mut cluster,
+        &format!("`{claimed}` is not named in its certificate"),
+    );
+    for i in 0..3 {
+        let log = stderr_of(&cluster, i);
+        assert!(
+            log.contains("[`mallory`]"),
+            "no certificate names logged: {log}"
+        );
+    }
+
+    // The same node with a certificate that names it gets in.
+    cluster.kill(3).unwrap();
+    let named = ca.issue(&dir, "node4", &claimed, &ca_path).unwrap();
+    start(&mut cluster, 3, &named);
+    ok(cluster.wait_ready(&[0, 1, 2, 3], DEFAULT_TIMEOUT));
 }

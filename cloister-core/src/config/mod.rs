@@ -294,8 +294,8 @@ pub struct Config {
     /// certificate that chains to `tls_ca`, so a node without one never
     /// reaches the cookie handshake, and the built-in cookie is allowed
     /// off loopback; the price is a TLS handshake per connection and the
-    /// certificates to issue and renew (read once at start: a renewed file
-    /// needs a restart).
+    /// certificates to issue and renew (read again every
+    /// `tls_reload_interval`: a renewed file needs no restart).
     pub tls_cert: Option<PathBuf>,
     /// The private key of `tls_cert`'s leaf certificate, a PEM file
     /// (PKCS#8, PKCS#1 or SEC1). Default: none. Only with `tls_cert` and
@@ -306,9 +306,29 @@ pub struct Config {
     /// `tls_cert` and `tls_key`. Every node of a cluster needs a
     /// certificate issued under it; a peer whose chain ends elsewhere, or
     /// whose certificate is expired or not yet valid, is refused before any
-    /// cluster message. Peers are checked by chain and validity only, not
-    /// by the name or address in their certificate.
+    /// cluster message. Peers are checked by chain and validity, not by
+    /// the name or address in their certificate, unless `tls_check_names`
+    /// is on.
     pub tls_ca: Option<PathBuf>,
+    /// How often `tls_cert`, `tls_key` and `tls_ca` are read again: when
+    /// any of them changed, the node builds its TLS settings anew and new
+    /// connections use them (connections already up keep theirs). Default
+    /// `30s`; `0s` reads them once, at start. A replacement that does not
+    /// load (a half-written file, a key that is not the certificate's)
+    /// leaves the settings in use as they were, with a warning naming the
+    /// file. Shorter picks up a renewed certificate sooner, for three small
+    /// file reads per interval. Ignored without TLS.
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_interval: Duration,
+    /// Whether a peer's certificate must name the node it claims to be:
+    /// the part of its node name before `@` must be one of the
+    /// certificate's DNS names (see [`crate::certified`]). Default `false`:
+    /// any certificate under `tls_ca` may claim any name. On, a node cannot
+    /// pass for another, at the price of one certificate per node name;
+    /// a peer that claims a name its certificate does not carry is refused
+    /// (a dial, in its TLS handshake; a connection it made, once it says
+    /// its name) and never enters the ring. Needs TLS.
+    pub tls_check_names: bool,
 }
 
 /// Like a derived `Debug`, but the cookie is never printed: configs end up in
@@ -345,6 +365,8 @@ impl std::fmt::Debug for Config {
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field("tls_ca", &self.tls_ca)
+            .field("tls_reload_interval", &self.tls_reload_interval)
+            .field("tls_check_names", &self.tls_check_names)
             .finish()
     }
 }
@@ -381,13 +403,15 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
+            tls_reload_interval: Duration::from_secs(30),
+            tls_check_names: false,
         }
     }
 }
 
 /// Every field with what it accepts: the keys read from `CLOISTER_*` and the
 /// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 29] = [
+const FIELDS: [(&str, &str); 31] = [
     ("app", NAME_PART),
     ("node_name", NAME_PART),
     ("sentry", SENTRY),
@@ -423,6 +447,11 @@ const FIELDS: [(&str, &str); 29] = [
     (tls::TLS_FIELDS[0], tls::TLS_PATH),
     (tls::TLS_FIELDS[1], tls::TLS_PATH),
     (tls::TLS_FIELDS[2], tls::TLS_PATH),
+    ("tls_reload_interval", tls::RELOAD_INTERVAL),
+    (
+        "tls_check_names",
+        "`true` or `false` (needs `tls_cert`, `tls_key` and `tls_ca`)",
+    ),
 ];
 const SENTRY: &str =
     "a list of `name@host:port` nodes (or one string of them joined by commas) or a DNS service name";

@@ -13,8 +13,8 @@ use super::{duration, invalid, Config, ConfigError};
 
 impl Config {
     /// The longest any timer may be: one day (`"1day"`), for `discovery_tick`,
-    /// the dial backoffs, `dial_timeout`, `session_grace`, `drain_timeout`
-    /// and the heartbeat fields. A timer that long already means "practically never".
+    /// the dial backoffs, `dial_timeout`, `session_grace`, `drain_timeout`,
+    /// `tls_reload_interval` and the heartbeat fields. A timer that long already means "practically never".
     pub const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
 
     /// The longest `startup_deadline` may be: one year (`"1y"`, 365.25 days,
@@ -52,6 +52,11 @@ impl Config {
             ),
             ("stable_after", self.stable_after, Config::MAX_TIMER),
             ("drain_timeout", self.drain_timeout, Config::MAX_TIMER),
+            (
+                "tls_reload_interval",
+                self.tls_reload_interval,
+                Config::MAX_TIMER,
+            ),
             (
                 "startup_deadline",
                 self.startup_deadline,

@@ -9,7 +9,9 @@
 //! The core checks only the shape (all three or none, no empty path); it
 //! never reads a file. The runtime reads and parses them when the node
 //! starts, and refuses to start with an error naming the file and what is
-//! wrong with it.
+//! wrong with it; then again every `tls_reload_interval`, keeping what it
+//! has when a changed file does not load. `tls_check_names` asks for more
+//! than a chain: see [`crate::certified`].
 
 use std::path::Path;
 
@@ -21,6 +23,10 @@ pub(super) const TLS_FIELDS: [&str; 3] = ["tls_cert", "tls_key", "tls_ca"];
 /// What a TLS field accepts, for load errors.
 pub(super) const TLS_PATH: &str = "the path of a PEM file (`tls_cert`, `tls_key` and `tls_ca` \
      are set together or not at all)";
+
+/// What `tls_reload_interval` accepts, for load errors.
+pub(super) const RELOAD_INTERVAL: &str =
+    "a duration such as \"30s\" or \"5m\", or \"0s\" to read the TLS files only at start";
 
 /// This node's TLS files, once [`Config::validate`] has accepted them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +50,27 @@ impl Config {
         }
     }
 
-    /// The TLS rule of [`Config::validate`]: the three fields together or
-    /// none of them, and no empty path.
+    /// How often the TLS files are read again; `None` when never
+    /// (`tls_reload_interval` is zero, or TLS is off).
+    pub fn tls_reload_every(&self) -> Option<std::time::Duration> {
+        let every = self.tls_reload_interval;
+        (self.tls().is_some() && !every.is_zero()).then_some(every)
+    }
+
+    /// The TLS rules of [`Config::validate`]: the three fields together or
+    /// none of them, no empty path, and `tls_check_names` only with them.
     pub(super) fn check_tls(&self) -> Result<(), ConfigError> {
+        self.check_tls_files()?;
+        if self.tls_check_names && self.tls().is_none() {
+            let why = "checks names in TLS certificates, and TLS is off: set `tls_cert`, \
+                       `tls_key` and `tls_ca` (`CLOISTER_TLS_CERT`, `CLOISTER_TLS_KEY`, \
+                       `CLOISTER_TLS_CA`), or leave `tls_check_names` off";
+            return Err(invalid("tls_check_names", "true", why));
+        }
+        Ok(())
+    }
+
+    fn check_tls_files(&self) -> Result<(), ConfigError> {
         let fields = [
             ("tls_cert", &self.tls_cert),
             ("tls_key", &self.tls_key),
@@ -126,6 +150,41 @@ mod tests {
         assert!(text.contains("`tls_ca` is not set"), "{text}");
         assert!(text.contains("CLOISTER_TLS_CA"), "{text}");
         assert_eq!(with(None, None, Some("ca.pem")).tls(), None);
+    }
+
+    #[test]
+    fn checking_names_needs_tls() {
+        let off = Config {
+            tls_check_names: true,
+            ..with(None, None, None)
+        };
+        let error = off.check_tls().expect_err("no TLS");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("invalid `tls_check_names` = true"),
+            "{text}"
+        );
+        assert!(text.contains("CLOISTER_TLS_CERT"), "{text}");
+        let on = Config {
+            tls_check_names: true,
+            ..with(Some("n.pem"), Some("n.key"), Some("ca.pem"))
+        };
+        assert_eq!(on.check_tls(), Ok(()));
+    }
+
+    #[test]
+    fn reloading_needs_tls_and_an_interval() {
+        let on = with(Some("n.pem"), Some("n.key"), Some("ca.pem"));
+        assert_eq!(
+            on.tls_reload_every(),
+            Some(std::time::Duration::from_secs(30))
+        );
+        let never = Config {
+            tls_reload_interval: std::time::Duration::ZERO,
+            ..on
+        };
+        assert_eq!(never.tls_reload_every(), None);
+        assert_eq!(with(None, None, None).tls_reload_every(), None);
     }
 
     #[test]

@@ -124,14 +124,20 @@ impl ManagerState {
     }
 
     pub(super) fn dial(
-        &self,
+        &mut self,
         myself: &ActorRef<CloisterMessage>,
         peer: NodeName,
         addr: NodeAddr,
         timeout: Duration,
     ) {
         let node_server = self.node_server.clone();
-        let tls = self.tls.clone();
+        if let (Some(names), Host::Ip(ip)) = (&mut self.names, addr.host()) {
+            let target = std::net::SocketAddr::new(*ip, addr.port()).to_string();
+            let keep = timeout * crate::tls::names::KEEP_UNCLAIMED;
+            names.dialling(self.epoch.elapsed(), target, peer.clone(), keep);
+        }
+        let expected = self.config.tls_check_names.then_some(&peer);
+        let tls = self.tls.as_ref().map(|tls| tls.connector(expected));
         let myself = myself.clone();
         tokio::spawn(async move {
             // Dialing a peer that already has a session can tear it down
@@ -192,6 +198,10 @@ impl ManagerState {
                     format!("dial {addr} failed: {error}")
                 }
                 Ok(Err(ractor_cluster::ClientConnectErr::Encryption(error))) => {
+                    if let Some(refusal) = crate::tls::names::dial_refusal(&error) {
+                        let why = format!("dialled at {addr}: {refusal}");
+                        let _ = myself.cast(CloisterMessage::Internal(Internal::Misnamed(why)));
+                    }
                     format!("dial {addr} failed in its TLS handshake: {error}")
                 }
                 Ok(Err(error)) => format!("dial {addr} failed: {error:?}"),

@@ -117,6 +117,12 @@ pub enum Internal {
     Discovered(Result<Answer, String>),
     /// Every drain hold is released.
     Drained,
+    /// An accepted peer's certificate names, by its address
+    /// (`tls_check_names`, [`crate::tls::names`]).
+    Certified { addr: String, names: Vec<String> },
+    /// A peer refused for the name its certificate lacks, in the words of
+    /// the log.
+    Misnamed(String),
 }
 
 impl CloisterManager {
@@ -333,10 +339,15 @@ impl Actor for CloisterManager {
         let host = discovery.own_host(&config).await?;
         let me = config.node_name_for(&host)?;
 
-        let tls = config.tls().map(crate::tls::Tls::load).transpose()?;
-        let (listener, node_server) =
-            crate::accept::open(&config, &host.to_string(), tls.as_ref(), myself.get_cell())
-                .await?;
+        let tls = crate::tls::reload::Watched::start(&config)?;
+        let at_start = tls.as_ref().map(|tls| tls.current.load_full());
+        let (listener, node_server) = crate::accept::open(
+            &config,
+            &host.to_string(),
+            at_start.as_deref(),
+            myself.get_cell(),
+        )
+        .await?;
         node_server.cast(NodeServerMessage::SubscribeToEvents {
             id: "cloister".into(),
             subscription: Box::new(Forwarder(myself.clone())),
@@ -373,11 +384,13 @@ impl Actor for CloisterManager {
             %incarnation, port = config.listen_port, consensus = config.consensus,
             "cloister node {me} starting"
         );
+        let upgrade = Upgrade::new(tls.as_ref(), config.tls_check_names.then(|| myself.clone()));
         let mut state = ManagerState {
             machine,
             epoch: Instant::now(),
             node_server,
-            tls: tls.as_ref().map(|tls| tls.connector.clone()),
+            names: config.tls_check_names.then(Default::default),
+            tls,
             view,
             subscribers: Subscribers::default(),
             listeners: Vec::new(),
@@ -415,10 +428,7 @@ impl Actor for CloisterManager {
         let accept = AcceptLoop {
             listener,
             node_server: state.node_server.clone(),
-            upgrade: match tls {
-                Some(tls) => Upgrade::Tls(tls.acceptor),
-                None => Upgrade::Plain,
-            },
+            upgrade,
             deadline: state.config.handshake_timeout(),
             counters: Arc::clone(&state.counters),
         };

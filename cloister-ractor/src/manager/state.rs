@@ -22,6 +22,7 @@ use crate::members::is_closing;
 use crate::sessions::SessionEvent;
 use crate::stats::Counters;
 use crate::subscribe::{Listener, Subscribers};
+use crate::tls::names::{NameCheck, KEEP_UNCLAIMED};
 use crate::{Inspection, LeaveOutcome, Share};
 
 use super::{Assembled, CloisterMessage, Internal, Management};
@@ -33,9 +34,13 @@ pub struct ManagerState {
     /// Origin of the core's clock.
     pub(super) epoch: Instant,
     pub(super) node_server: ActorRef<NodeServerMessage>,
-    /// With TLS on, what dials go through (this node's certificate, peers'
-    /// verified against `tls_ca`); plain TCP without.
-    pub(super) tls: Option<tokio_rustls::TlsConnector>,
+    /// With TLS on, the settings dials go through (this node's
+    /// certificate, peers' verified against `tls_ca`), kept fresh from the
+    /// files; plain TCP without.
+    pub(super) tls: Option<crate::tls::reload::Watched>,
+    /// With `tls_check_names`, accepted peers' certificate names and the
+    /// sessions refused for them.
+    pub(super) names: Option<NameCheck>,
     pub(super) view: Arc<ArcSwap<View>>,
     pub(super) subscribers: Subscribers,
     pub(super) listeners: Vec<Box<dyn Listener>>,
@@ -92,6 +97,9 @@ impl ManagerState {
                     return; // replaced by an earlier wake-up: nothing is due
                 }
                 let now = self.now();
+                if let Some(names) = &mut self.names {
+                    names.flush(now);
+                }
                 self.machine.handle_timeout(now);
                 self.apply(myself);
                 self.log_progress(now);
@@ -119,6 +127,18 @@ impl ManagerState {
                 self.feed(myself, Input::DiscoveryFailed(error));
             }
             Internal::Drained => self.feed(myself, Input::Drained),
+            Internal::Certified { addr, names } => {
+                let (now, keep) = (self.now(), self.config.handshake_timeout() * KEEP_UNCLAIMED);
+                if let Some(check) = &mut self.names {
+                    check.certified(now, addr, names, keep);
+                }
+            }
+            Internal::Misnamed(why) => {
+                let now = self.now();
+                if let Some(check) = &mut self.names {
+                    check.refused(now, why);
+                }
+            }
         }
     }
 
@@ -136,16 +156,32 @@ impl ManagerState {
         event: SessionEvent,
     ) {
         match event {
-            SessionEvent::Opened { id, actor, inbound } => {
+            SessionEvent::Opened {
+                id,
+                actor,
+                inbound,
+                addr,
+            } => {
+                if let Some(names) = &mut self.names {
+                    names.opened(id, addr, inbound);
+                }
                 self.links.insert(id, actor.get_cell());
                 let session = SessionId(id);
                 self.feed(myself, Input::SessionOpened { session, inbound });
             }
             SessionEvent::Authenticated { id, peer } => {
+                if let Some(Err(why)) =
+                    (self.names.as_mut()).map(|n| n.authenticated(id, peer.as_deref()))
+                {
+                    self.refuse_misnamed(id, why);
+                    return;
+                }
                 let session = SessionId(id);
                 let peer = peer.and_then(|p| p.parse::<NodeName>().ok());
                 self.feed(myself, Input::SessionAuthenticated { session, peer });
             }
+            SessionEvent::Adopted { id, .. } | SessionEvent::Ready { id, .. }
+                if self.names.as_ref().is_some_and(|n| n.is_refused(id)) => {}
             SessionEvent::Adopted { id, peer, actor } => {
                 // Cast from the dial task, so unordered with the NodeServer's
                 // own events: a session that closed meanwhile, or a peer
@@ -170,6 +206,9 @@ impl ManagerState {
                 self.feed(myself, Input::SessionUp { peer, session });
             }
             SessionEvent::Closed { id, peer } => {
+                // A session refused for its name closes as a stranger.
+                let refused = self.names.as_mut().is_some_and(|n| n.closed(id));
+                let peer = peer.filter(|_| !refused);
                 self.links.remove(&id);
                 if self.sessions.remove(&id).is_some() {
                     self.store_view();
@@ -180,6 +219,18 @@ impl ManagerState {
                     None => self.feed(myself, Input::ConnectionClosed { session }),
                 }
             }
+        }
+    }
+
+    /// Closes session `id`, whose certificate does not name the node it
+    /// claims: before the core hears of its name, so it is never admitted.
+    fn refuse_misnamed(&mut self, id: u64, why: String) {
+        if let Some(link) = self.links.get(&id) {
+            link.stop(Some("cloister: certificate does not name the node".into()));
+        }
+        let now = self.now();
+        if let Some(names) = &mut self.names {
+            names.refused(now, why);
         }
     }
 

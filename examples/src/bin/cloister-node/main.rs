@@ -139,6 +139,15 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_ca: Option<String>,
+    /// How often the TLS files are read again (`0s`: only at start), e.g. `30s`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_reload_interval: Option<String>,
+    /// Whether a peer's certificate must name the node it claims to be
+    /// (`true` or `false`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_check_names: Option<bool>,
 
     #[command(subcommand)]
     #[serde(skip)]

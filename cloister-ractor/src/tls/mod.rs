@@ -14,32 +14,47 @@
 //! certified under `tls_ca` is a node of the cluster; the cookie still
 //! applies on top.
 //!
-//! The files are read once, when the node starts; a replaced certificate
-//! takes a restart.
+//! With `tls_check_names` on, a certificate must also name the node it
+//! speaks for ([`cloister_core::certified`]): a dial's verifier requires the
+//! dialled node's name, and an accepted connection's certificate names are
+//! checked against the name it gives once it authenticates ([`names`]).
+//!
+//! The files are read at start and again every `tls_reload_interval`
+//! ([`reload`]): new connections use the newest settings that loaded.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use cloister_core::certified::check_names;
 use cloister_core::config::TlsFiles;
 use cloister_core::names::Host;
+use cloister_core::NodeName;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
 use tokio_rustls::rustls;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::error::CloisterError;
 
-/// The node's TLS settings, built once at start.
+pub(crate) mod names;
+pub(crate) mod reload;
+
+/// The node's TLS settings, as built from its files at start or at the
+/// last reload that succeeded.
 #[derive(Clone)]
 pub(crate) struct Tls {
-    /// For the node port and the NodeServer's side port.
+    /// For the node port (and, as built at start, the NodeServer's side
+    /// port).
     pub(crate) acceptor: TlsAcceptor,
-    /// For dials.
-    pub(crate) connector: TlsConnector,
+    /// For dials whose peer's name is not checked.
+    client: Arc<rustls::ClientConfig>,
+    /// What checks a dialled peer's chain: the base of a dial's verifier
+    /// that checks its name too.
+    peers: ChainOnly,
 }
 
 impl std::fmt::Debug for Tls {
@@ -83,21 +98,42 @@ impl Tls {
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(|e| key_error(files, e))?;
 
-        let peers = Arc::new(ChainOnly {
+        let peers = ChainOnly {
             roots,
             algorithms: provider.signature_verification_algorithms,
-        });
+            expected: None,
+        };
         let client = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| tls_error(files.cert, "tls_cert", e))?
             .dangerous()
-            .with_custom_certificate_verifier(peers)
+            .with_custom_certificate_verifier(Arc::new(peers.clone()))
             .with_client_auth_cert(chain, key)
             .map_err(|e| key_error(files, e))?;
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            connector: TlsConnector::from(Arc::new(client)),
+            client: Arc::new(client),
+            peers,
         })
+    }
+
+    /// What a dial goes through; with `expected`, the peer's certificate
+    /// must also name that node (`tls_check_names`). Such a dial resumes no
+    /// earlier TLS session, whose certificate was checked for another name.
+    pub(crate) fn connector(&self, expected: Option<&NodeName>) -> TlsConnector {
+        let Some(expected) = expected else {
+            return TlsConnector::from(Arc::clone(&self.client));
+        };
+        let mut config = (*self.client).clone();
+        let verifier = ChainOnly {
+            expected: Some(expected.clone()),
+            ..self.peers.clone()
+        };
+        config
+            .dangerous()
+            .set_certificate_verifier(Arc::new(verifier));
+        config.resumption = rustls::client::Resumption::disabled();
+        TlsConnector::from(Arc::new(config))
     }
 }
 
@@ -133,12 +169,14 @@ fn key_error(files: TlsFiles<'_>, error: rustls::Error) -> CloisterError {
     }
 }
 
-/// Verifies a dialled peer's certificate chain, not its name: see the
-/// module docs.
-#[derive(Debug)]
+/// Verifies a dialled peer's certificate chain, not the name or address
+/// it was dialled at (see the module docs); and with `expected`, that the
+/// certificate names that node.
+#[derive(Debug, Clone)]
 struct ChainOnly {
     roots: Arc<RootCertStore>,
     algorithms: WebPkiSupportedAlgorithms,
+    expected: Option<NodeName>,
 }
 
 impl ServerCertVerifier for ChainOnly {
@@ -158,6 +196,13 @@ impl ServerCertVerifier for ChainOnly {
             now,
             self.algorithms.all,
         )?;
+        if let Some(expected) = &self.expected {
+            check_names(expected, &names::dns_names(end_entity)).map_err(|refusal| {
+                rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                    refusal,
+                ))))
+            })?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -232,8 +277,61 @@ pub(crate) fn refusal_reason(error: &std::io::Error) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A CA and a certificate under it whose DNS name is `dns`, as PEM:
+    /// (ca, cert, key).
+    pub(crate) fn issue(ca_name: &str, dns: &str) -> (String, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        (params.distinguished_name).push(rcgen::DnType::CommonName, ca_name);
+        let ca = params.self_signed(&ca_key).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let leaf = CertificateParams::new(vec![dns.to_string(), "127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("leaf");
+        (ca.pem(), leaf.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_dial_that_checks_names_refuses_a_certificate_for_another_node_and_says_so() {
+        let dir = std::env::temp_dir().join(format!("cloister-tls-names-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (ca, cert, key) = issue("names CA", "mallory");
+        let path = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let (cert_path, key_path, ca_path) = (
+            path("n.pem", &cert),
+            path("n.key", &key),
+            path("ca.pem", &ca),
+        );
+        let tls = Tls::load(files(&cert_path, &key_path, &ca_path)).expect("loads");
+        let leaf = CertificateDer::from_pem_file(&cert_path).expect("leaf");
+        let verify = |expected: Option<&str>| {
+            let verifier = ChainOnly {
+                expected: expected.map(|name| name.parse().expect("a node name")),
+                ..tls.peers.clone()
+            };
+            let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+            verifier.verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+        };
+        assert!(verify(None).is_ok());
+        assert!(verify(Some("mallory@127.0.0.1")).is_ok());
+        let error = verify(Some("node-b@127.0.0.1")).expect_err("names mallory");
+        // As a dial sees it: inside the I/O error of the handshake.
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error);
+        let refusal = names::dial_refusal(&io).expect("a name refusal");
+        assert_eq!(refusal.claimed.as_str(), "node-b@127.0.0.1");
+        assert_eq!(refusal.names, ["mallory"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn files<'a>(cert: &'a Path, key: &'a Path, ca: &'a Path) -> TlsFiles<'a> {
         TlsFiles { cert, key, ca }
