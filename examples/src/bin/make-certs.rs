@@ -50,7 +50,8 @@ fn main() -> anyhow::Result<()> {
         .collect();
     if !existing.is_empty() && !args.force {
         bail!(
-            "{} already exist(s); pass --force to replace them (every node then needs a restart)",
+            "not overwriting {}: pass --force to replace the certificates (every node then \
+             needs a restart)",
             existing.join(", ")
         );
     }
