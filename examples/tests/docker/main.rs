@@ -31,7 +31,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -210,6 +210,13 @@ fn rfc3339_ms(text: &str) -> Option<i64> {
 // ---------------------------------------------------------------------------
 // A compose project
 
+/// Held by every compose project while it lives, and taken alone by the
+/// Swarm scenarios to leave the swarm: `docker swarm leave --force`
+/// disconnects running containers from their bridge networks too (Docker
+/// 20.10, seen as `network disconnect` events on another test's project,
+/// whose nodes then lost each other and their DNS).
+static NETWORKS: RwLock<()> = RwLock::new(());
+
 /// One scenario's compose project; `down` on drop.
 struct Project {
     name: String,
@@ -221,6 +228,8 @@ struct Project {
     /// The cookie the generated override gives the service (none for a
     /// standalone project).
     cookie: Option<String>,
+    /// Keeps the swarm from being left while the project runs.
+    _networks: RwLockReadGuard<'static, ()>,
 }
 
 impl Project {
@@ -281,6 +290,7 @@ impl Project {
             subnet,
             standalone: cookie.is_none(),
             cookie,
+            _networks: NETWORKS.read().unwrap_or_else(|e| e.into_inner()),
         };
         project.down();
         project
