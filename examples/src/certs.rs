@@ -1,6 +1,7 @@
-//! Throwaway certificates for mutual TLS between nodes, made with rcgen:
-//! a CA and one certificate per node in a directory that is removed on drop.
-//! The TLS tests and the benchmarks' `--tls` use them.
+//! Certificates for mutual TLS between nodes, made with rcgen: a CA and
+//! node certificates, in a throwaway directory removed on drop (the TLS
+//! tests, the container tests and the benchmarks' `--tls`) or in a
+//! directory of the user's (`make-certs`, for the Docker walkthrough).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,12 +23,61 @@ impl CertDir {
         Ok(CertDir(dir))
     }
 
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
     /// Writes `pem` as `name` in the directory and returns its path.
     pub fn write(&self, name: &str, pem: &str) -> io::Result<PathBuf> {
-        let path = self.0.join(name);
-        std::fs::write(&path, pem)?;
-        Ok(path)
+        write(&self.0, name, pem)
     }
+}
+
+impl AsRef<Path> for CertDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// Writes `pem` as `name` in `dir` and returns its path; a `.key` file is
+/// readable by its owner only.
+fn write(dir: &Path, name: &str, pem: &str) -> io::Result<PathBuf> {
+    use std::io::Write;
+    let path = dir.join(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if name.ends_with(".key") {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    options
+        .open(&path)
+        .and_then(|mut file| file.write_all(pem.as_bytes()))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", path.display())))?;
+    Ok(path)
+}
+
+/// The files of a compose service whose replicas share one certificate,
+/// as `docker/docker-compose.tls.yml` mounts them at `/certs`: the CA that
+/// peers must chain to, and the node certificate and its key.
+pub const SERVICE_FILES: [&str; 3] = ["ca.pem", "node.pem", "node.key"];
+
+/// Writes [`SERVICE_FILES`] into `dir`: `trusted`'s certificate as the CA
+/// the node checks its peers against, and a node certificate for `name`
+/// issued by `issuer` (the same CA for a cluster's nodes; another one for
+/// a node the cluster must refuse). Returns the paths written.
+pub fn write_service_certs(
+    dir: &Path,
+    issuer: &Ca,
+    trusted: &Ca,
+    name: &str,
+) -> io::Result<[PathBuf; 3]> {
+    let [ca_file, node_pem, _] = SERVICE_FILES;
+    let node = node_pem.trim_end_matches(".pem");
+    let ca = write(dir, ca_file, &trusted.pem())?;
+    let (cert, key) = issuer.issue_files(dir, node, name, |_| {})?;
+    Ok([ca, cert, key])
 }
 
 impl Drop for CertDir {
@@ -69,7 +119,7 @@ impl Ca {
     /// in `dir`. Returns the flags that give them and `ca` to cloister-node.
     pub fn issue(
         &self,
-        dir: &CertDir,
+        dir: impl AsRef<Path>,
         file: &str,
         name: &str,
         ca: &Path,
@@ -80,12 +130,30 @@ impl Ca {
     /// [`Ca::issue`], with `adjust` applied to the certificate first.
     pub fn issue_with(
         &self,
-        dir: &CertDir,
+        dir: impl AsRef<Path>,
         file: &str,
         name: &str,
         ca: &Path,
         adjust: impl FnOnce(&mut CertificateParams),
     ) -> io::Result<Vec<String>> {
+        let (cert, key) = self.issue_files(dir.as_ref(), file, name, adjust)?;
+        Ok(tls_flags(&cert, &key, ca))
+    }
+
+    /// Writes a node certificate for `name` (its DNS names: the node-name
+    /// part, before any `@`, and 127.0.0.1), for both ends of a connection,
+    /// as `{file}.pem` and its key as `{file}.key` in `dir`; returns their
+    /// paths. Peers check its chain to this CA and, with `tls_check_names`,
+    /// that it names the node-name part: one certificate can serve every
+    /// replica of a service, whose nodes share one node-name part.
+    pub fn issue_files(
+        &self,
+        dir: &Path,
+        file: &str,
+        name: &str,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> io::Result<(PathBuf, PathBuf)> {
+        // The node-name part, as `tls_check_names` wants it.
         let part = name.split('@').next().unwrap_or(name);
         let mut params = CertificateParams::new(vec![part.to_string(), "127.0.0.1".to_string()])
             .map_err(rcgen_error)?;
@@ -99,16 +167,21 @@ impl Ca {
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(rcgen_error)?;
-        let cert_path = dir.write(&format!("{file}.pem"), &cert.pem())?;
-        let key_path = dir.write(&format!("{file}.key"), &key.serialize_pem())?;
-        let flag = |name: &str, path: &Path| [name.to_string(), path.display().to_string()];
-        Ok([
-            flag("--tls-cert", &cert_path),
-            flag("--tls-key", &key_path),
-            flag("--tls-ca", ca),
-        ]
-        .concat())
+        let cert_path = write(dir, &format!("{file}.pem"), &cert.pem())?;
+        let key_path = write(dir, &format!("{file}.key"), &key.serialize_pem())?;
+        Ok((cert_path, key_path))
     }
+}
+
+/// The cloister-node flags for a certificate, its key and the CA.
+fn tls_flags(cert: &Path, key: &Path, ca: &Path) -> Vec<String> {
+    let flag = |name: &str, path: &Path| [name.to_string(), path.display().to_string()];
+    [
+        flag("--tls-cert", cert),
+        flag("--tls-key", key),
+        flag("--tls-ca", ca),
+    ]
+    .concat()
 }
 
 /// A throwaway CA and its directory, for a benchmark's `--tls`: each node
@@ -136,13 +209,7 @@ impl ClusterCerts {
         let cert = self.dir.0.join(format!("{file}.pem"));
         let key = self.dir.0.join(format!("{file}.key"));
         if cert.exists() && key.exists() {
-            let flag = |name: &str, path: &Path| [name.to_string(), path.display().to_string()];
-            return Ok([
-                flag("--tls-cert", &cert),
-                flag("--tls-key", &key),
-                flag("--tls-ca", &self.ca_path),
-            ]
-            .concat());
+            return Ok(tls_flags(&cert, &key, &self.ca_path));
         }
         self.ca.issue(&self.dir, &file, name, &self.ca_path)
     }

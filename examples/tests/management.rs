@@ -18,7 +18,7 @@ use cloister_ractor::testing::DEFAULT_TIMEOUT as DEADLINE;
 use serde_json::Value;
 
 mod common;
-use common::{cluster, free_addr, get, node_binary, ok, serial};
+use common::{cluster, free_addr, get, node_binary, ok, sample, serial};
 
 /// Polls `path` on `addr` until `done` holds for the answer, or fails at
 /// the deadline with the last answer.
@@ -39,13 +39,6 @@ fn wait_get(addr: SocketAddr, path: &str, what: &str, done: impl Fn(u16, &str) -
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-}
-
-/// The value of the sample `name` (labels included, as written) in
-/// OpenMetrics text.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Reads `text` with the official parser; `None` when it is not installed

@@ -63,3 +63,10 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
         Duration::from_secs(3),
     ))
 }
+
+/// The value of the sample `name` (labels included, as written) in
+/// OpenMetrics text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}

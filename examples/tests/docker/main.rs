@@ -31,17 +31,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+// The process tests' helpers, for `get` and `sample` (they unwrap, as tests do).
+#[path = "../common/mod.rs"]
+#[allow(clippy::unwrap_used)]
+mod common;
 mod kv;
 mod partitions;
 mod scenarios;
 mod swarm;
 mod swarm_kv;
+mod tls;
 
 /// The tag the tests build and run (not `cloister-node:local`, which is the
 /// walkthrough's image).
@@ -205,6 +210,13 @@ fn rfc3339_ms(text: &str) -> Option<i64> {
 // ---------------------------------------------------------------------------
 // A compose project
 
+/// Held by every compose project while it lives, and taken alone by the
+/// Swarm scenarios to leave the swarm: `docker swarm leave --force`
+/// disconnects running containers from their bridge networks too (Docker
+/// 20.10, seen as `network disconnect` events on another test's project,
+/// whose nodes then lost each other and their DNS).
+static NETWORKS: RwLock<()> = RwLock::new(());
+
 /// One scenario's compose project; `down` on drop.
 struct Project {
     name: String,
@@ -213,6 +225,11 @@ struct Project {
     subnet: String,
     /// Whether the project is the generated file alone (no shipped base).
     standalone: bool,
+    /// The cookie the generated override gives the service (none for a
+    /// standalone project).
+    cookie: Option<String>,
+    /// Keeps the swarm from being left while the project runs.
+    _networks: RwLockReadGuard<'static, ()>,
 }
 
 impl Project {
@@ -234,6 +251,7 @@ impl Project {
         let pid = std::process::id();
         let name = format!("cdock_{scenario}_{pid}");
         let subnet = format!("10.{}.{}", 200 + k, pid % 250);
+        let cookie = format!("cdock-{pid}-{k}");
         // Layered over the shipped file: compose merges `environment` by
         // variable and adds the network's ipam.
         let override_file = format!(
@@ -241,7 +259,7 @@ impl Project {
              version: \"3.8\"\n\
              services:\n  {SERVICE}:\n    image: {IMAGE}\n{service}    environment:\n\
              \x20     - CLOISTER_CONSENSUS={consensus}\n\
-             \x20     - CLOISTER_COOKIE=cdock-{pid}-{k}\n\
+             \x20     - CLOISTER_COOKIE={cookie}\n\
              \x20     - CLOISTER_HEARTBEAT_INTERVAL=100ms\n\
              \x20     - CLOISTER_HEARTBEAT_TIMEOUT=600ms\n\
              \x20     - CLOISTER_DISCOVERY_TICK=200ms\n\
@@ -249,19 +267,19 @@ impl Project {
              \x20     - CLOISTER_DIAL_BACKOFF_MAX=500ms\n{extra}\
              networks:\n  local:\n    driver: bridge\n    ipam:\n      config:\n        - subnet: {subnet}.0/24\n"
         );
-        Project::create(name, subnet, &override_file, false)
+        Project::create(name, subnet, &override_file, Some(cookie))
     }
 
     /// A project of its own compose file, `compose` (its network must be
     /// `local`, its subnet `{subnet}.0/24`), not layered over the shipped one.
     fn standalone(scenario: &str, subnet: String, compose: &str) -> Project {
         let name = format!("cdock_{scenario}_{}", std::process::id());
-        Project::create(name, subnet, compose, true)
+        Project::create(name, subnet, compose, None)
     }
 
     /// Writes `compose` into the project's temp dir and clears leftovers of
     /// an earlier run with the same pid, if any.
-    fn create(name: String, subnet: String, compose: &str, standalone: bool) -> Project {
+    fn create(name: String, subnet: String, compose: &str, cookie: Option<String>) -> Project {
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).expect("cannot create the project's temp dir");
         std::fs::write(dir.join("docker-compose.override.yml"), compose)
@@ -270,7 +288,9 @@ impl Project {
             name,
             dir,
             subnet,
-            standalone,
+            standalone: cookie.is_none(),
+            cookie,
+            _networks: NETWORKS.read().unwrap_or_else(|e| e.into_inner()),
         };
         project.down();
         project
@@ -337,7 +357,12 @@ impl Project {
 
     /// What every container is and has printed so far.
     fn views(&self) -> Vec<View> {
-        let ids = self.ids();
+        self.views_of(&self.ids())
+    }
+
+    /// What the containers `ids` are and have printed so far, their IPs on
+    /// the project's network (they need not belong to the project).
+    fn views_of(&self, ids: &[String]) -> Vec<View> {
         if ids.is_empty() {
             return Vec::new();
         }
@@ -460,57 +485,62 @@ impl Drop for Project {
     }
 }
 
-/// A container outside the compose project that holds an IP address of its
-/// network, so that a recreated container gets another one. It runs the
-/// node binary as another app, listening on another port and waiting for a
-/// consensus that never comes: to the project's nodes its address answers
-/// like a vanished host's (connection refused on the cluster port).
-struct Placeholder {
+/// A container outside the compose project (`docker run -d`, so no
+/// project's view counts it), removed on drop.
+struct Loose {
     id: String,
 }
 
-impl Placeholder {
-    fn hold(project: &Project, ip: &str) -> Placeholder {
-        let network = project.network();
-        // Itself and a peer at an address of the project's network that
-        // nothing holds: a consensus of 2 that can be met in principle (a
-        // list that could never meet it is refused at start), never in fact.
-        let sentry = format!(
-            "placeholder@{ip}:4999,placeholder@{}.250:4999",
-            project.subnet
-        );
-        let id = docker(&[
-            "run",
-            "-d",
-            "--network",
-            &network,
-            "--ip",
-            ip,
-            IMAGE,
-            "--app",
-            "placeholder",
-            "--sentry",
-            &sentry,
-            "--listen-port",
-            "4999",
-            // Holds its address and lets nobody in (nor needs a cookie).
-            "--listen-addr",
-            "127.0.0.1",
-            "--consensus",
-            "2",
-            "--startup-deadline",
-            "300s",
-        ]);
-        Placeholder {
+impl Loose {
+    /// `docker run -d <args>`.
+    fn run(args: &[&str]) -> Loose {
+        let id = docker(&[&["run", "-d"], args].concat());
+        Loose {
             id: id.trim().to_string(),
         }
     }
 }
 
-impl Drop for Placeholder {
+impl Drop for Loose {
     fn drop(&mut self) {
         let _ = run("docker", &["rm", "-f", &self.id]);
     }
+}
+
+/// A [`Loose`] container that holds an IP address of the project's
+/// network, so that a recreated container gets another one. It runs the
+/// node binary as another app, listening on another port and waiting for a
+/// consensus that never comes: to the project's nodes its address answers
+/// like a vanished host's (connection refused on the cluster port).
+fn placeholder(project: &Project, ip: &str) -> Loose {
+    let network = project.network();
+    // Itself and a peer at an address of the project's network that
+    // nothing holds: a consensus of 2 that can be met in principle (a
+    // list that could never meet it is refused at start), never in fact.
+    let sentry = format!(
+        "placeholder@{ip}:4999,placeholder@{}.250:4999",
+        project.subnet
+    );
+    Loose::run(&[
+        "--network",
+        &network,
+        "--ip",
+        ip,
+        IMAGE,
+        "--app",
+        "placeholder",
+        "--sentry",
+        &sentry,
+        "--listen-port",
+        "4999",
+        // Holds its address and lets nobody in (nor needs a cookie).
+        "--listen-addr",
+        "127.0.0.1",
+        "--consensus",
+        "2",
+        "--startup-deadline",
+        "300s",
+    ])
 }
 
 /// `docker logs` of a container: its stdout's JSON lines, and its stderr.

@@ -92,9 +92,15 @@ fn kill_then_pause() {
     if !docker_ready("kill") {
         return;
     }
-    let project = Project::new("kill", 2, 2);
+    kill_then_pause_in(&Project::new("kill", 2, 2), "");
+}
+
+/// The body of [`kill_then_pause`] in `project` (consensus 2, not started),
+/// its MEASURE lines prefixed with `label`; tls.rs runs it over TLS.
+/// Returns the three containers, agreed again after the pause.
+pub(super) fn kill_then_pause_in(project: &Project, label: &str) -> Vec<View> {
     project.scale(3);
-    let views = wait_all_agree(&project, 3, "three containers ready on one ring");
+    let views = wait_all_agree(project, 3, "three containers ready on one ring");
 
     // kill
     let victim = views[0].clone();
@@ -123,7 +129,7 @@ fn kill_then_pause() {
 
     // bring it back (a new process, maybe a new IP)
     docker(&["start", &victim.id]);
-    let views = wait_all_agree(&project, 3, "the killed container back on a ring of three");
+    let views = wait_all_agree(project, 3, "the killed container back on a ring of three");
 
     // pause
     let frozen = views[1].clone();
@@ -143,16 +149,17 @@ fn kill_then_pause() {
     );
     if let Some(last) = detected.iter().max() {
         measure(
-            "docker pause -> node_down unresponsive on every other node",
+            &format!("{label}docker pause -> node_down unresponsive on every other node"),
             last - paused_at,
         );
     }
 
     docker(&["unpause", &frozen.id]);
-    let rejoined = wait_all_agree(&project, 3, "the unpaused container rejoins, three agree");
+    let rejoined = wait_all_agree(project, 3, "the unpaused container rejoins, three agree");
     assert!(rejoined
         .iter()
         .any(|v| v.node() == Some(frozen_name.as_str())));
+    rejoined
 }
 
 /// (d) Two of five cut off the network: the majority stays ready, the two
@@ -227,7 +234,7 @@ fn recreated_with_new_ip() {
     docker(&["rm", "-f", &victim.id]);
     // Docker hands out the lowest free address, so the old one would come
     // back: hold it (as a new pod's IP differs from the old one's).
-    let holder = Placeholder::hold(&project, &project.ip(&victim));
+    let holder = placeholder(&project, &project.ip(&victim));
     project.scale(3);
     let views = wait_all_agree(&project, 3, "the recreated container on a ring of three");
     let fresh = views

@@ -97,6 +97,8 @@ impl Drop for SwarmLease {
         swarm.0 -= 1;
         if swarm.0 == 0 {
             if let Some(created) = swarm.1.take() {
+                // Alone: leaving disconnects other projects' containers.
+                let _alone = NETWORKS.write().unwrap_or_else(|e| e.into_inner());
                 let _ = run("docker", &["swarm", "leave", "--force"]);
                 if created.gwbridge {
                     let _ = run("docker", &["network", "rm", "docker_gwbridge"]);
