@@ -247,3 +247,33 @@ impl Tls {
         }
     }
 }
+
+/// The cryptography of a node's TLS (cloister-node's `--tls-crypto`, which
+/// the benchmarks pass on): the provider rustls uses in the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+pub enum Crypto {
+    /// aws-lc-rs, rustls's default and cloister's when none is installed.
+    #[default]
+    AwsLcRs,
+    /// ring, installed as the process default before the node starts.
+    Ring,
+}
+
+impl Crypto {
+    /// Installs this provider as the process default (aws-lc-rs needs
+    /// nothing: cloister takes it when none is installed).
+    pub fn install(self) {
+        if self == Crypto::Ring {
+            // Fails only if a provider is already installed; the first wins.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    }
+
+    /// The flags that give a cloister-node this provider.
+    pub fn flags(self) -> Vec<String> {
+        match self {
+            Crypto::AwsLcRs => Vec::new(),
+            Crypto::Ring => vec!["--tls-crypto".into(), "ring".into()],
+        }
+    }
+}

@@ -21,6 +21,20 @@
 //!
 //! The files are read at start and again every `tls_reload_interval`
 //! ([`reload`]): new connections use the newest settings that loaded.
+//!
+//! # Which cryptography
+//!
+//! The process's default rustls `CryptoProvider` if the application
+//! installed one (`CryptoProvider::install_default` in `main`, before the
+//! node starts), else aws-lc-rs, rustls's own default (post-quantum hybrid
+//! key exchange first). Measured on a 2-core machine: aws-lc seeds its
+//! random generator from CPU jitter at the first random draw of the
+//! process, 30-50 ms of busy CPU once per process, which the first TLS
+//! handshake waits for (the dial's key share); later handshakes and new
+//! threads pay well under a millisecond. A node that starts often and must
+//! join fast can install rustls's `ring` provider instead (its random bytes
+//! come from the operating system alone; no post-quantum key exchange).
+//! BENCHMARKS.md has both, beside plain TCP.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -75,7 +89,7 @@ impl Tls {
     /// Reads and parses the PEM files and builds both configurations, or
     /// says which file is wrong and how. Nothing is started either way.
     pub(crate) fn load(files: TlsFiles<'_>) -> Result<Tls, CloisterError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = crypto_provider();
         let chain = certificates(files.cert, "tls_cert")?;
         let key = PrivateKeyDer::from_pem_file(files.key)
             .map_err(|e| tls_error(files.key, "tls_key", format!("no PEM private key: {e}")))?;
@@ -135,6 +149,13 @@ impl Tls {
         config.resumption = rustls::client::Resumption::disabled();
         TlsConnector::from(Arc::new(config))
     }
+}
+
+/// The installed process default, else aws-lc-rs: see the module docs.
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
 /// The certificates of a PEM file, at least one.

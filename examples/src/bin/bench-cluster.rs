@@ -33,6 +33,9 @@
 //! `--tls` gives every node its own certificate from a throwaway CA (mutual
 //! TLS between nodes); `--tls both` alternates plain and TLS clusters run by
 //! run (the order swapping every round) and prints a row for each.
+//! `--tls-crypto ring` runs the TLS nodes on rustls's ring provider instead
+//! of aws-lc-rs (see `cloister_ractor`'s TLS docs: aws-lc seeds its random
+//! generator from CPU jitter once per process, at the first handshake).
 //!
 //! Every wait has a deadline; a run that misses one is reported as failed and
 //! skipped. All processes are killed when each cluster is dropped.
@@ -48,7 +51,7 @@ use cloister_core::Config;
 use cloister_examples::bench::{
     cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms, wait_dropped,
 };
-use cloister_examples::certs::{ClusterCerts, Tls};
+use cloister_examples::certs::{ClusterCerts, Crypto, Tls};
 use cloister_ractor::testing::{all_of, LocalCluster};
 
 /// Times formation, failure detection and memory of real cloister-node processes.
@@ -85,6 +88,9 @@ struct Args {
     /// alternate plain and TLS runs.
     #[arg(long, value_enum, default_value_t = Tls::Off, num_args = 0..=1, default_missing_value = "on")]
     tls: Tls,
+    /// The cryptography of the TLS runs: `aws-lc-rs` (the default) or `ring`.
+    #[arg(long, value_enum, default_value_t = Crypto::AwsLcRs)]
+    tls_crypto: Crypto,
 }
 
 /// Run `i` of `runs` spreads its fault over one default heartbeat interval
@@ -106,7 +112,7 @@ fn main() -> Result<()> {
         Tls::Off => None,
         _ => Some(ClusterCerts::new("bench-cluster")?),
     };
-    let bench = Bench::new(binary, args.tests_preset, certs);
+    let bench = Bench::new(binary, args.tests_preset, certs, args.tls_crypto);
     eprintln!("cloister-node: {}", bench.binary.display());
     eprintln!("node config: {}", bench.describe());
     let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|p| p == part);
@@ -210,10 +216,17 @@ struct Bench {
     tests_preset: bool,
     /// The certificates of `--tls`.
     certs: Option<ClusterCerts>,
+    /// The cryptography of the TLS runs.
+    crypto: Crypto,
 }
 
 impl Bench {
-    fn new(binary: PathBuf, tests_preset: bool, certs: Option<ClusterCerts>) -> Bench {
+    fn new(
+        binary: PathBuf,
+        tests_preset: bool,
+        certs: Option<ClusterCerts>,
+        crypto: Crypto,
+    ) -> Bench {
         let (env, extra_args) = node_config(tests_preset);
         Bench {
             binary,
@@ -221,6 +234,7 @@ impl Bench {
             extra_args,
             tests_preset,
             certs,
+            crypto,
         }
     }
 
@@ -233,7 +247,8 @@ impl Bench {
             .certs
             .as_ref()
             .ok_or_else(|| anyhow!("a TLS run without certificates"))?;
-        let flags = certs.flags(cluster.node_name(i))?;
+        let mut flags = certs.flags(cluster.node_name(i))?;
+        flags.extend(self.crypto.flags());
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         Ok(cluster.start_node_with(i, &flags)?)
     }

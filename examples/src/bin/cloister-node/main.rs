@@ -14,6 +14,7 @@ use cloister_core::config::figment::providers::Serialized;
 use cloister_core::config::figment::value::{Dict, Map};
 use cloister_core::config::figment::{self, Metadata, Profile, Provider};
 use cloister_core::{Config, NodeName, TopologyEvent};
+use cloister_examples::certs::Crypto;
 use cloister_ractor::harness::EventLines;
 use cloister_ractor::{
     Cloister, CloisterError, CloisterManager, CloisterMessage, StartOptions, Wire,
@@ -148,6 +149,12 @@ struct Args {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     tls_check_names: Option<bool>,
+    /// The cryptography of TLS: `aws-lc-rs` (rustls's default) or `ring`
+    /// (installed as the process's rustls provider; no entropy seeding
+    /// from CPU jitter at the first handshake, no post-quantum key exchange).
+    #[arg(long, value_enum, default_value_t = Crypto::AwsLcRs)]
+    #[serde(skip)]
+    tls_crypto: Crypto,
 
     #[command(subcommand)]
     #[serde(skip)]
@@ -428,6 +435,7 @@ impl Actor for Root {
 async fn main() {
     cloister_examples::init_logs();
     let args = Args::parse();
+    args.tls_crypto.install();
     if let Some(Command::Health { addr, probe }) = args.command {
         health(addr, probe).await;
     }
