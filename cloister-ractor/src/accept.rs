@@ -382,6 +382,8 @@ pub(crate) struct AcceptLoop {
     /// How long a connection may take to finish its upgrade.
     pub(crate) deadline: Duration,
     pub(crate) counters: Arc<Counters>,
+    /// The node's span: the loop's log lines name the node.
+    pub(crate) span: tracing::Span,
 }
 
 impl AcceptLoop {
@@ -392,6 +394,7 @@ impl AcceptLoop {
             upgrade,
             deadline,
             counters,
+            span: _,
         } = self;
         let upgrade = Arc::new(upgrade);
         let epoch = Instant::now();
@@ -490,7 +493,11 @@ impl Actor for Acceptor {
         _: ActorRef<Self::Msg>,
         accept: AcceptLoop,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(tokio::spawn(accept.run()))
+        let span = accept.span.clone();
+        Ok(tokio::spawn(tracing::Instrument::instrument(
+            accept.run(),
+            span,
+        )))
     }
 
     async fn post_stop(

@@ -200,11 +200,19 @@ fn silent_connections_beyond_the_cap_do_not_keep_a_new_node_out() {
     assert!(cluster.is_running(0) && cluster.is_running(1));
     drop(flood);
 
-    // The node made room by closing the oldest, and said so in a count.
+    // The node made room by closing the oldest, and said so in a count, on
+    // a line that names the node like every other line of its log.
     let log = stderr_of(&cluster);
+    let evicted: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("the oldest when the total cap was reached"))
+        .collect();
+    assert!(!evicted.is_empty(), "no eviction reported:\n{log}");
+    let node = format!("cloister{{node={}}}", cluster.node_name(0));
     assert!(
-        log.contains("the oldest when the total cap was reached"),
-        "no eviction reported:\n{log}"
+        evicted.iter().all(|line| line.contains(&node)),
+        "the accept loop's lines do not name {node}:\n{}",
+        evicted.join("\n")
     );
 }
 

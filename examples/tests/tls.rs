@@ -105,6 +105,11 @@ fn a_tls_cluster_of_three_assembles() {
             !log.contains("TLS:"),
             "a TLS refusal in a healthy cluster: {log}"
         );
+        // An operator reads from the start line that the node runs TLS.
+        assert!(
+            log.contains("transport=mutual TLS (files read again every"),
+            "the start line does not say TLS is on: {log}"
+        );
     }
 }
 

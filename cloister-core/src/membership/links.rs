@@ -102,8 +102,9 @@ impl Membership {
                     continue;
                 }
                 peer.last_error = Some(format!(
-                    "dialed, but no ready session within {dial_timeout:?} (wrong cookie, not a \
-                     cloister node, frozen, or a machine slower than the timeouts)"
+                    "dialed, but no ready session within {dial_timeout:?} (wrong cookie, TLS on \
+                     one side only, not a cloister node, frozen, or a machine slower than the \
+                     timeouts)"
                 ));
                 let delay = backoff(&self.config, &mut self.rng, peer.failed_dials);
                 peer.failed_dials = peer.failed_dials.saturating_add(1);

@@ -339,7 +339,9 @@ impl Actor for CloisterManager {
         let host = discovery.own_host(&config).await?;
         let me = config.node_name_for(&host)?;
 
-        let tls = crate::tls::reload::Watched::start(&config)?;
+        // The node's span for the tasks it spawns (the accept loop, reloads).
+        let span = tracing::info_span!(parent: None, "cloister", node = %me);
+        let tls = crate::tls::reload::Watched::start(&config, span.clone())?;
         let at_start = tls.as_ref().map(|tls| tls.current.load_full());
         let (listener, node_server) = crate::accept::open(
             &config,
@@ -382,6 +384,7 @@ impl Actor for CloisterManager {
         )));
         tracing::info!(
             %incarnation, port = config.listen_port, consensus = config.consensus,
+            transport = %crate::tls::transport(&config),
             "cloister node {me} starting"
         );
         let upgrade = Upgrade::new(tls.as_ref(), config.tls_check_names.then(|| myself.clone()));
@@ -431,6 +434,7 @@ impl Actor for CloisterManager {
             upgrade,
             deadline: state.config.handshake_timeout(),
             counters: Arc::clone(&state.counters),
+            span,
         };
         Actor::spawn_linked(None, Acceptor, accept, myself.get_cell()).await?;
         state.feed(&myself, Input::Start);

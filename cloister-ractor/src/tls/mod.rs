@@ -151,6 +151,24 @@ impl Tls {
     }
 }
 
+/// The transport as the start line gives it: plain TCP, or mutual TLS and
+/// how its certificates are watched and checked.
+pub(crate) fn transport(config: &cloister_core::Config) -> String {
+    if config.tls().is_none() {
+        return "plain TCP".to_string();
+    }
+    let reload = match config.tls_reload_every() {
+        Some(every) => format!("files read again every {every:?}"),
+        None => "files read at start only".to_string(),
+    };
+    let names = if config.tls_check_names {
+        "peers' node names checked against their certificates"
+    } else {
+        "peers' certificates checked by chain, not name"
+    };
+    format!("mutual TLS ({reload}; {names})")
+}
+
 /// The installed process default, else aws-lc-rs: see the module docs.
 fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     rustls::crypto::CryptoProvider::get_default()

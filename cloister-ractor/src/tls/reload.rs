@@ -56,9 +56,12 @@ impl Drop for Watched {
 
 impl Watched {
     /// Loads the TLS files, if TLS is on, and starts reloading them every
-    /// `tls_reload_interval` (unless that is zero). Fails as [`Tls::load`]
-    /// does, with nothing started.
-    pub(crate) fn start(config: &Config) -> Result<Option<Watched>, CloisterError> {
+    /// `tls_reload_interval` (unless that is zero), logging in `span` (the
+    /// node's). Fails as [`Tls::load`] does, with nothing started.
+    pub(crate) fn start(
+        config: &Config,
+        span: tracing::Span,
+    ) -> Result<Option<Watched>, CloisterError> {
         let Some(files) = config.tls() else {
             return Ok(None);
         };
@@ -66,9 +69,10 @@ impl Watched {
         // Read before the load: a change in between is seen at the next look.
         let seen = paths.read();
         let current = Arc::new(ArcSwap::from_pointee(Tls::load(files)?));
-        let reloader = config
-            .tls_reload_every()
-            .map(|every| tokio::spawn(reload_every(every, paths, seen, Arc::clone(&current))));
+        let reloader = config.tls_reload_every().map(|every| {
+            let reload = reload_every(every, paths, seen, Arc::clone(&current));
+            tokio::spawn(tracing::Instrument::instrument(reload, span))
+        });
         Ok(Some(Watched { current, reloader }))
     }
 
