@@ -101,10 +101,31 @@ impl fmt::Display for WireError {
             "a peer sent {} byte(s) that are not the JSON of a `{}` ({}): the peer runs other \
              code for this message type, or is not a node of this application",
             self.bytes.len(),
-            self.expected,
+            short_type_name(self.expected),
             self.reason
         )
     }
+}
+
+/// A type as an operator reads it: `core::option::Option<alloc::string::String>`
+/// as `Option<String>`.
+fn short_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut path = String::new();
+    let flush = |path: &mut String, out: &mut String| {
+        out.push_str(path.rsplit("::").next().unwrap_or_default());
+        path.clear();
+    };
+    for c in full.chars() {
+        if c.is_alphanumeric() || c == '_' || c == ':' {
+            path.push(c);
+        } else {
+            flush(&mut path, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut path, &mut out);
+    out
 }
 
 impl fmt::Debug for WireError {
@@ -242,6 +263,12 @@ mod tests {
             text.contains("3 byte(s)") && text.contains("`u64`"),
             "{text}"
         );
+        // Named as in the source, not by its full path.
+        let text = Wire::<Option<(String, Vec<u8>)>>::from_bytes(vec![b'{'])
+            .into_inner()
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("`Option<(String, Vec<u8>)>`"), "{text}");
     }
 
     proptest! {
