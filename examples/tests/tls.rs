@@ -141,38 +141,36 @@ fn a_plain_tcp_node_cannot_join_a_tls_cluster() {
     assert_kept_out(&mut cluster, "the peer does not speak TLS");
 }
 
-#[test]
-fn a_node_with_an_expired_certificate_is_refused() {
+/// A fourth node whose certificate, from the cluster's own CA, is valid
+/// only from `from` to `until` (years) is kept out for `reason`.
+fn refused_for_its_validity(label: &str, from: i32, until: i32, reason: &str) {
     let _serial = serial();
-    let dir = CertDir::new("expired").unwrap();
+    let dir = CertDir::new(label).unwrap();
     let (mut cluster, ca, ca_path) = tls_cluster(&dir);
-    // Issued by the cluster's own CA, but valid only in 2020.
     let name = cluster.node_name(3).to_string();
     let flags = ca
-        .issue_with(&dir, "expired", &name, &ca_path, |params| {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        .issue_with(&dir, label, &name, &ca_path, |params| {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(until, 12, 31);
         })
         .unwrap();
     start(&mut cluster, 3, &flags);
-    assert_kept_out(&mut cluster, "the peer's certificate is expired");
+    assert_kept_out(&mut cluster, reason);
+}
+
+#[test]
+fn a_node_with_an_expired_certificate_is_refused() {
+    refused_for_its_validity("expired", 2020, 2020, "the peer's certificate is expired");
 }
 
 #[test]
 fn a_node_with_a_certificate_not_valid_yet_is_refused() {
-    let _serial = serial();
-    let dir = CertDir::new("not-yet").unwrap();
-    let (mut cluster, ca, ca_path) = tls_cluster(&dir);
-    // Issued by the cluster's own CA, but valid only from 2099.
-    let name = cluster.node_name(3).to_string();
-    let flags = ca
-        .issue_with(&dir, "not-yet", &name, &ca_path, |params| {
-            params.not_before = rcgen::date_time_ymd(2099, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2100, 1, 1);
-        })
-        .unwrap();
-    start(&mut cluster, 3, &flags);
-    assert_kept_out(&mut cluster, "the peer's certificate is not valid yet");
+    refused_for_its_validity(
+        "not-yet",
+        2099,
+        2100,
+        "the peer's certificate is not valid yet",
+    );
 }
 
 /// Waits until node `i`'s log holds `text`.

@@ -164,28 +164,31 @@ fn main() -> Result<()> {
             }
         }
     }
-    if wanted("crash") {
-        let runs = bench.repeat(args.tls, args.crash, |i, tls| {
-            bench.detection(Fault::Kill, spread(i, args.crash), tls)
-        });
-        for (tls, runs) in runs {
-            rows.push(Row::ms(
-                args.tls.label("crash detection (SIGKILL), 3 nodes", tls),
-                runs,
-                "<= 50 ms median",
-            ));
+    let detections = [
+        (
+            "crash",
+            Fault::Kill,
+            args.crash,
+            "crash detection (SIGKILL), 3 nodes",
+            "<= 50 ms median",
+        ),
+        (
+            "freeze",
+            Fault::Stop,
+            args.freeze,
+            "freeze detection (SIGSTOP), 3 nodes",
+            "<= 2 s",
+        ),
+    ];
+    for (part, fault, repeats, what, goal) in detections {
+        if !wanted(part) {
+            continue;
         }
-    }
-    if wanted("freeze") {
-        let runs = bench.repeat(args.tls, args.freeze, |i, tls| {
-            bench.detection(Fault::Stop, spread(i, args.freeze), tls)
+        let runs = bench.repeat(args.tls, repeats, |i, tls| {
+            bench.detection(fault, spread(i, repeats), tls)
         });
         for (tls, runs) in runs {
-            rows.push(Row::ms(
-                args.tls.label("freeze detection (SIGSTOP), 3 nodes", tls),
-                runs,
-                "<= 2 s",
-            ));
+            rows.push(Row::ms(args.tls.label(what, tls), runs, goal));
         }
     }
     let mut memory = Vec::new();
