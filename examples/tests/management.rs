@@ -156,9 +156,15 @@ fn probes_members_and_metrics_follow_the_cluster_through_consensus_and_quorum() 
     assert!((shares - 1.0).abs() < 1e-9, "{body}");
     assert!(members["telemetry"]["ready_after"].is_object(), "{body}");
 
-    // `/metrics`: what the view says, in a text Prometheus reads.
-    let (status, text) = get(addrs[0], "/metrics").unwrap();
-    assert_eq!(status, 200, "{text}");
+    // `/metrics`: what the view says, in a text Prometheus reads (read once
+    // a heartbeat gap has been observed: just after `ready` none may have).
+    let gaps = "cloister_heartbeat_gap_seconds_count";
+    let text = wait_get(
+        addrs[0],
+        "/metrics",
+        "a heartbeat gap in /metrics",
+        |s, t| s == 200 && sample(t, gaps).is_some_and(|count| count > 0.0),
+    );
     assert_eq!(sample(&text, "cloister_members"), Some(3.0), "{text}");
     assert_eq!(
         sample(&text, "cloister_state{state=\"ready\"}"),
@@ -168,10 +174,6 @@ fn probes_members_and_metrics_follow_the_cluster_through_consensus_and_quorum() 
     assert_eq!(
         sample(&text, "cloister_events_total{kind=\"node_up\"}"),
         Some(2.0),
-        "{text}"
-    );
-    assert!(
-        sample(&text, "cloister_heartbeat_gap_seconds_count").unwrap() > 0.0,
         "{text}"
     );
     assert!(text.ends_with("# EOF\n"), "{text}");
@@ -188,8 +190,10 @@ fn probes_members_and_metrics_follow_the_cluster_through_consensus_and_quorum() 
     // says why; it is still alive.
     nodes.pause(1).unwrap();
     nodes.pause(2).unwrap();
-    let body = wait_get(addrs[0], "/ready", "not ready without quorum", |s, _| {
-        s == 503
+    // On the way it may answer 503 as `rehashing` (one of the two dropped,
+    // the other not yet): wait for the state the two drops lead to.
+    let body = wait_get(addrs[0], "/ready", "not ready without quorum", |s, body| {
+        s == 503 && json(body)["state"] == "no_quorum"
     });
     let probe = json(&body);
     assert_eq!(probe["state"], "no_quorum", "{body}");
