@@ -6,10 +6,13 @@
 //! session that was already replaced); an opened session is watched so one
 //! that never finishes its handshake can be closed.
 
+use std::sync::Arc;
+
 use ractor::{ActorCell, ActorRef};
 use ractor_cluster::node::{NodeEventSubscription, NodeServerSessionInformation};
 use ractor_cluster::NodeSessionMessage;
 
+use crate::accept::gate::Gates;
 use crate::manager::{CloisterMessage, Internal};
 
 /// One session event, as the Manager needs it.
@@ -40,13 +43,18 @@ pub(crate) enum SessionEvent {
     Closed { id: u64, peer: Option<String> },
 }
 
-/// Forwards NodeServer events to the Manager.
-pub(crate) struct Forwarder(pub(crate) ActorRef<CloisterMessage>);
+/// Forwards NodeServer events to the Manager, and opens the gate of a
+/// plain inbound connection when its session authenticates
+/// ([`crate::accept::gate`]).
+pub(crate) struct Forwarder {
+    pub(crate) manager: ActorRef<CloisterMessage>,
+    pub(crate) gates: Arc<Gates>,
+}
 
 impl Forwarder {
     fn send(&self, event: SessionEvent) {
         let _ = self
-            .0
+            .manager
             .cast(CloisterMessage::Internal(Internal::Session(event)));
     }
 }
@@ -74,6 +82,9 @@ impl NodeEventSubscription for Forwarder {
     }
 
     fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        if ses.is_server {
+            self.gates.authenticated(&ses.peer_addr);
+        }
         self.send(SessionEvent::Authenticated {
             id: ses.node_id,
             peer: peer(&ses),

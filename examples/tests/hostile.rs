@@ -328,3 +328,67 @@ fn random_junk_and_huge_length_prefixes_leave_a_node_serving() {
         "node 1's peak memory went from {peak_before} KiB to {peak_after} KiB (seed {seed})"
     );
 }
+
+/// Connections of [`large_frames_before_the_cookie_check_cost_little_memory`]
+/// (before the fix, 32 took the node's peak from 19 to 419 MiB).
+const LARGE_FRAMES: usize = 32;
+
+/// A stranger streams one frame just under the frame cap over each of
+/// [`LARGE_FRAMES`] plain connections, as fast as the node reads: before
+/// authenticating, a connection gets at most 64 KiB read, so the node's
+/// peak memory stays far below the frames' 512 MiB, and it still takes a
+/// peer.
+#[test]
+fn large_frames_before_the_cookie_check_cost_little_memory() {
+    let _serial = serial();
+    let mut cluster = first_of_two();
+    let peak_before = peak_kib(&cluster, 0);
+
+    let addr = ("127.0.0.1", cluster.port(0));
+    let header = (FRAME_CAP - 64).to_be_bytes();
+    let mut streams: Vec<(TcpStream, usize)> = Vec::new();
+    for _ in 0..LARGE_FRAMES {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(&header).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        streams.push((stream, 0));
+    }
+    // Write until every frame is sent, or refused (the node closed the
+    // connection at its handshake timeout), or 30 s passed.
+    let chunk = vec![0x5a_u8; 64 * 1024];
+    let frame = usize::try_from(FRAME_CAP - 64).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && streams.iter().any(|(_, sent)| *sent < frame) {
+        let mut progress = false;
+        for (stream, sent) in streams.iter_mut().filter(|(_, sent)| *sent < frame) {
+            match stream.write(&chunk[..chunk.len().min(frame - *sent)]) {
+                Ok(n) => {
+                    *sent += n;
+                    progress = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => *sent = frame, // closed by the node
+            }
+        }
+        if !progress {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    drop(streams);
+    ok(cluster.wait_for(0, Duration::from_secs(30), |_| {
+        stderr_of(&cluster).contains("closed without authenticating")
+    }));
+    assert!(cluster.is_running(0), "the node exited");
+
+    cluster.start_node(1).unwrap();
+    ok(cluster.wait_ready(&[0, 1], DEFAULT_TIMEOUT));
+    let peak_after = peak_kib(&cluster, 0);
+    eprintln!(
+        "node 1 peak memory: {peak_before} KiB before {LARGE_FRAMES} large frames, \
+         {peak_after} KiB after"
+    );
+    assert!(
+        peak_after < peak_before + BALLOON_KIB,
+        "node 1's peak memory went from {peak_before} KiB to {peak_after} KiB"
+    );
+}

@@ -33,6 +33,15 @@ use super::*;
 /// configured ones at most.
 pub(super) const MAX_STRETCH: u32 = 3;
 
+impl Config {
+    /// The longest a connection may take to authenticate: the handshake
+    /// timeout at its most stretched. The runtime's accept loop keeps a
+    /// connection in its caps no longer than this.
+    pub fn longest_handshake(&self) -> Duration {
+        self.handshake_timeout() * (1 << MAX_STRETCH)
+    }
+}
+
 impl Membership {
     /// The handshake timeout, stretched as slow handshakes require.
     pub(super) fn handshake_deadline(&self) -> Duration {

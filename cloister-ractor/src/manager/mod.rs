@@ -25,6 +25,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 use ractor_cluster::NodeServerMessage;
 use tokio::task::JoinHandle;
 
+use crate::accept::gate::Gates;
 use crate::accept::{AcceptLoop, Acceptor, Upgrade};
 use crate::discovery::{Answer, Discovery};
 use crate::error::CloisterError;
@@ -350,9 +351,13 @@ impl Actor for CloisterManager {
             myself.get_cell(),
         )
         .await?;
+        let gates = Arc::new(Gates::default());
         node_server.cast(NodeServerMessage::SubscribeToEvents {
             id: "cloister".into(),
-            subscription: Box::new(Forwarder(myself.clone())),
+            subscription: Box::new(Forwarder {
+                manager: myself.clone(),
+                gates: Arc::clone(&gates),
+            }),
         })?;
         // A call after the cast: once it answers, the subscription is in place.
         ractor::call_t!(node_server, NodeServerMessage::GetSessions, 5_000)?;
@@ -433,6 +438,8 @@ impl Actor for CloisterManager {
             node_server: state.node_server.clone(),
             upgrade,
             deadline: state.config.handshake_timeout(),
+            longest: state.config.longest_handshake(),
+            gates,
             counters: Arc::clone(&state.counters),
             span,
         };

@@ -17,8 +17,15 @@
 //! periodic log line names the reason (no certificate, not under
 //! `tls_ca`, expired, not yet valid, no TLS at all).
 //!
-//! Connections still in their upgrade are capped: at most
-//! [`MAX_PER_SOURCE`] from one source (an IPv4 address, or an IPv6 /64), the
+//! A plain stream goes to the NodeServer behind a gate
+//! (`NodeServerMessage::ConnectionOpenedExternal`, see [`gate`]): until its
+//! session authenticates, ractor_cluster reads at most
+//! [`gate::BEFORE_AUTH`] bytes of it, so a stranger streaming large frames
+//! costs no more memory than one that says nothing.
+//!
+//! Connections still in their upgrade, and plain ones until they
+//! authenticate, are capped: at most [`MAX_PER_SOURCE`] from one source (an
+//! IPv4 address, or an IPv6 /64; loopback counts in the total only), the
 //! newest refused beyond it, and at most [`MAX_HANDSHAKES`] in all, the
 //! oldest closed to make room. A client that connects and says nothing
 //! therefore costs at most one deadline of one slot, and a legitimate peer,
@@ -60,7 +67,6 @@
 //! (never the node port). With `tls_check_names` a session through it is
 //! refused, as no certificate names are recorded for it.
 
-use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -70,7 +76,9 @@ use cloister_core::tally::{Tally, REPORT_EVERY};
 use cloister_core::Config;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::NodeConnectionMode;
-use ractor_cluster::{IncomingEncryptionMode, NetworkStream, NodeServer, NodeServerMessage};
+use ractor_cluster::{
+    ClusterBidiStream, IncomingEncryptionMode, NetworkStream, NodeServer, NodeServerMessage,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
@@ -80,6 +88,12 @@ use crate::error::CloisterError;
 use crate::manager::{CloisterMessage, Internal};
 use crate::stats::Counters;
 use crate::tls::Tls;
+
+mod admission;
+pub(crate) mod gate;
+
+use admission::{source_of, Admission, Refusal, Refused};
+use gate::{Gate, Gates, Settled};
 
 /// Connections in their handshake at once, in all; the oldest is closed
 /// to admit a new one beyond it.
@@ -192,20 +206,21 @@ impl Upgrade {
         }
     }
 
-    async fn run(&self, stream: TcpStream, peer: SocketAddr) -> Result<NetworkStream, Refusal> {
+    async fn run(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        gated: (&Gates, Arc<Gate>),
+    ) -> Result<Upgraded, Refusal> {
         match self {
             Upgrade::Plain => {
                 let mut first = [0u8; 1];
                 match stream.peek(&mut first).await {
                     Ok(0) | Err(_) => Err(Refusal::Closed),
                     Ok(_) => {
-                        let local_addr = stream.local_addr().map_err(|_| Refusal::Closed)?;
                         let _ = stream.set_nodelay(true);
-                        Ok(NetworkStream::Raw {
-                            peer_addr: peer,
-                            local_addr,
-                            stream,
-                        })
+                        let (gates, gate) = gated;
+                        Ok(Upgraded::Gated(gates.guard(stream, peer, gate)))
                     }
                 }
             }
@@ -223,11 +238,11 @@ impl Upgrade {
                                 .cast(CloisterMessage::Internal(certified))
                                 .map_err(|_| Refusal::Closed)?;
                         }
-                        Ok(NetworkStream::TlsServer {
+                        Ok(Upgraded::Tls(Box::new(NetworkStream::TlsServer {
                             peer_addr: peer,
                             local_addr,
                             stream,
-                        })
+                        })))
                     }
                     Err(error) => Err(Refusal::Tls(crate::tls::refusal_reason(&error))),
                 }
@@ -236,142 +251,13 @@ impl Upgrade {
     }
 }
 
-/// Why a connection was closed before the NodeServer took it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    /// Its handshake did not finish within the deadline.
-    Silent,
-    /// Its source already had [`MAX_PER_SOURCE`] in their handshake.
-    OverCap,
-    /// It was the oldest of [`MAX_HANDSHAKES`] when a new one came.
-    Evicted,
-    /// The peer closed it (or it failed) before its first byte.
-    Closed,
-    /// Its TLS handshake failed, for this reason.
-    Tls(&'static str),
-}
-
-/// Who a connection counts against: its IPv4 address, or its IPv6 /64 (one
-/// host usually holds a whole /64).
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(prefix))
-        }
-        v4 => v4,
-    }
-}
-
-/// The connections in their handshake: how many per source, and each one's
-/// handle (`H`: what closes it), oldest first.
-#[derive(Debug)]
-struct Admission<H> {
-    total: usize,
-    per_source: usize,
-    open: BTreeMap<u64, (IpAddr, H)>,
-    by_source: HashMap<IpAddr, usize>,
-    next: u64,
-}
-
-impl<H> Admission<H> {
-    fn new(total: usize, per_source: usize) -> Self {
-        Admission {
-            total,
-            per_source,
-            open: BTreeMap::new(),
-            by_source: HashMap::new(),
-            next: 0,
-        }
-    }
-
-    /// Admits a connection from `source`, its handle made from its number
-    /// by `start`: `Err(())` when its source is at its cap (nothing
-    /// started), else the handle of the oldest connection, evicted to make
-    /// room, if the total was at its cap.
-    #[allow(clippy::result_unit_err)]
-    fn admit(&mut self, source: IpAddr, start: impl FnOnce(u64) -> H) -> Result<Option<H>, ()> {
-        if self.by_source.get(&source).copied().unwrap_or(0) >= self.per_source {
-            return Err(());
-        }
-        let evicted = if self.open.len() >= self.total {
-            self.open
-                .keys()
-                .next()
-                .copied()
-                .and_then(|oldest| self.release(oldest))
-        } else {
-            None
-        };
-        let seq = self.next;
-        self.next += 1;
-        *self.by_source.entry(source).or_default() += 1;
-        self.open.insert(seq, (source, start(seq)));
-        Ok(evicted)
-    }
-
-    /// Connection `seq` left its handshake: its handle, if it was still in.
-    fn release(&mut self, seq: u64) -> Option<H> {
-        let (source, handle) = self.open.remove(&seq)?;
-        if let Some(count) = self.by_source.get_mut(&source) {
-            *count -= 1;
-            if *count == 0 {
-                self.by_source.remove(&source);
-            }
-        }
-        Some(handle)
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.open.len()
-    }
-}
-
-/// The refused connections since the last report, by reason, and when to
-/// report: a [`Tally`], as for every other stranger.
-#[derive(Debug, Default)]
-struct Refused {
-    tally: Tally,
-    by_reason: BTreeMap<&'static str, u64>,
-}
-
-impl Refused {
-    fn note(&mut self, now: Duration, refusal: Refusal, deadline: Duration, counters: &Counters) {
-        counters.strangers(1);
-        let reason = match refusal {
-            Refusal::Silent => "silent past the handshake deadline",
-            Refusal::OverCap => "over the cap per source address",
-            Refusal::Evicted => "the oldest when the total cap was reached",
-            Refusal::Closed => "closed by the peer before a byte",
-            Refusal::Tls(reason) => reason,
-        };
-        *self.by_reason.entry(reason).or_default() += 1;
-        if self.tally.note(now).is_some() {
-            self.report(deadline);
-        }
-    }
-
-    fn flush(&mut self, now: Duration, deadline: Duration) {
-        if self.tally.flush(now).is_some() {
-            self.report(deadline);
-        }
-    }
-
-    /// One line per reason, so a refused certificate is never lost among
-    /// silent connections.
-    fn report(&mut self, deadline: Duration) {
-        for (reason, count) in std::mem::take(&mut self.by_reason) {
-            tracing::warn!(
-                count,
-                reason,
-                "{count} connection(s) closed without authenticating before the node server took \
-                 them: {reason} (handshake deadline {deadline:?}, at most {MAX_PER_SOURCE} per \
-                 address and {MAX_HANDSHAKES} in all); counted, logged at most every \
-                 {REPORT_EVERY:?}"
-            );
-        }
-    }
+/// A connection past its upgrade, for the NodeServer.
+enum Upgraded {
+    /// A TLS stream: its peer holds a certificate under `tls_ca`.
+    Tls(Box<NetworkStream>),
+    /// A plain stream behind its gate ([`gate`]): it stays in the caps
+    /// until it authenticates.
+    Gated(Box<dyn ClusterBidiStream>),
 }
 
 /// The accept loop's arguments: the bound node port and where streams go.
@@ -381,9 +267,23 @@ pub(crate) struct AcceptLoop {
     pub(crate) upgrade: Upgrade,
     /// How long a connection may take to finish its upgrade.
     pub(crate) deadline: Duration,
+    /// How long a plain connection may stay in the caps after its upgrade,
+    /// waiting to authenticate: the Manager closes it sooner
+    /// ([`Config::longest_handshake`]), so this only backs that up.
+    pub(crate) longest: Duration,
+    /// The gates of the plain connections handed over and not yet
+    /// authenticated, which the session events open ([`gate`]).
+    pub(crate) gates: Arc<Gates>,
     pub(crate) counters: Arc<Counters>,
     /// The node's span: the loop's log lines name the node.
     pub(crate) span: tracing::Span,
+}
+
+/// What the loop holds of a connection in its caps, to close it.
+struct Held {
+    task: AbortHandle,
+    gate: Arc<Gate>,
+    peer: SocketAddr,
 }
 
 impl AcceptLoop {
@@ -393,12 +293,14 @@ impl AcceptLoop {
             node_server,
             upgrade,
             deadline,
+            longest,
+            gates,
             counters,
             span: _,
         } = self;
         let upgrade = Arc::new(upgrade);
         let epoch = Instant::now();
-        let mut admission = Admission::<AbortHandle>::new(MAX_HANDSHAKES, MAX_PER_SOURCE);
+        let mut admission = Admission::<Held>::new(MAX_HANDSHAKES, MAX_PER_SOURCE);
         // Dropped with the loop, which aborts every handshake in flight.
         let mut handshakes: JoinSet<(u64, Result<(), Refusal>)> = JoinSet::new();
         let mut refused = Refused::default();
@@ -409,14 +311,27 @@ impl AcceptLoop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let start = |seq| handshakes.spawn(handshake(
-                            seq, stream, peer, Arc::clone(&upgrade), deadline, node_server.clone(),
-                        ));
+                        let gate = Arc::new(Gate::default());
+                        let connection = Connection {
+                            stream,
+                            peer,
+                            upgrade: Arc::clone(&upgrade),
+                            gate: Arc::clone(&gate),
+                            gates: Arc::clone(&gates),
+                            node_server: node_server.clone(),
+                        };
+                        let start = |seq| Held {
+                            task: handshakes.spawn(connection.handshake(seq, deadline, longest)),
+                            gate,
+                            peer,
+                        };
                         let now = epoch.elapsed();
                         match admission.admit(source_of(peer.ip()), start) {
                             Err(()) => refused.note(now, Refusal::OverCap, deadline, &counters),
                             Ok(Some(oldest)) => {
-                                oldest.abort();
+                                oldest.task.abort();
+                                oldest.gate.close();
+                                gates.forget(oldest.peer);
                                 refused.note(now, Refusal::Evicted, deadline, &counters);
                             }
                             Ok(None) => {}
@@ -450,28 +365,69 @@ impl AcceptLoop {
     }
 }
 
-/// One connection's upgrade under the deadline, then the hand-over.
-async fn handshake(
-    seq: u64,
+/// An accepted connection, on its way to the NodeServer.
+struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
     upgrade: Arc<Upgrade>,
-    deadline: Duration,
+    gate: Arc<Gate>,
+    gates: Arc<Gates>,
     node_server: ActorRef<NodeServerMessage>,
-) -> (u64, Result<(), Refusal>) {
-    let outcome = match tokio::time::timeout(deadline, upgrade.run(stream, peer)).await {
-        Err(_) => Err(Refusal::Silent),
-        Ok(Err(refusal)) => Err(refusal),
-        Ok(Ok(stream)) => {
-            // A stopped NodeServer stops the Manager, and this loop with it.
-            let _ = node_server.cast(NodeServerMessage::ConnectionOpened {
-                stream: Box::new(stream),
-                is_server: true,
-            });
-            Ok(())
-        }
-    };
-    (seq, outcome)
+}
+
+impl Connection {
+    /// The upgrade under `deadline`, then the hand-over; a plain stream
+    /// then stays in the caps until it authenticates or ends, `longest` at
+    /// most.
+    async fn handshake(
+        self,
+        seq: u64,
+        deadline: Duration,
+        longest: Duration,
+    ) -> (u64, Result<(), Refusal>) {
+        let Connection {
+            stream,
+            peer,
+            upgrade,
+            gate,
+            gates,
+            node_server,
+        } = self;
+        let gated = (&*gates, Arc::clone(&gate));
+        let upgraded = match tokio::time::timeout(deadline, upgrade.run(stream, peer, gated)).await
+        {
+            Err(_) => return (seq, Err(Refusal::Silent)),
+            Ok(Err(refusal)) => return (seq, Err(refusal)),
+            Ok(Ok(upgraded)) => upgraded,
+        };
+        // A stopped NodeServer stops the Manager, and this loop with it.
+        let outcome = match upgraded {
+            Upgraded::Tls(stream) => {
+                let _ = node_server.cast(NodeServerMessage::ConnectionOpened {
+                    stream,
+                    is_server: true,
+                });
+                Ok(())
+            }
+            Upgraded::Gated(stream) => {
+                let _ = node_server.cast(NodeServerMessage::ConnectionOpenedExternal {
+                    stream,
+                    is_server: true,
+                });
+                let settled = tokio::time::timeout(longest, gate.settled()).await;
+                gates.forget(peer);
+                match settled {
+                    // One the Manager closed is counted there.
+                    Ok(Settled::Authenticated | Settled::Gone) => Ok(()),
+                    Err(_) => {
+                        gate.close();
+                        Err(Refusal::Unauthenticated)
+                    }
+                }
+            }
+        };
+        (seq, outcome)
+    }
 }
 
 /// The actor that owns the accept loop, a linked child of the Manager: the
@@ -507,60 +463,5 @@ impl Actor for Acceptor {
     ) -> Result<(), ActorProcessingErr> {
         task.abort();
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(text: &str) -> IpAddr {
-        text.parse().expect("an ip")
-    }
-
-    #[test]
-    fn a_source_past_its_cap_is_refused_and_others_still_get_in() {
-        let mut admission = Admission::new(10, 2);
-        let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
-        assert_eq!(admission.admit(a, |seq| seq), Ok(None));
-        assert_eq!(admission.admit(a, |seq| seq), Ok(None));
-        // A third from `a` waits for none of the others: it is refused.
-        assert_eq!(admission.admit(a, |seq| seq), Err(()));
-        assert_eq!(admission.admit(b, |seq| seq), Ok(None));
-        // One of `a`'s ends its handshake: `a` may open another.
-        assert_eq!(admission.release(0), Some(0));
-        assert_eq!(admission.admit(a, |seq| seq), Ok(None));
-        assert_eq!(admission.len(), 3);
-    }
-
-    #[test]
-    fn at_the_total_cap_the_oldest_makes_room_for_the_newest() {
-        let mut admission = Admission::new(3, 3);
-        for n in 1..=3 {
-            let source = ip(&format!("10.0.0.{n}"));
-            assert_eq!(admission.admit(source, |seq| seq), Ok(None));
-        }
-        // Full: the fourth evicts connection 0, and its source's count drops.
-        assert_eq!(admission.admit(ip("10.0.0.9"), |seq| seq), Ok(Some(0)));
-        assert_eq!(admission.len(), 3);
-        assert_eq!(admission.by_source.get(&ip("10.0.0.1")), None);
-        // An evicted connection's own end later changes nothing.
-        assert_eq!(admission.release(0), None);
-        assert_eq!(admission.len(), 3);
-    }
-
-    #[test]
-    fn a_source_is_an_ipv4_address_or_an_ipv6_slash_64() {
-        assert_eq!(source_of(ip("10.1.2.3")), ip("10.1.2.3"));
-        assert_eq!(source_of(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
-        assert_eq!(source_of(ip("2001:db8:0:1::5")), ip("2001:db8:0:1::"));
-        assert_eq!(
-            source_of(ip("2001:db8:0:1:ffff::9")),
-            source_of(ip("2001:db8:0:1::1"))
-        );
-        assert_ne!(
-            source_of(ip("2001:db8:0:2::1")),
-            source_of(ip("2001:db8:0:1::1"))
-        );
     }
 }
