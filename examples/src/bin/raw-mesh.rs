@@ -14,6 +14,11 @@
 //! run: formation (last spawn to the last node's full mesh), then, over
 //! `--idle` seconds, the CPU per node (median) and in all, and VmRSS per
 //! node. Every process is killed at the end of its run, also on failure.
+//!
+//! `--degree K` measures a mesh that is not full, the floor of a transport
+//! with a bounded number of sessions per node: node `i` (in port order)
+//! dials only the next `K` nodes around the circle, so each node ends with
+//! `2K` sessions (K dialed, K accepted) instead of N - 1.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -36,6 +41,10 @@ struct Args {
     mode: Option<Mode>,
     #[command(flatten)]
     sizes: Sizes,
+    /// Sessions each node dials: the next K nodes in port order (each then
+    /// has 2K sessions). Default: every other node, a full mesh.
+    #[arg(long)]
+    degree: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,16 +54,24 @@ enum Mode {
         /// This node's port.
         #[arg(long)]
         port: u16,
-        /// Every other node's port, comma-separated.
+        /// The ports this node dials, comma-separated.
         #[arg(long, value_delimiter = ',')]
         peers: Vec<u16>,
+        /// Sessions (dialed and accepted) that make this node meshed.
+        #[arg(long)]
+        expect: usize,
     },
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(Mode::Node { port, peers }) = args.mode {
-        return node(port, peers);
+    if let Some(Mode::Node {
+        port,
+        peers,
+        expect,
+    }) = args.mode
+    {
+        return node(port, peers, expect);
     }
     println!("| nodes | run | formation | meshed | CPU per node, median | CPU, all nodes | VmRSS per node, median |");
     println!("|---|---|---|---|---|---|---|");
@@ -81,8 +98,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// One mesh node: listen, dial every peer until all are sessions, say so.
-fn node(port: u16, peers: Vec<u16>) -> Result<()> {
+/// One mesh node: listen, dial its peers until it has `expect` sessions,
+/// say so.
+fn node(port: u16, peers: Vec<u16>, expect: usize) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let server = NodeServer::new(
@@ -112,7 +130,7 @@ fn node(port: u16, peers: Vec<u16>) -> Result<()> {
                     port.parse().ok()
                 })
                 .collect();
-            if sessions.len() >= peers.len() {
+            if sessions.len() >= expect {
                 println!("meshed {}", unix_ms());
                 break;
             }
@@ -165,12 +183,24 @@ fn measure(n: usize, args: &Args) -> Result<Run> {
     let (tx, rx) = mpsc::channel::<f64>();
     let mut processes = Processes(Vec::new());
     let mut last_spawn = 0.0;
+    // A full mesh unless --degree is smaller: node i dials the next K.
+    let degree = args.degree.unwrap_or(n).min(n - 1);
+    let expect = if 2 * degree >= n - 1 {
+        n - 1
+    } else {
+        2 * degree
+    };
     for (i, &port) in ports.iter().enumerate() {
-        let peers: Vec<String> = ports
-            .iter()
-            .filter(|&&p| p != port)
-            .map(u16::to_string)
-            .collect();
+        let peers: Vec<String> = match args.degree {
+            None => ports
+                .iter()
+                .filter(|&&p| p != port)
+                .map(u16::to_string)
+                .collect(),
+            Some(_) => (1..=degree)
+                .map(|d| ports[(i + d) % n].to_string())
+                .collect(),
+        };
         last_spawn = unix_ms();
         let mut child = Command::new(&me)
             .args([
@@ -179,6 +209,8 @@ fn measure(n: usize, args: &Args) -> Result<Run> {
                 &port.to_string(),
                 "--peers",
                 &peers.join(","),
+                "--expect",
+                &expect.to_string(),
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
