@@ -147,9 +147,18 @@ impl Gates {
         })
     }
 
-    /// The connection from `peer` left the accept loop's care.
-    pub(crate) fn forget(&self, peer: std::net::SocketAddr) {
-        self.map().remove(&peer.to_string());
+    /// The connection from `peer` behind `gate` left the accept loop's
+    /// care. Only that gate is forgotten: once its connection closed, a new
+    /// one from the same address and port may hold the name already.
+    pub(crate) fn forget(&self, peer: std::net::SocketAddr, gate: &Arc<Gate>) {
+        let label = peer.to_string();
+        let mut open = self.map();
+        if open
+            .get(&label)
+            .is_some_and(|known| Arc::ptr_eq(known, gate))
+        {
+            open.remove(&label);
+        }
     }
 }
 
@@ -326,6 +335,22 @@ mod tests {
         assert!(!gate.open.load(Ordering::SeqCst));
         gates.authenticated("10.0.0.5:4000");
         assert!(gate.open.load(Ordering::SeqCst));
+        assert!(gates.map().is_empty());
+    }
+
+    #[test]
+    fn a_closed_connection_does_not_forget_the_gate_of_a_new_one_from_the_same_port() {
+        let gates = Gates::default();
+        let peer: std::net::SocketAddr = "10.0.0.5:4000".parse().unwrap();
+        let (old, new) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+        gates.map().insert(peer.to_string(), Arc::clone(&new));
+        gates.forget(peer, &old);
+        gates.authenticated("10.0.0.5:4000");
+        assert!(
+            new.open.load(Ordering::SeqCst),
+            "the new gate was forgotten"
+        );
+        gates.forget(peer, &new);
         assert!(gates.map().is_empty());
     }
 }

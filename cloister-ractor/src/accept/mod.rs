@@ -331,7 +331,7 @@ impl AcceptLoop {
                             Ok(Some(oldest)) => {
                                 oldest.task.abort();
                                 oldest.gate.close();
-                                gates.forget(oldest.peer);
+                                gates.forget(oldest.peer, &oldest.gate);
                                 refused.note(now, Refusal::Evicted, deadline, &counters);
                             }
                             Ok(None) => {}
@@ -415,7 +415,7 @@ impl Connection {
                     is_server: true,
                 });
                 let settled = tokio::time::timeout(longest, gate.settled()).await;
-                gates.forget(peer);
+                gates.forget(peer, &gate);
                 match settled {
                     // One the Manager closed is counted there.
                     Ok(Settled::Authenticated | Settled::Gone) => Ok(()),
