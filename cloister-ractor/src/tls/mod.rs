@@ -27,14 +27,16 @@
 //! The process's default rustls `CryptoProvider` if the application
 //! installed one (`CryptoProvider::install_default` in `main`, before the
 //! node starts), else aws-lc-rs, rustls's own default (post-quantum hybrid
-//! key exchange first). Measured on a 2-core machine: aws-lc seeds its
-//! random generator from CPU jitter at the first random draw of the
-//! process, 30-50 ms of busy CPU once per process, which the first TLS
-//! handshake waits for (the dial's key share); later handshakes and new
-//! threads pay well under a millisecond. A node that starts often and must
-//! join fast can install rustls's `ring` provider instead (its random bytes
-//! come from the operating system alone; no post-quantum key exchange).
-//! BENCHMARKS.md has both, beside plain TCP.
+//! key exchange first). Measured on a 2-core machine: aws-lc, as built by
+//! default, seeds its random generator from CPU jitter at the first random
+//! draw of the process, 30-100 ms of busy CPU once per process, which the
+//! first TLS handshake waits for (the dial's key share); later handshakes
+//! and new threads pay well under a millisecond. Built with
+//! `AWS_LC_SYS_NO_JITTER_ENTROPY=1` (this repository's `.cargo/config.toml`)
+//! it takes its seed from the operating system alone and starts as fast as
+//! rustls's `ring` provider, which an application can also install instead
+//! (no post-quantum key exchange). BENCHMARKS.md has all three, beside
+//! plain TCP.
 
 use std::path::Path;
 use std::sync::Arc;
