@@ -436,11 +436,13 @@ impl Membership {
     /// watched member gets a full `heartbeat_timeout` from now, since it
     /// sends us heartbeats only once it hears that we watch it.
     fn assign_monitors(&mut self, now: Duration) -> Vec<NodeName> {
-        let assigned: BTreeSet<NodeName> =
-            monitors(self.ring.members(), &self.me, self.config.monitors)
-                .into_iter()
-                .cloned()
-                .collect();
+        let order: Vec<NodeName> = monitors::watch_order(self.ring.members(), &self.me)
+            .into_iter()
+            .cloned()
+            .collect();
+        let k = self.config.monitors.min(order.len());
+        let assigned: BTreeSet<NodeName> = order[..k].iter().cloned().collect();
+        self.reach.probes.new_order(order[k..].to_vec());
         let mut changed = Vec::new();
         for (name, peer) in &mut self.peers {
             let watch = assigned.contains(name) && peer.member.is_some();
@@ -538,6 +540,7 @@ impl Membership {
         for name in &due {
             self.send_heartbeat(name, false);
         }
+        self.probe_round(now);
     }
 
     pub(super) fn send_heartbeat(&mut self, to: &NodeName, leaving: bool) {
@@ -545,10 +548,29 @@ impl Membership {
     }
 
     fn send_heartbeat_with(&mut self, to: &NodeName, leaving: bool, unresponsive: Vec<Suspect>) {
+        let heartbeat = self.heartbeat_for(to, leaving, unresponsive);
+        self.effects.push_back(Effect::SendHeartbeat {
+            to: to.clone(),
+            heartbeat,
+        });
+    }
+
+    /// A probe of member `to` (see `probes`): a heartbeat that says `to` is
+    /// not admitted, which a member answers at once.
+    pub(super) fn send_probe(&mut self, to: &NodeName) {
+        let mut heartbeat = self.heartbeat_for(to, false, Vec::new());
+        heartbeat.admitted = false;
+        self.effects.push_back(Effect::SendHeartbeat {
+            to: to.clone(),
+            heartbeat,
+        });
+    }
+
+    fn heartbeat_for(&self, to: &NodeName, leaving: bool, unresponsive: Vec<Suspect>) -> Heartbeat {
         let (tokens, watching, admitted) = self.peers.get(to).map_or_else(Default::default, |p| {
             (p.tokens, p.watching, p.member.is_some())
         });
-        let heartbeat = Heartbeat {
+        Heartbeat {
             from: self.me.clone(),
             app: self.config.app.clone(),
             incarnation: self.incarnation,
@@ -562,11 +584,7 @@ impl Membership {
             unresponsive,
             observations: self.outgoing_observations(),
             downed: self.downed_incarnation(to),
-        };
-        self.effects.push_back(Effect::SendHeartbeat {
-            to: to.clone(),
-            heartbeat,
-        });
+        }
     }
 }
 

@@ -47,6 +47,7 @@ mod links;
 mod members;
 mod monitors;
 mod peer;
+mod probes;
 mod protocol;
 mod quorum;
 mod reachability;

@@ -36,8 +36,10 @@
 //! not resolved to one ring yet.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::probes::Probes;
 use super::*;
 use crate::config::Quorum;
 
@@ -49,7 +51,7 @@ type Records = BTreeSet<(Who, Who)>;
 
 /// What heartbeats carry, and when an emptied observation stops being
 /// carried.
-type Outgoing = (Vec<Observation>, Option<Duration>);
+type Outgoing = (Arc<[Observation]>, Option<Duration>);
 
 /// What this node knows about who cannot reach whom.
 #[derive(Debug, Default)]
@@ -63,32 +65,97 @@ pub(super) struct Reachability {
     /// What heartbeats carry: the observations that count and are not
     /// empty, and those emptied within `stable_after` (so that an older
     /// version elsewhere is replaced).
-    outgoing: Vec<Observation>,
-    /// When to decide: `stable_after` after the records last changed.
+    outgoing: Arc<[Observation]>,
+    /// When to count again after observations were learned: within a
+    /// sixteenth of a heartbeat interval of the first, so that the
+    /// observations a round of heartbeats brings are counted once, not once
+    /// per heartbeat.
+    recount_at: Option<Duration>,
+    /// When to decide: `stable_after` after what [`downed`] makes of the
+    /// records last changed.
     decide_at: Option<Duration>,
+    /// What [`downed`] makes of the records now.
+    pending: BTreeSet<Who>,
     /// When an emptied observation stops being carried.
     quiet_at: Option<Duration>,
     /// Observations learned since the last heartbeat round.
     fresh: bool,
     /// The nodes out of every ring, as last decided.
     downed: BTreeMap<NodeName, Incarnation>,
+    /// The members this node probes, and those that did not answer.
+    pub(super) probes: Probes,
 }
 
 /// The nodes to take out of every ring, given the contested records
-/// `(observer, subject)`: "the observer watched the subject and cannot hear
-/// it, while another node hears it".
+/// `(observer, subject)`: "the observer cannot hear the subject, while
+/// another node hears it".
 ///
-/// While records remain among the nodes kept, the node named by most of
-/// them goes, ties broken towards the youngest incarnation, then the
-/// greatest name: under a bridge that removes one half, under a one-way
-/// cut one end, and a node that hears nobody goes alone. Nodes that know
-/// the same records compute the same set.
+/// Records that share a node make one fault, decided alone. A fault whose
+/// records all run between two sets of nodes (a bridge between two halves,
+/// a one-way cut, a node that hears nobody) is a partition between those
+/// sets: the smaller set goes whole, ties broken towards the set holding
+/// the youngest incarnation, then the greatest name. Taking out whoever is
+/// named most instead mixes the halves of a bridge as soon as each member
+/// watches only a few nodes of the other half: the records are then a
+/// sparse graph between the halves, and its most-named nodes lie on both
+/// sides. Any other fault (an odd cycle of cuts) loses, one at a time, the
+/// node named by most of its records, with the same tie break, until none
+/// remains among the nodes kept. Nodes that know the same records compute
+/// the same set.
 pub fn downed(records: &BTreeSet<(Who, Who)>) -> BTreeSet<Who> {
+    let mut links: BTreeMap<&Who, BTreeSet<&Who>> = BTreeMap::new();
+    for (observer, subject) in records {
+        links.entry(observer).or_default().insert(subject);
+        links.entry(subject).or_default().insert(observer);
+    }
+    let mut out = BTreeSet::new();
+    let mut seen: BTreeSet<&Who> = BTreeSet::new();
+    for &start in links.keys() {
+        if !seen.insert(start) {
+            continue;
+        }
+        // The fault `start` is part of, as two sides if it has two.
+        let mut side: BTreeMap<&Who, bool> = BTreeMap::from([(start, false)]);
+        let mut two_sided = true;
+        let mut next = vec![start];
+        while let Some(who) = next.pop() {
+            let here = side[who];
+            for &other in &links[who] {
+                match side.get(other) {
+                    Some(&there) => two_sided &= there != here,
+                    None => {
+                        side.insert(other, !here);
+                        seen.insert(other);
+                        next.push(other);
+                    }
+                }
+            }
+        }
+        if two_sided {
+            let [a, b]: [BTreeSet<&Who>; 2] = [false, true]
+                .map(|s| side.iter().filter(|(_, &x)| x == s).map(|(w, _)| *w).collect());
+            let youngest = |set: &BTreeSet<&Who>| set.iter().map(|w| (w.1, w.0.clone())).max();
+            let a_goes = (a.len(), youngest(&b)).cmp(&(b.len(), youngest(&a))).is_le();
+            out.extend(if a_goes { a } else { b }.into_iter().cloned());
+        } else {
+            let fault = records
+                .iter()
+                .filter(|(observer, _)| side.contains_key(observer));
+            out.extend(most_named(fault));
+        }
+    }
+    out
+}
+
+/// Takes out, one at a time, the node most of `records` name, until none
+/// remains among the nodes kept: ties towards the youngest incarnation,
+/// then the greatest name.
+fn most_named<'a>(records: impl Iterator<Item = &'a (Who, Who)> + Clone) -> BTreeSet<Who> {
     let mut out: BTreeSet<Who> = BTreeSet::new();
     loop {
         let mut named: BTreeMap<&Who, usize> = BTreeMap::new();
         let kept = records
-            .iter()
+            .clone()
             .filter(|(observer, subject)| !out.contains(observer) && !out.contains(subject));
         for (observer, subject) in kept {
             *named.entry(observer).or_default() += 1;
@@ -102,6 +169,12 @@ pub fn downed(records: &BTreeSet<(Who, Who)>) -> BTreeSet<Who> {
         };
         out.insert(who.clone());
     }
+}
+
+/// The most members one node records as unreachable at a time:
+/// `monitors`, as many as it watches.
+pub(super) fn most_recorded(config: &Config) -> usize {
+    config.monitors.max(1)
 }
 
 impl Membership {
@@ -129,9 +202,26 @@ impl Membership {
         self.reach.downed.get(to).copied()
     }
 
+    /// How many more members this node's observation has room for.
+    pub(super) fn room_to_record(&self) -> usize {
+        let mine = self.reach.observations.get(&self.me);
+        let recorded = mine.map_or(0, |(o, _)| o.unreachable.len());
+        most_recorded(&self.config).saturating_sub(recorded)
+    }
+
     /// The observations a heartbeat carries now.
-    pub(super) fn outgoing_observations(&self) -> Vec<Observation> {
-        self.reach.outgoing.clone()
+    pub(super) fn outgoing_observations(&self) -> Arc<[Observation]> {
+        Arc::clone(&self.reach.outgoing)
+    }
+
+    /// Diagnostic.
+    pub fn diag(&self) -> String {
+        let o = &self.reach.outgoing;
+        let u: usize = o.iter().map(|o| o.unreachable.len()).sum();
+        let r: usize = o.iter().map(|o| o.reachable.len()).sum();
+        let v: u64 = o.iter().map(|o| o.version).sum();
+        let mine = self.reach.observations.get(&self.me).map(|(o, _)| (o.unreachable.len(), o.reachable.len(), o.version));
+        format!("obs {} unr {} rea {} versions {} records {} downed {} ring {} mine {:?}", o.len(), u, r, v, self.reach.records.len(), self.reach.downed.len(), self.ring.len(), mine)
     }
 
     /// Whether the next heartbeat round goes to every connected member:
@@ -140,25 +230,41 @@ impl Membership {
         std::mem::take(&mut self.reach.fresh)
     }
 
-    /// The reachability timers: the decision and the end of carrying an
-    /// emptied observation.
+    /// The reachability timers: the decision, the end of carrying an
+    /// emptied observation, a count of what heartbeats brought, and the
+    /// first probe to run out.
     pub(super) fn reachability_timeout(&self) -> Option<Duration> {
-        [self.reach.decide_at, self.reach.quiet_at]
+        let probe = self.reach.probes.next_due();
+        let reach = &self.reach;
+        [reach.decide_at, reach.quiet_at, reach.recount_at, probe]
             .into_iter()
             .flatten()
             .min()
     }
 
-    /// This node watched `suspects` and stopped hearing them.
+    /// This node watched or probed `suspects` and stopped hearing them.
+    ///
+    /// It records at most [`most_recorded`] members: a watcher that drops
+    /// the members it watches on the far side of a bridge watches the next
+    /// ones in its ring, and recording each would grow the records to one
+    /// per pair across the bridge, changing for as long as that takes (a
+    /// minute at 200 nodes), and every heartbeat would carry them. A few
+    /// records per node tie every node to its side; more say nothing new.
+    /// Nor while it is downed: out of every ring, it watches and probes the
+    /// members left in its own, which it mostly cannot reach.
     pub(super) fn observe_unreachable(&mut self, now: Duration, suspects: &[Suspect]) {
-        if !self.resolves_partial_partitions() {
+        if !self.resolves_partial_partitions() || self.is_downed() {
             return;
         }
+        let most = most_recorded(&self.config);
         self.change_mine(now, |mine| {
             let before = mine.unreachable.len();
-            mine.unreachable.extend(suspects.iter().cloned());
+            for suspect in suspects {
+                if mine.unreachable.len() < most && !mine.unreachable.contains(suspect) {
+                    mine.unreachable.push(suspect.clone());
+                }
+            }
             mine.unreachable.sort();
-            mine.unreachable.dedup();
             mine.unreachable.len() != before
         });
     }
@@ -173,6 +279,7 @@ impl Membership {
         if let Some(peer) = self.peers.get_mut(name) {
             peer.heard_at = Some(now);
         }
+        self.reach.probes.answered(name);
         self.change_mine(now, |mine| {
             let before = mine.unreachable.len();
             mine.unreachable.retain(|suspect| suspect.node != *name);
@@ -270,9 +377,9 @@ impl Membership {
     }
 
     /// Keeps the newer of each observation `observations` carries.
-    fn merge(&mut self, now: Duration, observations: Vec<Observation>) {
+    fn merge(&mut self, now: Duration, observations: Arc<[Observation]>) {
         let mut changed = false;
-        for observation in observations {
+        for observation in observations.iter() {
             if observation.observer == self.me {
                 continue; // only this node says what it observes
             }
@@ -286,13 +393,15 @@ impl Membership {
                 });
             if newer {
                 let observer = observation.observer.clone();
+                let observation = observation.clone();
                 self.reach.observations.insert(observer, (observation, now));
                 changed = true;
             }
         }
         if changed {
             self.reach.fresh = true;
-            self.reachability_changed(now);
+            let batch = self.config.heartbeat_interval / 16;
+            self.reach.recount_at.get_or_insert(now + batch);
         }
     }
 
@@ -303,6 +412,7 @@ impl Membership {
     /// records put the decision off to `stable_after` from now; a node no
     /// contested record names any more is let back at once.
     pub(super) fn reachability_changed(&mut self, now: Duration) {
+        self.reach.recount_at = None;
         if self.reach.observations.is_empty() {
             return;
         }
@@ -324,7 +434,11 @@ impl Membership {
             return;
         }
         self.reach.records = contested;
-        self.reach.decide_at = Some(now + self.config.stable_after);
+        let pending = downed(&self.reach.records);
+        if pending != self.reach.pending {
+            self.reach.pending = pending;
+            self.reach.decide_at = Some(now + self.config.stable_after);
+        }
         let named: BTreeSet<&Who> = self
             .reach
             .records
@@ -340,11 +454,27 @@ impl Membership {
         }
     }
 
-    /// The nodes this node watches or downed and heard within two
-    /// intervals that a record of another observer says cannot be heard,
-    /// sorted.
+    /// The nodes this node watches, or downed and would watch among every
+    /// node it knows, and heard within two intervals, that a record of
+    /// another observer says cannot be heard, sorted. A downed node's
+    /// watchers hear it before the decision and go on saying so after it,
+    /// so its records stay contested and it stays out; every node that
+    /// hears a downed node saying so would cost each a list as long as the
+    /// cluster.
     fn hears_against(&self, now: Duration, records: &BTreeSet<(Who, Who)>) -> Vec<Suspect> {
         let lately = now.saturating_sub(2 * self.config.heartbeat_interval);
+        let would_watch: BTreeSet<NodeName> = if self.reach.downed.is_empty() {
+            BTreeSet::new()
+        } else {
+            let known: Vec<NodeName> = std::iter::once(&self.me)
+                .chain(self.peers.keys())
+                .cloned()
+                .collect();
+            monitors(&known, &self.me, self.config.monitors)
+                .into_iter()
+                .cloned()
+                .collect()
+        };
         let mut hears: Vec<Suspect> = records
             .iter()
             .filter(|(observer, _)| observer.0 != self.me)
@@ -355,7 +485,8 @@ impl Membership {
             .filter(|s| {
                 // Only what this node knows first hand and steadily: members
                 // it watches, and the downed, which answer its heartbeats.
-                let downed = self.is_downed_peer(&s.node, s.incarnation);
+                let downed = self.is_downed_peer(&s.node, s.incarnation)
+                    && would_watch.contains(&s.node);
                 self.peers.get(&s.node).is_some_and(|p| {
                     (p.watching || downed)
                         && p.session.is_some()
@@ -406,38 +537,38 @@ impl Membership {
                 quiet_at = Some(quiet_at.map_or(quiet, |at| at.min(quiet)));
             }
         }
-        (records, (outgoing, quiet_at))
+        (records, (outgoing.into(), quiet_at))
     }
 
     /// The records whose subject a node other than their observer hears,
     /// as the observations that count say.
     fn contested(&self, records: &BTreeSet<(Who, Who)>) -> BTreeSet<(Who, Who)> {
-        let heard: BTreeSet<(Who, Who)> = self
-            .reach
-            .outgoing
-            .iter()
-            .flat_map(|o| {
+        let mut hearers: BTreeMap<Who, BTreeSet<Who>> = BTreeMap::new();
+        for o in self.reach.outgoing.iter() {
+            for s in &o.reachable {
                 let hearer = (o.observer.clone(), o.incarnation);
-                o.reachable
-                    .iter()
-                    .map(move |s| (hearer.clone(), (s.node.clone(), s.incarnation)))
-            })
-            .collect();
+                let heard = (s.node.clone(), s.incarnation);
+                hearers.entry(heard).or_default().insert(hearer);
+            }
+        }
         records
             .iter()
             .filter(|(observer, subject)| {
-                heard
-                    .iter()
-                    .any(|(hearer, heard)| heard == subject && hearer != observer)
+                (hearers.get(subject)).is_some_and(|h| h.iter().any(|hearer| hearer != observer))
             })
             .cloned()
             .collect()
     }
 
-    /// Runs the reachability timers due at `now`: stops carrying emptied
-    /// observations, and decides once the records held still for
-    /// `stable_after`.
+    /// Runs the reachability timers due at `now`: records the members
+    /// whose probes ran out, counts what heartbeats brought, stops carrying
+    /// emptied observations, and decides once what the records say held
+    /// still for `stable_after`.
     pub(super) fn reachability_timers(&mut self, now: Duration) {
+        self.expire_probes(now);
+        if self.reach.recount_at.is_some_and(|at| at <= now) {
+            self.reachability_changed(now);
+        }
         if self.reach.quiet_at.is_some_and(|at| at <= now) {
             self.reachability_changed(now);
         }
@@ -446,7 +577,7 @@ impl Membership {
         }
         self.reach.decide_at = None;
         let decided: BTreeMap<NodeName, Incarnation> =
-            downed(&self.reach.records).into_iter().collect();
+            self.reach.pending.iter().cloned().collect();
         if decided == self.reach.downed {
             return;
         }
@@ -522,6 +653,37 @@ mod tests {
         let deaf = records(&[(&d, &a), (&d, &b), (&d, &c)]);
         assert_eq!(downed(&deaf), [d].into());
         assert!(downed(&BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn a_bridge_between_halves_larger_than_monitors_loses_the_smaller_half_whole() {
+        // 25 | 24: each node watches 5 others, about half of them across,
+        // so the records are a sparse graph between the halves. Taking out
+        // the most named first removed nodes of both halves.
+        let nodes: Vec<Who> = (0..49).map(|i| who(&format!("n{i}"), 1)).collect();
+        let mut rng = fastrand::Rng::with_seed(12);
+        let mut pairs = BTreeSet::new();
+        for (i, observer) in nodes.iter().enumerate() {
+            for _ in 0..5 {
+                let j = rng.usize(..49);
+                if (i < 25) != (j < 25) {
+                    pairs.insert((observer.clone(), nodes[j].clone()));
+                }
+            }
+        }
+        let out = downed(&pairs);
+        let named: BTreeSet<&Who> = pairs.iter().flat_map(|(o, s)| [o, s]).collect();
+        let small: BTreeSet<Who> = nodes[25..]
+            .iter()
+            .filter(|w| named.contains(w))
+            .cloned()
+            .collect();
+        assert_eq!(out, small);
+        assert_ne!(most_named(pairs.iter()), small, "the old rule did not mix");
+        // Three nodes cut from each other: two go, the youngest first.
+        let [a, b, c] = [who("a", 1), who("b", 2), who("c", 3)];
+        let triangle = records(&[(&a, &b), (&b, &c), (&c, &a)]);
+        assert_eq!(downed(&triangle), [b, c].into());
     }
 
     #[test]

@@ -179,3 +179,86 @@ fn two_hundred_nodes_take_one_end_of_a_one_way_cut_out_of_every_ring_and_ride_ou
     // The same link, flapping faster than `stable_after`.
     flap_downs_nobody(&mut sim, n, 0, subject);
 }
+
+/// Of `n` formed nodes, `smaller` (the first ones) and the rest but the
+/// last are cut from each other both ways; the last node reaches both
+/// sides. Every node but the smaller side must end ready on one ring with
+/// one sentry, the smaller side without quorum, and stay so; healed, all
+/// converge on one ring again.
+fn a_bridge_between_halves_larger_than_monitors(n: usize, smaller: usize) {
+    let mut sim = formed(n);
+    let bridge = n - 1;
+    let small: Vec<usize> = (0..smaller).collect();
+    let large: Vec<usize> = (smaller..bridge).collect();
+    assert!(small.len() < large.len() && small.len() > sim.node(0).watched().len());
+    let cut_at = sim.now();
+    for &a in &small {
+        for &b in &large {
+            sim.cut_between(a, b);
+        }
+    }
+    let step = Duration::from_millis(100);
+    settle(&mut sim, step, LIMIT, |sim| one_ring_without(sim, n, &small));
+    let seed = sim.network.seed;
+    eprintln!(
+        "{n} nodes, {} | {} + bridge: one ring {:?} after the cut (seed {seed})",
+        small.len(),
+        large.len(),
+        sim.now() - cut_at
+    );
+    // The bridge took the smaller side out of its ring for the partial
+    // partition, and that holds while the fault lasts.
+    assert!(small.iter().all(|&i| downed_by(&sim, bridge, i)), "seed {seed}");
+    sim.run_for(Duration::from_secs(10));
+    assert!(one_ring_without(&sim, n, &small), "seed {seed}: did not hold");
+
+    sim.heal();
+    settle(&mut sim, step, LIMIT, Sim::converged);
+}
+
+#[test]
+fn two_hundred_nodes_with_a_bridge_between_halves_of_99_and_100_keep_the_larger() {
+    a_bridge_between_halves_larger_than_monitors(200, 99);
+}
+
+#[test]
+fn two_hundred_nodes_with_a_bridge_between_halves_of_79_and_120_keep_the_larger() {
+    a_bridge_between_halves_larger_than_monitors(200, 79);
+}
+
+#[test]
+#[ignore]
+fn diag_bridge() {
+    let n: usize = std::env::var("DIAG_N").map(|v| v.parse().unwrap()).unwrap_or(100);
+    let smaller = n / 2 - 1;
+    let t0 = std::time::Instant::now();
+    let mut sim = formed(n);
+    eprintln!("formed in {:?}, {} hb", t0.elapsed(), sim.heartbeats_sent);
+    let bridge = n - 1;
+    let small: Vec<usize> = (0..smaller).collect();
+    let large: Vec<usize> = (smaller..bridge).collect();
+    for &a in &small {
+        for &b in &large {
+            sim.cut_between(a, b);
+        }
+    }
+    for s in 0..40 {
+        let t = std::time::Instant::now();
+        let hb = sim.heartbeats_sent;
+        sim.run_for(Duration::from_millis(500));
+        let obs = 0;
+        let ready = (0..n).filter(|&i| sim.node(i).state() == NodeState::Ready).count();
+        eprintln!(
+            "{:>4.1}s wall {:?} hb {} obs/node {} ready {} ok {}",
+            (s + 1) as f64 / 2.0,
+            t.elapsed(),
+            sim.heartbeats_sent - hb,
+            obs,
+            ready,
+            one_ring_without(&sim, n, &small)
+        );
+        eprintln!("   a: {}", sim.node(0).diag());
+        eprintln!("   b: {}", sim.node(bridge - 1).diag());
+        eprintln!("   x: {}", sim.node(bridge).diag());
+    }
+}
