@@ -239,6 +239,13 @@ impl Membership {
             self.drop_unresponsive(now, &suspect.node, why);
         }
         self.observe_unreachable(now, &silent);
+        if self.is_downed() {
+            // Out of every ring, it watches members it mostly cannot reach;
+            // a member still counting it would drop them on its word, and
+            // it records none of it (see `observe_unreachable`), so nobody
+            // would say that they are heard.
+            return;
+        }
         // Once, to every member: their own deadlines may be far off, or they
         // do not watch these members at all.
         let members: Vec<NodeName> = self
@@ -409,7 +416,7 @@ impl Membership {
             self.ring_due = None;
             self.last_rebuild = Some(now);
             self.rebuild_ring();
-            self.reachability_changed(now); // whose observations count
+            self.reachability_members_changed(now); // whose observations count
             let mut tell = std::mem::take(&mut self.answer_after_rebuild);
             tell.extend(self.assign_monitors(now));
             for name in tell {
@@ -523,17 +530,19 @@ impl Membership {
     /// that we watch them (a heartbeat lost while a session was replaced).
     pub(super) fn heartbeat_round(&mut self, now: Duration) {
         let overdue = now.saturating_sub(2 * self.config.heartbeat_interval);
-        // What this node hears against others' records ages: count again.
-        self.reachability_changed(now);
-        // New observations go to every member, not only to the watchers.
-        let everyone = self.take_fresh_observations();
+        // What this node hears against others' records ages.
+        self.reachability_aged(now);
+        // New observations go further than the watchers.
+        let spread = self.take_fresh_observations();
         let due: Vec<NodeName> = self
             .peers
             .iter()
             .filter(|(_, p)| p.session.is_some())
-            .filter(|(_, p)| match &p.member {
+            .filter(|(n, p)| match &p.member {
                 None => true,
-                Some(m) => everyone || p.watches_me || (p.watching && m.last_heard <= overdue),
+                Some(m) => {
+                    spread.contains(n) || p.watches_me || (p.watching && m.last_heard <= overdue)
+                }
             })
             .map(|(n, _)| n.clone())
             .collect();

@@ -56,8 +56,10 @@ pub struct Heartbeat {
     /// The sender counts the receiver as a member. A receiver that counts
     /// the sender as a member answers a heartbeat without it at once:
     /// members heartbeat only their watchers, so a lost answer would
-    /// otherwise leave the pair admitted on one side only. A peer that
-    /// predates the field reads as true.
+    /// otherwise leave the pair admitted on one side only. With a quorum
+    /// configured it is also false in a probe of a member the sender does
+    /// not watch (see `membership::probes`), for the same answer. A peer
+    /// that predates the field reads as true.
     #[serde(default = "watching_by_default")]
     pub admitted: bool,
     /// Members the sender watched and dropped as unresponsive, just now:

@@ -6,34 +6,46 @@
 //! member keeps it. That is right for a watcher's broken link, but under a
 //! partial partition (a bridge node that sees both halves, a one-way cut)
 //! it leaves several rings and several sentries for as long as the fault
-//! lasts. So each node keeps an [`Observation`]: the members it watched and
-//! cannot hear, and the nodes it hears although another's observation says
-//! they cannot be heard. It is versioned, passed on by every heartbeat
-//! while it is not empty, and sent to every connected member in the round
-//! after it changed, so every node learns the same observations.
+//! lasts. So each node keeps an [`Observation`]: the members it watched or
+//! probed (see `probes`) and cannot hear, at most `monitors` of them, and
+//! the nodes it hears although another's observation says they cannot be
+//! heard. It is versioned and passed on by every heartbeat while it is not
+//! empty; a node that made or learned a new version also sends its
+//! heartbeat, in the next round, to `2 * monitors` members drawn at random
+//! (every member in a smaller cluster), which do the same, so every node
+//! learns the same observations within a few rounds, the far side of a
+//! bridge through the bridge.
 //!
 //! A record `(observer, subject)` whose subject somebody else hears is
 //! *contested*: the fault is a link, not the subject. Nobody hears a frozen
 //! or crashed node, or the far side of a clean partition, so those are
-//! left to the heartbeat timeout and the quorum rule. Once the contested
-//! records a node knows have not changed for `stable_after`, it runs
-//! [`downed`] over them, a pure function, so that nodes knowing the same
-//! records take the same nodes out: every member drops them from its ring
-//! (`NodeDown` with reason `downed`) and admits them again only when no
-//! contested record names them any more. A downed node learns it from its
-//! own records or from the heartbeats of the peers that downed it, and
-//! leaves `Ready` as the minority of a partition does.
+//! left to the heartbeat timeout and the quorum rule. [`downed`], a pure
+//! function, says which nodes the contested records take out: a fault
+//! whose records all run between two sets of nodes loses the smaller set
+//! whole. Once what it says has not changed for `stable_after` (more
+//! records naming the same sides do not put it off), a node takes those
+//! nodes out, so that nodes knowing the same records take out the same:
+//! every member drops them from its ring (`NodeDown` with reason `downed`)
+//! and admits them again only when no contested record names them any
+//! more. A downed node learns it from its own records or from the
+//! heartbeats of the peers that downed it, and leaves `Ready` as the
+//! minority of a partition does; it makes no new records meanwhile.
 //!
 //! An observation counts on a node while its observer is a member there,
 //! or is itself named by a record (cut off, not crashed): one of a process
 //! that crashed is forgotten with it.
 //!
-//! Only watchers observe: a cut between two nodes that do not watch each
-//! other is not seen. With `monitors` at least the cluster's size less one
-//! every node watches every other and every cut is seen; in larger
-//! clusters a cut between a watcher and the node it watches is (a one-way
-//! cut, a node that hears nobody), a bridge between two large halves is
-//! not resolved to one ring yet.
+//! What is seen: a cut between a watcher and the node it watches (a
+//! one-way cut, a node that hears nobody) at once; a bridge between two
+//! halves of any size, since about half of each node's watched and probed
+//! members are across, and the records then tie every node named to its
+//! half; a cut between two members that do not watch each other once the
+//! probes come round (one round per member not watched). What is not: a
+//! fault that is not two-sided (three groups cut from each other pairwise)
+//! is cut down node by node, most named first, which may keep more than
+//! the largest group; and a node that no record names (its watched and
+//! probed members all on its side, and nobody across records it) stays in
+//! the rings of the far side until a probe of it or by it fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -62,14 +74,15 @@ pub(super) struct Reachability {
     /// The contested records of the observations that count, as last
     /// computed.
     records: BTreeSet<(Who, Who)>,
+    /// Every record of the observations that count, as last computed.
+    counted: Records,
     /// What heartbeats carry: the observations that count and are not
     /// empty, and those emptied within `stable_after` (so that an older
     /// version elsewhere is replaced).
     outgoing: Arc<[Observation]>,
-    /// When to count again after observations were learned: within a
-    /// sixteenth of a heartbeat interval of the first, so that the
-    /// observations a round of heartbeats brings are counted once, not once
-    /// per heartbeat.
+    /// When to count again after observations changed: within a sixteenth
+    /// of a heartbeat interval of the first change, so that the changes a
+    /// round of heartbeats brings are counted once, not once per heartbeat.
     recount_at: Option<Duration>,
     /// When to decide: `stable_after` after what [`downed`] makes of the
     /// records last changed.
@@ -78,8 +91,10 @@ pub(super) struct Reachability {
     pending: BTreeSet<Who>,
     /// When an emptied observation stops being carried.
     quiet_at: Option<Duration>,
-    /// Observations learned since the last heartbeat round.
+    /// Observations of others learned since the last heartbeat round.
     fresh: bool,
+    /// This node's own observation changed since the last heartbeat round.
+    fresh_mine: bool,
     /// The nodes out of every ring, as last decided.
     downed: BTreeMap<NodeName, Incarnation>,
     /// The members this node probes, and those that did not answer.
@@ -132,10 +147,16 @@ pub fn downed(records: &BTreeSet<(Who, Who)>) -> BTreeSet<Who> {
             }
         }
         if two_sided {
-            let [a, b]: [BTreeSet<&Who>; 2] = [false, true]
-                .map(|s| side.iter().filter(|(_, &x)| x == s).map(|(w, _)| *w).collect());
+            let [a, b]: [BTreeSet<&Who>; 2] = [false, true].map(|s| {
+                side.iter()
+                    .filter(|(_, &x)| x == s)
+                    .map(|(w, _)| *w)
+                    .collect()
+            });
             let youngest = |set: &BTreeSet<&Who>| set.iter().map(|w| (w.1, w.0.clone())).max();
-            let a_goes = (a.len(), youngest(&b)).cmp(&(b.len(), youngest(&a))).is_le();
+            let a_goes = (a.len(), youngest(&b))
+                .cmp(&(b.len(), youngest(&a)))
+                .is_le();
             out.extend(if a_goes { a } else { b }.into_iter().cloned());
         } else {
             let fault = records
@@ -171,12 +192,6 @@ fn most_named<'a>(records: impl Iterator<Item = &'a (Who, Who)> + Clone) -> BTre
     }
 }
 
-/// The most members one node records as unreachable at a time:
-/// `monitors`, as many as it watches.
-pub(super) fn most_recorded(config: &Config) -> usize {
-    config.monitors.max(1)
-}
-
 impl Membership {
     /// Whether this node keeps reachability records: only with a quorum.
     pub(super) fn resolves_partial_partitions(&self) -> bool {
@@ -202,32 +217,39 @@ impl Membership {
         self.reach.downed.get(to).copied()
     }
 
-    /// How many more members this node's observation has room for.
-    pub(super) fn room_to_record(&self) -> usize {
-        let mine = self.reach.observations.get(&self.me);
-        let recorded = mine.map_or(0, |(o, _)| o.unreachable.len());
-        most_recorded(&self.config).saturating_sub(recorded)
-    }
-
     /// The observations a heartbeat carries now.
     pub(super) fn outgoing_observations(&self) -> Arc<[Observation]> {
         Arc::clone(&self.reach.outgoing)
     }
 
-    /// Diagnostic.
-    pub fn diag(&self) -> String {
-        let o = &self.reach.outgoing;
-        let u: usize = o.iter().map(|o| o.unreachable.len()).sum();
-        let r: usize = o.iter().map(|o| o.reachable.len()).sum();
-        let v: u64 = o.iter().map(|o| o.version).sum();
-        let mine = self.reach.observations.get(&self.me).map(|(o, _)| (o.unreachable.len(), o.reachable.len(), o.version));
-        format!("obs {} unr {} rea {} versions {} records {} downed {} ring {} mine {:?}", o.len(), u, r, v, self.reach.records.len(), self.reach.downed.len(), self.ring.len(), mine)
-    }
-
-    /// Whether the next heartbeat round goes to every connected member:
-    /// observations were learned since the last one. Clears the flag.
-    pub(super) fn take_fresh_observations(&mut self) -> bool {
-        std::mem::take(&mut self.reach.fresh)
+    /// The members the next heartbeat round also goes to because
+    /// observations changed since the last one. This node's own new
+    /// version goes to every connected member: within a round, as a member
+    /// holding a watcher's report of silence needs to learn that another
+    /// node hears the member (see `reported_unresponsive`). Others' new
+    /// versions, learned from a heartbeat, go on to `2 * monitors` members
+    /// drawn at random (every member in a smaller cluster), which do the
+    /// same, so they reach nodes their observer cannot reach (the far side
+    /// of a bridge, through the bridge) in a few rounds. Passing those on
+    /// to every member made each change cost every node a heartbeat to
+    /// every member: at 200 nodes 40,000 a round, each merged observation
+    /// by observation, for as long as records changed. Clears the flags.
+    pub(super) fn take_fresh_observations(&mut self) -> BTreeSet<NodeName> {
+        let mine = std::mem::take(&mut self.reach.fresh_mine);
+        let others = std::mem::take(&mut self.reach.fresh);
+        if !mine && !others {
+            return BTreeSet::new();
+        }
+        let mut members: Vec<NodeName> = (self.peers.iter())
+            .filter(|(_, p)| p.member.is_some() && p.session.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        let fanout = 2 * self.config.monitors.max(1);
+        if !mine && members.len() > fanout {
+            self.rng.shuffle(&mut members);
+            members.truncate(fanout);
+        }
+        members.into_iter().collect()
     }
 
     /// The reachability timers: the decision, the end of carrying an
@@ -243,28 +265,18 @@ impl Membership {
     }
 
     /// This node watched or probed `suspects` and stopped hearing them.
-    ///
-    /// It records at most [`most_recorded`] members: a watcher that drops
-    /// the members it watches on the far side of a bridge watches the next
-    /// ones in its ring, and recording each would grow the records to one
-    /// per pair across the bridge, changing for as long as that takes (a
-    /// minute at 200 nodes), and every heartbeat would carry them. A few
-    /// records per node tie every node to its side; more say nothing new.
-    /// Nor while it is downed: out of every ring, it watches and probes the
-    /// members left in its own, which it mostly cannot reach.
+    /// Not while it is downed: out of every ring, it watches and probes the
+    /// members left in its own, which it mostly cannot reach, and under a
+    /// long bridge its records would grow towards one per member across.
     pub(super) fn observe_unreachable(&mut self, now: Duration, suspects: &[Suspect]) {
         if !self.resolves_partial_partitions() || self.is_downed() {
             return;
         }
-        let most = most_recorded(&self.config);
         self.change_mine(now, |mine| {
             let before = mine.unreachable.len();
-            for suspect in suspects {
-                if mine.unreachable.len() < most && !mine.unreachable.contains(suspect) {
-                    mine.unreachable.push(suspect.clone());
-                }
-            }
+            mine.unreachable.extend(suspects.iter().cloned());
             mine.unreachable.sort();
+            mine.unreachable.dedup();
             mine.unreachable.len() != before
         });
     }
@@ -341,11 +353,21 @@ impl Membership {
     }
 
     /// Changes this node's own observation with `change`, which says
-    /// whether it changed anything; a change is a new version.
+    /// whether it changed anything; a change is a new version, counted
+    /// with whatever else changes within the batch (see
+    /// [`Membership::recount_soon`]).
     fn change_mine(&mut self, now: Duration, change: impl FnOnce(&mut Observation) -> bool) {
         if self.update_mine(now, change) {
-            self.reachability_changed(now);
+            self.recount_soon(now);
         }
+    }
+
+    /// Observations changed: count again within a sixteenth of a heartbeat
+    /// interval, once for all that change meanwhile (as a node hears the
+    /// members it recorded again after a heal, one by one).
+    fn recount_soon(&mut self, now: Duration) {
+        let batch = self.config.heartbeat_interval / 16;
+        self.reach.recount_at.get_or_insert(now + batch);
     }
 
     /// [`Membership::change_mine`] without the recount: whether it changed.
@@ -372,7 +394,7 @@ impl Membership {
         }
         mine.version += 1;
         *learned = now;
-        self.reach.fresh = true;
+        self.reach.fresh_mine = true;
         true
     }
 
@@ -400,8 +422,7 @@ impl Membership {
         }
         if changed {
             self.reach.fresh = true;
-            let batch = self.config.heartbeat_interval / 16;
-            self.reach.recount_at.get_or_insert(now + batch);
+            self.recount_soon(now);
         }
     }
 
@@ -430,6 +451,7 @@ impl Membership {
         self.reach.outgoing = outgoing;
         self.reach.quiet_at = quiet_at;
         let contested = self.contested(&records);
+        self.reach.counted = records;
         if contested == self.reach.records {
             return;
         }
@@ -451,6 +473,20 @@ impl Membership {
             .retain(|name, incarnation| named.contains(&(name.clone(), *incarnation)));
         if self.reach.downed.len() != before {
             self.downed_changed();
+        }
+    }
+
+    /// A heartbeat round: what this node hears against the records ages
+    /// (it heard a member within two intervals, or no longer). Counts
+    /// everything again only if that changed.
+    pub(super) fn reachability_aged(&mut self, now: Duration) {
+        if self.reach.observations.is_empty() {
+            return;
+        }
+        let hears = self.hears_against(now, &self.reach.counted);
+        let mine = self.reach.observations.get(&self.me);
+        if mine.map_or(&[][..], |(o, _)| &o.reachable[..]) != hears.as_slice() {
+            self.reachability_changed(now);
         }
     }
 
@@ -485,8 +521,8 @@ impl Membership {
             .filter(|s| {
                 // Only what this node knows first hand and steadily: members
                 // it watches, and the downed, which answer its heartbeats.
-                let downed = self.is_downed_peer(&s.node, s.incarnation)
-                    && would_watch.contains(&s.node);
+                let downed =
+                    self.is_downed_peer(&s.node, s.incarnation) && would_watch.contains(&s.node);
                 self.peers.get(&s.node).is_some_and(|p| {
                     (p.watching || downed)
                         && p.session.is_some()
@@ -503,41 +539,65 @@ impl Membership {
     /// with what heartbeats carry and when the next emptied observation
     /// stops being carried.
     fn counted(&self, now: Duration) -> (Records, Outgoing) {
-        let named: BTreeSet<Who> = self
-            .reach
-            .observations
-            .values()
-            .flat_map(|(o, _)| o.unreachable.iter())
-            .map(|s| (s.node.clone(), s.incarnation))
-            .collect();
-        let counts = |o: &Observation| {
-            o.observer == self.me
-                || self.incarnation_of(&o.observer) == Some(o.incarnation)
-                || named.contains(&(o.observer.clone(), o.incarnation))
-                || self.is_downed_peer(&o.observer, o.incarnation)
-        };
         let mut records = BTreeSet::new();
         let mut outgoing = Vec::new();
         let mut quiet_at: Option<Duration> = None;
-        for (observation, learned) in self.reach.observations.values() {
-            if !counts(observation) {
-                continue;
-            }
+        for (observation, learned, carried) in self.counting(now) {
             let observer = (observation.observer.clone(), observation.incarnation);
             for subject in &observation.unreachable {
                 let subject = (subject.node.clone(), subject.incarnation);
                 records.insert((observer.clone(), subject));
             }
-            let quiet = *learned + self.config.stable_after;
-            let empty = observation.unreachable.is_empty() && observation.reachable.is_empty();
-            if !empty {
+            if carried {
                 outgoing.push(observation.clone());
-            } else if quiet > now {
-                outgoing.push(observation.clone());
-                quiet_at = Some(quiet_at.map_or(quiet, |at| at.min(quiet)));
+                let quiet = learned + self.config.stable_after;
+                if observation.unreachable.is_empty() && observation.reachable.is_empty() {
+                    quiet_at = Some(quiet_at.map_or(quiet, |at| at.min(quiet)));
+                }
             }
         }
         (records, (outgoing.into(), quiet_at))
+    }
+
+    /// The observations that count, with when each was learned and whether
+    /// heartbeats carry it (it is not empty, or emptied within
+    /// `stable_after`).
+    fn counting(&self, now: Duration) -> impl Iterator<Item = (&Observation, Duration, bool)> {
+        let named: BTreeSet<(&NodeName, Incarnation)> = (self.reach.observations.values())
+            .flat_map(|(o, _)| o.unreachable.iter())
+            .map(|s| (&s.node, s.incarnation))
+            .collect();
+        let counts = move |o: &Observation| {
+            o.observer == self.me
+                || self.incarnation_of(&o.observer) == Some(o.incarnation)
+                || named.contains(&(&o.observer, o.incarnation))
+                || self.is_downed_peer(&o.observer, o.incarnation)
+        };
+        let stable_after = self.config.stable_after;
+        (self.reach.observations.values())
+            .filter(move |(o, _)| counts(o))
+            .map(move |(o, learned)| {
+                let empty = o.unreachable.is_empty() && o.reachable.is_empty();
+                (o, *learned, !empty || *learned + stable_after > now)
+            })
+    }
+
+    /// The members changed: whose observations count may have, and what
+    /// this node hears. Counts everything again only if what heartbeats
+    /// carry changes (at 200 nodes a ring rebuild comes every few
+    /// milliseconds while members join).
+    pub(super) fn reachability_members_changed(&mut self, now: Duration) {
+        let same = {
+            let carried = self.counting(now).filter(|(_, _, carried)| *carried);
+            let versions = carried.map(|(o, _, _)| (&o.observer, o.incarnation, o.version));
+            let outgoing = self.reach.outgoing.iter();
+            versions.eq(outgoing.map(|o| (&o.observer, o.incarnation, o.version)))
+        };
+        if same {
+            self.reachability_aged(now);
+        } else {
+            self.reachability_changed(now);
+        }
     }
 
     /// The records whose subject a node other than their observer hears,
@@ -576,8 +636,7 @@ impl Membership {
             return;
         }
         self.reach.decide_at = None;
-        let decided: BTreeMap<NodeName, Incarnation> =
-            self.reach.pending.iter().cloned().collect();
+        let decided: BTreeMap<NodeName, Incarnation> = self.reach.pending.iter().cloned().collect();
         if decided == self.reach.downed {
             return;
         }
