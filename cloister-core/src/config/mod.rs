@@ -250,7 +250,8 @@ pub struct Config {
     /// soon, with more traffic and more chances that one overloaded watcher
     /// drops a live node. With a quorum configured, each node also probes
     /// one member it does not watch per interval (a heartbeat and its
-    /// answer), and records at most this many members it cannot reach.
+    /// answer), and records at most this many probed members it cannot
+    /// reach.
     pub monitors: usize,
     /// How long start-up waits for `consensus` before it reports that the
     /// cluster did not assemble. Default 60s, more than zero. Longer rides out

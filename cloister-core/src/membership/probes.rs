@@ -17,10 +17,11 @@
 //! any member answers at once (a node of an earlier version too). A member
 //! that sends no heartbeat that counts within `heartbeat_timeout` goes into
 //! this node's observation, as a watcher's silent member does (it stays a
-//! member: a probe only informs the decision), while the observation has
-//! room (`monitors` members). It is probed again every round and leaves the
-//! observation at its first heartbeat. No new member is probed while the
-//! observation is full.
+//! member: a probe only informs the decision), up to `monitors` members so
+//! recorded: enough to tie a node to its side of a bridge, few enough that
+//! observations stay small. Each is probed again every round and leaves the
+//! observation at its first heartbeat. No new member is probed while
+//! `monitors` are recorded.
 //!
 //! The cost: one probe and one answer per member per heartbeat round (at
 //! the default 300 ms, 3.3 of each a second per node, whatever the

@@ -7,14 +7,14 @@
 //! partial partition (a bridge node that sees both halves, a one-way cut)
 //! it leaves several rings and several sentries for as long as the fault
 //! lasts. So each node keeps an [`Observation`]: the members it watched or
-//! probed (see `probes`) and cannot hear, at most `monitors` of them, and
-//! the nodes it hears although another's observation says they cannot be
-//! heard. It is versioned and passed on by every heartbeat while it is not
-//! empty; a node that made or learned a new version also sends its
-//! heartbeat, in the next round, to `2 * monitors` members drawn at random
-//! (every member in a smaller cluster), which do the same, so every node
-//! learns the same observations within a few rounds, the far side of a
-//! bridge through the bridge.
+//! probed (see `probes`) and cannot hear, and the nodes it hears although
+//! another's observation says they cannot be heard. It is versioned and
+//! passed on by every heartbeat while it is not empty. A node whose own
+//! observation changed sends its heartbeat to every member in the next
+//! round; one that learned a new version of another's sends it to
+//! `2 * monitors` members drawn at random (every member in a smaller
+//! cluster), which do the same, so every node learns the same observations
+//! within a few rounds, the far side of a bridge through the bridge.
 //!
 //! A record `(observer, subject)` whose subject somebody else hears is
 //! *contested*: the fault is a link, not the subject. Nobody hears a frozen
@@ -29,7 +29,8 @@
 //! and admits them again only when no contested record names them any
 //! more. A downed node learns it from its own records or from the
 //! heartbeats of the peers that downed it, and leaves `Ready` as the
-//! minority of a partition does; it makes no new records meanwhile.
+//! minority of a partition does; meanwhile it neither records nor reports
+//! the members of its own ring that it stops hearing.
 //!
 //! An observation counts on a node while its observer is a member there,
 //! or is itself named by a record (cut off, not crashed): one of a process
