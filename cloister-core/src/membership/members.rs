@@ -528,6 +528,8 @@ impl Membership {
     /// connected peers that are not members yet (until they answer), and to
     /// watched members not heard for two intervals, in case they missed
     /// that we watch them (a heartbeat lost while a session was replaced).
+    /// With a quorum, also to members a new observation goes to, and one
+    /// probe (see `probes`).
     pub(super) fn heartbeat_round(&mut self, now: Duration) {
         let overdue = now.saturating_sub(2 * self.config.heartbeat_interval);
         // What this node hears against others' records ages.
