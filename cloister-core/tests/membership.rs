@@ -88,7 +88,7 @@ fn hello(from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
         watching: false,
         admitted: false,
         unresponsive: Vec::new(),
-        observations: Vec::new(),
+        observations: Vec::new().into(),
         downed: None,
     }
 }
@@ -287,7 +287,7 @@ fn send(to: &str, ring: &[&str], leaving: bool, echo: u64) -> Effect {
             watching: ring.contains(&to),
             admitted: ring.contains(&to),
             unresponsive: Vec::new(),
-            observations: Vec::new(),
+            observations: Vec::new().into(),
             downed: None,
         },
     }
@@ -1904,7 +1904,7 @@ mod hostile {
                     watching,
                     admitted,
                     unresponsive,
-                    observations,
+                    observations: observations.into(),
                     downed,
                 };
                 (heartbeat, echo)

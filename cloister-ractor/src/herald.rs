@@ -139,7 +139,7 @@ mod tests {
             watching: true,
             admitted: true,
             unresponsive: Vec::new(),
-            observations: Vec::new(),
+            observations: Vec::new().into(),
             downed: None,
         }
     }

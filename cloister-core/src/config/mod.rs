@@ -151,11 +151,12 @@ pub struct Config {
     /// half, with `quorum = "majority"`: `none` (default: neither half) or
     /// `oldest` (the half holding the last sentry). See [`TieBreaker`].
     pub tie_breaker: TieBreaker,
-    /// With a quorum configured, how long members must agree on who cannot
-    /// reach whom before a partial partition is ended (some members hear a
-    /// node that others cannot: a bridge, a one-way cut): then every node
-    /// takes the same nodes out of its ring, fewest first, so the rest are
-    /// one ring with one sentry. Default 5s, longer than
+    /// With a quorum configured, how long the nodes that the records of who
+    /// cannot reach whom would take out must stay the same before a partial
+    /// partition is ended (some members hear a node that others cannot: a
+    /// bridge, a one-way cut): then every node takes the same nodes out of
+    /// its ring (under a bridge the smaller side), so the rest are one ring
+    /// with one sentry. Default 5s, longer than
     /// `heartbeat_timeout`. Shorter ends a partial partition sooner; a link
     /// that flaps faster than this is never acted on.
     #[serde(with = "humantime_serde")]
@@ -247,7 +248,10 @@ pub struct Config {
     /// interval, however large the cluster; a cluster of this many nodes
     /// plus one or fewer is a full mesh. More watchers notice a freeze as
     /// soon, with more traffic and more chances that one overloaded watcher
-    /// drops a live node.
+    /// drops a live node. With a quorum configured, each node also probes
+    /// one member it does not watch per interval (a heartbeat and its
+    /// answer), and records at most this many probed members it cannot
+    /// reach.
     pub monitors: usize,
     /// How long start-up waits for `consensus` before it reports that the
     /// cluster did not assemble. Default 60s, more than zero. Longer rides out

@@ -239,6 +239,13 @@ impl Membership {
             self.drop_unresponsive(now, &suspect.node, why);
         }
         self.observe_unreachable(now, &silent);
+        if self.is_downed() {
+            // Out of every ring, it watches members it mostly cannot reach;
+            // a member still counting it would drop them on its word, and
+            // it records none of it (see `observe_unreachable`), so nobody
+            // would say that they are heard.
+            return;
+        }
         // Once, to every member: their own deadlines may be far off, or they
         // do not watch these members at all.
         let members: Vec<NodeName> = self
@@ -409,7 +416,7 @@ impl Membership {
             self.ring_due = None;
             self.last_rebuild = Some(now);
             self.rebuild_ring();
-            self.reachability_changed(now); // whose observations count
+            self.reachability_members_changed(now); // whose observations count
             let mut tell = std::mem::take(&mut self.answer_after_rebuild);
             tell.extend(self.assign_monitors(now));
             for name in tell {
@@ -436,11 +443,13 @@ impl Membership {
     /// watched member gets a full `heartbeat_timeout` from now, since it
     /// sends us heartbeats only once it hears that we watch it.
     fn assign_monitors(&mut self, now: Duration) -> Vec<NodeName> {
-        let assigned: BTreeSet<NodeName> =
-            monitors(self.ring.members(), &self.me, self.config.monitors)
-                .into_iter()
-                .cloned()
-                .collect();
+        let order: Vec<NodeName> = monitors::watch_order(self.ring.members(), &self.me)
+            .into_iter()
+            .cloned()
+            .collect();
+        let k = self.config.monitors.min(order.len());
+        let assigned: BTreeSet<NodeName> = order[..k].iter().cloned().collect();
+        self.reach.probes.new_order(order[k..].to_vec());
         let mut changed = Vec::new();
         for (name, peer) in &mut self.peers {
             let watch = assigned.contains(name) && peer.member.is_some();
@@ -519,25 +528,30 @@ impl Membership {
     /// connected peers that are not members yet (until they answer), and to
     /// watched members not heard for two intervals, in case they missed
     /// that we watch them (a heartbeat lost while a session was replaced).
+    /// With a quorum, also to members a new observation goes to, and one
+    /// probe (see `probes`).
     pub(super) fn heartbeat_round(&mut self, now: Duration) {
         let overdue = now.saturating_sub(2 * self.config.heartbeat_interval);
-        // What this node hears against others' records ages: count again.
-        self.reachability_changed(now);
-        // New observations go to every member, not only to the watchers.
-        let everyone = self.take_fresh_observations();
+        // What this node hears against others' records ages.
+        self.reachability_aged(now);
+        // New observations go further than the watchers.
+        let spread = self.take_fresh_observations();
         let due: Vec<NodeName> = self
             .peers
             .iter()
             .filter(|(_, p)| p.session.is_some())
-            .filter(|(_, p)| match &p.member {
+            .filter(|(n, p)| match &p.member {
                 None => true,
-                Some(m) => everyone || p.watches_me || (p.watching && m.last_heard <= overdue),
+                Some(m) => {
+                    spread.contains(n) || p.watches_me || (p.watching && m.last_heard <= overdue)
+                }
             })
             .map(|(n, _)| n.clone())
             .collect();
         for name in &due {
             self.send_heartbeat(name, false);
         }
+        self.probe_round(now);
     }
 
     pub(super) fn send_heartbeat(&mut self, to: &NodeName, leaving: bool) {
@@ -545,10 +559,29 @@ impl Membership {
     }
 
     fn send_heartbeat_with(&mut self, to: &NodeName, leaving: bool, unresponsive: Vec<Suspect>) {
+        let heartbeat = self.heartbeat_for(to, leaving, unresponsive);
+        self.effects.push_back(Effect::SendHeartbeat {
+            to: to.clone(),
+            heartbeat,
+        });
+    }
+
+    /// A probe of member `to` (see `probes`): a heartbeat that says `to` is
+    /// not admitted, which a member answers at once.
+    pub(super) fn send_probe(&mut self, to: &NodeName) {
+        let mut heartbeat = self.heartbeat_for(to, false, Vec::new());
+        heartbeat.admitted = false;
+        self.effects.push_back(Effect::SendHeartbeat {
+            to: to.clone(),
+            heartbeat,
+        });
+    }
+
+    fn heartbeat_for(&self, to: &NodeName, leaving: bool, unresponsive: Vec<Suspect>) -> Heartbeat {
         let (tokens, watching, admitted) = self.peers.get(to).map_or_else(Default::default, |p| {
             (p.tokens, p.watching, p.member.is_some())
         });
-        let heartbeat = Heartbeat {
+        Heartbeat {
             from: self.me.clone(),
             app: self.config.app.clone(),
             incarnation: self.incarnation,
@@ -562,11 +595,7 @@ impl Membership {
             unresponsive,
             observations: self.outgoing_observations(),
             downed: self.downed_incarnation(to),
-        };
-        self.effects.push_back(Effect::SendHeartbeat {
-            to: to.clone(),
-            heartbeat,
-        });
+        }
     }
 }
 

@@ -41,12 +41,14 @@
 //! Events and effects never depend on a HashMap's order: peers live in a
 //! BTreeMap, so two nodes with the same inputs emit the same outputs.
 
+mod downing;
 mod handshakes;
 mod leave;
 mod links;
 mod members;
 mod monitors;
 mod peer;
+mod probes;
 mod protocol;
 mod quorum;
 mod reachability;
@@ -62,6 +64,7 @@ use crate::names::{Incarnation, NodeName, SentryNode};
 use crate::ring::Ring;
 use crate::tally::Tally;
 
+pub use downing::{downed, Who};
 use leave::Leaving;
 pub use leave::GOODBYE_LINGER;
 pub use monitors::monitors;
@@ -71,7 +74,6 @@ pub use protocol::{
     Suspect,
 };
 use reachability::Reachability;
-pub use reachability::{downed, Who};
 pub use telemetry::{Histogram, PeerStatus, Telemetry, BUCKETS};
 
 /// One node's membership state machine. See the module docs for the protocol.

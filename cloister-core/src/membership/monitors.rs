@@ -40,19 +40,26 @@ use crate::names::NodeName;
 /// }
 /// ```
 pub fn monitors<'a>(members: &'a [NodeName], me: &NodeName, k: usize) -> Vec<&'a NodeName> {
+    let mut order = watch_order(members, me);
+    order.truncate(k);
+    order
+}
+
+/// Every member of `members` but `me`, in the order `me` watches them:
+/// hash order, starting after `me` and wrapping around. The first `k` are
+/// [`monitors`]; probes (see `probes`) go through the rest in turn.
+pub(super) fn watch_order<'a>(members: &'a [NodeName], me: &NodeName) -> Vec<&'a NodeName> {
     let mut order: Vec<(u64, &NodeName)> = members
         .iter()
         .filter(|m| *m != me)
         .map(|m| (position(m), m))
         .collect();
-    if order.len() <= k {
-        return order.into_iter().map(|(_, m)| m).collect();
-    }
     order.sort_unstable();
     // The first member after `me` in hash order (ties broken by name).
     let mine = (position(me), me);
     let start = order.partition_point(|entry| *entry < mine);
-    (0..k).map(|i| order[(start + i) % order.len()].1).collect()
+    order.rotate_left(start);
+    order.into_iter().map(|(_, m)| m).collect()
 }
 
 /// A member's place in the watch order: SipHash-1-3 of its name under a

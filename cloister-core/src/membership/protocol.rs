@@ -1,6 +1,8 @@
 //! What the membership machine takes in and gives out: inputs, effects, the
 //! heartbeat two Managers exchange, and the assembly report.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 #[allow(unused_imports)] // for doc links
@@ -54,8 +56,10 @@ pub struct Heartbeat {
     /// The sender counts the receiver as a member. A receiver that counts
     /// the sender as a member answers a heartbeat without it at once:
     /// members heartbeat only their watchers, so a lost answer would
-    /// otherwise leave the pair admitted on one side only. A peer that
-    /// predates the field reads as true.
+    /// otherwise leave the pair admitted on one side only. With a quorum
+    /// configured it is also false in a probe of a member the sender does
+    /// not watch (see `membership::probes`), for the same answer. A peer
+    /// that predates the field reads as true.
     #[serde(default = "watching_by_default")]
     pub admitted: bool,
     /// Members the sender watched and dropped as unresponsive, just now:
@@ -64,10 +68,13 @@ pub struct Heartbeat {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unresponsive: Vec<Suspect>,
     /// With a quorum configured: what members observed, the sender's own
-    /// and those it learned from others, while any member watches one it
-    /// cannot hear (see [`Observation`]). Empty in a healthy cluster.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub observations: Vec<Observation>,
+    /// and those it learned from others, while any member cannot hear
+    /// another (see [`Observation`]). Empty in a healthy cluster. Shared:
+    /// every heartbeat a node sends until its observations change carries
+    /// the same list, so a round of hundreds of heartbeats copies none of
+    /// it (the wire form is a plain list).
+    #[serde(default, skip_serializing_if = "observations_are_empty")]
+    pub observations: Arc<[Observation]>,
     /// The sender took the receiver, this incarnation of it, out of its
     /// ring to end a partial partition: the receiver leaves `Ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,6 +112,10 @@ pub struct Suspect {
     pub node: NodeName,
     /// Its incarnation: a receiver that knows another one ignores the report.
     pub incarnation: Incarnation,
+}
+
+fn observations_are_empty(observations: &Arc<[Observation]>) -> bool {
+    observations.is_empty()
 }
 
 fn watching_by_default() -> bool {
