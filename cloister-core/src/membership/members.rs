@@ -325,7 +325,7 @@ impl Membership {
 
     /// Suspicions held for their three intervals: the member is dropped
     /// unless a node other than the reporter (this one included) says it
-    /// hears it.
+    /// hears it, or the reporter is no longer a member.
     pub(super) fn expire_suspicions(&mut self, now: Duration) {
         let due: Vec<(NodeName, Suspicion)> = (self.peers.iter_mut())
             .filter(|(_, p)| p.suspected.as_ref().is_some_and(|s| s.until <= now))
@@ -337,7 +337,10 @@ impl Membership {
                 reporter,
                 ..
             } = suspicion;
+            // A reporter no longer a member (downed, dropped) speaks for
+            // nobody: a deaf node is downed while its reports are held.
             if self.incarnation_of(&name) != Some(incarnation)
+                || self.incarnation_of(&reporter).is_none()
                 || self.heard_by_another(now, &name, incarnation, &reporter)
             {
                 continue;

@@ -166,12 +166,21 @@ fn an_even_split_has_no_ready_half_unless_the_oldest_breaks_the_tie() {
 /// 200 nodes with a majority quorum, formed; the 80 of a minority side
 /// (every fifth node and the next); the step to run in.
 fn two_hundred_formed() -> (Sim, Vec<usize>, Duration) {
-    let mut sim = Sim::new(200, &majority(), Network::default());
-    sim.start_all();
-    let step = Duration::from_millis(100);
-    settle(&mut sim, step, LIMIT, Sim::converged);
+    let sim = two_hundred_formed_with(Network::default().seed);
     let minority = (0..200).filter(|i| i % 5 < 2).collect();
-    (sim, minority, step)
+    (sim, minority, Duration::from_millis(100))
+}
+
+/// 200 nodes with a majority quorum, formed over a network of `seed`.
+fn two_hundred_formed_with(seed: u64) -> Sim {
+    let network = Network {
+        seed,
+        ..Network::default()
+    };
+    let mut sim = Sim::new(200, &majority(), network);
+    sim.start_all();
+    settle(&mut sim, Duration::from_millis(100), LIMIT, Sim::converged);
+    sim
 }
 
 #[test]
@@ -226,7 +235,11 @@ fn a_deaf_node_leaves_alone(mut sim: Sim, n: usize, hold: Duration) {
             .into_iter()
             .filter(|node| *node != deaf)
             .collect();
-        assert!(evicted.is_empty(), "node {i} dropped {evicted:?}");
+        let seed = sim.network.seed;
+        assert!(
+            evicted.is_empty(),
+            "node {i} dropped {evicted:?} (seed {seed})"
+        );
     }
     sim.heal();
     settle(&mut sim, Duration::from_millis(100), LIMIT, Sim::converged);
@@ -294,4 +307,25 @@ fn a_deaf_node_among_twenty_leaves_every_ring_without_evicting_anyone_else() {
     sim.start_all();
     settle(&mut sim, Duration::from_millis(100), LIMIT, Sim::converged);
     a_deaf_node_leaves_alone(sim, n, Duration::ZERO);
+}
+
+/// The same at 200 nodes, where the deaf node's watch moves on as it drops
+/// the members it cannot hear, so its reports reach nodes that watch none
+/// of them. With network seed 7 a node dropped a healthy member on a report
+/// it had held while the deaf node was downed: a reporter that is no longer
+/// a member now speaks for nobody (fails without that rule).
+#[test]
+fn a_deaf_node_among_two_hundred_leaves_every_ring_without_evicting_anyone_else() {
+    a_deaf_node_leaves_alone(two_hundred_formed_with(7), 200, Duration::ZERO);
+}
+
+/// Not yet (found 2026-12-06): with network seed 2, node 0 drops a healthy
+/// member (`sim@10.0.0.186`, reason unresponsive) 6.9 s after the deaf node
+/// went deaf, 0.2 s before downing it: the three-interval hold of the deaf
+/// node's report ended before node 0 learned that the member's watchers
+/// hear it. Run with `--ignored`.
+#[test]
+#[ignore = "a deaf node at 200 nodes still gets a healthy member dropped with seed 2"]
+fn a_deaf_node_among_two_hundred_with_seed_2_evicts_nobody_else() {
+    a_deaf_node_leaves_alone(two_hundred_formed_with(2), 200, Duration::ZERO);
 }
