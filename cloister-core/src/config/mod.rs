@@ -265,7 +265,7 @@ pub struct Config {
     /// `stopping` (probes fail), says goodbye (peers report `left` and take
     /// it out of their rings), publishes a `leaving` event, and stops once
     /// every drain hold is released or this much time has passed. Default
-    /// 5s; 0 stops as soon as the goodbyes are out (50 ms). Longer lets a large handoff
+    /// 5s; 0 stops as soon as the goodbyes are out (250 ms). Longer lets a large handoff
     /// finish; keep it below the orchestrator's grace period (Kubernetes'
     /// `terminationGracePeriodSeconds`, Swarm's `stop_grace_period`), which
     /// kills the process when it runs out.

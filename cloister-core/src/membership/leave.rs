@@ -23,8 +23,12 @@ use crate::events::{DownReason, NodeState, TopologyEvent};
 
 use super::{Effect, Heartbeat, Membership};
 
-/// How long the goodbyes get to go out before a drained node stops.
-pub const GOODBYE_LINGER: Duration = Duration::from_millis(50);
+/// How long the goodbyes get to go out, and be read, before a drained
+/// node stops. A peer learns of the goodbye and of the closed session by
+/// two paths (its herald, its NodeServer's session events); 50 ms let the
+/// close overtake the goodbye on a loaded machine (a Swarm scale-down in CI
+/// reported a leaving node `crashed`).
+pub const GOODBYE_LINGER: Duration = Duration::from_millis(250);
 
 /// A leave under way.
 #[derive(Debug, Clone, Copy)]
