@@ -4,7 +4,8 @@
 //! The node binds `listen_addr:listen_port` itself and runs every accepted
 //! connection through an upgrade step under a handshake deadline before it
 //! hands the stream to the NodeServer (`NodeServerMessage::ConnectionOpened`
-//! with `is_server: true`, the message ractor_cluster's own listener sends).
+//! with `is_server: true`, the message ractor_cluster's own listener sends,
+//! or for plain TCP `ConnectionOpenedExternal` behind a gate, below).
 //! For plain TCP the upgrade waits for the peer's first byte without reading
 //! it: in ractor_cluster's protocol the dialing side speaks first (its
 //! `NodeSession` sends its name as it starts), so a connection that says
@@ -95,12 +96,15 @@ pub(crate) mod gate;
 use admission::{source_of, Admission, Refusal, Refused};
 use gate::{Gate, Gates, Settled};
 
-/// Connections in their handshake at once, in all; the oldest is closed
-/// to admit a new one beyond it.
+/// Connections in their handshake (for plain TCP: until they
+/// authenticate) at once, in all; the oldest is closed to admit a new one
+/// beyond it.
 pub const MAX_HANDSHAKES: usize = 512;
 
-/// Connections in their handshake at once from one source (an IPv4
-/// address, or an IPv6 /64); a new one beyond it is closed at once.
+/// Connections in their handshake (for plain TCP: until they
+/// authenticate) at once from one source (an IPv4 address, or an IPv6
+/// /64; loopback counts in the total only); a new one beyond it is closed
+/// at once.
 pub const MAX_PER_SOURCE: usize = 64;
 
 /// The listen queue of the node port.
