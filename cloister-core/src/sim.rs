@@ -204,6 +204,14 @@ impl Sim {
         &self.nodes[i].dropped
     }
 
+    /// How many sessions node `i` holds now.
+    pub fn sessions_of(&self, i: usize) -> usize {
+        self.sessions
+            .keys()
+            .filter(|(a, b)| *a == i || *b == i)
+            .count()
+    }
+
     /// Node `i`'s name.
     pub fn name(&self, i: usize) -> &NodeName {
         &self.nodes[i].entry.name
@@ -557,3 +565,6 @@ mod quorum;
 
 #[cfg(test)]
 mod partial;
+
+#[cfg(test)]
+mod bounded;

@@ -450,6 +450,12 @@ fn every_broken_rule_names_the_field_and_the_value() {
             "discovery_tick",
             "3 lightyears",
         ),
+        (r#"sessions = "some""#, "sessions", "some"),
+        (
+            "sessions = \"bounded\"\nquorum = \"majority\"",
+            "sessions",
+            "quorum",
+        ),
     ];
     for (line, field, value) in cases {
         // TOML refuses a key twice, so the bad line is a layer over the base.

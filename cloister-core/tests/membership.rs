@@ -90,6 +90,9 @@ fn hello(from: &str, incarnation: u64, digest: Digest) -> Heartbeat {
         unresponsive: Vec::new(),
         observations: Vec::new().into(),
         downed: None,
+        life: 0,
+        news: Vec::new().into(),
+        table: 0,
     }
 }
 
@@ -289,6 +292,9 @@ fn send(to: &str, ring: &[&str], leaving: bool, echo: u64) -> Effect {
             unresponsive: Vec::new(),
             observations: Vec::new().into(),
             downed: None,
+            life: 0,
+            news: Vec::new().into(),
+            table: 0,
         },
     }
 }
@@ -1906,6 +1912,9 @@ mod hostile {
                     unresponsive,
                     observations: observations.into(),
                     downed,
+                    life: 0,
+                    news: Vec::new().into(),
+                    table: 0,
                 };
                 (heartbeat, echo)
             },

@@ -141,6 +141,9 @@ mod tests {
             unresponsive: Vec::new(),
             observations: Vec::new().into(),
             downed: None,
+            life: 0,
+            news: Vec::new().into(),
+            table: 0,
         }
     }
 

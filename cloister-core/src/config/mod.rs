@@ -96,7 +96,7 @@ use load::{describe, EnvVars};
 pub use own_entry::{LocalAddrs, OwnEntry, OwnEntryError};
 pub(crate) use quorum::fixed_size;
 pub use quorum::{Quorum, TieBreaker};
-pub use sentry::{RingMode, Sentry};
+pub use sentry::{RingMode, Sentry, Sessions};
 pub use tls::TlsFiles;
 
 /// Everything a node needs to join its cluster. Durations are written as
@@ -285,6 +285,13 @@ pub struct Config {
     /// while the application places keys with a ring of its own, kept from
     /// the events.
     pub ring: RingMode,
+    /// Which peers each node keeps a session with: `full` (default, every
+    /// other node) or `bounded` (the `monitors` nearest on each side in hash
+    /// order and a few farther ones; the other members are learned from
+    /// them, each change passed on from neighbour to neighbour). `bounded`
+    /// is for clusters of about 50 nodes and more. Not yet together with a
+    /// `quorum`. Every node of a cluster must use the same value.
+    pub sessions: Sessions,
     /// Where the management endpoint listens (`/ready`, `/alive`,
     /// `/members` and `/metrics`), as `ip:port`, for
     /// example `0.0.0.0:9100`. Default: none, no endpoint. Needs
@@ -365,6 +372,7 @@ impl std::fmt::Debug for Config {
             .field("drain_timeout", &self.drain_timeout)
             .field("ring_vnodes", &self.ring_vnodes)
             .field("ring", &self.ring)
+            .field("sessions", &self.sessions)
             .field("management_addr", &self.management_addr)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
@@ -403,6 +411,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(5),
             ring_vnodes: 256,
             ring: RingMode::Builtin,
+            sessions: Sessions::Full,
             management_addr: None,
             tls_cert: None,
             tls_key: None,
@@ -415,7 +424,7 @@ impl Default for Config {
 
 /// Every field with what it accepts: the keys read from `CLOISTER_*` and the
 /// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 31] = [
+const FIELDS: [(&str, &str); 32] = [
     ("app", NAME_PART),
     ("node_name", NAME_PART),
     ("sentry", SENTRY),
@@ -443,6 +452,10 @@ const FIELDS: [(&str, &str); 31] = [
     (
         "ring",
         "`builtin` (cloister keeps the ring) or `external` (the application keeps its own)",
+    ),
+    (
+        "sessions",
+        "`full` (a session with every node) or `bounded` (with a bounded number of them)",
     ),
     (
         "management_addr",
@@ -664,6 +677,12 @@ impl Config {
             let why =
                 "must be at least 1: a member nobody watches is never dropped when it freezes";
             return Err(invalid("monitors", "0", why));
+        }
+        if self.sessions == Sessions::Bounded && self.quorum != Quorum::Off {
+            let why = "cannot be used with a `quorum` yet: the reachability records behind \
+                       the quorum assume a session with every member; use `sessions = \"full\"` \
+                       with a quorum";
+            return Err(invalid("sessions", "\"bounded\"", why));
         }
         let vnodes = self.ring_vnodes;
         if !(1..=4096).contains(&vnodes) {

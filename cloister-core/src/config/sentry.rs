@@ -1,5 +1,6 @@
 //! `Sentry`: how a node finds its peers, and how it is read from text; and
-//! `RingMode`, who keeps the ring.
+//! `RingMode`, who keeps the ring, and `Sessions`, which peers a node
+//! keeps sessions with.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -188,4 +189,22 @@ pub enum RingMode {
     /// The application keeps its own ring from the topology events; cloister
     /// builds none (members, digest and events are unchanged).
     External,
+}
+
+/// Which peers a node keeps sessions with (config `sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sessions {
+    /// Every node keeps a session with every other (default): a full mesh,
+    /// as ractor_cluster and Erlang distribution make. Membership is the
+    /// peers heard over their own sessions.
+    #[default]
+    Full,
+    /// Each node keeps sessions with a bounded number of peers: the
+    /// `monitors` nearest on each side in hash order and a few farther ones
+    /// (about `2 * monitors + 2 * log2(n / monitors)`), and learns the
+    /// other members from them: each change is passed on from neighbour to
+    /// neighbour. For clusters of about 50 nodes and more, where a full
+    /// mesh costs more than the work.
+    Bounded,
 }

@@ -12,6 +12,7 @@ impl Membership {
         }
         self.started_at = Some(now);
         self.set_state(NodeState::Assembling);
+        self.say_up(now);
         self.next_heartbeat = Some(now + self.config.heartbeat_interval);
         match self.config.sentry.clone() {
             Sentry::Nodes(nodes) => self.discovered(now, nodes),
@@ -29,8 +30,9 @@ impl Membership {
         if !self.is_running() {
             return;
         }
+        self.plan.listings += 1;
         for peer in self.peers.values_mut() {
-            peer.wanted = false;
+            peer.listed = false;
         }
         for SentryNode { name, addr } in found {
             if name == self.me {
@@ -41,11 +43,12 @@ impl Membership {
                 .entry(name)
                 .or_insert_with(|| Peer::new(None, now));
             peer.addr = Some(addr);
-            peer.wanted = true;
+            peer.listed = true;
         }
         // A peer gone from the answer is forgotten unless it is still connected.
         self.peers
-            .retain(|_, p| p.wanted || p.session.is_some() || p.member.is_some());
+            .retain(|_, p| p.listed || p.session.is_some() || p.member.is_some());
+        self.update_wanted(now);
         self.forget_unknown_subjects(now);
         self.run_dials(now);
     }
@@ -172,6 +175,14 @@ impl Membership {
         let early = peer.early.take();
         if renewed {
             self.forget_downs_me(&name); // its heartbeats will say again
+        }
+        if self.is_bounded() {
+            // A member learned from others may be one this node watches.
+            for other in self.assign_monitors(now) {
+                if other != name && self.peers.get(&other).is_some_and(|p| p.session.is_some()) {
+                    self.send_heartbeat(&other, false);
+                }
+            }
         }
         self.send_heartbeat(&name, false);
         self.next_introduce = earliest(self.next_introduce, now + self.introduce_every());

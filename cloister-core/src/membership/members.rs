@@ -93,10 +93,16 @@ impl Membership {
         mut hb: Heartbeat,
     ) -> bool {
         let suspects = std::mem::take(&mut hb.unresponsive);
+        let news = std::mem::take(&mut hb.news);
+        let table = hb.table;
         self.observe_heard(now, name, &mut hb);
         let answered = self.admit(now, name, session, hb);
-        if !suspects.is_empty() && self.incarnation_of(name).is_some() {
-            self.reported_unresponsive(now, name, suspects);
+        if self.incarnation_of(name).is_some() {
+            if !suspects.is_empty() {
+                self.reported_unresponsive(now, name, suspects);
+            }
+            self.learn(now, &news);
+            self.compare_tables(now, name, table);
         }
         answered
     }
@@ -108,6 +114,7 @@ impl Membership {
         // Taken out of every ring to end a partial partition: not again
         // while a record still names it.
         let downed = self.is_downed_peer(name, hb.incarnation);
+        let said_down = !hb.leaving && !self.may_admit(name, hb.incarnation, hb.life);
         let Some(peer) = self.peers.get_mut(name) else {
             return false;
         };
@@ -146,6 +153,11 @@ impl Membership {
                 }
                 member.last_heard = now;
                 member.digest = hb.digest;
+                if hb.life > member.life {
+                    // Said down and alive: it says so over its session.
+                    member.life = hb.life;
+                    self.record(now, up_fact(name, hb.incarnation, hb.life));
+                }
                 // It has not admitted us: our answer was lost. Answer again,
                 // unless an answer is on its way after the next rebuild.
                 if !hb.admitted && !self.answer_after_rebuild.contains(name) {
@@ -162,7 +174,9 @@ impl Membership {
                     incarnation: hb.incarnation,
                     last_heard: now,
                     digest: hb.digest,
+                    life: hb.life,
                 };
+                self.record(now, up_fact(name, hb.incarnation, hb.life));
                 self.publish(TopologyEvent::NodeDown {
                     node: name.clone(),
                     incarnation: old,
@@ -176,14 +190,17 @@ impl Membership {
                 self.send_heartbeat(name, false);
                 true
             }
-            None if downed => false,
+            None if downed || said_down => false,
             None => {
                 peer.hold_until = None;
                 peer.member = Some(Member {
                     incarnation: hb.incarnation,
                     last_heard: now,
                     digest: hb.digest,
+                    life: hb.life,
                 });
+                self.record(now, up_fact(name, hb.incarnation, hb.life));
+                self.send_table(name, hb.table);
                 self.publish(TopologyEvent::NodeUp {
                     node: name.clone(),
                     incarnation: hb.incarnation,
@@ -239,7 +256,9 @@ impl Membership {
             self.drop_unresponsive(now, &suspect.node, why);
         }
         self.observe_unreachable(now, &silent);
-        if self.is_downed() {
+        if self.is_downed() || self.is_bounded() {
+            // Under bounded sessions, the drops went out as facts.
+            //
             // Out of every ring, it watches members it mostly cannot reach;
             // a member still counting it would drop them on its word, and
             // it records none of it (see `observe_unreachable`), so nobody
@@ -378,20 +397,43 @@ impl Membership {
         self.remove_member(now, name, DownReason::Unresponsive);
     }
 
+    /// Takes member `name` out, for a reason this node saw itself; under
+    /// bounded sessions every member hears it (see `gossip`).
     pub(super) fn remove_member(&mut self, now: Duration, name: &NodeName, reason: DownReason) {
-        let Some(peer) = self.peers.get_mut(name) else {
+        let Some(member) = self.drop_member(now, name, reason) else {
             return;
         };
+        if matches!(
+            reason,
+            DownReason::Crashed | DownReason::Unresponsive | DownReason::Left
+        ) {
+            let fact = Fact {
+                node: name.clone(),
+                incarnation: member.incarnation,
+                life: member.life,
+                down: Some(reason),
+            };
+            self.record(now, fact);
+        }
+    }
+
+    /// Takes member `name` out of this node's members, and says so.
+    pub(super) fn drop_member(
+        &mut self,
+        now: Duration,
+        name: &NodeName,
+        reason: DownReason,
+    ) -> Option<Member> {
+        let peer = self.peers.get_mut(name)?;
         peer.watching = false;
-        let Some(member) = peer.member.take() else {
-            return;
-        };
+        let member = peer.member.take()?;
         self.publish(TopologyEvent::NodeDown {
             node: name.clone(),
             incarnation: member.incarnation,
             reason,
         });
         self.membership_changed(now);
+        Some(member)
     }
 
     /// The members changed: the ring, the sentry and the node's state follow
@@ -403,8 +445,9 @@ impl Membership {
     /// to build; building it once per join made formation cost O(n²) per
     /// node. A small ring builds in microseconds and hardly waits.
     pub(super) fn membership_changed(&mut self, now: Duration) {
-        let members = 1 + self.peers.values().filter(|p| p.member.is_some()).count();
-        let spacing = ring_batch(&self.config, members, self.ring_vnodes());
+        // The ring as last built stands for the members: counting them would
+        // cost a pass over every peer per change, O(n²) while a cluster forms.
+        let spacing = ring_batch(&self.config, self.ring.len() + 1, self.ring_vnodes());
         let due = match self.last_rebuild {
             Some(last) => now.max(last + spacing),
             None => now,
@@ -419,6 +462,7 @@ impl Membership {
             self.ring_due = None;
             self.last_rebuild = Some(now);
             self.rebuild_ring();
+            self.update_wanted(now); // who the neighbours are follows the ring
             self.reachability_members_changed(now); // whose observations count
             let mut tell = std::mem::take(&mut self.answer_after_rebuild);
             tell.extend(self.assign_monitors(now));
@@ -445,7 +489,7 @@ impl Membership {
     /// must hear it (our heartbeats say whether we watch them). A newly
     /// watched member gets a full `heartbeat_timeout` from now, since it
     /// sends us heartbeats only once it hears that we watch it.
-    fn assign_monitors(&mut self, now: Duration) -> Vec<NodeName> {
+    pub(super) fn assign_monitors(&mut self, now: Duration) -> Vec<NodeName> {
         let order: Vec<NodeName> = monitors::watch_order(self.ring.members(), &self.me)
             .into_iter()
             .cloned()
@@ -454,8 +498,13 @@ impl Membership {
         let assigned: BTreeSet<NodeName> = order[..k].iter().cloned().collect();
         self.reach.probes.new_order(order[k..].to_vec());
         let mut changed = Vec::new();
+        // Under bounded sessions a member is watched over its session only:
+        // one learned from others is dialed first (see `update_wanted`).
+        let bounded = self.is_bounded();
         for (name, peer) in &mut self.peers {
-            let watch = assigned.contains(name) && peer.member.is_some();
+            let watch = assigned.contains(name)
+                && peer.member.is_some()
+                && (peer.session.is_some() || !bounded);
             if watch == peer.watching {
                 continue;
             }
@@ -555,6 +604,10 @@ impl Membership {
             self.send_heartbeat(name, false);
         }
         self.probe_round(now);
+        self.table_round(now);
+        if self.is_bounded() {
+            self.update_wanted(now); // the ring may have settled
+        }
     }
 
     pub(super) fn send_heartbeat(&mut self, to: &NodeName, leaving: bool) {
@@ -580,7 +633,12 @@ impl Membership {
         });
     }
 
-    fn heartbeat_for(&self, to: &NodeName, leaving: bool, unresponsive: Vec<Suspect>) -> Heartbeat {
+    pub(super) fn heartbeat_for(
+        &self,
+        to: &NodeName,
+        leaving: bool,
+        unresponsive: Vec<Suspect>,
+    ) -> Heartbeat {
         let (tokens, watching, admitted) = self.peers.get(to).map_or_else(Default::default, |p| {
             (p.tokens, p.watching, p.member.is_some())
         });
@@ -598,6 +656,13 @@ impl Membership {
             unresponsive,
             observations: self.outgoing_observations(),
             downed: self.downed_incarnation(to),
+            life: self.life,
+            news: Arc::from([]),
+            table: if self.is_bounded() {
+                self.facts.digest()
+            } else {
+                0
+            },
         }
     }
 }
@@ -622,5 +687,15 @@ fn describe_ring(vnodes: u32) -> String {
     match vnodes {
         0 => "`ring = \"external\"`".to_string(),
         n => format!("`ring_vnodes = {n}`"),
+    }
+}
+
+/// The fact that `node`, this incarnation and life of it, is up.
+fn up_fact(node: &NodeName, incarnation: Incarnation, life: u32) -> Fact {
+    Fact {
+        node: node.clone(),
+        incarnation,
+        life,
+        down: None,
     }
 }

@@ -41,7 +41,9 @@
 //! Events and effects never depend on a HashMap's order: peers live in a
 //! BTreeMap, so two nodes with the same inputs emit the same outputs.
 
+mod bounded;
 mod downing;
+mod gossip;
 mod handshakes;
 mod leave;
 mod links;
@@ -58,16 +60,18 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, RingMode, Sentry};
+use crate::config::{Config, RingMode, Sentry, Sessions};
 use crate::events::{DownReason, NodeState, Snapshot, TopologyEvent};
 use crate::names::{Incarnation, NodeName, SentryNode};
 use crate::ring::Ring;
 use crate::tally::Tally;
 
 pub use downing::{downed, Who};
+use gossip::Facts;
+pub use gossip::{Fact, TOMBSTONE_INTERVALS};
 use leave::Leaving;
 pub use leave::GOODBYE_LINGER;
-pub use monitors::monitors;
+pub use monitors::{monitors, neighbours};
 use peer::{backoff, earliest, Dial, Member, Peer, TokenSource};
 pub use protocol::{
     AssemblyReport, DropReason, Effect, Heartbeat, Input, MissingPeer, Observation, SessionId,
@@ -133,6 +137,20 @@ pub struct Membership {
     started_at: Option<Duration>,
     /// The leave under way, once `Input::Leave` came.
     leaving: Option<Leaving>,
+    /// Under `sessions = "bounded"`: what this node knows of every member
+    /// (see `gossip`); empty under a full mesh.
+    facts: Facts,
+    /// Facts new to this node, to pass on to its neighbours at `news_due`.
+    outbox: Vec<Fact>,
+    /// When to send the outbox.
+    news_due: Option<Duration>,
+    /// When the outbox was last sent.
+    last_news: Option<Duration>,
+    /// This node's life (see [`Fact::life`]): bumped when it learns that it
+    /// was said down while alive.
+    life: u32,
+    /// Its neighbours under bounded sessions.
+    plan: bounded::Plan,
 }
 
 /// How many unknown names' dropped heartbeats are reported, at most: the
@@ -174,6 +192,12 @@ impl Membership {
             telemetry: Telemetry::default(),
             started_at: None,
             leaving: None,
+            facts: Facts::default(),
+            outbox: Vec::new(),
+            news_due: None,
+            last_news: None,
+            life: 0,
+            plan: bounded::Plan::default(),
         };
         m.sentry = m.elected_sentry();
         m
@@ -290,7 +314,7 @@ impl Membership {
         let missing = self
             .peers
             .iter()
-            .filter(|(_, p)| p.member.is_none() && (p.wanted || p.session.is_some()))
+            .filter(|(_, p)| p.member.is_none() && (p.listed || p.session.is_some()))
             .map(|(name, p)| MissingPeer {
                 name: name.clone(),
                 addr: p.addr.clone(),
@@ -337,6 +361,7 @@ impl Membership {
             self.handshakes.values().map(|(at, _, _)| *at).min(),
             self.strangers.due(),
             self.reachability_timeout(),
+            self.news_due,
         ]
         .into_iter()
         .flatten()
@@ -409,6 +434,7 @@ impl Membership {
         self.expire_suspicions(now);
         self.reachability_timers(now);
         self.rebuild_ring_if_due(now);
+        self.send_news_if_due(now);
         self.run_dials(now);
     }
 

@@ -14,6 +14,7 @@
 //! sends, and the order below is not a wire promise: a node of another
 //! version with another assignment still gets what it subscribes to.
 
+use std::collections::BTreeSet;
 use std::hash::Hasher;
 
 use siphasher::sip::SipHasher13;
@@ -43,6 +44,48 @@ pub fn monitors<'a>(members: &'a [NodeName], me: &NodeName, k: usize) -> Vec<&'a
     let mut order = watch_order(members, me);
     order.truncate(k);
     order
+}
+
+/// Under `sessions = "bounded"`, the peers among `known` (which may or may
+/// not list `me`) that `me` keeps sessions with: the `k` on each side of it
+/// in hash order (those it watches and those that watch it), and the ones
+/// a half, a quarter, an eighth... of the way round on each side, while
+/// that is farther than `k`. So any member reaches any other within about
+/// `log2(n / k)` hops, with about `2 * k + 2 * log2(n / k)` sessions. The
+/// relation is symmetric: when two nodes know the same peers, each picks
+/// the other or neither does.
+///
+/// ```
+/// use cloister_core::membership::neighbours;
+/// use cloister_core::NodeName;
+/// let known: Vec<NodeName> = (1..=100)
+///     .map(|i| format!("app@10.0.0.{i}").parse().unwrap())
+///     .collect();
+/// let mine = neighbours(&known, &known[0], 5);
+/// assert!(mine.len() <= 2 * 5 + 2 * 4);
+/// for peer in &mine {
+///     assert!(neighbours(&known, peer, 5).contains(&known[0]));
+/// }
+/// ```
+pub fn neighbours<'a>(known: &'a [NodeName], me: &NodeName, k: usize) -> BTreeSet<&'a NodeName> {
+    let order = watch_order(known, me);
+    let m = order.len();
+    let mut picked = BTreeSet::new();
+    // Ahead by `d` (1 is the next) and behind by `d`, around the circle of
+    // `m + 1` nodes that includes `me`.
+    let mut pick = |d: usize| {
+        if (1..=m).contains(&d) {
+            picked.insert(order[d - 1]);
+            picked.insert(order[m - d]);
+        }
+    };
+    (1..=k).for_each(&mut pick);
+    let mut d = m.div_ceil(2); // half of the m + 1 around the circle
+    while d > k {
+        pick(d);
+        d /= 2;
+    }
+    picked
 }
 
 /// Every member of `members` but `me`, in the order `me` watches them:
@@ -128,5 +171,44 @@ mod tests {
         let watched = monitors(&members, &members[0], 5);
         let next_five: Vec<&NodeName> = members[1..6].iter().collect();
         assert_ne!(watched, next_five);
+    }
+
+    #[test]
+    fn neighbours_are_symmetric_bounded_and_connect_everyone_in_few_hops() {
+        for (n, k) in [(3, 5), (7, 5), (100, 5), (1000, 5), (200, 3)] {
+            let known = names(n);
+            let sets: Vec<BTreeSet<&NodeName>> =
+                known.iter().map(|me| neighbours(&known, me, k)).collect();
+            let index: std::collections::BTreeMap<&NodeName, usize> =
+                known.iter().enumerate().map(|(i, n)| (n, i)).collect();
+            let bound = 2 * k + 2 * (usize::BITS - (n / k).leading_zeros()) as usize;
+            for (i, set) in sets.iter().enumerate() {
+                assert!(!set.contains(&known[i]), "{n}: not itself");
+                assert!(
+                    set.len() <= bound.min(n - 1),
+                    "{n}: {} > {bound}",
+                    set.len()
+                );
+                for peer in set {
+                    assert!(sets[index[peer]].contains(&known[i]), "{n}: symmetric");
+                }
+            }
+            // Breadth-first from node 0: everyone, within about log2(n/k) + 2 hops.
+            let mut hops = vec![usize::MAX; n];
+            hops[0] = 0;
+            let mut frontier = vec![0];
+            while let Some(i) = frontier.pop() {
+                for peer in &sets[i] {
+                    let j = index[peer];
+                    if hops[j] > hops[i] + 1 {
+                        hops[j] = hops[i] + 1;
+                        frontier.push(j);
+                    }
+                }
+            }
+            let far = hops.iter().max().copied().unwrap_or(0);
+            let log = (usize::BITS - (n / k).leading_zeros()) as usize;
+            assert!(far <= log + 2, "{n} nodes: {far} hops, log2(n/k) = {log}");
+        }
     }
 }

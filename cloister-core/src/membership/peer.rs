@@ -24,13 +24,18 @@ pub(super) struct Member {
     pub(super) incarnation: Incarnation,
     pub(super) last_heard: Duration,
     pub(super) digest: Digest,
+    /// Its life (see `gossip::Fact::life`), under bounded sessions.
+    pub(super) life: u32,
 }
 
 #[derive(Debug, Clone)]
 pub(super) struct Peer {
     /// Where to dial it; `None` for a peer that only dialed us.
     pub(super) addr: Option<NodeAddr>,
-    /// In the sentry list or the last DNS answer: keep dialing it.
+    /// In the sentry list or the last DNS answer.
+    pub(super) listed: bool,
+    /// Listed, and under bounded sessions one of this node's neighbours:
+    /// keep dialing it.
     pub(super) wanted: bool,
     pub(super) session: Option<SessionId>,
     pub(super) dial: Dial,
@@ -79,6 +84,9 @@ pub(super) struct Peer {
     /// another node says by then that it hears it (see
     /// `reported_unresponsive`).
     pub(super) suspected: Option<Suspicion>,
+    /// Under bounded sessions: since when its heartbeats carry a table
+    /// digest other than ours (see `gossip`).
+    pub(super) mismatch_since: Option<Duration>,
 }
 
 /// A report that a member is silent, held for three heartbeat intervals
@@ -94,6 +102,7 @@ impl Peer {
     pub(super) fn new(addr: Option<NodeAddr>, now: Duration) -> Self {
         Peer {
             addr,
+            listed: false,
             wanted: false,
             session: None,
             dial: Dial::Idle { at: now },
@@ -113,6 +122,7 @@ impl Peer {
             downs_me: false,
             heard_at: None,
             suspected: None,
+            mismatch_since: None,
         }
     }
 }

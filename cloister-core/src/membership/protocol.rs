@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::Fact;
 #[allow(unused_imports)] // for doc links
 use super::Membership;
 use crate::events::TopologyEvent;
@@ -79,6 +80,19 @@ pub struct Heartbeat {
     /// ring to end a partial partition: the receiver leaves `Ready`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downed: Option<Incarnation>,
+    /// Under `sessions = "bounded"`: the sender's life (see
+    /// [`Fact::life`]), 0 until it was said down while alive.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub life: u32,
+    /// Under `sessions = "bounded"`: facts new to the sender, or its whole
+    /// table for a neighbour whose digest differed (see `gossip`). Shared
+    /// between the heartbeats of one sending.
+    #[serde(default, skip_serializing_if = "facts_are_empty")]
+    pub news: Arc<[Fact]>,
+    /// Under `sessions = "bounded"`: the digest of the sender's table of
+    /// facts; 0 under a full mesh.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub table: u64,
 }
 
 /// The members one node watched and cannot hear, as that node said last:
@@ -116,6 +130,18 @@ pub struct Suspect {
 
 fn observations_are_empty(observations: &Arc<[Observation]>) -> bool {
     observations.is_empty()
+}
+
+fn facts_are_empty(facts: &Arc<[Fact]>) -> bool {
+    facts.is_empty()
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 fn watching_by_default() -> bool {

@@ -18,7 +18,7 @@ fn config(monitors: usize) -> Config {
 /// Runs in steps of `step` until the cluster converged, at most `limit`:
 /// [`Sim::converged`] reads every member of every node, too slow to check
 /// every half millisecond at 1,000 nodes.
-fn converge(sim: &mut Sim, step: Duration, limit: Duration) -> bool {
+pub(super) fn converge(sim: &mut Sim, step: Duration, limit: Duration) -> bool {
     let end = sim.now() + limit;
     while sim.now() < end {
         sim.run_for(step);
@@ -30,7 +30,7 @@ fn converge(sim: &mut Sim, step: Duration, limit: Duration) -> bool {
 }
 
 /// The `NodeDown` events node `i` published from event number `since` on.
-fn downs(sim: &Sim, i: usize, since: usize) -> Vec<(NodeName, DownReason)> {
+pub(super) fn downs(sim: &Sim, i: usize, since: usize) -> Vec<(NodeName, DownReason)> {
     sim.events(i)[since.min(sim.events(i).len())..]
         .iter()
         .filter_map(|e| match e {
@@ -44,7 +44,7 @@ fn downs(sim: &Sim, i: usize, since: usize) -> Vec<(NodeName, DownReason)> {
 /// node drops it as unresponsive, and nobody else, within the heartbeat
 /// timeout and a few trips; then resumes it and checks it is back in every
 /// ring. Returns the simulator, converged again.
-fn freeze_and_resume(n: usize, cfg: &Config, frozen: usize) -> Sim {
+pub(super) fn freeze_and_resume(n: usize, cfg: &Config, frozen: usize) -> Sim {
     let mut sim = Sim::new(n, cfg, Network::default());
     sim.start_all();
     let step = Duration::from_millis(50);
@@ -150,4 +150,4 @@ fn a_thousand_nodes_form_heartbeat_five_peers_each_and_drop_a_frozen_one() {
 }
 
 /// Generous bound on virtual time: a scenario that needs more is a bug.
-const LIMIT: Duration = Duration::from_secs(60);
+pub(super) const LIMIT: Duration = Duration::from_secs(60);

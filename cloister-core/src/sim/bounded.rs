@@ -1,0 +1,160 @@
+//! `sessions = "bounded"` in the simulator: each node holds sessions with
+//! a few neighbours and learns the other members from them.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use super::watching::{converge, downs, freeze_and_resume, LIMIT};
+use super::*;
+use crate::config::{RingMode, Sessions};
+use crate::events::DownReason;
+
+fn config() -> Config {
+    Config {
+        sessions: Sessions::Bounded,
+        // Members only: a hash ring of hundreds of members takes
+        // milliseconds to build, per change, and this is about membership.
+        ring: RingMode::External,
+        ..Config::default()
+    }
+}
+
+/// Sessions a node may hold under bounded sessions with `k` monitors:
+/// `k` on each side, two per halving down to `k`, and a few more while
+/// nodes know different members.
+fn session_bound(n: usize, k: usize) -> usize {
+    2 * k + 2 * (usize::BITS - (n / k).leading_zeros()) as usize + 4
+}
+
+fn formed(n: usize, network: Network) -> Sim {
+    let mut sim = Sim::new(n, &config(), network);
+    sim.start_all();
+    assert!(
+        converge(&mut sim, Duration::from_millis(20), LIMIT),
+        "{n} nodes with bounded sessions did not converge"
+    );
+    sim
+}
+
+#[test]
+fn a_hundred_nodes_form_one_ring_over_a_bounded_number_of_sessions_each() {
+    let n = 100;
+    let sim = formed(n, Network::default());
+    let formed_in = sim.now();
+    let most = (0..n).map(|i| sim.sessions_of(i)).max().unwrap();
+    assert!(
+        most <= session_bound(n, 5),
+        "a node holds {most} sessions, bound {}",
+        session_bound(n, 5)
+    );
+    for i in 0..n {
+        assert_eq!(sim.node(i).ring().len(), n, "node {i}");
+        assert!(downs(&sim, i, 0).is_empty(), "node {i}");
+    }
+    println!("100 bounded: formed in {formed_in:?}, at most {most} sessions per node");
+}
+
+#[test]
+fn a_killed_node_leaves_every_ring_as_crashed_and_nobody_else_does() {
+    let n = 100;
+    let mut sim = formed(n, Network::default());
+    let marks: Vec<usize> = (0..n).map(|i| sim.events(i).len()).collect();
+    let (victim, killed_at) = (42, sim.now());
+    let name = sim.name(victim).clone();
+    sim.kill(victim);
+    let gone = |sim: &Sim| (0..n).all(|i| i == victim || !sim.node(i).ring().contains(&name));
+    assert!(sim.run_until(LIMIT, gone), "still in some ring");
+    let took = sim.now() - killed_at;
+    sim.run_for(Duration::from_secs(3)); // nothing else follows
+    for i in (0..n).filter(|&i| i != victim) {
+        assert_eq!(
+            downs(&sim, i, marks[i]),
+            [(name.clone(), DownReason::Crashed)],
+            "node {i}"
+        );
+    }
+    println!("100 bounded: a killed node left every ring in {took:?}");
+
+    sim.restart(victim, &config());
+    assert!(converge(&mut sim, Duration::from_millis(20), LIMIT));
+    assert!((0..n).all(|i| sim.node(i).ring().len() == n));
+}
+
+#[test]
+fn a_frozen_node_leaves_every_ring_and_comes_back_at_its_next_life() {
+    let cfg = config();
+    let sim = freeze_and_resume(100, &cfg, 17);
+    assert!((0..100).all(|i| sim.node(i).ring().len() == 100));
+}
+
+#[test]
+fn a_node_that_leaves_is_reported_left_everywhere() {
+    let n = 60;
+    let mut sim = formed(n, Network::default());
+    let marks: Vec<usize> = (0..n).map(|i| sim.events(i).len()).collect();
+    let name = sim.name(9).clone();
+    sim.leave(9);
+    sim.drained(9);
+    let gone = |sim: &Sim| (0..n).all(|i| i == 9 || !sim.node(i).ring().contains(&name));
+    assert!(sim.run_until(LIMIT, gone));
+    sim.run_for(Duration::from_secs(2));
+    for i in (0..n).filter(|&i| i != 9) {
+        assert_eq!(
+            downs(&sim, i, marks[i]),
+            [(name.clone(), DownReason::Left)],
+            "node {i}"
+        );
+    }
+}
+
+#[test]
+fn a_restarted_node_replaces_its_old_incarnation_everywhere() {
+    let n = 60;
+    let mut sim = formed(n, Network::default());
+    let old = sim.node(5).incarnation();
+    sim.restart(5, &config());
+    assert!(converge(&mut sim, Duration::from_millis(20), LIMIT));
+    let new = sim.node(5).incarnation();
+    assert_ne!(old, new);
+    let name = sim.name(5).clone();
+    assert!((0..n).all(|i| sim.node(i).incarnation_of(&name) == Some(new)));
+}
+
+#[test]
+fn lost_messages_do_not_leave_rings_different_for_good() {
+    let network = Network {
+        loss: 0.2,
+        ..Network::default()
+    };
+    let n = 60;
+    let mut sim = formed(n, network);
+    // Idle under loss: the tables stay agreed, nobody is dropped for good.
+    sim.run_for(Duration::from_secs(5));
+    assert!(converge(&mut sim, Duration::from_millis(20), LIMIT));
+}
+
+#[test]
+fn a_thousand_nodes_form_over_bounded_sessions_and_drop_a_frozen_one() {
+    let n = 1_000;
+    let cfg = config();
+    let mut sim = freeze_and_resume(n, &cfg, 321);
+    let most = (0..n).map(|i| sim.sessions_of(i)).max().unwrap();
+    assert!(most <= session_bound(n, 5), "{most} sessions");
+    // Idle: no drop anywhere, and the cost of a node stays flat.
+    let marks: Vec<usize> = (0..n).map(|i| sim.events(i).len()).collect();
+    let before = sim.heartbeats_sent;
+    let rounds = 10;
+    sim.run_for(cfg.heartbeat_interval * rounds);
+    let per_node = (sim.heartbeats_sent - before) as f64 / (n as f64 * f64::from(rounds));
+    assert!((0..n).all(|i| downs(&sim, i, marks[i]).is_empty()));
+    assert!(
+        per_node <= 6.0,
+        "{per_node:.2} heartbeats per node per interval"
+    );
+    println!(
+        "1000 bounded: at most {most} sessions per node, {per_node:.2} heartbeats per node \
+         per interval idle, {} messages in all, {:?} of virtual time",
+        sim.delivered,
+        sim.now()
+    );
+}
