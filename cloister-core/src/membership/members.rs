@@ -447,7 +447,7 @@ impl Membership {
     pub(super) fn membership_changed(&mut self, now: Duration) {
         // The ring as last built stands for the members: counting them would
         // cost a pass over every peer per change, O(n²) while a cluster forms.
-        let spacing = ring_batch(&self.config, self.ring.len() + 1, self.ring_vnodes());
+        let spacing = ring_batch(&self.config, self.ring.len(), self.ring_vnodes());
         let due = match self.last_rebuild {
             Some(last) => now.max(last + spacing),
             None => now,
