@@ -88,20 +88,30 @@ async fn main() -> anyhow::Result<()> {
     cloister_examples::init_logs();
     let args = Args::parse();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let server = NodeServer::new(
-        port,
-        args.cookie.clone(),
-        "rogue".into(),
-        "127.0.0.1".into(),
-        None,
-        Some(NodeConnectionMode::Isolated),
-    );
-    let (node_server, _) = Actor::spawn(None, server, ())
-        .await
-        .context("cannot start a NodeServer")?;
+    // The rogue only dials, but a NodeServer needs a port of its own. A
+    // port found free may be taken again before the NodeServer binds it
+    // (other tests start nodes meanwhile): a few tries, each a new port.
+    let mut tries = 0;
+    let node_server = loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let server = NodeServer::new(
+            port,
+            args.cookie.clone(),
+            "rogue".into(),
+            "127.0.0.1".into(),
+            None,
+            Some(NodeConnectionMode::Isolated),
+        );
+        match Actor::spawn(None, server, ()).await {
+            Ok((node_server, _)) => break node_server,
+            Err(e) if tries < 5 && e.to_string().contains("Address already in use") => {
+                tries += 1;
+            }
+            Err(e) => return Err(e).context("cannot start a NodeServer"),
+        }
+    };
     ractor_cluster::client_connect(&node_server, args.target.as_str())
         .await
         .map_err(|e| anyhow::anyhow!("dial {} failed: {e:?}", args.target))?;
