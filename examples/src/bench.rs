@@ -139,8 +139,8 @@ pub fn wait_dropped(
 }
 
 /// What the processes `pids` use over `idle`: the CPU of each, in % of one
-/// core, and then the VmRSS of each, in MiB.
-pub fn idle_cost(pids: &[u32], idle: Duration) -> Result<(Vec<f64>, Vec<f64>)> {
+/// core, and then the memory of each, in MiB.
+pub fn idle_cost(pids: &[u32], idle: Duration) -> Result<(Vec<f64>, Vec<Memory>)> {
     let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
     let start = std::time::Instant::now();
     std::thread::sleep(idle);
@@ -152,13 +152,38 @@ pub fn idle_cost(pids: &[u32], idle: Duration) -> Result<(Vec<f64>, Vec<f64>)> {
         .zip(&after)
         .map(|(b, a)| a.saturating_sub(*b) as f64 * 10.0 / 1000.0 / elapsed * 100.0)
         .collect();
-    let mut rss = Vec::with_capacity(pids.len());
+    let mut memory = Vec::with_capacity(pids.len());
     for &pid in pids {
-        let status = fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_err(|e| anyhow!("process {pid} is gone: {e}"))?;
-        rss.push(status_kib(&status, "VmRSS:")? as f64 / 1024.0);
+        let read = |file: &str| {
+            fs::read_to_string(format!("/proc/{pid}/{file}"))
+                .map_err(|e| anyhow!("process {pid} is gone: {e}"))
+        };
+        memory.push(Memory {
+            rss_mib: status_kib(&read("status")?, "VmRSS:")? as f64 / 1024.0,
+            pss_mib: status_kib(&read("smaps_rollup")?, "Pss:")? as f64 / 1024.0,
+        });
     }
-    Ok((cpu, rss))
+    Ok((cpu, memory))
+}
+
+/// One process's memory. VmRSS counts every page it maps, the executable's
+/// code included, which N processes of one binary share: most of a small
+/// node's VmRSS (a cloister-node alone: 9.4 MiB, of which 0.8 MiB is its
+/// own heap and stacks). PSS divides each shared page among the processes
+/// that map it: what a process costs the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// VmRSS, in MiB.
+    pub rss_mib: f64,
+    /// Proportional set size, in MiB.
+    pub pss_mib: f64,
+}
+
+/// The medians of `memory`, as a table cell: `VmRSS (PSS)`.
+pub fn memory_cell(memory: &[Memory]) -> String {
+    let rss: Vec<f64> = memory.iter().map(|m| m.rss_mib).collect();
+    let pss: Vec<f64> = memory.iter().map(|m| m.pss_mib).collect();
+    format!("{:.1} MiB ({:.1})", median(&rss), median(&pss))
 }
 
 /// The median of `values` (the upper one of an even count), 0 when empty.

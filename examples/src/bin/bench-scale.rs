@@ -12,9 +12,9 @@
 //! - formation: from just before the last spawn to the latest `ready` line,
 //!   or how many nodes were ready when `--deadline` ran out;
 //! - idle: once formed, the CPU each process uses over `--idle` seconds
-//!   (median per node, and the sum, in % of one core), its VmRSS, and the
-//!   `node_down` lines printed meanwhile (no process dies, so each one is a
-//!   false drop).
+//!   (median per node, and the sum, in % of one core), its VmRSS and PSS
+//!   (see `bench::Memory`), and the `node_down` lines printed meanwhile (no
+//!   process dies, so each one is a false drop).
 //!
 //! - crash: then SIGKILL one node; from the signal to the last survivor's
 //!   sign that it is gone (`node_down`, or a ring without it);
@@ -60,16 +60,17 @@ struct Run {
     formation_ms: Option<f64>,
     ready: usize,
     cpu: Vec<f64>,
-    rss_mib: Vec<f64>,
+    memory: Vec<cloister_examples::bench::Memory>,
     false_drops: usize,
-    crash_ms: Option<f64>,
-    freeze_ms: Option<f64>,
+    /// The last survivor's detection, and the median survivor's.
+    crash_ms: Option<(f64, f64)>,
+    freeze_ms: Option<(f64, f64)>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let binary = node_binary(args.binary.as_deref())?;
-    println!("| nodes | run | formation | ready | CPU per node, median | CPU, all nodes | VmRSS per node, median | false drops while idle | crash detection | freeze detection |");
+    println!("| nodes | run | formation | ready | CPU per node, median | CPU, all nodes | VmRSS per node, median (PSS) | false drops while idle | crash detection, last (median) | freeze detection, last (median) |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.sizes.sizes {
         for run in 1..=args.sizes.runs {
@@ -83,7 +84,7 @@ fn main() -> Result<()> {
                 (
                     format!("{:.2}%", median(&measured.cpu)),
                     format!("{:.1}%", measured.cpu.iter().sum::<f64>()),
-                    format!("{:.1} MiB", median(&measured.rss_mib)),
+                    cloister_examples::bench::memory_cell(&measured.memory),
                 )
             };
             let drops = if measured.cpu.is_empty() {
@@ -91,7 +92,11 @@ fn main() -> Result<()> {
             } else {
                 measured.false_drops.to_string()
             };
-            let ms = |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("{ms:.0} ms"));
+            let ms = |v: Option<(f64, f64)>| {
+                v.map_or("-".to_string(), |(last, median)| {
+                    format!("{last:.0} ms (median {median:.0})")
+                })
+            };
             println!(
                 "| {n} | {run} | {formation} | {}/{n} | {cpu} | {all} | {rss} | {drops} | {} | {} |",
                 measured.ready,
@@ -149,7 +154,7 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
         formation_ms: None,
         ready: ready_at.len(),
         cpu: Vec::new(),
-        rss_mib: Vec::new(),
+        memory: Vec::new(),
         false_drops: 0,
         crash_ms: None,
         freeze_ms: None,
@@ -161,7 +166,7 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
 
     let marks: Vec<usize> = all.iter().map(|&i| cluster.event_count(i)).collect();
     let pids = cluster.pids();
-    (run.cpu, run.rss_mib) = idle_cost(&pids, Duration::from_secs(args.sizes.idle))?;
+    (run.cpu, run.memory) = idle_cost(&pids, Duration::from_secs(args.sizes.idle))?;
     run.false_drops = all
         .iter()
         .map(|&i| {
@@ -189,8 +194,11 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
             cluster.pause(victim)?;
         }
         let found = wait_dropped(&cluster, &watchers, &marks, &name, deadline);
-        let latest = found.ok().and_then(|f| f.iter().map(|(ts, _)| *ts).max());
-        let detected = latest.map(|ts| ts as f64 - t);
+        let detected = found.ok().filter(|f| !f.is_empty()).map(|found| {
+            let after: Vec<f64> = found.iter().map(|(ts, _)| *ts as f64 - t).collect();
+            let last = after.iter().copied().fold(f64::MIN, f64::max);
+            (last, median(&after))
+        });
         if kill {
             run.crash_ms = detected;
         } else {

@@ -12,8 +12,8 @@
 //! 2 s (cloister's default backoff), until ractor_cluster reports N - 1
 //! authenticated sessions; then it prints the time and idles. One line per
 //! run: formation (last spawn to the last node's full mesh), then, over
-//! `--idle` seconds, the CPU per node (median) and in all, and VmRSS per
-//! node. Every process is killed at the end of its run, also on failure.
+//! `--idle` seconds, the CPU per node (median) and in all, and VmRSS and PSS
+//! per node (see `bench::Memory`). Every process is killed at the end of its run, also on failure.
 //!
 //! `--degree K` measures a mesh that is not full, the floor of a transport
 //! with a bounded number of sessions per node: node `i` (in port order)
@@ -73,7 +73,7 @@ fn main() -> Result<()> {
     {
         return node(port, peers, expect);
     }
-    println!("| nodes | run | formation | meshed | CPU per node, median | CPU, all nodes | VmRSS per node, median |");
+    println!("| nodes | run | formation | meshed | CPU per node, median | CPU, all nodes | VmRSS per node, median (PSS) |");
     println!("|---|---|---|---|---|---|---|");
     for &n in &args.sizes.sizes {
         for run in 1..=args.sizes.runs {
@@ -86,7 +86,7 @@ fn main() -> Result<()> {
                 false => (
                     format!("{:.2}%", median(&m.cpu)),
                     format!("{:.1}%", m.cpu.iter().sum::<f64>()),
-                    format!("{:.1} MiB", median(&m.rss_mib)),
+                    cloister_examples::bench::memory_cell(&m.memory),
                 ),
             };
             println!(
@@ -162,7 +162,7 @@ struct Run {
     formation_ms: Option<f64>,
     meshed: usize,
     cpu: Vec<f64>,
-    rss_mib: Vec<f64>,
+    memory: Vec<cloister_examples::bench::Memory>,
 }
 
 /// Kills every process of a run when dropped, also on failure.
@@ -240,7 +240,7 @@ fn measure(n: usize, args: &Args) -> Result<Run> {
         formation_ms: None,
         meshed: meshed.len(),
         cpu: Vec::new(),
-        rss_mib: Vec::new(),
+        memory: Vec::new(),
     };
     if meshed.len() < n {
         return Ok(run);
@@ -251,7 +251,7 @@ fn measure(n: usize, args: &Args) -> Result<Run> {
         .reduce(f64::max)
         .map(|t| t - last_spawn);
     let pids: Vec<u32> = processes.0.iter().map(Child::id).collect();
-    (run.cpu, run.rss_mib) = idle_cost(&pids, Duration::from_secs(args.sizes.idle))?;
+    (run.cpu, run.memory) = idle_cost(&pids, Duration::from_secs(args.sizes.idle))?;
     Ok(run)
 }
 
