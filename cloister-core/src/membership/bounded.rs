@@ -17,11 +17,11 @@ impl Membership {
     /// Which listed peers to dial: all of them under a full mesh; under
     /// bounded sessions, the neighbours among every node this node knows
     /// (listed or member), and, once the ring has held still for a
-    /// heartbeat interval, the neighbours in the ring: the members it
-    /// watches and those that watch it, which differ when some listed
-    /// nodes are down. While a cluster forms, the ring changes by the
-    /// millisecond, and dialing each passing neighbour in it would leave a
-    /// node with sessions to a third of the cluster.
+    /// heartbeat timeout, the members it watches in that ring, which
+    /// differ when some listed nodes are down (those that watch it dial
+    /// it). While a cluster forms, the ring changes by the millisecond;
+    /// dialing each passing neighbour in it left nodes with sessions to a
+    /// third of the cluster, and sessions are not closed yet once open.
     pub(super) fn update_wanted(&mut self, now: Duration) {
         if !self.is_bounded() {
             self.peers.values_mut().for_each(|p| p.wanted = p.listed);
@@ -46,11 +46,11 @@ impl Membership {
             self.plan.known = picked.into_iter().cloned().collect();
             self.plan.known_key = Some(key);
         }
-        let interval = self.config.heartbeat_interval;
-        let settled = self.last_rebuild.is_some_and(|at| at + interval <= now);
+        let still = self.config.heartbeat_timeout;
+        let settled = self.last_rebuild.is_some_and(|at| at + still <= now);
         let digest = self.ring.digest();
         if settled && self.plan.ring_digest != Some(digest) {
-            let picked = monitors::neighbours(self.ring.members(), &self.me, k);
+            let picked = monitors::monitors(self.ring.members(), &self.me, k);
             self.plan.ring = picked.into_iter().cloned().collect();
             self.plan.ring_digest = Some(digest);
         }
@@ -303,6 +303,6 @@ pub(super) struct Plan {
     known: BTreeSet<NodeName>,
     /// The ring `ring` was computed for.
     ring_digest: Option<crate::ring::Digest>,
-    /// The neighbours in that ring.
+    /// The members this node watches in that ring.
     ring: BTreeSet<NodeName>,
 }
