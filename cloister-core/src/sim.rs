@@ -273,6 +273,19 @@ impl Sim {
         self.schedule(at, i, What::Input(Input::Leave));
     }
 
+    /// Node `i`'s application needs a session with node `j`
+    /// ([`Input::Connect`]).
+    pub fn connect_on_demand(&mut self, i: usize, j: usize) {
+        let peer = self.nodes[j].entry.name.clone();
+        let at = self.now;
+        self.schedule(at, i, What::Input(Input::Connect { peer }));
+    }
+
+    /// Whether nodes `i` and `j` hold a session.
+    pub fn has_session(&self, i: usize, j: usize) -> bool {
+        self.sessions.contains_key(&(i.min(j), i.max(j)))
+    }
+
     /// Node `i`'s application has handed off what it owned
     /// ([`Input::Drained`]).
     pub fn drained(&mut self, i: usize) {

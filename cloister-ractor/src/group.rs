@@ -204,7 +204,7 @@ impl Cloister {
                     None => view.ring.members().to_vec(),
                 };
                 (nodes.into_iter())
-                    .filter(|n| view.actor_on(self.me(), group, n).is_err())
+                    .filter(|n| self.find(&view, group, n).is_err())
                     .collect()
             };
             if missing.is_empty() {

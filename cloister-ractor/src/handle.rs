@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use cloister_core::{Digest, NodeName, NodeState, Ring, Snapshot};
-use ractor::ActorCell;
+use ractor::{ActorCell, ActorRef};
 
 use crate::drain::{DrainHold, DrainHolds};
+use crate::manager::{CloisterMessage, Internal};
 use crate::members::is_closing;
 use crate::stats::{Counters, Stats};
 
@@ -29,6 +30,10 @@ pub(crate) struct View {
     /// Why the Manager is gone, once it is: routing then fails with
     /// [`RouteError::Stopped`](crate::RouteError::Stopped).
     pub(crate) stopped: Option<String>,
+    /// Under `sessions = "bounded"`: a member without a session is
+    /// [`RouteError::Connecting`](crate::RouteError::Connecting), and the
+    /// Manager is asked to dial it.
+    pub(crate) on_demand: bool,
 }
 
 /// Group name -> node -> that node's actor in the group.
@@ -41,6 +46,7 @@ impl View {
         snapshot: Snapshot,
         sessions: Arc<BTreeMap<u64, NodeName>>,
         links: Arc<BTreeMap<u64, ActorCell>>,
+        on_demand: bool,
     ) -> View {
         View {
             ring,
@@ -49,6 +55,7 @@ impl View {
             links,
             found: ArcSwap::default(),
             stopped: None,
+            on_demand,
         }
     }
 
@@ -66,6 +73,7 @@ impl View {
             links: Arc::default(),
             found: ArcSwap::default(),
             stopped: Some(cause),
+            on_demand: false,
         }
     }
 
@@ -101,6 +109,8 @@ pub struct Cloister {
     me: NodeName,
     counters: Arc<Counters>,
     holds: Arc<DrainHolds>,
+    /// The Manager, asked for sessions on demand (`sessions = "bounded"`).
+    manager: ActorRef<CloisterMessage>,
 }
 
 impl Cloister {
@@ -109,13 +119,22 @@ impl Cloister {
         me: NodeName,
         counters: Arc<Counters>,
         holds: Arc<DrainHolds>,
+        manager: ActorRef<CloisterMessage>,
     ) -> Self {
         Cloister {
             view,
             me,
             counters,
             holds,
+            manager,
         }
+    }
+
+    /// Asks the Manager for a session with member `node` (`sessions =
+    /// "bounded"`); said again while it is dialed, it changes nothing.
+    pub(crate) fn request_session(&self, node: &NodeName) {
+        let ask = CloisterMessage::Internal(Internal::Connect(node.clone()));
+        let _ = self.manager.cast(ask); // a stopped Manager: the view says Stopped
     }
 
     /// Takes a drain hold: when this node leaves ([`crate::leave`], or

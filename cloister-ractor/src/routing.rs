@@ -57,6 +57,12 @@ pub enum RouteError {
     /// has closed since: it is gone (or going) from the ring.
     #[error("{0} is no longer connected")]
     NodeGone(NodeName),
+    /// Under `sessions = "bounded"`: the node is a member this node holds
+    /// no session with yet. One is being opened; nothing was sent. Try
+    /// again in a moment: [`Cloister::call_owner`] waits for it within
+    /// its timeout.
+    #[error("no session with {0} yet (`sessions = \"bounded\"`): one is being opened, nothing was sent; try again in a moment")]
+    Connecting(NodeName),
     /// The message could not be sent (the actor stopped meanwhile).
     #[error("sending to {node} failed: {reason}")]
     SendFailed {
@@ -155,6 +161,9 @@ impl View {
             return Ok(cell);
         }
         if node != me && !self.connected(node) {
+            if self.on_demand && self.ring.contains(node) {
+                return Err(RouteError::Connecting(node.clone()));
+            }
             return Err(RouteError::NodeGone(node.clone()));
         }
         Err(RouteError::NoSuchActor {
@@ -190,7 +199,7 @@ impl Cloister {
         group: Group<M>,
         node: &NodeName,
     ) -> Result<ActorRef<M>, RouteError> {
-        let cell = self.view().actor_on(self.me(), group, node)?;
+        let cell = self.find(&self.view(), group, node)?;
         Ok(cell.into())
     }
 
@@ -232,7 +241,7 @@ impl Cloister {
             None if view.ring.vnodes() == 0 => return Err(RouteError::ExternalRing),
             None => return Err(RouteError::EmptyRing),
         };
-        let cell = view.actor_on(self.me(), group, &owner)?;
+        let cell = self.find(&view, group, &owner)?;
         Ok((owner, cell.into()))
     }
 
@@ -316,8 +325,23 @@ impl Cloister {
         M: Message,
         R: Send + 'static,
     {
-        let (owner, actor) = self.owner_of(group, key)?;
-        let reply = self.call(owner.clone(), &actor, request, timeout).await?;
+        let asked = tokio::time::Instant::now();
+        let deadline = asked + timeout;
+        // Under bounded sessions, the owner may be a member without a
+        // session yet: it is dialed, and the call waits for it.
+        let (owner, actor) = loop {
+            match self.owner_of(group, key.as_ref()) {
+                Err(RouteError::Connecting(node)) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(RouteError::Timeout { node, timeout });
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                found => break found?,
+            }
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let reply = self.call(owner.clone(), &actor, request, left).await?;
         Ok((owner, reply))
     }
 
@@ -350,7 +374,7 @@ impl Cloister {
         view.targets(self.me())
             .iter()
             .map(|node| {
-                let sent = view.actor_on(self.me(), group, node).and_then(|cell| {
+                let sent = self.find(&view, group, node).and_then(|cell| {
                     ActorRef::<M>::from(cell)
                         .send_message(message.clone())
                         .map_err(|e| RouteError::SendFailed {
@@ -401,7 +425,7 @@ impl Cloister {
         {
             let view = self.view();
             for node in &view.targets(self.me()) {
-                match view.actor_on(self.me(), group, node) {
+                match self.find(&view, group, node) {
                     Ok(cell) => calls.push((node.clone(), ActorRef::<M>::from(cell))),
                     Err(error) => failures.push((node.clone(), error)),
                 }
@@ -428,6 +452,21 @@ impl Cloister {
     /// port with a timer of its own, started after ours, so a remote timeout
     /// arrives as a dropped port); before it, that the actor dropped the
     /// request.
+    /// The group's actor on `node` in `view`; a member without a session
+    /// yet (`sessions = "bounded"`) is asked for from the Manager.
+    pub(crate) fn find<M>(
+        &self,
+        view: &View,
+        group: Group<M>,
+        node: &NodeName,
+    ) -> Result<ActorCell, RouteError> {
+        let found = view.actor_on(self.me(), group, node);
+        if let Err(RouteError::Connecting(node)) = &found {
+            self.request_session(node);
+        }
+        found
+    }
+
     async fn call<M: Message, R: Send + 'static>(
         &self,
         node: NodeName,

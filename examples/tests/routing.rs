@@ -253,3 +253,38 @@ fn an_application_keeps_its_own_ring_from_the_events() {
     let two = own_ring(&cluster, 0).unwrap();
     assert_ne!(two["owners_digest"], three["owners_digest"], "{two}");
 }
+
+/// Under `sessions = "bounded"` most owners are members a node holds no
+/// session with: `call_owner` has the Manager dial the owner and waits for
+/// the session, so every call still reaches its owner.
+#[test]
+fn call_owner_reaches_owners_it_holds_no_session_with_under_bounded_sessions() {
+    let _serial = serial();
+    let (nodes, keys) = (12, 1_000);
+    let cluster = cluster(nodes)
+        .consensus(nodes)
+        .env("CLOISTER_SESSIONS", "bounded")
+        .env("CLOISTER_MONITORS", "2")
+        .extra_args(["--probe-keys", &keys.to_string()])
+        .start()
+        .unwrap();
+    let all: Vec<usize> = (0..nodes).collect();
+    ok(cluster.wait_ready(&all, DEFAULT_TIMEOUT));
+    let last_sessions = |c: &LocalCluster, i: usize| {
+        let events = c.events(i);
+        let last = last_of(&events, "sessions").cloned();
+        last.and_then(|e| e["peers"].as_array().map(Vec::len))
+    };
+    ok(
+        cluster.wait_until("every node reached every owner", DEADLINE, |c| {
+            all.iter().all(|&i| all_reached(&c.events(i), keys))
+        }),
+    );
+    // With 2 monitors a node's neighbours are at most 7 of the 11 others;
+    // routing to every owner opened the sessions it needed.
+    ok(
+        cluster.wait_until("sessions with every owner", DEADLINE, |c| {
+            all.iter().all(|&i| last_sessions(c, i) == Some(nodes - 1))
+        }),
+    );
+}

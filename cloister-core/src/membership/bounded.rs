@@ -58,8 +58,21 @@ impl Membership {
         let plan = &self.plan;
         for (name, peer) in &mut self.peers {
             let neighbour = plan.known.contains(name) || (ring_counts && plan.ring.contains(name));
-            peer.wanted = peer.listed && neighbour;
+            peer.wanted = peer.listed && (neighbour || peer.on_demand);
         }
+    }
+
+    /// The application needs a session with `name` (see [`Input::Connect`]).
+    pub(super) fn connect_on_demand(&mut self, now: Duration, name: &NodeName) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        if peer.session.is_some() || peer.addr.is_none() || peer.on_demand {
+            return;
+        }
+        peer.on_demand = true;
+        peer.wanted = true;
+        self.run_dials(now);
     }
 
     /// This node's own fact, up, at `Start` and at each new life.

@@ -404,6 +404,7 @@ impl Membership {
             Input::Heartbeat(heartbeat) => self.heartbeat(now, heartbeat),
             Input::Leave => self.leave(now),
             Input::Drained => self.drained(now),
+            Input::Connect { peer } => self.connect_on_demand(now, &peer),
         }
     }
 

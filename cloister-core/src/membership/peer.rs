@@ -87,6 +87,9 @@ pub(super) struct Peer {
     /// Under bounded sessions: since when its heartbeats carry a table
     /// digest other than ours (see `gossip`).
     pub(super) mismatch_since: Option<Duration>,
+    /// The application asked for a session with it ([`Input::Connect`](super::Input::Connect)):
+    /// dialed like a neighbour.
+    pub(super) on_demand: bool,
 }
 
 /// A report that a member is silent, held for three heartbeat intervals
@@ -123,6 +126,7 @@ impl Peer {
             heard_at: None,
             suspected: None,
             mismatch_since: None,
+            on_demand: false,
         }
     }
 }

@@ -240,6 +240,14 @@ pub enum Input {
     /// [`TopologyEvent::Leaving`](crate::TopologyEvent::Leaving). It ends
     /// with [`Effect::Left`] once drained, or at `drain_timeout`.
     Leave,
+    /// The application needs a session with member `peer` (under
+    /// `sessions = "bounded"`, to route to it): it is dialed, as a
+    /// neighbour is, until a session is up. Nothing happens for a peer
+    /// that has a session, or whose address this node does not know.
+    Connect {
+        /// The member.
+        peer: NodeName,
+    },
     /// The application has handed off what it owned (every drain hold is
     /// released): the leave may end now, after the goodbyes have had
     /// [`GOODBYE_LINGER`](crate::membership::GOODBYE_LINGER) to go out.

@@ -158,3 +158,18 @@ fn a_thousand_nodes_form_over_bounded_sessions_and_drop_a_frozen_one() {
         sim.now()
     );
 }
+
+#[test]
+fn a_node_asked_for_a_session_with_a_member_it_has_none_with_dials_it() {
+    let n = 100;
+    let mut sim = formed(n, Network::default());
+    let far = (1..n).find(|&j| !sim.has_session(0, j)).unwrap();
+    let before = sim.sessions_of(0);
+    sim.connect_on_demand(0, far);
+    assert!(sim.run_until(LIMIT, |sim| sim.has_session(0, far)));
+    assert_eq!(sim.sessions_of(0), before + 1);
+    // Nothing else changes: no member drops, the rings agree.
+    sim.run_for(Duration::from_secs(2));
+    assert!((0..n).all(|i| downs(&sim, i, 0).is_empty()));
+    assert!(sim.converged());
+}

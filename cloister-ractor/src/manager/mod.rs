@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use cloister_core::config::Sessions;
 use cloister_core::membership::AssemblyReport;
 use cloister_core::{
     Config, Heartbeat, Incarnation, Input, Membership, NodeName, NodeState, Snapshot, Timer,
@@ -112,6 +113,8 @@ pub enum Internal {
     /// A peer refused for the name its certificate lacks, in the words of
     /// the log.
     Misnamed(String),
+    /// Routing needs a session with this member (`sessions = "bounded"`).
+    Connect(NodeName),
 }
 
 impl Actor for CloisterManager {
@@ -180,6 +183,7 @@ impl Actor for CloisterManager {
             machine.snapshot(),
             Arc::default(),
             Arc::default(),
+            config.sessions == Sessions::Bounded,
         )));
         tracing::info!(
             %incarnation, port = config.listen_port, consensus = config.consensus,
@@ -219,6 +223,7 @@ impl Actor for CloisterManager {
                 state.machine.name().clone(),
                 Arc::clone(&state.counters),
                 Arc::clone(&state.holds),
+                myself.clone(),
             );
             state.management = Some(serve_management(listener, handle, myself.clone()));
         }
@@ -268,6 +273,7 @@ impl Actor for CloisterManager {
                     state.machine.name().clone(),
                     Arc::clone(&state.counters),
                     Arc::clone(&state.holds),
+                    myself.clone(),
                 );
                 let _ = reply.send(handle);
             }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cloister_core::timer::Arm;
 
 use arc_swap::ArcSwap;
+use cloister_core::config::Sessions;
 use cloister_core::membership::AssemblyReport;
 use cloister_core::{Config, Input, Membership, NodeName, NodeState, SessionId, Timer};
 use ractor::{ActorCell, ActorRef, RpcReplyPort};
@@ -110,6 +111,7 @@ impl ManagerState {
             Internal::DialFailed(peer, error) => {
                 self.feed(myself, Input::DialFailed { peer, error });
             }
+            Internal::Connect(peer) => self.feed(myself, Input::Connect { peer }),
             Internal::Discovered(Ok(Answer { peers, unresolved })) => {
                 // A partial answer is used, and said once while it lasts.
                 match unresolved {
@@ -246,6 +248,7 @@ impl ManagerState {
             self.machine.snapshot(),
             Arc::new(self.sessions.clone()),
             Arc::new(links),
+            self.config.sessions == Sessions::Bounded,
         )));
     }
 
