@@ -286,10 +286,14 @@ impl Membership {
     /// that hears nobody would otherwise evict every member everywhere).
     ///
     /// With a quorum, a node that does not watch the member holds the
-    /// report for three intervals and drops the member only if no other node
-    /// said meanwhile that it hears it (see `reachability`): a watcher that
-    /// hears nobody would otherwise evict the members it watches from every
-    /// non-watcher's ring, again and again.
+    /// report for three intervals, probes the member at once, and drops it
+    /// only if it did not answer and no other node said meanwhile that it
+    /// hears it (see `reachability`): a watcher that hears nobody would
+    /// otherwise evict the members it watches from every non-watcher's
+    /// ring, again and again. The probe answers first hand: the member's
+    /// own watchers may not count the reporter's observation at all (a
+    /// node that hears nobody drops its watched members, closes their
+    /// sessions, and they take it for crashed).
     ///
     /// A member it watched and drops so is its own observation too (see
     /// `reachability`): it would have timed out on it a moment later.
@@ -318,12 +322,18 @@ impl Membership {
                 if hold && !watching {
                     if peer.suspected.is_none() {
                         let until = now + 3 * self.config.heartbeat_interval;
+                        let probe = peer.session.is_some();
                         peer.suspected = Some(Suspicion {
+                            since: now,
                             until,
                             incarnation,
                             reporter: from.clone(),
                         });
                         self.next_peer_timer = earliest(self.next_peer_timer, until);
+                        if probe {
+                            // Alive, it answers at once (see `probes`).
+                            self.send_probe(&node);
+                        }
                     }
                     continue;
                 }
@@ -343,8 +353,9 @@ impl Membership {
     }
 
     /// Suspicions held for their three intervals: the member is dropped
-    /// unless a node other than the reporter (this one included) says it
-    /// hears it, or the reporter is no longer a member.
+    /// unless this node heard it since the report (its probe answered), a
+    /// node other than the reporter says it hears it, or the reporter is no
+    /// longer a member.
     pub(super) fn expire_suspicions(&mut self, now: Duration) {
         let due: Vec<(NodeName, Suspicion)> = (self.peers.iter_mut())
             .filter(|(_, p)| p.suspected.as_ref().is_some_and(|s| s.until <= now))
@@ -352,6 +363,7 @@ impl Membership {
             .collect();
         for (name, suspicion) in due {
             let Suspicion {
+                since,
                 incarnation,
                 reporter,
                 ..
@@ -360,7 +372,7 @@ impl Membership {
             // nobody: a deaf node is downed while its reports are held.
             if self.incarnation_of(&name) != Some(incarnation)
                 || self.incarnation_of(&reporter).is_none()
-                || self.heard_by_another(now, &name, incarnation, &reporter)
+                || self.heard_by_another(since, &name, incarnation, &reporter)
             {
                 continue;
             }

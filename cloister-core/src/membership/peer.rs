@@ -92,10 +92,14 @@ pub(super) struct Peer {
     pub(super) on_demand: bool,
 }
 
-/// A report that a member is silent, held for three heartbeat intervals
-/// (enough for the watchers that still hear it to say so).
+/// A report that a member is silent, held for three heartbeat intervals:
+/// enough for the member to answer this node's probe, and for the watchers
+/// that still hear it to say so.
 #[derive(Clone, Debug)]
 pub(super) struct Suspicion {
+    /// When the report came: this node probed the member then, and one
+    /// heard since is alive.
+    pub(super) since: Duration,
     pub(super) until: Duration,
     pub(super) incarnation: Incarnation,
     pub(super) reporter: crate::NodeName,

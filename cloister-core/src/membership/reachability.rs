@@ -226,19 +226,18 @@ impl Membership {
         }
     }
 
-    /// Whether this node heard `name` as `incarnation` within two
-    /// intervals, or an observation of another node than `reporter` says
-    /// it hears it.
+    /// Whether this node heard `name` since `since` (when `reporter`
+    /// reported it silent and this node probed it), or an observation of
+    /// another node than `reporter` says it hears it as `incarnation`.
     pub(super) fn heard_by_another(
         &self,
-        now: Duration,
+        since: Duration,
         name: &NodeName,
         incarnation: Incarnation,
         reporter: &NodeName,
     ) -> bool {
-        let lately = now.saturating_sub(2 * self.config.heartbeat_interval);
         let me = self.peers.get(name).and_then(|p| p.heard_at);
-        me.is_some_and(|at| at > lately)
+        me.is_some_and(|at| at >= since)
             || self.reach.observations.values().any(|(o, _)| {
                 o.observer != *reporter
                     && (o.reachable.iter()).any(|s| s.node == *name && s.incarnation == incarnation)
