@@ -153,6 +153,7 @@ impl Membership {
                 self.elect_sentry();
             }
             (None, None) => {
+                self.members += 1;
                 peer.member = Some(Member {
                     incarnation: fact.incarnation,
                     last_heard: now,

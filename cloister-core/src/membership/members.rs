@@ -193,6 +193,7 @@ impl Membership {
             None if downed || said_down => false,
             None => {
                 peer.hold_until = None;
+                self.members += 1;
                 peer.member = Some(Member {
                     incarnation: hb.incarnation,
                     last_heard: now,
@@ -439,6 +440,7 @@ impl Membership {
         let peer = self.peers.get_mut(name)?;
         peer.watching = false;
         let member = peer.member.take()?;
+        self.members -= 1;
         self.publish(TopologyEvent::NodeDown {
             node: name.clone(),
             incarnation: member.incarnation,
@@ -457,9 +459,7 @@ impl Membership {
     /// to build; building it once per join made formation cost O(n²) per
     /// node. A small ring builds in microseconds and hardly waits.
     pub(super) fn membership_changed(&mut self, now: Duration) {
-        // The ring as last built stands for the members: counting them would
-        // cost a pass over every peer per change, O(n²) while a cluster forms.
-        let spacing = ring_batch(&self.config, self.ring.len(), self.ring_vnodes());
+        let spacing = ring_batch(&self.config, 1 + self.members, self.ring_vnodes());
         let due = match self.last_rebuild {
             Some(last) => now.max(last + spacing),
             None => now,
@@ -532,6 +532,10 @@ impl Membership {
     }
 
     pub(super) fn rebuild_ring(&mut self) {
+        debug_assert_eq!(
+            self.members,
+            self.peers.values().filter(|p| p.member.is_some()).count()
+        );
         // A leaving node's ring is the one its peers keep after its goodbye.
         let me = (!self.is_leaving()).then(|| self.me.clone());
         let members = me.into_iter().chain(

@@ -151,6 +151,10 @@ pub struct Membership {
     life: u32,
     /// Its neighbours under bounded sessions.
     plan: bounded::Plan,
+    /// How many peers are members: kept as they change, since counting
+    /// them costs a pass over every peer, per change (O(n²) while a
+    /// cluster forms).
+    members: usize,
 }
 
 /// How many unknown names' dropped heartbeats are reported, at most: the
@@ -198,6 +202,7 @@ impl Membership {
             last_news: None,
             life: 0,
             plan: bounded::Plan::default(),
+            members: 0,
         };
         m.sentry = m.elected_sentry();
         m
