@@ -340,9 +340,14 @@ impl Cloister {
                 found => break found?,
             }
         };
+        // The wait is what is left of the timeout; an error names the
+        // timeout the caller gave.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let reply = self.call(owner.clone(), &actor, request, left).await?;
-        Ok((owner, reply))
+        match self.call(owner.clone(), &actor, request, left).await {
+            Ok(reply) => Ok((owner, reply)),
+            Err(RouteError::Timeout { node, .. }) => Err(RouteError::Timeout { node, timeout }),
+            Err(other) => Err(other),
+        }
     }
 
     /// Sends `message` to the group's actor on every member, this node's
