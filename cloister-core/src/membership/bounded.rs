@@ -80,12 +80,7 @@ impl Membership {
         if !self.is_bounded() {
             return;
         }
-        let fact = Fact {
-            node: self.me.clone(),
-            incarnation: self.incarnation,
-            life: self.life,
-            down: None,
-        };
+        let fact = Fact::up(&self.me, self.incarnation, self.life);
         self.record(now, fact);
     }
 
@@ -141,16 +136,7 @@ impl Membership {
                 member.incarnation = fact.incarnation;
                 member.life = fact.life;
                 member.last_heard = now;
-                self.publish(TopologyEvent::NodeDown {
-                    node: node.clone(),
-                    incarnation: old,
-                    reason: DownReason::Restarted,
-                });
-                self.publish(TopologyEvent::NodeUp {
-                    node,
-                    incarnation: fact.incarnation,
-                });
-                self.elect_sentry();
+                self.restarted(&node, old, fact.incarnation);
             }
             (None, None) => {
                 self.members += 1;
@@ -280,18 +266,11 @@ impl Membership {
         if !self.is_bounded() {
             return true;
         }
-        let up = Fact {
-            node: name.clone(),
-            incarnation,
-            life,
-            down: None,
-        };
-        if self.facts.is_news(&up) || self.facts.get(name) == Some(&up) {
+        let Some(known) = self.facts.outranks_up(name, incarnation, life) else {
             return true;
-        }
-        if let Some(known) = self.facts.get(name).cloned() {
-            self.send_facts(name, Arc::from([known]));
-        }
+        };
+        let known = Arc::from([known.clone()]);
+        self.send_facts(name, known);
         false
     }
 }

@@ -56,6 +56,16 @@ pub struct Fact {
 }
 
 impl Fact {
+    /// That `node`, this incarnation and life of it, is up.
+    pub(super) fn up(node: &NodeName, incarnation: Incarnation, life: u32) -> Fact {
+        Fact {
+            node: node.clone(),
+            incarnation,
+            life,
+            down: None,
+        }
+    }
+
     /// The order facts about one node merge in: greater wins.
     fn rank(&self) -> (Incarnation, u32, bool) {
         (self.incarnation, self.life, self.down.is_some())
@@ -90,6 +100,18 @@ impl Facts {
         self.by_node.insert(fact.node.clone(), (fact.clone(), now));
         self.all = None;
         true
+    }
+
+    /// The fact about `node` that outranks its being up at `incarnation`
+    /// and `life` (said down then, or a later incarnation or life), if any.
+    pub(super) fn outranks_up(
+        &self,
+        node: &NodeName,
+        incarnation: Incarnation,
+        life: u32,
+    ) -> Option<&Fact> {
+        let known = self.get(node)?;
+        (known.rank() > (incarnation, life, false)).then_some(known)
     }
 
     /// Whether merging `fact` would change the table.

@@ -156,7 +156,7 @@ impl Membership {
                 if hb.life > member.life {
                     // Said down and alive: it says so over its session.
                     member.life = hb.life;
-                    self.record(now, up_fact(name, hb.incarnation, hb.life));
+                    self.record(now, Fact::up(name, hb.incarnation, hb.life));
                 }
                 // It has not admitted us: our answer was lost. Answer again,
                 // unless an answer is on its way after the next rebuild.
@@ -176,17 +176,8 @@ impl Membership {
                     digest: hb.digest,
                     life: hb.life,
                 };
-                self.record(now, up_fact(name, hb.incarnation, hb.life));
-                self.publish(TopologyEvent::NodeDown {
-                    node: name.clone(),
-                    incarnation: old,
-                    reason: DownReason::Restarted,
-                });
-                self.publish(TopologyEvent::NodeUp {
-                    node: name.clone(),
-                    incarnation: hb.incarnation,
-                });
-                self.elect_sentry(); // a restarted sentry is the newest now
+                self.record(now, Fact::up(name, hb.incarnation, hb.life));
+                self.restarted(name, old, hb.incarnation);
                 self.send_heartbeat(name, false);
                 true
             }
@@ -200,7 +191,7 @@ impl Membership {
                     digest: hb.digest,
                     life: hb.life,
                 });
-                self.record(now, up_fact(name, hb.incarnation, hb.life));
+                self.record(now, Fact::up(name, hb.incarnation, hb.life));
                 self.send_table(name, hb.table);
                 self.publish(TopologyEvent::NodeUp {
                     node: name.clone(),
@@ -408,6 +399,21 @@ impl Membership {
         }
         peer.last_error = Some(why);
         self.remove_member(now, name, DownReason::Unresponsive);
+    }
+
+    /// Member `name` came back as incarnation `new`, replacing `old`: says
+    /// so, and elects the sentry again (a restarted sentry is the newest).
+    pub(super) fn restarted(&mut self, name: &NodeName, old: Incarnation, new: Incarnation) {
+        self.publish(TopologyEvent::NodeDown {
+            node: name.clone(),
+            incarnation: old,
+            reason: DownReason::Restarted,
+        });
+        self.publish(TopologyEvent::NodeUp {
+            node: name.clone(),
+            incarnation: new,
+        });
+        self.elect_sentry();
     }
 
     /// Takes member `name` out, for a reason this node saw itself; under
@@ -703,15 +709,5 @@ fn describe_ring(vnodes: u32) -> String {
     match vnodes {
         0 => "`ring = \"external\"`".to_string(),
         n => format!("`ring_vnodes = {n}`"),
-    }
-}
-
-/// The fact that `node`, this incarnation and life of it, is up.
-fn up_fact(node: &NodeName, incarnation: Incarnation, life: u32) -> Fact {
-    Fact {
-        node: node.clone(),
-        incarnation,
-        life,
-        down: None,
     }
 }
