@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cloister_ractor::testing::{all_of, last_of, LocalCluster, DEFAULT_TIMEOUT};
+use cloister_ractor::testing::{
+    all_of, last_of, LocalCluster, LocalClusterBuilder, DEFAULT_TIMEOUT,
+};
 mod common;
 use common::{ok, serial};
 use serde_json::Value;
@@ -217,11 +219,45 @@ fn two_nodes_leaving_together_hand_their_keys_to_the_rest_and_lose_none() {
 
 /// `n` kv nodes (consensus 2), every store started, and `KEYS` keys put
 /// through node 1 until each was acknowledged; returns the cluster and them.
-fn ready_with_keys(n: usize) -> (LocalCluster, BTreeMap<String, String>) {
-    let cluster = LocalCluster::builder(kv_node(), n)
+#[test]
+fn a_drain_that_runs_out_of_time_says_what_it_could_not_hand_off() {
+    let _serial = serial();
+    // A 1 s drain against a 10 s heartbeat timeout: a frozen holder stays
+    // in the ring, its puts unanswered, for the whole drain.
+    let builder = LocalCluster::builder(kv_node(), 3)
         .consensus(2)
-        .start()
-        .unwrap();
+        .env("CLOISTER_HEARTBEAT_TIMEOUT", "10s")
+        .env("CLOISTER_DRAIN_TIMEOUT", "1s");
+    let (mut cluster, _) = ready_with_keys_from(builder, 3);
+    cluster.pause(1).unwrap();
+    let status = cluster.terminate(2, DEFAULT_TIMEOUT);
+    cluster.resume(1).unwrap();
+    assert!(status.unwrap().success(), "node 2 did not exit 0");
+    let events = cluster.events(2);
+    let drained = last_of(&events, "drained")
+        .expect("no `drained` line: the node stopped before its drain said what it kept");
+    assert!(
+        drained["not_handed_off"].as_u64().unwrap() > 0,
+        "every put to a frozen holder answered? {drained}"
+    );
+    let first = drained["first_errors"].as_array().unwrap();
+    let frozen = cluster.node_name(1).to_string();
+    assert!(
+        !first.is_empty() && first.iter().all(|e| e.as_str().unwrap().contains(&frozen)),
+        "the errors do not name the frozen holder {frozen}: {drained}"
+    );
+}
+
+fn ready_with_keys(n: usize) -> (LocalCluster, BTreeMap<String, String>) {
+    ready_with_keys_from(LocalCluster::builder(kv_node(), n).consensus(2), n)
+}
+
+/// [`ready_with_keys`] on a cluster of `n` built by `builder`.
+fn ready_with_keys_from(
+    builder: LocalClusterBuilder,
+    n: usize,
+) -> (LocalCluster, BTreeMap<String, String>) {
+    let cluster = builder.start().unwrap();
     let all: Vec<usize> = (0..n).collect();
     ok(cluster.wait_ready(&all, DEFAULT_TIMEOUT));
     ok(

@@ -46,6 +46,12 @@ struct Args {
     /// example `--env CLOISTER_HEARTBEAT_TIMEOUT=5s`); repeatable.
     #[arg(long = "env", value_parser = parse_env)]
     envs: Vec<(String, String)>,
+    /// Write, per run, every node's start time and event lines up to the
+    /// end of formation into this directory (`<nodes>-<run>/node-<i>.jsonl`,
+    /// its first line `{"event":"spawned","ts":..}`), to see where
+    /// formation spends its time.
+    #[arg(long)]
+    formation_log: Option<PathBuf>,
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -74,7 +80,7 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.sizes.sizes {
         for run in 1..=args.sizes.runs {
-            let measured = measure(&binary, n, &args)?;
+            let measured = measure(&binary, n, run, &args)?;
             let formation = measured
                 .formation_ms
                 .map_or("did not form".to_string(), |ms| format!("{ms:.0} ms"));
@@ -108,7 +114,7 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
+fn measure(binary: &PathBuf, n: usize, run_no: usize, args: &Args) -> Result<Run> {
     let (env, extra_args) = node_config(false);
     // The node's flags win over its environment: a timer set with `--env`
     // replaces the flag that would set it.
@@ -133,11 +139,12 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
     }
     let mut cluster = builder.build()?;
     let all: Vec<usize> = (0..n).collect();
-    for i in 0..n - 1 {
+    let mut spawned = Vec::with_capacity(n);
+    for i in 0..n {
+        spawned.push(unix_ms());
         cluster.start_node(i)?;
     }
-    let last_spawn = unix_ms();
-    cluster.start_node(n - 1)?;
+    let last_spawn = spawned[n - 1];
     let deadline = Duration::from_secs(args.sizes.deadline);
     let formed = cluster.wait_ready(&all, deadline).is_ok();
     let ready_at: Vec<u64> = all
@@ -150,6 +157,9 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
             ready
         })
         .collect();
+    if let Some(dir) = &args.formation_log {
+        write_formation_log(&dir.join(format!("{n}-{run_no}")), &cluster, &spawned)?;
+    }
     let mut run = Run {
         formation_ms: None,
         ready: ready_at.len(),
@@ -208,4 +218,20 @@ fn measure(binary: &PathBuf, n: usize, args: &Args) -> Result<Run> {
         gone.push(victim);
     }
     Ok(run)
+}
+
+/// Each node's start time and events so far, one file per node.
+fn write_formation_log(
+    dir: &std::path::Path,
+    cluster: &LocalCluster,
+    spawned: &[f64],
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (i, at) in spawned.iter().enumerate() {
+        let mut lines = vec![serde_json::json!({ "event": "spawned", "ts": *at as u64 })];
+        lines.extend(cluster.events(i));
+        let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
+        std::fs::write(dir.join(format!("node-{i}.jsonl")), text)?;
+    }
+    Ok(())
 }

@@ -40,6 +40,7 @@ use cloister_core::{Config, NodeName, NodeState, TopologyEvent};
 use cloister_examples::garbled::Garbled;
 use cloister_ractor::harness::{control_lines, print_line, EventLines};
 use cloister_ractor::{Cloister, CloisterManager, DrainHold, Group, StartOptions, Wire};
+use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,13 @@ const GET_TIMEOUT: Duration = Duration::from_millis(500);
 const PUT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How soon a handoff that could not reach a node is tried again.
 const RETRY: Duration = Duration::from_millis(200);
+/// How many keys a leaving node's drain puts at once.
+const DRAIN_IN_FLIGHT: usize = 32;
+/// Why a drain did not try a key.
+const OUT_OF_TIME: &str = "not tried: out of time";
+/// Spare time between the end of a drain and the node's drain timeout, for
+/// the `drained` line to be printed before the node stops.
+const DRAIN_MARGIN: Duration = Duration::from_millis(200);
 
 /// What stores send each other; also what the local node sends its store.
 /// Fields and replies are [`Wire`]s: a peer can send any bytes, which the
@@ -178,9 +186,24 @@ impl Actor for Store {
             // not wait for the hand-off.
             KvMsg::Drain if shard.cloister.state() != NodeState::Stopping => {}
             KvMsg::Drain => {
-                let deadline = tokio::time::Instant::now() + shard.drain_timeout;
-                let (handed, left) = shard.drain(deadline).await;
-                let fields = json!({ "handed_off": handed, "not_handed_off": left });
+                // Done, and said, before the node's own drain timeout
+                // (counted from a moment ago) stops it: the last puts may
+                // take a `PUT_TIMEOUT` past the deadline.
+                let margin = PUT_TIMEOUT + DRAIN_MARGIN;
+                let deadline = tokio::time::Instant::now()
+                    + shard.drain_timeout.saturating_sub(margin).max(PUT_TIMEOUT);
+                let (handed, failed) = shard.drain(deadline).await;
+                // The holders that failed say more than the keys not tried.
+                let (tried, untried): (Vec<_>, Vec<_>) =
+                    failed.iter().partition(|(_, error)| error != OUT_OF_TIME);
+                let first: Vec<String> = (tried.iter().chain(&untried).take(3))
+                    .map(|(key, error)| format!("{key}: {error}"))
+                    .collect();
+                let fields = json!({
+                    "handed_off": handed,
+                    "not_handed_off": failed.len(),
+                    "first_errors": first,
+                });
                 print_line(shard.cloister.me(), "drained", fields);
                 shard.hold.take();
             }
@@ -266,35 +289,40 @@ impl Shard {
 impl Shard {
     /// Hands every key to the nodes that hold it now (this leaving node is
     /// out of its own ring), each put acknowledged, retrying what failed
-    /// until `deadline`. Returns how many keys were handed off and how
-    /// many were not.
-    async fn drain(&mut self, deadline: tokio::time::Instant) -> (usize, usize) {
+    /// until `deadline`. The keys go [`DRAIN_IN_FLIGHT`] at a time: a holder
+    /// that answers slowly costs a round one `PUT_TIMEOUT`, not one per key.
+    /// Returns how many keys were handed off, and the keys that were not
+    /// with the last error of each.
+    async fn drain(&mut self, deadline: tokio::time::Instant) -> (usize, Vec<(String, String)>) {
         let mut pending: Vec<String> = self.data.keys().cloned().collect();
         let total = pending.len();
+        let mut failed: Vec<(String, String)> = Vec::new();
         while !pending.is_empty() && tokio::time::Instant::now() < deadline {
-            let mut failed = Vec::new();
-            for key in pending {
-                if tokio::time::Instant::now() >= deadline {
-                    failed.push(key); // out of time: counted as not handed off
-                    continue;
-                }
-                let Some((version, value)) = self.data.get(&key).cloned() else {
-                    continue;
-                };
-                if !store_on_holders(&self.cloister, &key, &value, version)
-                    .await
-                    .1
-                    .is_empty()
-                {
-                    failed.push(key);
+            let puts = std::mem::take(&mut pending).into_iter().filter_map(|key| {
+                let (version, value) = self.data.get(&key)?.clone();
+                let cloister = self.cloister.clone();
+                Some(async move {
+                    if tokio::time::Instant::now() >= deadline {
+                        return (key, vec![OUT_OF_TIME.to_string()]);
+                    }
+                    let (_, errors) = store_on_holders(&cloister, &key, &value, version).await;
+                    (key, errors)
+                })
+            });
+            let mut done = futures::stream::iter(puts).buffer_unordered(DRAIN_IN_FLIGHT);
+            failed.clear();
+            while let Some((key, errors)) = done.next().await {
+                if !errors.is_empty() {
+                    failed.push((key, errors.join("; ")));
                 }
             }
-            pending = failed;
+            pending = failed.iter().map(|(key, _)| key.clone()).collect();
             if !pending.is_empty() {
-                tokio::time::sleep(RETRY).await;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                tokio::time::sleep(RETRY.min(left)).await;
             }
         }
-        (total - pending.len(), pending.len())
+        (total - failed.len(), failed)
     }
 }
 
