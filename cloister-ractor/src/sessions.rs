@@ -6,7 +6,8 @@
 //! session that was already replaced); an opened session is watched so one
 //! that never finishes its handshake can be closed.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ractor::{ActorCell, ActorRef};
 use ractor_cluster::node::{NodeEventSubscription, NodeServerSessionInformation};
@@ -49,6 +50,28 @@ pub(crate) enum SessionEvent {
 pub(crate) struct Forwarder {
     pub(crate) manager: ActorRef<CloisterMessage>,
     pub(crate) gates: Arc<Gates>,
+    pub(crate) authenticated: Arc<Authenticated>,
+}
+
+/// The sessions the NodeServer has reported authenticated and not closed,
+/// as of its last callback: ahead of the Manager's mailbox, where the same
+/// news may still wait behind a handshake deadline that fired a moment
+/// before. The Manager does not close as "never authenticated" a session
+/// listed here (on a loaded machine it did: the survivor of a duplicate
+/// election, closed just after the loser, left both nodes without a session
+/// and each took the other for crashed).
+#[derive(Debug, Default)]
+pub(crate) struct Authenticated(Mutex<HashSet<u64>>);
+
+impl Authenticated {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether session `id` has authenticated, as far as the NodeServer said.
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.set().contains(&id)
+    }
 }
 
 impl Forwarder {
@@ -74,6 +97,7 @@ impl NodeEventSubscription for Forwarder {
     }
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        self.authenticated.set().remove(&ses.node_id);
         let peer = peer(&ses);
         self.send(SessionEvent::Closed {
             id: ses.node_id,
@@ -85,6 +109,7 @@ impl NodeEventSubscription for Forwarder {
         if ses.is_server {
             self.gates.authenticated(&ses.peer_addr);
         }
+        self.authenticated.set().insert(ses.node_id);
         self.send(SessionEvent::Authenticated {
             id: ses.node_id,
             peer: peer(&ses),

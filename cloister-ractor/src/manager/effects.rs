@@ -56,6 +56,14 @@ impl ManagerState {
                 Effect::Publish(event) => self.publish(event),
                 Effect::Left { drained } => self.left(myself, drained),
                 Effect::Refused { peer, why } => tracing::warn!(%peer, "{why}"),
+                // Authenticated meanwhile: the news is on its way here.
+                Effect::CloseSession { session } if self.authenticated.contains(session.0) => {
+                    tracing::debug!(
+                        session = session.0,
+                        "not closing a connection past its handshake deadline: it has \
+                         authenticated since"
+                    );
+                }
                 Effect::CloseSession { session } => {
                     if let Some(link) = self.links.get(&session.0) {
                         tracing::debug!(

@@ -32,7 +32,7 @@ use crate::discovery::{Answer, Discovery};
 use crate::error::CloisterError;
 use crate::handle::{Cloister, View};
 use crate::herald::{self, Herald};
-use crate::sessions::{Forwarder, SessionEvent};
+use crate::sessions::{Authenticated, Forwarder, SessionEvent};
 use crate::stats::Counters;
 use crate::subscribe::{Listener, Subscriber, Subscribers};
 
@@ -149,11 +149,13 @@ impl Actor for CloisterManager {
         )
         .await?;
         let gates = Arc::new(Gates::default());
+        let authenticated = Arc::new(Authenticated::default());
         node_server.cast(NodeServerMessage::SubscribeToEvents {
             id: "cloister".into(),
             subscription: Box::new(Forwarder {
                 manager: myself.clone(),
                 gates: Arc::clone(&gates),
+                authenticated: Arc::clone(&authenticated),
             }),
         })?;
         // A call after the cast: once it answers, the subscription is in place.
@@ -207,6 +209,7 @@ impl Actor for CloisterManager {
             stop_cause: None,
             sessions: BTreeMap::new(),
             links: BTreeMap::new(),
+            authenticated,
             discovery: discovery.for_service(),
             last_progress: String::new(),
             discovery_error: None,

@@ -20,7 +20,7 @@ use crate::drain::DrainHolds;
 use crate::handle::View;
 use crate::inspect::{millis, Recent};
 use crate::members::is_closing;
-use crate::sessions::SessionEvent;
+use crate::sessions::{Authenticated, SessionEvent};
 use crate::stats::Counters;
 use crate::subscribe::{Listener, Subscribers};
 use crate::tls::names::{NameCheck, KEEP_UNCLAIMED};
@@ -60,6 +60,9 @@ pub struct ManagerState {
     /// session is closing before its close is reported, and to close one
     /// the core gives up on.
     pub(super) links: BTreeMap<u64, ActorCell>,
+    /// The sessions the NodeServer said authenticated, ahead of this
+    /// mailbox (see [`Authenticated`]).
+    pub(super) authenticated: Arc<Authenticated>,
     pub(super) discovery: Option<Discovery>,
     /// The last progress line logged while assembling, to log changes only.
     pub(super) last_progress: String,
