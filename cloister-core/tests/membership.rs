@@ -128,6 +128,7 @@ fn config(peers: &[&str], consensus: usize) -> Config {
         sentry: Sentry::Nodes(sentry.map(entry).collect()),
         consensus,
         dial_backoff_jitter: 0.0,
+        session_grace: ms(20),
         ..Config::for_tests()
     }
 }
@@ -727,6 +728,65 @@ fn a_member_whose_session_closes_for_good_crashed_once_the_grace_runs_out() {
             dial(A),
         ]
     );
+}
+
+#[test]
+fn a_grace_ends_once_no_connection_that_was_in_its_handshake_is_left() {
+    for outcome in ["authenticated as another peer", "closed"] {
+        let mut m = started(&[A, B], 3);
+        admit(&mut m, ms(1), A, 1, 7);
+        admit(&mut m, ms(1), B, 3, 8);
+        // The ring of three, ready.
+        run_until(&mut m, ms(4));
+        // A's session closes while connection 2 is in its handshake.
+        m.handle(ms(5), accepted(2));
+        m.handle(ms(10), session_down(A, 1));
+        assert_eq!(drain(&mut m), [], "{outcome}");
+        // Connection 2 turns out not to be A: nothing can replace A's
+        // session, so A crashed now, not at the end of the 20ms grace.
+        let input = match outcome {
+            "closed" => Input::ConnectionClosed {
+                session: SessionId(2),
+            },
+            _ => authenticated(B, 2),
+        };
+        m.handle(ms(12), input);
+        let effects = drain(&mut m);
+        assert!(
+            effects.contains(&down(A, 7, Crashed)),
+            "{outcome}: {effects:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_duplicate_whose_handshake_outlasts_a_short_grace_still_replaces_the_session() {
+    // The default grace (250ms), not this file's 20ms: on a
+    // loaded machine a handshake takes longer than 20ms, and a grace that
+    // ran out first took a live peer for crashed (both sides did, and with
+    // `sessions = "bounded"` told every node so).
+    let config = Config {
+        session_grace: Config::default().session_grace,
+        ..config(&[A], 2)
+    };
+    let mut m = machine(config, SEED);
+    m.handle(ms(0), Input::Start);
+    drain(&mut m);
+    admit(&mut m, ms(1), A, 1, 7);
+    m.handle(ms(5), accepted(2));
+    m.handle(ms(10), session_down(A, 1));
+    assert_eq!(run_until(&mut m, ms(199)), []);
+    m.handle(ms(200), authenticated(A, 2));
+    assert_eq!(
+        drain(&mut m),
+        [Effect::Adopt {
+            peer: n(A),
+            session: SessionId(2)
+        }]
+    );
+    m.handle(ms(201), session_up(A, 2));
+    assert_eq!(drain(&mut m), [greet(A, &[A, ME])]);
+    assert_eq!(m.ring().members(), names(&[A, ME]));
 }
 
 /// A connection accepted on `ME`'s port, in its handshake.

@@ -218,16 +218,18 @@ pub struct Config {
     /// forms slower instead of not at all.
     #[serde(with = "humantime_serde")]
     pub dial_timeout: Duration,
-    /// How long a member whose session closed stays in the ring waiting for a
-    /// replacing session, before it counts as crashed. Default 20ms, shorter
-    /// than `heartbeat_timeout`. ractor_cluster settles two simultaneous dials
-    /// by closing one session, and a peer may see that close just before the
-    /// winner is ready; the grace hides that flap. It applies only while
-    /// some connection is still in its handshake (a replacement can only be
-    /// one of those): the close of a peer's only session is a crash at once.
-    /// 0 drops at once always (a flap then shows as a `NodeDown` and `NodeUp`
-    /// pair); longer delays crash detection by as much while connections
-    /// are in their handshake.
+    /// The longest a member whose session closed stays in the ring waiting
+    /// for a replacing session, before it counts as crashed. Default 250ms,
+    /// shorter than `heartbeat_timeout`. ractor_cluster settles two
+    /// simultaneous dials by closing one session, and a peer may see that
+    /// close just before the winner is ready; the grace hides that flap.
+    /// The replacement can only be a connection that was in its handshake
+    /// at the close, so the grace applies only while one was, and ends as
+    /// soon as none of them is left in its handshake: the close of a peer's
+    /// only session is a crash at once, and on an idle machine a grace lasts
+    /// milliseconds. The limit matters on a loaded one, where a handshake
+    /// can take most of a second (100 nodes forming on two cores). 0 drops
+    /// at once always (a flap then shows as a `NodeDown` and `NodeUp` pair).
     #[serde(with = "humantime_serde")]
     pub session_grace: Duration,
     /// How often this node sends a heartbeat to each member that watches it
@@ -403,7 +405,7 @@ impl Default for Config {
             dial_backoff_max: Duration::from_secs(2),
             dial_backoff_jitter: 0.2,
             dial_timeout: Duration::from_secs(1),
-            session_grace: Duration::from_millis(20),
+            session_grace: Duration::from_millis(250),
             heartbeat_interval: Duration::from_millis(300),
             heartbeat_timeout: Duration::from_millis(1500),
             monitors: 5,

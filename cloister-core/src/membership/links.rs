@@ -167,6 +167,7 @@ impl Membership {
         }
         peer.session = Some(session);
         peer.grace_until = None;
+        peer.grace_waits.clear();
         peer.introduce_until = Some(now + self.config.heartbeat_interval);
         peer.failed_dials = 0;
         peer.last_error = None;
@@ -210,6 +211,7 @@ impl Membership {
             if let Some(replacement) = replacement {
                 // ractor_cluster elected another session over this one.
                 peer.grace_until = Some(now + self.config.session_grace);
+                peer.grace_waits.clear();
                 self.effects.push_back(Effect::Adopt {
                     peer: name.clone(),
                     session: replacement,
@@ -220,9 +222,36 @@ impl Membership {
                 self.remove_member(now, name, DownReason::Crashed);
             } else {
                 peer.grace_until = Some(now + self.config.session_grace);
+                peer.grace_waits = self.handshakes.keys().copied().collect();
             }
         }
         self.run_dials(now);
+    }
+
+    /// Members in their grace for whom none of the connections awaited is
+    /// still in its handshake (each authenticated as another peer, closed or
+    /// expired) crashed: nothing can replace their session now. On a loaded
+    /// machine a duplicate's handshake takes longer than any fixed grace;
+    /// on an idle one this ends the grace within milliseconds.
+    pub(super) fn end_hopeless_graces(&mut self, now: Duration) {
+        let mut hopeless = Vec::new();
+        for (name, peer) in &mut self.peers {
+            if peer.grace_until.is_none() || peer.grace_waits.is_empty() {
+                continue;
+            }
+            let (handshakes, pending) = (&self.handshakes, &self.authenticated);
+            peer.grace_waits.retain(|session| {
+                handshakes.contains_key(session) || pending.get(session) == Some(name)
+            });
+            if peer.grace_waits.is_empty() {
+                peer.grace_until = None;
+                peer.dial = Dial::Idle { at: now };
+                hopeless.push(name.clone());
+            }
+        }
+        for name in hopeless {
+            self.remove_member(now, &name, DownReason::Crashed);
+        }
     }
 
     /// Members whose session closed and whose grace ran out crashed.
@@ -236,6 +265,7 @@ impl Membership {
         for name in expired {
             if let Some(peer) = self.peers.get_mut(&name) {
                 peer.grace_until = None;
+                peer.grace_waits.clear();
                 peer.dial = Dial::Idle { at: now };
             }
             self.remove_member(now, &name, DownReason::Crashed);

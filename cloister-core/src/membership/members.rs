@@ -389,6 +389,7 @@ impl Membership {
             return;
         };
         peer.grace_until = None;
+        peer.grace_waits.clear();
         if peer.session.is_some() {
             let until = now + self.config.heartbeat_timeout;
             peer.hold_until = Some(until);

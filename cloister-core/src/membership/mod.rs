@@ -399,12 +399,17 @@ impl Membership {
             }
             Input::SessionAuthenticated { session, peer } => {
                 self.authenticated(now, session, peer);
+                self.end_hopeless_graces(now);
             }
-            Input::ConnectionClosed { session } => self.connection_closed(now, session, None),
+            Input::ConnectionClosed { session } => {
+                self.connection_closed(now, session, None);
+                self.end_hopeless_graces(now);
+            }
             Input::SessionUp { peer, session } => self.session_up(now, peer, session),
             Input::SessionDown { peer, session } => {
                 self.connection_closed(now, session, Some(&peer));
                 self.session_down(now, &peer, session);
+                self.end_hopeless_graces(now);
             }
             Input::Heartbeat(heartbeat) => self.heartbeat(now, heartbeat),
             Input::Leave => self.leave(now),
@@ -435,6 +440,7 @@ impl Membership {
             self.next_heartbeat = Some(now + self.config.heartbeat_interval);
         }
         self.expire_handshakes(now);
+        self.end_hopeless_graces(now);
         self.expire_graces(now);
         self.expire_silent_members(now);
         self.expire_suspicions(now);

@@ -54,6 +54,10 @@ pub(super) struct Peer {
     /// A member whose session closed stays in the ring until then, in case a
     /// replacing session is on its way (see `Config::session_grace`).
     pub(super) grace_until: Option<Duration>,
+    /// The connections that were in their handshake when its session
+    /// closed: the replacement can only be one of them, so the grace ends
+    /// once none is left in its handshake (empty: a replacement is known).
+    pub(super) grace_waits: Vec<SessionId>,
     /// Connections naming this peer that closed in their handshake, and
     /// until when a session with the peer may still prove them duplicates
     /// (ractor_cluster closes the loser when both sides dial). Those left
@@ -121,6 +125,7 @@ impl Peer {
             left: None,
             tokens: Tokens::default(),
             grace_until: None,
+            grace_waits: Vec::new(),
             unproven: None,
             introduce_until: None,
             watching: false,

@@ -48,7 +48,7 @@ struct Args {
     envs: Vec<(String, String)>,
     /// Write, per run, every node's start time and event lines up to the
     /// end of formation into this directory (`<nodes>-<run>/node-<i>.jsonl`,
-    /// its first line `{"event":"spawned","ts":..}`), to see where
+    /// its first line `{"event":"spawned","ts":..}`, and the nodes' logs), to see where
     /// formation spends its time.
     #[arg(long)]
     formation_log: Option<PathBuf>,
@@ -232,6 +232,13 @@ fn write_formation_log(
         lines.extend(cluster.events(i));
         let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
         std::fs::write(dir.join(format!("node-{i}.jsonl")), text)?;
+    }
+    // And the nodes' logs (stderr) so far, as the harness keeps them.
+    for entry in std::fs::read_dir(cluster.log_dir())? {
+        let path = entry?.path();
+        if let Some(name) = path.file_name() {
+            std::fs::copy(&path, dir.join(name))?;
+        }
     }
     Ok(())
 }
