@@ -141,22 +141,38 @@ pub(super) const QUORUM: usize = 3;
 /// What must hold at every moment, with `quorum` members needed: no node is
 /// ready, or names a sentry, while its own ring is below quorum.
 pub(super) fn below_quorum_serves(views: &[View], quorum: usize) -> Option<String> {
-    live(views).iter().find_map(|v| {
-        let members = v.members().len();
-        if members >= quorum {
-            None
-        } else if v.is_ready() {
-            Some(format!("{} is ready with {members} member(s)", v.container))
-        } else if v.sentry().flatten().is_some() {
-            Some(format!(
-                "{} names a sentry with {members} member(s)",
-                v.container
-            ))
-        } else {
-            None
-        }
-    })
+    // The lines of one step (ring, then sentry, then state) are printed one
+    // by one, milliseconds apart on a loaded machine, and a poll can read a
+    // smaller ring before the state line that goes with it. A node is judged
+    // once its latest ring line is a second old: one that stays ready or
+    // names a sentry is still caught, at a later poll.
+    let settled = |v: &View| {
+        let ts = v.ring().and_then(|line| line["ts"].as_i64());
+        ts.is_some_and(|ts| now_ms() - ts >= ONE_STEP_MS)
+    };
+    live(views)
+        .into_iter()
+        .filter(|v| settled(v))
+        .find_map(|v| {
+            let members = v.members().len();
+            if members >= quorum {
+                None
+            } else if v.is_ready() {
+                Some(format!("{} is ready with {members} member(s)", v.container))
+            } else if v.sentry().flatten().is_some() {
+                Some(format!(
+                    "{} names a sentry with {members} member(s)",
+                    v.container
+                ))
+            } else {
+                None
+            }
+        })
 }
+
+/// Longer than the lines of one step take to be printed (see
+/// [`below_quorum_serves`]).
+const ONE_STEP_MS: i64 = 1_000;
 
 /// What must hold once a fault or a heal has settled: the above, and the
 /// ready nodes name one sentry. (While views change, a node that has not
