@@ -96,7 +96,7 @@ impl Membership {
             return;
         }
         self.authenticated.insert(session, name.clone());
-        if peer.session.is_none() && peer.grace_until.is_some() {
+        if peer.session.is_none() && peer.grace.is_some() {
             // A member whose session closed: this is its replacement.
             self.effects.push_back(Effect::Adopt {
                 peer: name,

@@ -89,8 +89,8 @@ impl Membership {
             if let Some(suspicion) = &peer.suspected {
                 next = earliest(next, suspicion.until);
             }
-            if let Some(until) = peer.grace_until {
-                next = earliest(next, until);
+            if let Some(grace) = &peer.grace {
+                next = earliest(next, grace.until);
                 continue;
             }
             if peer.session.is_some() || !peer.wanted {
@@ -166,8 +166,7 @@ impl Membership {
             peer.watches_me = false;
         }
         peer.session = Some(session);
-        peer.grace_until = None;
-        peer.grace_waits.clear();
+        peer.grace = None;
         peer.introduce_until = Some(now + self.config.heartbeat_interval);
         peer.failed_dials = 0;
         peer.last_error = None;
@@ -210,8 +209,11 @@ impl Membership {
         if peer.member.is_some() {
             if let Some(replacement) = replacement {
                 // ractor_cluster elected another session over this one.
-                peer.grace_until = Some(now + self.config.session_grace);
-                peer.grace_waits.clear();
+                peer.grace = Some(Grace {
+                    until: now + self.config.session_grace,
+                    waits: Vec::new(),
+                });
+                self.in_grace.insert(name.clone());
                 self.effects.push_back(Effect::Adopt {
                     peer: name.clone(),
                     session: replacement,
@@ -221,53 +223,57 @@ impl Membership {
                 // this one: the peer's only session closed, it crashed.
                 self.remove_member(now, name, DownReason::Crashed);
             } else {
-                peer.grace_until = Some(now + self.config.session_grace);
-                peer.grace_waits = self.handshakes.keys().copied().collect();
+                peer.grace = Some(Grace {
+                    until: now + self.config.session_grace,
+                    waits: self.handshakes.keys().copied().collect(),
+                });
+                self.in_grace.insert(name.clone());
             }
         }
         self.run_dials(now);
     }
 
-    /// Members in their grace for whom none of the connections awaited is
-    /// still in its handshake (each authenticated as another peer, closed or
-    /// expired) crashed: nothing can replace their session now. On a loaded
-    /// machine a duplicate's handshake takes longer than any fixed grace;
-    /// on an idle one this ends the grace within milliseconds.
-    pub(super) fn end_hopeless_graces(&mut self, now: Duration) {
-        let mut hopeless = Vec::new();
-        for (name, peer) in &mut self.peers {
-            if peer.grace_until.is_none() || peer.grace_waits.is_empty() {
-                continue;
-            }
-            let (handshakes, pending) = (&self.handshakes, &self.authenticated);
-            peer.grace_waits.retain(|session| {
-                handshakes.contains_key(session) || pending.get(session) == Some(name)
+    /// Ends the grace of every member for whom no replacing session can
+    /// come now: its cap has passed, or none of the connections it waits
+    /// for is still in its handshake (each authenticated as another peer,
+    /// closed or expired). Those members crashed. On a loaded machine a
+    /// duplicate's handshake takes longer than any fixed grace; on an idle
+    /// one the second rule ends the grace within milliseconds.
+    ///
+    /// Runs on every connection event and timeout, so it looks only at
+    /// `in_grace`, not at every peer.
+    pub(super) fn end_graces(&mut self, now: Duration) {
+        if self.in_grace.is_empty() {
+            return;
+        }
+        let Membership {
+            in_grace,
+            peers,
+            handshakes,
+            authenticated,
+            ..
+        } = self;
+        let mut over = Vec::new();
+        in_grace.retain(|name| {
+            let Some(peer) = peers.get_mut(name) else {
+                return false;
+            };
+            let Some(grace) = &mut peer.grace else {
+                return false; // ended meanwhile: its session is back, or it was dropped
+            };
+            let awaited = !grace.waits.is_empty();
+            grace.waits.retain(|session| {
+                handshakes.contains_key(session) || authenticated.get(session) == Some(name)
             });
-            if peer.grace_waits.is_empty() {
-                peer.grace_until = None;
-                peer.dial = Dial::Idle { at: now };
-                hopeless.push(name.clone());
+            if grace.until > now && (!awaited || !grace.waits.is_empty()) {
+                return true;
             }
-        }
-        for name in hopeless {
-            self.remove_member(now, &name, DownReason::Crashed);
-        }
-    }
-
-    /// Members whose session closed and whose grace ran out crashed.
-    pub(super) fn expire_graces(&mut self, now: Duration) {
-        let expired: Vec<NodeName> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.grace_until.is_some_and(|until| until <= now))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in expired {
-            if let Some(peer) = self.peers.get_mut(&name) {
-                peer.grace_until = None;
-                peer.grace_waits.clear();
-                peer.dial = Dial::Idle { at: now };
-            }
+            peer.grace = None;
+            peer.dial = Dial::Idle { at: now };
+            over.push(name.clone());
+            false
+        });
+        for name in over {
             self.remove_member(now, &name, DownReason::Crashed);
         }
     }

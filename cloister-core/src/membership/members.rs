@@ -388,8 +388,7 @@ impl Membership {
         let Some(peer) = self.peers.get_mut(name) else {
             return;
         };
-        peer.grace_until = None;
-        peer.grace_waits.clear();
+        peer.grace = None;
         if peer.session.is_some() {
             let until = now + self.config.heartbeat_timeout;
             peer.hold_until = Some(until);

@@ -72,7 +72,7 @@ pub use gossip::{Fact, TOMBSTONE_INTERVALS};
 use leave::Leaving;
 pub use leave::GOODBYE_LINGER;
 pub use monitors::{monitors, neighbours};
-use peer::{backoff, earliest, Dial, Member, Peer, TokenSource};
+use peer::{backoff, earliest, Dial, Grace, Member, Peer, TokenSource};
 pub use protocol::{
     AssemblyReport, DropReason, Effect, Heartbeat, Input, MissingPeer, Observation, SessionId,
     Suspect,
@@ -122,6 +122,9 @@ pub struct Membership {
     /// How many times the dial and handshake timeouts are doubled now:
     /// see `handshakes`.
     stretch: u32,
+    /// Every member in its grace (see `Grace`), and maybe some whose grace
+    /// ended meanwhile: `end_graces` looks at these only, not every peer.
+    in_grace: BTreeSet<NodeName>,
     /// Sessions of known peers that authenticated and are not up yet.
     authenticated: BTreeMap<SessionId, NodeName>,
     /// Connections that closed without authenticating, for the log.
@@ -189,6 +192,7 @@ impl Membership {
             discovery_error: None,
             handshakes: BTreeMap::new(),
             stretch: 0,
+            in_grace: BTreeSet::new(),
             authenticated: BTreeMap::new(),
             strangers: Tally::new(),
             unknown_names: BTreeSet::new(),
@@ -399,17 +403,17 @@ impl Membership {
             }
             Input::SessionAuthenticated { session, peer } => {
                 self.authenticated(now, session, peer);
-                self.end_hopeless_graces(now);
+                self.end_graces(now);
             }
             Input::ConnectionClosed { session } => {
                 self.connection_closed(now, session, None);
-                self.end_hopeless_graces(now);
+                self.end_graces(now);
             }
             Input::SessionUp { peer, session } => self.session_up(now, peer, session),
             Input::SessionDown { peer, session } => {
                 self.connection_closed(now, session, Some(&peer));
                 self.session_down(now, &peer, session);
-                self.end_hopeless_graces(now);
+                self.end_graces(now);
             }
             Input::Heartbeat(heartbeat) => self.heartbeat(now, heartbeat),
             Input::Leave => self.leave(now),
@@ -440,8 +444,7 @@ impl Membership {
             self.next_heartbeat = Some(now + self.config.heartbeat_interval);
         }
         self.expire_handshakes(now);
-        self.end_hopeless_graces(now);
-        self.expire_graces(now);
+        self.end_graces(now);
         self.expire_silent_members(now);
         self.expire_suspicions(now);
         self.reachability_timers(now);

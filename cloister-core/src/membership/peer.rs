@@ -28,6 +28,19 @@ pub(super) struct Member {
     pub(super) life: u32,
 }
 
+/// The time a member whose session closed keeps its place, in case a
+/// replacing session is on its way (see `Config::session_grace`).
+#[derive(Debug, Clone)]
+pub(super) struct Grace {
+    /// The cap: it crashed if no replacement is up by then.
+    pub(super) until: Duration,
+    /// The connections that were in their handshake when its session
+    /// closed: the replacement can only be one of them, so the grace ends
+    /// once none is left in its handshake (empty: a replacement is known,
+    /// and only the cap ends the grace).
+    pub(super) waits: Vec<SessionId>,
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Peer {
     /// Where to dial it; `None` for a peer that only dialed us.
@@ -51,13 +64,9 @@ pub(super) struct Peer {
     pub(super) left: Option<SessionId>,
     /// Who is speaking on the current session: see [`Tokens`].
     pub(super) tokens: Tokens,
-    /// A member whose session closed stays in the ring until then, in case a
-    /// replacing session is on its way (see `Config::session_grace`).
-    pub(super) grace_until: Option<Duration>,
-    /// The connections that were in their handshake when its session
-    /// closed: the replacement can only be one of them, so the grace ends
-    /// once none is left in its handshake (empty: a replacement is known).
-    pub(super) grace_waits: Vec<SessionId>,
+    /// A member whose session closed stays in the ring while a replacing
+    /// session may be on its way: see [`Grace`].
+    pub(super) grace: Option<Grace>,
     /// Connections naming this peer that closed in their handshake, and
     /// until when a session with the peer may still prove them duplicates
     /// (ractor_cluster closes the loser when both sides dial). Those left
@@ -124,8 +133,7 @@ impl Peer {
             early: None,
             left: None,
             tokens: Tokens::default(),
-            grace_until: None,
-            grace_waits: Vec::new(),
+            grace: None,
             unproven: None,
             introduce_until: None,
             watching: false,
