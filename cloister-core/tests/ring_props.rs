@@ -88,6 +88,36 @@ proptest! {
     }
 
     #[test]
+    fn a_ring_rebuilt_from_another_places_every_key_as_a_new_ring(
+        pool in members(1..16),
+        before in prop::collection::vec(any::<bool>(), 16),
+        after in prop::collection::vec(any::<bool>(), 16),
+        vnodes in vnodes(),
+        keys in keys(),
+    ) {
+        // Two memberships drawn from one pool: some members stay, some
+        // leave, some arrive, any of them may be empty.
+        let pick = |chosen: &[bool]| -> Vec<NodeName> {
+            pool.iter().zip(chosen).filter(|(_, c)| **c).map(|(m, _)| m.clone()).collect()
+        };
+        let (before, after) = (pick(&before), pick(&after));
+        let rebuilt = Ring::new(before.clone(), vnodes).with_members(after.clone());
+        let fresh = Ring::new(after.clone(), vnodes);
+        prop_assert_eq!(rebuilt.members(), fresh.members());
+        prop_assert_eq!(rebuilt.digest(), fresh.digest());
+        prop_assert_eq!(rebuilt.vnodes(), fresh.vnodes());
+        for key in &keys {
+            prop_assert_eq!(rebuilt.nodes_for(key, 4), fresh.nodes_for(key, 4));
+        }
+        prop_assert_eq!(rebuilt.shares(), fresh.shares());
+        // A members-only ring stays one.
+        let listed = Ring::members_only(before).with_members(after);
+        prop_assert_eq!(listed.digest(), fresh.digest());
+        prop_assert_eq!(listed.vnodes(), 0);
+        prop_assert!(listed.node_for("key").is_none());
+    }
+
+    #[test]
     fn a_leaving_member_moves_only_the_keys_it_owned(
         members in members(2..12),
         leaver in any::<Index>(),
