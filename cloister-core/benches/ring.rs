@@ -9,6 +9,12 @@
 //! virtual nodes, at 256 (our default) and 128. Benchmark ids read
 //! `node_for/{Ring|hashring}/{members}x{vnodes}`.
 //!
+//! It also times building a ring of 10 and 100 members at 256 virtual nodes
+//! (`build/...`): raw hashring's `batch_add` of `(name, i)` pairs,
+//! `Ring::new`, and `Ring::with_members` from the ring of all members but
+//! one (a join, as a forming cluster rebuilds) and from the ring with one
+//! more (a crash).
+//!
 //! Before timing, the binary prints placement figures over 1,000,000 keys:
 //! the share of keys that move when an 11th member joins 10 (ideal 1/11,
 //! 9.09%) and when a middle member of 10 leaves (ideal 1/10), and the busiest
@@ -188,6 +194,29 @@ fn print_interleaved_lookups() {
     }
 }
 
+fn build(c: &mut Criterion) {
+    let mut group = c.benchmark_group("build");
+    for members in [10, 100] {
+        let names = member_names(members);
+        let shape = format!("{members}x256");
+        group.bench_function(BenchmarkId::new("hashring", &shape), |b| {
+            b.iter(|| raw_ring(black_box(&names), 256).len())
+        });
+        group.bench_function(BenchmarkId::new("Ring::new", &shape), |b| {
+            b.iter(|| Ring::new(black_box(names.clone()), 256).len())
+        });
+        let one_less = Ring::new(names[1..].to_vec(), 256);
+        group.bench_function(BenchmarkId::new("with_members, a join", &shape), |b| {
+            b.iter(|| one_less.with_members(black_box(names.clone())).len())
+        });
+        let one_more = Ring::new(member_names(members + 1), 256);
+        group.bench_function(BenchmarkId::new("with_members, a crash", &shape), |b| {
+            b.iter(|| one_more.with_members(black_box(names.clone())).len())
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     // Criterion's own rule: `cargo bench` passes `--bench`, `cargo test --benches` does not.
     let args: Vec<String> = std::env::args().collect();
@@ -197,5 +226,6 @@ fn main() {
     }
     let mut criterion = Criterion::default().configure_from_args();
     node_for(&mut criterion);
+    build(&mut criterion);
     criterion.final_summary();
 }
