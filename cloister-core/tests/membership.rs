@@ -451,8 +451,8 @@ fn joins_that_arrive_together_share_one_ring_rebuild() {
 
 #[test]
 fn changes_soon_after_a_rebuild_wait_for_the_batch_and_share_the_next_one() {
-    // Test timers: heartbeats every 100ms, so at most one rebuild per 6.25ms;
-    // a ring of 4 x 4096 points takes longer than a tenth of that to build.
+    // Rebuilds are spaced by 100ns per ring point (at most 6.25ms under the
+    // test timers): with B admitted, 3 members of 4096 points, 1.2288ms.
     let config = Config {
         ring_vnodes: 4096,
         ..config(&[A, B, C], 4)
@@ -463,11 +463,12 @@ fn changes_soon_after_a_rebuild_wait_for_the_batch_and_share_the_next_one() {
     admit(&mut m, ms(10), A, 1, 7); // after a quiet spell: rebuilt at once
     assert_eq!(m.ring().members(), names(&[A, ME]));
 
-    // B joins 1ms later and C 2ms later: both wait for the spell's end.
-    admit(&mut m, ms(11), B, 2, 7);
-    admit(&mut m, ms(12), C, 3, 7);
+    // B joins 0.1ms later and C 0.2ms later: both wait for the spell's end.
+    let after = |micros| ms(10) + Duration::from_micros(micros);
+    admit(&mut m, after(100), B, 2, 7);
+    admit(&mut m, after(200), C, 3, 7);
     assert_eq!(m.ring().members(), names(&[A, ME]));
-    let due = ms(10) + Duration::from_micros(6_250);
+    let due = ms(10) + Duration::from_nanos(100 * 3 * 4096);
     assert_eq!(m.poll_timeout(), Some(due));
     m.handle_timeout(due);
     let effects = drain(&mut m);

@@ -690,19 +690,20 @@ impl Membership {
     }
 }
 
-/// The shortest time between two ring rebuilds: ten times what building a
-/// ring of `members` from nothing takes (75 ns per ring point, measured on a
-/// 2-core machine: 1.9 ms for 100 members of 256 vnodes), so rebuilds cost
-/// at most a tenth of a core however fast members change; at most a
-/// sixteenth of the heartbeat interval (19 ms by default). 3 members of 256
-/// vnodes: 0.6 ms. (A rebuild that keeps most members, the usual one, costs
-/// about a fifth of a build from nothing: see `Ring::with_members`.)
+/// The shortest time between two ring rebuilds: 100 ns per ring point, about
+/// sixteen times what a rebuild that keeps most members takes
+/// (`Ring::with_members`: 160 us for 100 members of 256 vnodes on a 2-core
+/// machine), so rebuilds cost at most a sixteenth of a core however fast
+/// members change; at most a sixteenth of the heartbeat interval. 100
+/// members of 256 vnodes: 2.6 ms; 3 members: 77 us. (It was 750 ns per
+/// point while every rebuild hashed and sorted the whole ring; the shorter
+/// spacing formed 100 processes about 90 ms sooner, BENCHMARKS.md.)
 pub(super) fn ring_batch(config: &Config, members: usize, vnodes: u32) -> Duration {
-    const TEN_TIMES_A_POINT: Duration = Duration::from_nanos(750);
+    const PER_POINT: Duration = Duration::from_nanos(100);
     let points = u32::try_from(members)
         .unwrap_or(u32::MAX)
         .saturating_mul(vnodes.max(1));
-    TEN_TIMES_A_POINT
+    PER_POINT
         .saturating_mul(points)
         .min(config.heartbeat_interval / 16)
 }
