@@ -761,6 +761,30 @@ fn a_grace_ends_once_no_connection_that_was_in_its_handshake_is_left() {
 }
 
 #[test]
+fn a_replacement_that_authenticates_as_the_grace_runs_out_is_adopted_before_the_timer_ends_it() {
+    // The runtime stamps an input with the clock when it handles it, and its
+    // wake-up waits behind the inputs: an input stamped past the grace's cap
+    // is handled before the timeout that would end the grace. The cap is
+    // the timer's to apply; an input ends a grace only when no connection
+    // it waits for is left.
+    let mut m = started(&[A], 2);
+    admit(&mut m, ms(1), A, 1, 7);
+    run_until(&mut m, ms(4));
+    m.handle(ms(5), accepted(2));
+    m.handle(ms(10), session_down(A, 1));
+    run_until(&mut m, ms(29));
+    // The 20ms grace ends at 30ms: connection 2 authenticates as A then,
+    // and its session is up before the wake-up runs.
+    m.m.handle(ms(30), authenticated(A, 2));
+    m.m.handle(ms(30), session_up(A, 2));
+    m.handle_timeout(ms(30));
+    let effects = drain(&mut m);
+    assert!(!effects.contains(&down(A, 7, Crashed)), "{effects:#?}");
+    assert_eq!(m.ring().members(), names(&[A, ME]));
+    assert_eq!(m.state(), Ready);
+}
+
+#[test]
 fn a_duplicate_whose_handshake_outlasts_a_short_grace_still_replaces_the_session() {
     // The default grace (250ms), not this file's 20ms: on a
     // loaded machine a handshake takes longer than 20ms, and a grace that

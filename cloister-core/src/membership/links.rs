@@ -234,15 +234,20 @@ impl Membership {
     }
 
     /// Ends the grace of every member for whom no replacing session can
-    /// come now: its cap has passed, or none of the connections it waits
-    /// for is still in its handshake (each authenticated as another peer,
-    /// closed or expired). Those members crashed. On a loaded machine a
-    /// duplicate's handshake takes longer than any fixed grace; on an idle
-    /// one the second rule ends the grace within milliseconds.
+    /// come now: none of the connections it waits for is still in its
+    /// handshake (each authenticated as another peer, closed or expired),
+    /// or, on a timeout (`at_cap`), its cap has passed. Those members
+    /// crashed. On a loaded machine a duplicate's handshake takes longer
+    /// than any fixed grace; on an idle one the first rule ends the grace
+    /// within milliseconds.
+    ///
+    /// Only timeouts apply the cap: the runtime stamps an input when it
+    /// handles it, and its wake-up waits behind the inputs, so the
+    /// replacement's own authentication may carry a time past the cap.
     ///
     /// Runs on every connection event and timeout, so it looks only at
     /// `in_grace`, not at every peer.
-    pub(super) fn end_graces(&mut self, now: Duration) {
+    pub(super) fn end_graces(&mut self, now: Duration, at_cap: bool) {
         if self.in_grace.is_empty() {
             return;
         }
@@ -265,7 +270,8 @@ impl Membership {
             grace.waits.retain(|session| {
                 handshakes.contains_key(session) || authenticated.get(session) == Some(name)
             });
-            if grace.until > now && (!awaited || !grace.waits.is_empty()) {
+            let capped = at_cap && grace.until <= now;
+            if !capped && (!awaited || !grace.waits.is_empty()) {
                 return true;
             }
             peer.grace = None;

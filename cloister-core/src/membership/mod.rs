@@ -403,17 +403,17 @@ impl Membership {
             }
             Input::SessionAuthenticated { session, peer } => {
                 self.authenticated(now, session, peer);
-                self.end_graces(now);
+                self.end_graces(now, false);
             }
             Input::ConnectionClosed { session } => {
                 self.connection_closed(now, session, None);
-                self.end_graces(now);
+                self.end_graces(now, false);
             }
             Input::SessionUp { peer, session } => self.session_up(now, peer, session),
             Input::SessionDown { peer, session } => {
                 self.connection_closed(now, session, Some(&peer));
                 self.session_down(now, &peer, session);
-                self.end_graces(now);
+                self.end_graces(now, false);
             }
             Input::Heartbeat(heartbeat) => self.heartbeat(now, heartbeat),
             Input::Leave => self.leave(now),
@@ -444,7 +444,7 @@ impl Membership {
             self.next_heartbeat = Some(now + self.config.heartbeat_interval);
         }
         self.expire_handshakes(now);
-        self.end_graces(now);
+        self.end_graces(now, true);
         self.expire_silent_members(now);
         self.expire_suspicions(now);
         self.reachability_timers(now);
