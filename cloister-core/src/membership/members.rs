@@ -461,9 +461,10 @@ impl Membership {
     /// crash leaves the ring without delay; but within [`ring_batch`] of
     /// the last rebuild it waits for the end of that spell, and every
     /// change that arrives meanwhile (a burst of joins while a cluster
-    /// forms) shares one rebuild. A ring of 100 members takes milliseconds
-    /// to build; building it once per join made formation cost O(n²) per
-    /// node. A small ring builds in microseconds and hardly waits.
+    /// forms) shares one rebuild. A ring of 100 members of 256 vnodes takes
+    /// about 0.16 ms to rebuild (1 ms from nothing); rebuilding it once per
+    /// join made formation cost O(n²) per node. A small ring rebuilds in
+    /// microseconds and hardly waits.
     pub(super) fn membership_changed(&mut self, now: Duration) {
         let spacing = ring_batch(&self.config, 1 + self.members, self.ring_vnodes());
         let due = match self.last_rebuild {
