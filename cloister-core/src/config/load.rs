@@ -12,7 +12,11 @@ use figment::providers::Env;
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::{quoted, ENV_SOURCE, FIELDS, TEXT_FIELDS};
+use std::path::Path;
+
+use figment::providers::{Format, Serialized, Toml};
+
+use super::{listen, quorum, quoted, tls, Config, ConfigError, DURATION, NAME_PART, SENTRY};
 
 /// The `CLOISTER_*` variables that are not config fields but belong to the
 /// project's own tools; loading ignores them. `CLOISTER_DOCKER_TESTS` (the
@@ -216,5 +220,146 @@ fn render(value: &Value) -> String {
             Actual::Bool(b) => b.to_string(),
             actual => actual.to_string(),
         },
+    }
+}
+
+/// Every field with what it accepts: the keys read from `CLOISTER_*` and the
+/// explanation in load errors. A unit test keeps it in step with `Config`.
+const FIELDS: [(&str, &str); 32] = [
+    ("app", NAME_PART),
+    ("node_name", NAME_PART),
+    ("sentry", SENTRY),
+    ("consensus", "a whole number, at least 1 (this node counts)"),
+    ("quorum", quorum::QUORUM),
+    ("expected_size", "a whole number, at least 1"),
+    ("tie_breaker", quorum::TIE_BREAKER),
+    ("stable_after", DURATION),
+    ("listen_port", "a TCP port from 0 to 65535 (0 picks one)"),
+    ("listen_addr", listen::LISTEN_ADDR),
+    ("advertised_host", "an IP address or a DNS name"),
+    ("cookie", "a non-empty string"),
+    ("discovery_tick", DURATION),
+    ("dial_backoff_min", DURATION),
+    ("dial_backoff_max", DURATION),
+    ("dial_backoff_jitter", "a number from 0.0 to 1.0"),
+    ("dial_timeout", DURATION),
+    ("session_grace", DURATION),
+    ("heartbeat_interval", DURATION),
+    ("heartbeat_timeout", DURATION),
+    ("monitors", "a whole number, at least 1"),
+    ("startup_deadline", DURATION),
+    ("drain_timeout", DURATION),
+    ("ring_vnodes", "a whole number from 1 to 4096"),
+    (
+        "ring",
+        "`builtin` (cloister keeps the ring) or `external` (the application keeps its own)",
+    ),
+    (
+        "sessions",
+        "`full` (a session with every node) or `bounded` (with a bounded number of them)",
+    ),
+    (
+        "management_addr",
+        "an IP address and port such as `0.0.0.0:9100` or `[::1]:9100`",
+    ),
+    (tls::TLS_FIELDS[0], tls::TLS_PATH),
+    (tls::TLS_FIELDS[1], tls::TLS_PATH),
+    (tls::TLS_FIELDS[2], tls::TLS_PATH),
+    ("tls_reload_interval", tls::RELOAD_INTERVAL),
+    (
+        "tls_check_names",
+        "`true` or `false` (needs `tls_cert`, `tls_key` and `tls_ca`)",
+    ),
+];
+
+/// Fields whose environment values are text whatever they look like: figment's
+/// `Env` would read a cookie `0123` as the number 123.
+const TEXT_FIELDS: [&str; 9] = [
+    "app",
+    "listen_addr",
+    "node_name",
+    "cookie",
+    "advertised_host",
+    "management_addr",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+];
+const ENV_SOURCE: &str = "environment variable";
+
+impl Config {
+    /// The layers a loaded config comes from, lowest first: the defaults, the
+    /// TOML `file` if given (it must exist), then the `CLOISTER_<FIELD>`
+    /// environment variables (`CLOISTER_SENTRY`, `CLOISTER_HEARTBEAT_INTERVAL`,
+    /// ...). `CLOISTER_` is cloister's namespace: any other variable in it is
+    /// an error naming the nearest valid one, except the project's own
+    /// [`TOOL_VARIABLES`]; a variable set but empty is an error too, never
+    /// the default. Merge more providers on top, then call
+    /// [`Config::from_figment`]. The environment is read at extraction.
+    ///
+    /// ```
+    /// use cloister_core::config::{figment::providers::Serialized, Config};
+    /// // Flags parsed from the command line outrank the environment.
+    /// let figment = Config::figment(None)
+    ///     .merge(Serialized::default("sentry", "cloister_test.local"))
+    ///     .merge(Serialized::default("consensus", 3));
+    /// let config = Config::from_figment(&figment)?;
+    /// assert_eq!(config.consensus, 3);
+    /// # Ok::<(), cloister_core::ConfigError>(())
+    /// ```
+    pub fn figment(file: Option<&Path>) -> Figment {
+        Config::figment_over(Config::default(), file)
+    }
+
+    /// [`Config::figment`] with `base` in place of the defaults, for example
+    /// [`Config::for_tests`].
+    pub fn figment_over(base: Config, file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(base));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(EnvVars)
+    }
+
+    /// Extracts and validates a config from `figment`. Unknown keys, values
+    /// of the wrong type and broken rules are errors naming key and source.
+    pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|error| {
+            let lines: Vec<String> = error.into_iter().map(|e| describe(&e, figment)).collect();
+            let message = lines.join("\n");
+            ConfigError::Load { message }
+        })?;
+        config.validated()
+    }
+
+    /// Loads defaults < TOML `file` < environment (see [`Config::figment`]) and
+    /// validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::from_figment(&Config::figment(file))
+    }
+
+    /// Loads defaults < environment: `CLOISTER_SENTRY`, `CLOISTER_CONSENSUS`, ...
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::load(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_field_table_lists_every_field() {
+        let json = serde_json::to_value(Config::default()).expect("serialize");
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut names = FIELDS.map(|(name, _)| name).to_vec();
+        keys.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(keys, names);
     }
 }

@@ -27,14 +27,12 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The figment version cloister-core is built with, for merging more providers
 /// (CLI flags, another file) into [`Config::figment`].
 pub use figment;
-use figment::providers::{Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::names::{Host, NameError, NodeName};
@@ -82,6 +80,7 @@ fn duration(value: Duration) -> String {
     humantime_serde::re::humantime::format_duration(value).to_string()
 }
 
+mod build;
 mod listen;
 mod load;
 mod own_entry;
@@ -92,7 +91,6 @@ mod tls;
 
 pub use listen::DEFAULT_COOKIE;
 pub use load::TOOL_VARIABLES;
-use load::{describe, EnvVars};
 pub use own_entry::{LocalAddrs, OwnEntry, OwnEntryError};
 pub(crate) use quorum::fixed_size;
 pub use quorum::{Quorum, TieBreaker};
@@ -424,194 +422,14 @@ impl Default for Config {
     }
 }
 
-/// Every field with what it accepts: the keys read from `CLOISTER_*` and the
-/// explanation in load errors. A unit test keeps it in step with `Config`.
-const FIELDS: [(&str, &str); 32] = [
-    ("app", NAME_PART),
-    ("node_name", NAME_PART),
-    ("sentry", SENTRY),
-    ("consensus", "a whole number, at least 1 (this node counts)"),
-    ("quorum", quorum::QUORUM),
-    ("expected_size", "a whole number, at least 1"),
-    ("tie_breaker", quorum::TIE_BREAKER),
-    ("stable_after", DURATION),
-    ("listen_port", "a TCP port from 0 to 65535 (0 picks one)"),
-    ("listen_addr", listen::LISTEN_ADDR),
-    ("advertised_host", "an IP address or a DNS name"),
-    ("cookie", "a non-empty string"),
-    ("discovery_tick", DURATION),
-    ("dial_backoff_min", DURATION),
-    ("dial_backoff_max", DURATION),
-    ("dial_backoff_jitter", "a number from 0.0 to 1.0"),
-    ("dial_timeout", DURATION),
-    ("session_grace", DURATION),
-    ("heartbeat_interval", DURATION),
-    ("heartbeat_timeout", DURATION),
-    ("monitors", "a whole number, at least 1"),
-    ("startup_deadline", DURATION),
-    ("drain_timeout", DURATION),
-    ("ring_vnodes", "a whole number from 1 to 4096"),
-    (
-        "ring",
-        "`builtin` (cloister keeps the ring) or `external` (the application keeps its own)",
-    ),
-    (
-        "sessions",
-        "`full` (a session with every node) or `bounded` (with a bounded number of them)",
-    ),
-    (
-        "management_addr",
-        "an IP address and port such as `0.0.0.0:9100` or `[::1]:9100`",
-    ),
-    (tls::TLS_FIELDS[0], tls::TLS_PATH),
-    (tls::TLS_FIELDS[1], tls::TLS_PATH),
-    (tls::TLS_FIELDS[2], tls::TLS_PATH),
-    ("tls_reload_interval", tls::RELOAD_INTERVAL),
-    (
-        "tls_check_names",
-        "`true` or `false` (needs `tls_cert`, `tls_key` and `tls_ca`)",
-    ),
-];
 const SENTRY: &str =
     "a list of `name@host:port` nodes (or one string of them joined by commas) or a DNS service name";
 const NAME_PART: &str = "1-64 ASCII letters, digits, `_`, `-` or `.`";
 const DURATION: &str = "a duration such as \"300ms\", \"2s\" or \"1m 30s\"";
 
-/// Fields whose environment values are text whatever they look like: figment's
-/// `Env` would read a cookie `0123` as the number 123.
-const TEXT_FIELDS: [&str; 9] = [
-    "app",
-    "listen_addr",
-    "node_name",
-    "cookie",
-    "advertised_host",
-    "management_addr",
-    "tls_cert",
-    "tls_key",
-    "tls_ca",
-];
-const ENV_SOURCE: &str = "environment variable";
 const WILDCARD: &str = "must be an address peers can dial, not a wildcard";
 
 impl Config {
-    /// A static cluster: `app` and its `name@host:port` nodes, other fields at
-    /// their defaults. Fails on the first bad entry; finish with
-    /// [`Config::validated`].
-    ///
-    /// ```
-    /// use cloister_core::Config;
-    /// let config = Config::nodes("cloister_test", ["node1@127.0.0.1:4001", "node2@127.0.0.1:4002"])?
-    ///     .with_consensus(1)
-    ///     .validated()?;
-    /// assert_eq!(config.sentry.nodes().map(<[_]>::len), Some(2));
-    /// assert!(Config::nodes("cloister_test", ["node1@"]).is_err());
-    /// # Ok::<(), cloister_core::ConfigError>(())
-    /// ```
-    pub fn nodes<I, S>(app: &str, entries: I) -> Result<Config, ConfigError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let sentry = Sentry::parse_nodes(entries)?;
-        Ok(Config::default().with_app(app).with_sentry(sentry))
-    }
-
-    /// A cluster found through a DNS service name (an SRV name if it starts with
-    /// `_`), other fields at their defaults. The name is checked by
-    /// [`Config::validated`].
-    ///
-    /// ```
-    /// use cloister_core::Config;
-    /// let config = Config::service("cloister_test", "cloister_test.local")
-    ///     .with_consensus(3)
-    ///     .validated()?;
-    /// assert_eq!(config.sentry.service(), Some("cloister_test.local"));
-    /// # Ok::<(), cloister_core::ConfigError>(())
-    /// ```
-    pub fn service(app: &str, name: &str) -> Config {
-        let sentry = Sentry::Service(name.to_string());
-        Config::default().with_app(app).with_sentry(sentry)
-    }
-
-    /// The defaults with short timers, for nodes on loopback in tests: a
-    /// heartbeat every 100ms and down after 500ms, dial backoff 10ms to 500ms,
-    /// dial timeout 500ms, discovery every 100ms, start-up deadline 20s,
-    /// listening on `127.0.0.1` only (so the default cookie is allowed). Too
-    /// twitchy for real networks, where a pause would evict live nodes. The
-    /// sentry is still required.
-    ///
-    /// ```
-    /// use cloister_core::Config;
-    /// let config = Config::for_tests()
-    ///     .with_app("cloister_test")
-    ///     .with_sentry("node1@127.0.0.1:4001,node2@127.0.0.1:4002".parse()?)
-    ///     .validated()?;
-    /// assert_eq!(config.heartbeat_timeout, std::time::Duration::from_millis(500));
-    /// # Ok::<(), cloister_core::ConfigError>(())
-    /// ```
-    pub fn for_tests() -> Config {
-        Config {
-            discovery_tick: Duration::from_millis(100),
-            dial_backoff_min: Duration::from_millis(10),
-            dial_backoff_max: Duration::from_millis(500),
-            dial_timeout: Duration::from_millis(500),
-            heartbeat_interval: Duration::from_millis(100),
-            heartbeat_timeout: Duration::from_millis(500),
-            startup_deadline: Duration::from_secs(20),
-            listen_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            ..Config::default()
-        }
-    }
-
-    /// Sets `app`.
-    pub fn with_app(mut self, app: &str) -> Config {
-        self.app = app.to_string();
-        self
-    }
-
-    /// Sets `node_name`, this node's name part when it differs from `app`.
-    pub fn with_node_name(mut self, node_name: &str) -> Config {
-        self.node_name = Some(node_name.to_string());
-        self
-    }
-
-    /// Sets `sentry`.
-    pub fn with_sentry(mut self, sentry: Sentry) -> Config {
-        self.sentry = sentry;
-        self
-    }
-
-    /// Sets `consensus`, the nodes (this one included) needed to be ready.
-    pub fn with_consensus(mut self, consensus: usize) -> Config {
-        self.consensus = consensus;
-        self
-    }
-
-    /// Sets `quorum`, the members (this one included) needed to stay ready
-    /// through a partition.
-    pub fn with_quorum(mut self, quorum: Quorum) -> Config {
-        self.quorum = quorum;
-        self
-    }
-
-    /// Sets `listen_port`.
-    pub fn with_listen_port(mut self, listen_port: u16) -> Config {
-        self.listen_port = listen_port;
-        self
-    }
-
-    /// Sets `listen_addr`, the IP the node port is bound to.
-    pub fn with_listen_addr(mut self, listen_addr: IpAddr) -> Config {
-        self.listen_addr = listen_addr;
-        self
-    }
-
-    /// Sets `cookie`, the handshake secret.
-    pub fn with_cookie(mut self, cookie: &str) -> Config {
-        self.cookie = cookie.to_string();
-        self
-    }
-
     /// Finishes a builder chain: the config if [`Config::validate`] accepts it.
     pub fn validated(self) -> Result<Config, ConfigError> {
         self.validate()?;
@@ -692,80 +510,5 @@ impl Config {
             return Err(invalid("ring_vnodes", vnodes.to_string(), why));
         }
         Ok(())
-    }
-
-    /// The layers a loaded config comes from, lowest first: the defaults, the
-    /// TOML `file` if given (it must exist), then the `CLOISTER_<FIELD>`
-    /// environment variables (`CLOISTER_SENTRY`, `CLOISTER_HEARTBEAT_INTERVAL`,
-    /// ...). `CLOISTER_` is cloister's namespace: any other variable in it is
-    /// an error naming the nearest valid one, except the project's own
-    /// [`TOOL_VARIABLES`]; a variable set but empty is an error too, never
-    /// the default. Merge more providers on top, then call
-    /// [`Config::from_figment`]. The environment is read at extraction.
-    ///
-    /// ```
-    /// use cloister_core::config::{figment::providers::Serialized, Config};
-    /// // Flags parsed from the command line outrank the environment.
-    /// let figment = Config::figment(None)
-    ///     .merge(Serialized::default("sentry", "cloister_test.local"))
-    ///     .merge(Serialized::default("consensus", 3));
-    /// let config = Config::from_figment(&figment)?;
-    /// assert_eq!(config.consensus, 3);
-    /// # Ok::<(), cloister_core::ConfigError>(())
-    /// ```
-    pub fn figment(file: Option<&Path>) -> Figment {
-        Config::figment_over(Config::default(), file)
-    }
-
-    /// [`Config::figment`] with `base` in place of the defaults, for example
-    /// [`Config::for_tests`].
-    pub fn figment_over(base: Config, file: Option<&Path>) -> Figment {
-        let mut figment = Figment::from(Serialized::defaults(base));
-        if let Some(path) = file {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment.merge(EnvVars)
-    }
-
-    /// Extracts and validates a config from `figment`. Unknown keys, values
-    /// of the wrong type and broken rules are errors naming key and source.
-    pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment.extract().map_err(|error| {
-            let lines: Vec<String> = error.into_iter().map(|e| describe(&e, figment)).collect();
-            let message = lines.join("\n");
-            ConfigError::Load { message }
-        })?;
-        config.validated()
-    }
-
-    /// Loads defaults < TOML `file` < environment (see [`Config::figment`]) and
-    /// validates the result.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Config::from_figment(&Config::figment(file))
-    }
-
-    /// Loads defaults < environment: `CLOISTER_SENTRY`, `CLOISTER_CONSENSUS`, ...
-    pub fn from_env() -> Result<Config, ConfigError> {
-        Config::load(None)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_field_table_lists_every_field() {
-        let json = serde_json::to_value(Config::default()).expect("serialize");
-        let mut keys: Vec<&str> = json
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        let mut names = FIELDS.map(|(name, _)| name).to_vec();
-        keys.sort_unstable();
-        names.sort_unstable();
-        assert_eq!(keys, names);
     }
 }
