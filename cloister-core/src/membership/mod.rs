@@ -54,7 +54,9 @@ mod probes;
 mod protocol;
 mod quorum;
 mod reachability;
+mod sending;
 mod telemetry;
+mod topology;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
