@@ -516,8 +516,11 @@ fn events_carrying_this_nodes_own_name_are_ignored() {
     assert_eq!(m.state(), Assembling);
 }
 
+/// A peer of another `app` that ME has a session with (the same cookie, a
+/// misconfigured list or `app` set where `node_name` was meant) is refused,
+/// and the report says why instead of waiting for a heartbeat that came.
 #[test]
-fn a_heartbeat_from_another_app_is_ignored() {
+fn a_heartbeat_from_another_app_is_refused_and_the_report_says_why() {
     let mut m = started(&[A], 2);
     m.handle(ms(1), session_up(A, 1));
     assert_eq!(drain(&mut m), [greet(A, &[ME])]);
@@ -527,10 +530,48 @@ fn a_heartbeat_from_another_app_is_ignored() {
         app: "other_app".into(),
         ..hb(&m, A, 7, digest(&[A]))
     };
-    m.handle(ms(2), Input::Heartbeat(other));
+    m.handle(ms(2), Input::Heartbeat(other.clone()));
+    let refused = drain(&mut m);
+    assert!(
+        matches!(&refused[..], [Effect::Refused { peer, .. }, echo] if *peer == n(A) && *echo == beat(A, &[ME])),
+        "{refused:#?}"
+    );
+    // Said once, not for every heartbeat.
+    m.handle(ms(3), Input::Heartbeat(other));
     assert_eq!(drain(&mut m), []);
     assert_eq!(m.state(), Assembling);
-    assert_eq!(m.report().missing[0].name, n(A));
+    let report = m.report();
+    assert_eq!(report.missing[0].name, n(A));
+    let why = &report.missing[0].why;
+    assert!(why.contains("app \"other_app\""), "{why}");
+    assert!(why.contains("`node_name`"), "{why}");
+}
+
+/// What the runtime tells when a connected peer runs a herald of another
+/// app only (heartbeats never cross apps): refused once, the report says
+/// why; ignored for a peer without a session.
+#[test]
+fn a_connected_peer_running_another_app_is_refused_once() {
+    let mut m = started(&[A, B], 2);
+    let other = |peer: &str| Input::OtherApp {
+        peer: n(peer),
+        app: "other_app".into(),
+    };
+    m.handle(ms(1), other(B));
+    assert_eq!(drain(&mut m), []);
+    m.handle(ms(2), session_up(A, 1));
+    drain(&mut m);
+    m.handle(ms(3), other(A));
+    let refused = drain(&mut m);
+    assert!(
+        matches!(&refused[..], [Effect::Refused { peer, why }] if *peer == n(A) && why.contains("app \"other_app\"")),
+        "{refused:#?}"
+    );
+    m.handle(ms(4), other(A));
+    assert_eq!(drain(&mut m), []);
+    let report = m.report();
+    let a = report.missing.iter().find(|p| p.name == n(A)).unwrap();
+    assert!(a.why.contains("app \"other_app\""), "{}", a.why);
 }
 
 #[test]

@@ -41,6 +41,25 @@ pub(crate) fn group(app: &str) -> String {
     format!("cloister:{app}")
 }
 
+/// The app of a herald that runs on the node behind session `session` for
+/// an app other than `app`, if one does. Nodes of different apps never
+/// exchange heartbeats (each sends to its own app's group), so this is how
+/// a node learns why a connected peer never joins.
+pub(crate) fn other_app_on(session: u64, app: &str) -> Option<String> {
+    ractor::pg::which_groups().into_iter().find_map(|group| {
+        // Heralds' groups only: an app name holds no `:`, typed groups do.
+        let other = group.strip_prefix("cloister:")?;
+        if other == app || other.contains(':') {
+            return None;
+        }
+        let there = ractor::pg::get_members(&group).iter().any(|cell| {
+            let id = cell.get_id();
+            !id.is_local() && id.node() == session
+        });
+        there.then(|| other.to_string())
+    })
+}
+
 /// The registered name of the herald speaking for `node`.
 pub(crate) fn name(app: &str, node: &NodeName) -> String {
     format!("cloister:{app}:{node}")

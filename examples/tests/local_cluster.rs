@@ -639,6 +639,56 @@ fn a_node_that_would_place_keys_differently_is_refused_and_told_why() {
     assert!(cluster.agree(&[0, 1], "ready"));
 }
 
+/// A node of another `app` with the same cookie (an `app` set per node
+/// where `node_name` was meant): nodes of different apps exchange no
+/// heartbeats, so before, both sides waited on "connected, but no cloister
+/// heartbeat from it yet" until the deadline. Now it is refused with a
+/// reason naming both apps, on each side, once.
+#[test]
+fn a_node_of_another_app_is_refused_and_told_why() {
+    let _serial = serial();
+    let mut cluster = cluster(3).consensus(2).build().unwrap();
+    cluster.start_node(0).unwrap();
+    cluster.start_node(1).unwrap();
+    ok(cluster.wait_ready(&[0, 1], DEADLINE));
+    let mark = marks(&cluster);
+    let misfit = cluster.node_name(2).to_string();
+
+    // The harness names it by `node_name`; only its app differs.
+    cluster
+        .start_node_with(2, &["--app", "other_app", "--startup-deadline", "3s"])
+        .unwrap();
+    let status = ok(cluster.wait_exit(2, DEADLINE));
+    assert_eq!(status.code(), Some(1), "{:?}", cluster.events(2));
+    let events = cluster.events(2);
+    let error = last_of(&events, "startup_failed")
+        .and_then(|event| event["error"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("refused: it belongs to app")
+            && error.contains("this node to app \"other_app\"")
+            && error.contains("`node_name`"),
+        "{error}"
+    );
+    // The others never took it in, and said why in their log, once each.
+    for (i, &since) in mark.iter().enumerate().take(2) {
+        let events = cluster.events(i);
+        let about = mentions(&events, since, &misfit);
+        assert!(
+            about.is_empty(),
+            "{} admitted it: {about:?}",
+            cluster.node_name(i)
+        );
+        let told: Vec<String> = warnings(&cluster, i)
+            .into_iter()
+            .filter(|line| line.contains("app \"other_app\"") && line.contains(&misfit))
+            .collect();
+        assert_eq!(told.len(), 1, "{}: {told:#?}", cluster.node_name(i));
+    }
+    assert!(cluster.agree(&[0, 1], "ready"));
+}
+
 /// The lines of node `i`'s stderr at WARN or ERROR level.
 fn warnings(cluster: &LocalCluster, i: usize) -> Vec<String> {
     let stderr = std::fs::read_to_string(cluster.stderr_path(i)).unwrap_or_default();

@@ -170,7 +170,9 @@ impl Membership {
         peer.introduce_until = Some(now + self.config.heartbeat_interval);
         peer.failed_dials = 0;
         peer.last_error = None;
-        peer.refused = None; // a new session: its heartbeats will tell
+        // `refused` stays until a heartbeat of this session says otherwise
+        // (see `Membership::refuses`): not said twice for a duplicate session
+        // that replaces this one.
         peer.dial = Dial::Idle { at: now };
         let early = peer.early.take();
         if renewed {
@@ -201,6 +203,7 @@ impl Membership {
         }
         peer.session = None;
         peer.hold_until = None;
+        peer.refused = None; // its next session's heartbeats will tell
         peer.dial = Dial::Idle { at: now };
         self.forget_downs_me(name);
         let Some(peer) = self.peers.get_mut(name) else {

@@ -8,11 +8,14 @@ use super::*;
 
 impl Membership {
     pub(super) fn heartbeat(&mut self, now: Duration, heartbeat: Heartbeat) {
-        if heartbeat.from == self.me || heartbeat.app != self.config.app || !self.is_running() {
+        if heartbeat.from == self.me || !self.is_running() {
             return;
         }
         let name = heartbeat.from.clone();
         let Some(peer) = self.peers.get_mut(&name) else {
+            if heartbeat.app != self.config.app {
+                return; // another cluster's, not ours to report
+            }
             // Nobody is connected, or wanted, under this name: keep nothing.
             return self.drop_stranger(name);
         };
@@ -95,6 +98,9 @@ impl Membership {
         let suspects = std::mem::take(&mut hb.unresponsive);
         let news = std::mem::take(&mut hb.news);
         let table = hb.table;
+        if self.refuses(name, &hb) {
+            return false;
+        }
         self.observe_heard(now, name, &mut hb);
         let answered = self.admit(now, name, session, hb);
         if self.incarnation_of(name).is_some() {
@@ -107,10 +113,58 @@ impl Membership {
         answered
     }
 
+    /// Whether `name`, whose heartbeat passed the token handshake, cannot
+    /// be a member here: it belongs to another `app`, or places keys with
+    /// another ring.
+    fn refuses(&mut self, name: &NodeName, hb: &Heartbeat) -> bool {
+        let vnodes = self.ring_vnodes();
+        let why = if hb.app != self.config.app {
+            Some(self.other_app(&hb.app))
+        } else if hb.ring_vnodes != vnodes {
+            Some(format!(
+                "refused: it places keys with {}, this node with {} (every node needs the same \
+                 `ring` and `ring_vnodes`)",
+                describe_ring(hb.ring_vnodes),
+                describe_ring(vnodes),
+            ))
+        } else {
+            None
+        };
+        let refused = why.is_some();
+        self.refuse(name, why);
+        refused
+    }
+
+    /// Why a peer of app `theirs` is refused (at most its first 64
+    /// characters, quoted).
+    pub(super) fn other_app(&self, theirs: &str) -> String {
+        let theirs: String = theirs.chars().take(64).collect();
+        format!(
+            "refused: it belongs to app {theirs:?}, this node to app {:?} (every node of one \
+             cluster needs the same `app`; set `node_name` to name its nodes apart)",
+            self.config.app,
+        )
+    }
+
+    /// Records why peer `name` is refused (`None`: it is not), saying so
+    /// once per reason (the report and the log show it), not for every
+    /// heartbeat refused.
+    pub(super) fn refuse(&mut self, name: &NodeName, why: Option<String>) {
+        let Some(peer) = self.peers.get_mut(name) else {
+            return;
+        };
+        if peer.refused != why {
+            peer.refused = why.clone();
+            if let Some(why) = why {
+                let peer = name.clone();
+                self.effects.push_back(Effect::Refused { peer, why });
+            }
+        }
+    }
+
     /// The membership part of [`Membership::heard`]: admits, refreshes,
     /// restarts or lets go of the member. Returns whether it answered.
     fn admit(&mut self, now: Duration, name: &NodeName, session: SessionId, hb: Heartbeat) -> bool {
-        let vnodes = self.ring_vnodes();
         // Taken out of every ring to end a partial partition: not again
         // while a record still names it.
         let downed = self.is_downed_peer(name, hb.incarnation);
@@ -118,21 +172,6 @@ impl Membership {
         let Some(peer) = self.peers.get_mut(name) else {
             return false;
         };
-        if hb.ring_vnodes != vnodes {
-            let why = format!(
-                "refused: it places keys with {}, this node with {} (every node needs the same \
-                 `ring` and `ring_vnodes`)",
-                describe_ring(hb.ring_vnodes),
-                describe_ring(vnodes),
-            );
-            if peer.refused.as_ref() != Some(&why) {
-                peer.refused = Some(why.clone());
-                let peer = name.clone();
-                self.effects.push_back(Effect::Refused { peer, why });
-            }
-            return false;
-        }
-        peer.refused = None;
         if peer.left == Some(session) {
             return false; // sent before the goodbye of this same session
         }

@@ -421,6 +421,12 @@ impl Membership {
             Input::Leave => self.leave(now),
             Input::Drained => self.drained(now),
             Input::Connect { peer } => self.connect_on_demand(now, &peer),
+            Input::OtherApp { peer, app } => {
+                if self.peers.get(&peer).is_some_and(|p| p.session.is_some()) {
+                    let why = self.other_app(&app);
+                    self.refuse(&peer, Some(why));
+                }
+            }
         }
     }
 

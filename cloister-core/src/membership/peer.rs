@@ -54,7 +54,8 @@ pub(super) struct Peer {
     pub(super) dial: Dial,
     pub(super) failed_dials: u32,
     pub(super) last_error: Option<String>,
-    /// Why its heartbeats are refused (it places keys differently).
+    /// Why its heartbeats are refused (another `app`, or it places keys
+    /// differently).
     pub(super) refused: Option<String>,
     pub(super) member: Option<Member>,
     /// A heartbeat that arrived before its session's ready event.

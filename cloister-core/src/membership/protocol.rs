@@ -248,6 +248,16 @@ pub enum Input {
         /// The member.
         peer: NodeName,
     },
+    /// Peer `peer`, connected, runs a cloister node of another `app` and
+    /// none of this node's (the runtime saw it, not a heartbeat: nodes of
+    /// different apps do not exchange heartbeats): it is refused, and the
+    /// report and the log say why.
+    OtherApp {
+        /// The peer.
+        peer: NodeName,
+        /// The app it runs, as the peer names it.
+        app: String,
+    },
     /// The application has handed off what it owned (every drain hold is
     /// released): the leave may end now, after the goodbyes have had
     /// [`GOODBYE_LINGER`](crate::membership::GOODBYE_LINGER) to go out.
@@ -348,8 +358,8 @@ pub enum Effect {
         /// ([`Input::Drained`]); false when `drain_timeout` passed first.
         drained: bool,
     },
-    /// A peer's heartbeats are refused from now on (it would place keys
-    /// differently); for the operator's log. Emitted when the reason first
+    /// A peer's heartbeats are refused from now on (it belongs to another
+    /// `app`, or would place keys differently); for the operator's log. Emitted when the reason first
     /// appears or changes, not for every refused heartbeat.
     Refused {
         /// The peer.

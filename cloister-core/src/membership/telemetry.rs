@@ -98,7 +98,7 @@ pub struct PeerStatus {
     /// Where this node dials it; `None` for a peer that only dialed in.
     pub addr: Option<NodeAddr>,
     /// `member` (in this node's ring), `downed` (out of every ring to end
-    /// a partial partition), `refused` (it places keys differently),
+    /// a partial partition), `refused` (another `app`, or it places keys differently),
     /// `connected` (a session, not admitted yet), `connecting` (no session,
     /// no failed dial yet) or `unreachable` (no session, dials failing).
     pub status: &'static str,

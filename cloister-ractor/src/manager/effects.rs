@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use cloister_core::{
-    DropReason, Effect, Host, NodeAddr, NodeName, NodeState, SessionId, TopologyEvent,
+    DropReason, Effect, Host, Input, NodeAddr, NodeName, NodeState, SessionId, TopologyEvent,
 };
 use ractor::ActorRef;
 use ractor_cluster::NodeServerMessage;
@@ -40,7 +40,7 @@ impl ManagerState {
                             let herald: ActorRef<herald::HeraldMessage> = herald;
                             let _ = herald.cast(herald::encode(&heartbeat));
                         }
-                        None => tracing::trace!(peer = %to, "no cloister herald on this peer yet"),
+                        None => self.no_herald_on(to),
                     }
                 }
                 Effect::Adopt { peer, session } => {
@@ -217,6 +217,21 @@ impl ManagerState {
             };
             let _ = myself.cast(CloisterMessage::Internal(Internal::DialFailed(peer, error)));
         });
+    }
+
+    /// A heartbeat for `to` found no herald of this app on its newest
+    /// session. If a herald of another app runs there, the machine hears
+    /// of it (the effects loop that called this carries out its answer).
+    fn no_herald_on(&mut self, to: NodeName) {
+        let newest = self.sessions.iter().rev().find(|(_, n)| **n == to);
+        let other = newest.and_then(|(id, _)| herald::other_app_on(*id, &self.config.app));
+        match other {
+            Some(app) => {
+                let now = self.now();
+                self.machine.handle(now, Input::OtherApp { peer: to, app });
+            }
+            None => tracing::trace!(peer = %to, "no cloister herald on this peer yet"),
+        }
     }
 
     pub(super) fn disconnect(&self, peer: NodeName, session: SessionId) {
