@@ -255,10 +255,14 @@ impl Membership {
     }
 
     /// Whether a first heartbeat from `name` at `incarnation` and `life`
-    /// may admit it: not when the table says that very life is down (it
-    /// is told so, and comes back at its next life).
+    /// may admit it: not when the table says that very life is down. It is
+    /// told so (it learns facts about itself from any peer, see
+    /// [`Membership::learn_about_me`]) and comes back at its next life;
+    /// told at most once per heartbeat interval, so that two nodes that
+    /// each hold the other down never answer each other's every heartbeat.
     pub(super) fn may_admit(
         &mut self,
+        now: Duration,
         name: &NodeName,
         incarnation: Incarnation,
         life: u32,
@@ -270,8 +274,29 @@ impl Membership {
             return true;
         };
         let known = Arc::from([known.clone()]);
-        self.send_facts(name, known);
+        let interval = self.config.heartbeat_interval;
+        let Some(peer) = self.peers.get_mut(name) else {
+            return false;
+        };
+        if peer.told_down.is_none_or(|at| at + interval <= now) {
+            peer.told_down = Some(now);
+            self.send_facts(name, known);
+        }
         false
+    }
+
+    /// The facts about this node that a heartbeat which counts carries,
+    /// from a member or not: a peer that holds this node down tells it so
+    /// before it admits it (see [`Membership::may_admit`]).
+    pub(super) fn learn_about_me(&mut self, now: Duration, news: &[Fact]) {
+        if !self.is_bounded() {
+            return;
+        }
+        for fact in news {
+            if fact.node == self.me {
+                self.about_me(now, fact);
+            }
+        }
     }
 }
 

@@ -109,6 +109,8 @@ impl Membership {
             }
             self.learn(now, &news);
             self.compare_tables(now, name, table);
+        } else {
+            self.learn_about_me(now, &news);
         }
         answered
     }
@@ -168,7 +170,7 @@ impl Membership {
         // Taken out of every ring to end a partial partition: not again
         // while a record still names it.
         let downed = self.is_downed_peer(name, hb.incarnation);
-        let said_down = !hb.leaving && !self.may_admit(name, hb.incarnation, hb.life);
+        let said_down = !hb.leaving && !self.may_admit(now, name, hb.incarnation, hb.life);
         let Some(peer) = self.peers.get_mut(name) else {
             return false;
         };

@@ -68,6 +68,9 @@ pub(super) struct Peer {
     /// A member whose session closed stays in the ring while a replacing
     /// session may be on its way: see [`Grace`].
     pub(super) grace: Option<Grace>,
+    /// Under bounded sessions, when it was last told that the table holds
+    /// it down (see `Membership::may_admit`).
+    pub(super) told_down: Option<Duration>,
     /// Connections naming this peer that closed in their handshake, and
     /// until when a session with the peer may still prove them duplicates
     /// (ractor_cluster closes the loser when both sides dial). Those left
@@ -135,6 +138,7 @@ impl Peer {
             left: None,
             tokens: Tokens::default(),
             grace: None,
+            told_down: None,
             unproven: None,
             introduce_until: None,
             watching: false,
