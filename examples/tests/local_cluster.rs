@@ -601,20 +601,18 @@ fn every_node_names_the_same_sentry_and_it_moves_when_the_sentry_is_killed() {
     }
 }
 
-#[test]
-fn a_node_that_would_place_keys_differently_is_refused_and_told_why() {
-    let _serial = serial();
+/// Two nodes of three ready; the third started with `flags` must exit 1
+/// at its start-up deadline, its error saying it was refused and why, and
+/// neither of the two may take it in. Returns the cluster and the third's
+/// name, for the caller to check the others' logs.
+fn a_misfit_is_refused(flags: &[&str], why: &[&str]) -> (LocalCluster, String) {
     let mut cluster = cluster(3).consensus(2).build().unwrap();
     cluster.start_node(0).unwrap();
     cluster.start_node(1).unwrap();
     ok(cluster.wait_ready(&[0, 1], DEADLINE));
     let mark = marks(&cluster);
     let misfit = cluster.node_name(2).to_string();
-
-    // node3 runs 128 virtual nodes per member where the others run 256.
-    cluster
-        .start_node_with(2, &["--ring-vnodes", "128", "--startup-deadline", "2s"])
-        .unwrap();
+    cluster.start_node_with(2, flags).unwrap();
     let status = ok(cluster.wait_exit(2, DEADLINE));
     assert_eq!(status.code(), Some(1), "{:?}", cluster.events(2));
     let events = cluster.events(2);
@@ -623,10 +621,9 @@ fn a_node_that_would_place_keys_differently_is_refused_and_told_why() {
         .unwrap_or_default()
         .to_string();
     assert!(
-        error.contains("refused") && error.contains("`ring_vnodes = 256`"),
+        error.contains("refused") && why.iter().all(|part| error.contains(part)),
         "{error}"
     );
-    // The others never took it in.
     for (i, &since) in mark.iter().enumerate().take(2) {
         let events = cluster.events(i);
         let about = mentions(&events, since, &misfit);
@@ -637,56 +634,40 @@ fn a_node_that_would_place_keys_differently_is_refused_and_told_why() {
         );
     }
     assert!(cluster.agree(&[0, 1], "ready"));
+    (cluster, misfit)
+}
+
+#[test]
+fn a_node_that_would_place_keys_differently_is_refused_and_told_why() {
+    let _serial = serial();
+    // node3 runs 128 virtual nodes per member where the others run 256.
+    let flags = ["--ring-vnodes", "128", "--startup-deadline", "2s"];
+    a_misfit_is_refused(&flags, &["`ring_vnodes = 256`"]);
 }
 
 /// A node of another `app` with the same cookie (an `app` set per node
 /// where `node_name` was meant): nodes of different apps exchange no
 /// heartbeats, so before, both sides waited on "connected, but no cloister
 /// heartbeat from it yet" until the deadline. Now it is refused with a
-/// reason naming both apps, on each side, once.
+/// reason naming both apps, on each side, and the members say so once.
 #[test]
 fn a_node_of_another_app_is_refused_and_told_why() {
     let _serial = serial();
-    let mut cluster = cluster(3).consensus(2).build().unwrap();
-    cluster.start_node(0).unwrap();
-    cluster.start_node(1).unwrap();
-    ok(cluster.wait_ready(&[0, 1], DEADLINE));
-    let mark = marks(&cluster);
-    let misfit = cluster.node_name(2).to_string();
-
     // The harness names it by `node_name`; only its app differs.
-    cluster
-        .start_node_with(2, &["--app", "other_app", "--startup-deadline", "3s"])
-        .unwrap();
-    let status = ok(cluster.wait_exit(2, DEADLINE));
-    assert_eq!(status.code(), Some(1), "{:?}", cluster.events(2));
-    let events = cluster.events(2);
-    let error = last_of(&events, "startup_failed")
-        .and_then(|event| event["error"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        error.contains("refused: it belongs to app")
-            && error.contains("this node to app \"other_app\"")
-            && error.contains("`node_name`"),
-        "{error}"
-    );
-    // The others never took it in, and said why in their log, once each.
-    for (i, &since) in mark.iter().enumerate().take(2) {
-        let events = cluster.events(i);
-        let about = mentions(&events, since, &misfit);
-        assert!(
-            about.is_empty(),
-            "{} admitted it: {about:?}",
-            cluster.node_name(i)
-        );
+    let flags = ["--app", "other_app", "--startup-deadline", "3s"];
+    let why = [
+        "it belongs to app",
+        "this node to app \"other_app\"",
+        "`node_name`",
+    ];
+    let (cluster, misfit) = a_misfit_is_refused(&flags, &why);
+    for i in 0..2 {
         let told: Vec<String> = warnings(&cluster, i)
             .into_iter()
             .filter(|line| line.contains("app \"other_app\"") && line.contains(&misfit))
             .collect();
         assert_eq!(told.len(), 1, "{}: {told:#?}", cluster.node_name(i));
     }
-    assert!(cluster.agree(&[0, 1], "ready"));
 }
 
 /// The lines of node `i`'s stderr at WARN or ERROR level.
