@@ -256,8 +256,8 @@ impl Membership {
 
     /// Whether a first heartbeat from `name` at `incarnation` and `life`
     /// may admit it: not when the table says that very life is down. It is
-    /// told so (it learns facts about itself from any peer, see
-    /// [`Membership::learn_about_me`]) and comes back at its next life;
+    /// told so (it learns facts about itself from any peer whose heartbeat
+    /// counts, see `Membership::heard`) and comes back at its next life;
     /// told at most once per heartbeat interval, so that two nodes that
     /// each hold the other down never answer each other's every heartbeat.
     pub(super) fn may_admit(
@@ -283,20 +283,6 @@ impl Membership {
             self.send_facts(name, known);
         }
         false
-    }
-
-    /// The facts about this node that a heartbeat which counts carries,
-    /// from a member or not: a peer that holds this node down tells it so
-    /// before it admits it (see [`Membership::may_admit`]).
-    pub(super) fn learn_about_me(&mut self, now: Duration, news: &[Fact]) {
-        if !self.is_bounded() {
-            return;
-        }
-        for fact in news {
-            if fact.node == self.me {
-                self.about_me(now, fact);
-            }
-        }
     }
 }
 

@@ -110,7 +110,10 @@ impl Membership {
             self.learn(now, &news);
             self.compare_tables(now, name, table);
         } else {
-            self.learn_about_me(now, &news);
+            // From a peer not admitted: only what it says of this node (it
+            // holds this node down, see `Membership::may_admit`).
+            let mine: Vec<Fact> = news.iter().filter(|f| f.node == self.me).cloned().collect();
+            self.learn(now, &mine);
         }
         answered
     }
