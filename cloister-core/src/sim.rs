@@ -496,6 +496,7 @@ impl Sim {
             Effect::Refused { .. }
             | Effect::CloseSession { .. }
             | Effect::Strangers { .. }
+            | Effect::Unheard { .. }
             | Effect::Stalled { .. }
             | Effect::Slow { .. }
             | Effect::Downing { .. }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::peer::Suspicion;
+use super::peer::{SaidSilent, Suspicion};
 use super::*;
 
 impl Membership {
@@ -181,6 +181,7 @@ impl Membership {
             return false; // sent before the goodbye of this same session
         }
         peer.watches_me = hb.watching && !hb.leaving;
+        peer.said_silent = None;
         if hb.leaving {
             peer.left = Some(session);
             if peer.member.is_some() {
@@ -267,23 +268,57 @@ impl Membership {
 
     /// Drops every watched member silent for `heartbeat_timeout`, and its
     /// session, and tells every other member at once.
+    ///
+    /// Under bounded sessions, not a member that came back at a later life
+    /// after this node said it down, unheard here since: every member
+    /// learns facts from every other, so under a partial partition (a
+    /// bridge that reaches both sides of a cut) the member would answer
+    /// each word through the bridge and be said down again, and every ring
+    /// would flap for as long as the cut lasts. It stays a member and the
+    /// operator is told, once; a word of it from anyone else still counts.
     pub(super) fn expire_silent_members(&mut self, now: Duration) {
         let timeout = self.config.heartbeat_timeout;
-        let silent: Vec<Suspect> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.watching)
-            .filter_map(|(n, p)| Some((n, p.member.as_ref()?)))
-            .filter(|(_, m)| m.last_heard + timeout <= now)
-            .map(|(n, m)| {
-                let silence = now.saturating_sub(m.last_heard);
-                self.telemetry.unresponsive_detection.observe(silence);
-                Suspect {
-                    node: n.clone(),
-                    incarnation: m.incarnation,
+        let bounded = self.is_bounded();
+        let mut silent: Vec<(Suspect, u32)> = Vec::new();
+        for (name, peer) in self.peers.iter_mut().filter(|(_, p)| p.watching) {
+            let Some(member) = peer.member.as_mut() else {
+                continue;
+            };
+            if member.last_heard + timeout > now {
+                continue;
+            }
+            if let Some(said) = (peer.said_silent.as_mut())
+                .filter(|s| s.incarnation == member.incarnation && s.life < member.life)
+            {
+                member.last_heard = now;
+                if !std::mem::replace(&mut said.told, true) {
+                    let peer = name.clone();
+                    self.effects.push_back(Effect::Unheard { peer });
                 }
-            })
-            .collect();
+                continue;
+            }
+            let silence = now.saturating_sub(member.last_heard);
+            self.telemetry.unresponsive_detection.observe(silence);
+            let suspect = Suspect {
+                node: name.clone(),
+                incarnation: member.incarnation,
+            };
+            silent.push((suspect, member.life));
+        }
+        if bounded {
+            for (suspect, life) in &silent {
+                if let Some(peer) = self.peers.get_mut(&suspect.node) {
+                    let (incarnation, life) = (suspect.incarnation, *life);
+                    let told = false;
+                    peer.said_silent = Some(SaidSilent {
+                        incarnation,
+                        life,
+                        told,
+                    });
+                }
+            }
+        }
+        let silent: Vec<Suspect> = silent.into_iter().map(|(suspect, _)| suspect).collect();
         if silent.is_empty() {
             return;
         }

@@ -107,6 +107,21 @@ pub(super) struct Peer {
     /// The application asked for a session with it ([`Input::Connect`](super::Input::Connect)):
     /// dialed like a neighbour.
     pub(super) on_demand: bool,
+    /// Under bounded sessions: this node said it down as unresponsive, and
+    /// has not heard it since (see `expire_silent_members`).
+    pub(super) said_silent: Option<SaidSilent>,
+}
+
+/// This node said a watched member down as unresponsive, at this
+/// incarnation and life. Back at a later life of that incarnation, the
+/// member answered the word, so it is alive and others reach it: what
+/// fails is this node's link to it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SaidSilent {
+    pub(super) incarnation: Incarnation,
+    pub(super) life: u32,
+    /// The operator was told that it is alive but unheard here.
+    pub(super) told: bool,
 }
 
 /// A report that a member is silent, held for three heartbeat intervals:
@@ -149,6 +164,7 @@ impl Peer {
             suspected: None,
             mismatch_since: None,
             on_demand: false,
+            said_silent: None,
         }
     }
 }

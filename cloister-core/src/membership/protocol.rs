@@ -328,6 +328,16 @@ pub enum Effect {
         /// observer cannot hear the subject while another node can.
         records: Vec<(NodeName, NodeName)>,
     },
+    /// Under bounded sessions, a member this node watches came back after
+    /// this node said it down as unresponsive, and this node still hears
+    /// nothing from it: it is alive, others reach it, and the link between
+    /// the two fails (a partial partition). It stays a member, and this
+    /// node does not say it down again until it hears it. For the
+    /// operator's log, once each time.
+    Unheard {
+        /// The member.
+        peer: NodeName,
+    },
     /// Dials or handshakes took longer than their timeouts (or are fast
     /// again): these are the timeouts now, between the configured ones and
     /// eight times those. For the operator's log.

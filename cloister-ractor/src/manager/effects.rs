@@ -112,6 +112,13 @@ impl ManagerState {
                     "dials or handshakes are slower than their timeouts, or fast again: the \
                      timeouts are now {dial_timeout:?} and {handshake_timeout:?}"
                 ),
+                Effect::Unheard { peer } => tracing::warn!(
+                    peer = %peer,
+                    "{peer} came back after this node said it down, yet this node still hears \
+                     nothing from it: it is alive and others reach it, so the link between the \
+                     two fails (a partial partition). It stays a member, and this node will not \
+                     say it down again until it hears from it"
+                ),
                 Effect::Strangers { count } => {
                     self.counters.strangers(count);
                     tracing::warn!(
