@@ -41,11 +41,23 @@ fn run_until(m: &mut Membership, until: Duration) -> Vec<(Duration, Effect)> {
     effects
 }
 
+/// A connection accepted from 192.0.2.7 (an address for documentation).
 fn opened(session: u64) -> Input {
+    opened_from(session, [192, 0, 2, 7])
+}
+
+fn opened_from(session: u64, ip: [u8; 4]) -> Input {
     Input::SessionOpened {
         session: SessionId(session),
         inbound: true,
+        from: Some(ip.into()),
     }
+}
+
+/// A report of `count` strangers from these addresses, in that order.
+fn strangers(count: u64, from: &[[u8; 4]]) -> Effect {
+    let from = from.iter().map(|&ip| ip.into()).collect();
+    Effect::Strangers { count, from }
 }
 
 #[test]
@@ -68,7 +80,7 @@ fn a_connection_that_never_authenticates_is_closed_at_its_deadline() {
                     session: SessionId(1)
                 }
             ),
-            (ms(5) + deadline, Effect::Strangers { count: 1 }),
+            (ms(5) + deadline, strangers(1, &[[192, 0, 2, 7]])),
         ]
     );
 }
@@ -90,12 +102,13 @@ fn an_authenticated_connection_is_left_alone() {
 #[test]
 fn thousands_of_strangers_make_one_line_per_interval() {
     let mut m = started();
-    // 6,000 connections in the first second, each closed before it
-    // authenticates (a wrong cookie, garbage): the first is reported at once.
+    // 6,000 connections in the first second from nine addresses, each
+    // closed before it authenticates (a wrong cookie, garbage): the first
+    // is reported at once.
     let mut reports = Vec::new();
     for i in 0..6_000u64 {
         let at = Duration::from_micros(i * 150);
-        m.handle(at, opened(i));
+        m.handle(at, opened_from(i, [192, 0, 2, (i % 9) as u8]));
         m.handle(
             at,
             Input::ConnectionClosed {
@@ -104,13 +117,17 @@ fn thousands_of_strangers_make_one_line_per_interval() {
         );
         reports.extend(drain(&mut m));
     }
-    assert_eq!(reports, vec![Effect::Strangers { count: 1 }]);
-    // The other 5,999 come in one count when the interval is over.
+    assert_eq!(reports, vec![strangers(1, &[[192, 0, 2, 0]])]);
+    // The other 5,999 come in one count when the interval is over, with
+    // the first addresses they came from, not all nine.
     let later = run_until(&mut m, REPORT_EVERY * 3);
-    assert_eq!(
-        later,
-        vec![(REPORT_EVERY, Effect::Strangers { count: 5_999 })]
-    );
+    let first_four = [
+        [192, 0, 2, 1],
+        [192, 0, 2, 2],
+        [192, 0, 2, 3],
+        [192, 0, 2, 4],
+    ];
+    assert_eq!(later, vec![(REPORT_EVERY, strangers(5_999, &first_four))]);
 }
 
 #[test]
@@ -125,7 +142,7 @@ fn a_named_session_that_closes_before_authenticating_is_a_stranger_too() {
             session: SessionId(3),
         },
     );
-    assert_eq!(drain(&mut m), vec![Effect::Strangers { count: 1 }]);
+    assert_eq!(drain(&mut m), vec![strangers(1, &[[192, 0, 2, 7]])]);
 }
 
 #[test]
@@ -139,6 +156,7 @@ fn a_dial_of_this_node_that_fails_its_handshake_is_no_stranger() {
         Input::SessionOpened {
             session: SessionId(1),
             inbound: false,
+            from: None,
         },
     );
     m.handle(
@@ -153,6 +171,7 @@ fn a_dial_of_this_node_that_fails_its_handshake_is_no_stranger() {
         Input::SessionOpened {
             session: SessionId(2),
             inbound: false,
+            from: None,
         },
     );
     let effects: Vec<Effect> = drain(&mut m)
@@ -181,6 +200,7 @@ fn slow_own_handshakes_stretch_the_timeouts_and_fast_ones_shrink_them_back() {
     let own = |session| Input::SessionOpened {
         session: SessionId(session),
         inbound: false,
+        from: None,
     };
     // Base timeouts: dial 500 ms, handshake 1 s. Two dials of this node
     // never finish their handshake: each doubles both timeouts.

@@ -860,6 +860,7 @@ fn accepted(session: u64) -> Input {
     Input::SessionOpened {
         session: SessionId(session),
         inbound: true,
+        from: None,
     }
 }
 
@@ -960,7 +961,13 @@ fn a_known_peer_that_never_authenticates_is_a_stranger_after_the_handshake_timeo
         .collect();
     assert_eq!(
         strangers,
-        [(ms(6) + timeout, Effect::Strangers { count: 1 })]
+        [(
+            ms(6) + timeout,
+            Effect::Strangers {
+                count: 1,
+                from: vec![]
+            }
+        )]
     );
 }
 

@@ -55,6 +55,11 @@ fn thousands_of_junk_connections_make_a_few_log_lines() {
     assert!(cluster.is_running(0), "the node exited");
 
     let log = stderr_of(&cluster);
+    // The operator learns where they came from.
+    assert!(
+        log.contains("from 127.0.0.1 closed without authenticating"),
+        "the log does not name the strangers' address:\n{log}"
+    );
     let new: Vec<&str> = log.lines().skip(before).collect();
     assert!(
         new.len() <= 20,

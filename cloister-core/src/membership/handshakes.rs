@@ -25,9 +25,62 @@
 //! dials fail or time out before any connection is up). A frozen peer
 //! does: its kernel still accepts the connection.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use super::*;
+
+/// A connection still in its handshake.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Handshake {
+    /// When it is closed if it has not authenticated.
+    pub(super) deadline: Duration,
+    /// Accepted on this node's port, rather than dialed.
+    inbound: bool,
+    /// Where an accepted one came from, if known.
+    from: Option<IpAddr>,
+    /// When it opened.
+    opened: Duration,
+}
+
+/// How many of the addresses strangers came from a report names: enough to
+/// find the culprit, few enough for one line.
+pub const STRANGERS_NAMED: usize = 4;
+
+/// Connections closed without authenticating: counted (see [`Tally`]), and
+/// the first few addresses they came from since the last report.
+#[derive(Debug, Default)]
+pub(super) struct Strangers {
+    tally: Tally,
+    from: Vec<IpAddr>,
+}
+
+impl Strangers {
+    fn note(&mut self, now: Duration, from: Option<IpAddr>) -> Option<Effect> {
+        if let Some(ip) = from {
+            if self.from.len() < STRANGERS_NAMED && !self.from.contains(&ip) {
+                self.from.push(ip);
+            }
+        }
+        let count = self.tally.note(now)?;
+        Some(self.report(count))
+    }
+
+    fn flush(&mut self, now: Duration) -> Option<Effect> {
+        let count = self.tally.flush(now)?;
+        Some(self.report(count))
+    }
+
+    fn report(&mut self, count: u64) -> Effect {
+        let from = std::mem::take(&mut self.from);
+        Effect::Strangers { count, from }
+    }
+
+    /// When the strangers counted since the last report are due.
+    pub(super) fn due(&self) -> Option<Duration> {
+        self.tally.due()
+    }
+}
 
 /// How many times the dial and handshake timeouts may double: 8 times the
 /// configured ones at most.
@@ -65,9 +118,22 @@ impl Membership {
         }
     }
 
-    pub(super) fn session_opened(&mut self, now: Duration, session: SessionId, inbound: bool) {
+    pub(super) fn session_opened(
+        &mut self,
+        now: Duration,
+        session: SessionId,
+        inbound: bool,
+        from: Option<IpAddr>,
+    ) {
         let deadline = now.saturating_add(self.handshake_deadline());
-        self.handshakes.insert(session, (deadline, inbound, now));
+        let from = from.filter(|_| inbound);
+        let handshake = Handshake {
+            deadline,
+            inbound,
+            from,
+            opened: now,
+        };
+        self.handshakes.insert(session, handshake);
     }
 
     pub(super) fn authenticated(
@@ -76,9 +142,9 @@ impl Membership {
         session: SessionId,
         name: Option<NodeName>,
     ) {
-        if let Some((_, _, opened)) = self.handshakes.remove(&session) {
+        if let Some(handshake) = self.handshakes.remove(&session) {
             // Done within half the base timeout: the machine keeps up again.
-            let took = now.saturating_sub(opened);
+            let took = now.saturating_sub(handshake.opened);
             if self.stretch > 0 && took < self.config.handshake_timeout() / 2 {
                 self.stretch -= 1;
                 self.effects.push_back(Effect::Slow {
@@ -122,10 +188,10 @@ impl Membership {
         peer: Option<&NodeName>,
     ) {
         self.authenticated.remove(&session);
-        let Some((_, inbound, _)) = self.handshakes.remove(&session) else {
+        let Some(handshake) = self.handshakes.remove(&session) else {
             return;
         };
-        if !inbound {
+        if !handshake.inbound {
             return; // this node's own dial: it fails as a dial
         }
         let live = peer.is_some_and(|name| self.pending_session(name).is_some());
@@ -138,7 +204,7 @@ impl Membership {
                 peer.unproven = Some((count + 1, until));
                 self.next_peer_timer = earliest(self.next_peer_timer, until);
             }
-            None => self.note_stranger(now),
+            None => self.note_stranger(now, handshake.from),
         }
     }
 
@@ -146,17 +212,15 @@ impl Membership {
     /// named closes no session proved duplicates, and reports the strangers
     /// counted since the last report when that is due.
     pub(super) fn expire_handshakes(&mut self, now: Duration) {
-        let expired: Vec<(SessionId, bool)> = self
-            .handshakes
-            .iter()
-            .filter(|(_, (deadline, _, _))| *deadline <= now)
-            .map(|(session, (_, inbound, _))| (*session, *inbound))
+        let expired: Vec<(SessionId, Handshake)> = (self.handshakes.iter())
+            .filter(|(_, handshake)| handshake.deadline <= now)
+            .map(|(session, handshake)| (*session, *handshake))
             .collect();
-        for (session, inbound) in expired {
+        for (session, handshake) in expired {
             self.handshakes.remove(&session);
             self.effects.push_back(Effect::CloseSession { session });
-            if inbound {
-                self.note_stranger(now);
+            if handshake.inbound {
+                self.note_stranger(now, handshake.from);
             } else {
                 self.stretch_timeouts();
             }
@@ -173,16 +237,16 @@ impl Membership {
             }
         }
         for _ in 0..unproven {
-            self.note_stranger(now);
+            self.note_stranger(now, None);
         }
-        if let Some(count) = self.strangers.flush(now) {
-            self.effects.push_back(Effect::Strangers { count });
+        if let Some(report) = self.strangers.flush(now) {
+            self.effects.push_back(report);
         }
     }
 
-    fn note_stranger(&mut self, now: Duration) {
-        if let Some(count) = self.strangers.note(now) {
-            self.effects.push_back(Effect::Strangers { count });
+    fn note_stranger(&mut self, now: Duration, from: Option<IpAddr>) {
+        if let Some(report) = self.strangers.note(now, from) {
+            self.effects.push_back(report);
         }
     }
 }

@@ -71,6 +71,7 @@ use crate::tally::Tally;
 pub use downing::{downed, Who};
 use gossip::Facts;
 pub use gossip::{Fact, TOMBSTONE_INTERVALS};
+pub use handshakes::STRANGERS_NAMED;
 use leave::Leaving;
 pub use leave::GOODBYE_LINGER;
 pub use monitors::{monitors, neighbours};
@@ -118,9 +119,8 @@ pub struct Membership {
     /// A lower bound of the earliest per-peer timer; recomputed on timeouts.
     next_peer_timer: Option<Duration>,
     discovery_error: Option<String>,
-    /// Connections still in their handshake: their deadlines, whether
-    /// they were accepted (rather than dialed), and when they opened.
-    handshakes: BTreeMap<SessionId, (Duration, bool, Duration)>,
+    /// Connections still in their handshake.
+    handshakes: BTreeMap<SessionId, handshakes::Handshake>,
     /// How many times the dial and handshake timeouts are doubled now:
     /// see `handshakes`.
     stretch: u32,
@@ -130,7 +130,7 @@ pub struct Membership {
     /// Sessions of known peers that authenticated and are not up yet.
     authenticated: BTreeMap<SessionId, NodeName>,
     /// Connections that closed without authenticating, for the log.
-    strangers: Tally,
+    strangers: handshakes::Strangers,
     /// Names without a session whose heartbeats were dropped and reported,
     /// at most [`MAX_REPORTED_STRANGERS`]: each is reported once.
     unknown_names: BTreeSet<NodeName>,
@@ -196,7 +196,7 @@ impl Membership {
             stretch: 0,
             in_grace: BTreeSet::new(),
             authenticated: BTreeMap::new(),
-            strangers: Tally::new(),
+            strangers: Default::default(),
             unknown_names: BTreeSet::new(),
             reach: Reachability::default(),
             telemetry: Telemetry::default(),
@@ -369,7 +369,7 @@ impl Membership {
             self.next_introduce,
             self.ring_due,
             self.next_peer_timer,
-            self.handshakes.values().map(|(at, _, _)| *at).min(),
+            self.handshakes.values().map(|h| h.deadline).min(),
             self.strangers.due(),
             self.reachability_timeout(),
             self.news_due,
@@ -400,8 +400,12 @@ impl Membership {
             Input::Discovered(peers) => self.discovered(now, peers),
             Input::DiscoveryFailed(error) => self.discovery_error = Some(error),
             Input::DialFailed { peer, error } => self.dial_failed(now, &peer, error),
-            Input::SessionOpened { session, inbound } => {
-                self.session_opened(now, session, inbound);
+            Input::SessionOpened {
+                session,
+                inbound,
+                from,
+            } => {
+                self.session_opened(now, session, inbound, from);
             }
             Input::SessionAuthenticated { session, peer } => {
                 self.authenticated(now, session, peer);

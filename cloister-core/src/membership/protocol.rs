@@ -202,6 +202,9 @@ pub enum Input {
         /// accepted connection that closes unauthenticated is a stranger: a
         /// dial that fails its handshake fails as a dial.
         inbound: bool,
+        /// Where an accepted connection came from, if known: named in the
+        /// log if it never authenticates.
+        from: Option<std::net::IpAddr>,
     },
     /// The connection passed the cookie check, and won ractor_cluster's
     /// duplicate election at that moment. It is not ready yet: that comes
@@ -309,6 +312,11 @@ pub enum Effect {
     Strangers {
         /// How many since the last report.
         count: u64,
+        /// The first addresses they came from since the last report, at
+        /// most [`STRANGERS_NAMED`](crate::membership::STRANGERS_NAMED),
+        /// where known (a connection dialed twice at once and closed
+        /// unproven has none).
+        from: Vec<std::net::IpAddr>,
     },
     /// This node's wake-up came `late` after it was due, more than a
     /// heartbeat interval: the node did not run meanwhile (an overloaded

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
+use cloister_core::membership::STRANGERS_NAMED;
 use cloister_core::tally::{Tally, REPORT_EVERY};
 
 use crate::stats::Counters;
@@ -114,19 +115,20 @@ impl<H> Admission<H> {
     }
 }
 
-/// The refused connections since the last report, by reason, and when to
-/// report: a [`Tally`], as for every other stranger.
+/// The refused connections since the last report, by reason, with the
+/// first addresses each came from, and when to report: a [`Tally`], as for
+/// every other stranger.
 #[derive(Debug, Default)]
 pub(super) struct Refused {
     pub(super) tally: Tally,
-    by_reason: BTreeMap<&'static str, u64>,
+    by_reason: BTreeMap<&'static str, (u64, Vec<IpAddr>)>,
 }
 
 impl Refused {
     pub(super) fn note(
         &mut self,
         now: Duration,
-        refusal: Refusal,
+        (refusal, from): (Refusal, IpAddr),
         deadline: Duration,
         counters: &Counters,
     ) {
@@ -139,7 +141,11 @@ impl Refused {
             Refusal::Tls(reason) => reason,
             Refusal::Unauthenticated => "not authenticated within the longest handshake",
         };
-        *self.by_reason.entry(reason).or_default() += 1;
+        let (count, sources) = self.by_reason.entry(reason).or_default();
+        *count += 1;
+        if sources.len() < STRANGERS_NAMED && !sources.contains(&from) {
+            sources.push(from);
+        }
         if self.tally.note(now).is_some() {
             self.report(deadline);
         }
@@ -154,15 +160,30 @@ impl Refused {
     /// One line per reason, so a refused certificate is never lost among
     /// silent connections.
     fn report(&mut self, deadline: Duration) {
-        for (reason, count) in std::mem::take(&mut self.by_reason) {
+        for (reason, (count, from)) in std::mem::take(&mut self.by_reason) {
+            let from = sources(&from);
             tracing::warn!(
                 count,
                 reason,
-                "{count} connection(s) closed without authenticating before the node server took \
-                 them: {reason} (handshake deadline {deadline:?}, at most {MAX_PER_SOURCE} per \
-                 address and {MAX_HANDSHAKES} in all); counted, logged at most every \
-                 {REPORT_EVERY:?}"
+                "{count} connection(s){from} closed without authenticating before the node \
+                 server took them: {reason} (handshake deadline {deadline:?}, at most \
+                 {MAX_PER_SOURCE} per address and {MAX_HANDSHAKES} in all); counted, logged at \
+                 most every {REPORT_EVERY:?}"
             );
+        }
+    }
+}
+
+/// Where strangers came from, for a log line: ` from 192.0.2.7, 192.0.2.9
+/// (the first addresses since the last report)`, or nothing when unknown.
+pub(crate) fn sources(from: &[IpAddr]) -> String {
+    match from {
+        [] => String::new(),
+        [one] => format!(" from {one}"),
+        _ => {
+            let list: Vec<String> = from.iter().map(IpAddr::to_string).collect();
+            let first = format!("the first {} addresses since the last report", from.len());
+            format!(" from {} ({first})", list.join(", "))
         }
     }
 }

@@ -93,6 +93,7 @@ use crate::tls::Tls;
 mod admission;
 pub(crate) mod gate;
 
+pub(crate) use admission::sources;
 use admission::{source_of, Admission, Refusal, Refused};
 use gate::{Gate, Gates, Settled};
 
@@ -331,12 +332,16 @@ impl AcceptLoop {
                         };
                         let now = epoch.elapsed();
                         match admission.admit(source_of(peer.ip()), start) {
-                            Err(()) => refused.note(now, Refusal::OverCap, deadline, &counters),
+                            Err(()) => {
+                                let refusal = (Refusal::OverCap, peer.ip());
+                                refused.note(now, refusal, deadline, &counters);
+                            }
                             Ok(Some(oldest)) => {
                                 oldest.task.abort();
                                 oldest.gate.close();
                                 gates.forget(oldest.peer, &oldest.gate);
-                                refused.note(now, Refusal::Evicted, deadline, &counters);
+                                let refusal = (Refusal::Evicted, oldest.peer.ip());
+                                refused.note(now, refusal, deadline, &counters);
                             }
                             Ok(None) => {}
                         }
@@ -355,8 +360,9 @@ impl AcceptLoop {
                 Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
                     // An evicted handshake ends cancelled, already released.
                     if let Ok((seq, outcome)) = done {
-                        admission.release(seq);
-                        if let Err(refusal) = outcome {
+                        let held = admission.release(seq);
+                        if let (Err(refusal), Some(held)) = (outcome, held) {
+                            let refusal = (refusal, held.peer.ip());
                             refused.note(epoch.elapsed(), refusal, deadline, &counters);
                         }
                     }

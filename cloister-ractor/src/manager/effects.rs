@@ -119,12 +119,14 @@ impl ManagerState {
                      two fails (a partial partition). It stays a member, and this node will not \
                      say it down again until it hears from it"
                 ),
-                Effect::Strangers { count } => {
+                Effect::Strangers { count, from } => {
                     self.counters.strangers(count);
+                    let from = crate::accept::sources(&from);
                     tracing::warn!(
                         count,
-                        "{count} connection(s) closed without authenticating (a wrong cookie, not a \
-                         cloister node, or garbage on the port); counted, logged at most every {:?}",
+                        "{count} connection(s){from} closed without authenticating (a wrong \
+                         cookie, not a cloister node, or garbage on the port); counted, logged at \
+                         most every {:?}",
                         cloister_core::tally::REPORT_EVERY
                     );
                 }

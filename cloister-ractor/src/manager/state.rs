@@ -167,12 +167,18 @@ impl ManagerState {
                 inbound,
                 addr,
             } => {
+                let from = addr.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
                 if let Some(names) = &mut self.names {
                     names.opened(id, addr, inbound);
                 }
                 self.links.insert(id, actor.get_cell());
                 let session = SessionId(id);
-                self.feed(myself, Input::SessionOpened { session, inbound });
+                let opened = Input::SessionOpened {
+                    session,
+                    inbound,
+                    from,
+                };
+                self.feed(myself, opened);
             }
             SessionEvent::Authenticated { id, peer } => {
                 if let Some(Err(why)) =
