@@ -9,6 +9,7 @@ pub mod certs;
 pub mod garbled;
 pub mod http;
 pub mod logs;
+pub mod memory;
 
 pub use logs::{init_logs, try_init_logs, LogFormat};
 

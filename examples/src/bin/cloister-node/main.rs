@@ -15,6 +15,7 @@ use cloister_core::config::figment::value::{Dict, Map};
 use cloister_core::config::figment::{self, Metadata, Profile, Provider};
 use cloister_core::{Config, NodeName, TopologyEvent};
 use cloister_examples::certs::Crypto;
+use cloister_examples::memory::Trim;
 use cloister_ractor::harness::EventLines;
 use cloister_ractor::{
     Cloister, CloisterError, CloisterManager, CloisterMessage, StartOptions, Wire,
@@ -249,6 +250,8 @@ struct Printer;
 enum PrinterMsg {
     Topology(TopologyEvent),
     PollSessions,
+    /// Gives free memory back (see `cloister_examples::memory`).
+    Trim,
 }
 impl ractor::Message for PrinterMsg {}
 
@@ -258,6 +261,7 @@ struct PrinterState {
     show_keys: Vec<String>,
     key_sample: Option<u32>,
     sessions: Option<Vec<NodeName>>,
+    trim: Trim,
 }
 
 impl Actor for Printer {
@@ -276,7 +280,7 @@ impl Actor for Printer {
 
     async fn handle(
         &self,
-        _: ActorRef<PrinterMsg>,
+        myself: ActorRef<PrinterMsg>,
         message: PrinterMsg,
         state: &mut PrinterState,
     ) -> Result<(), ActorProcessingErr> {
@@ -288,8 +292,12 @@ impl Actor for Printer {
                     TopologyEvent::RingChanged { .. } | TopologyEvent::Snapshot { .. }
                 ) {
                     print_owners(state).await;
+                    if state.trim.changed() {
+                        myself.send_after(Trim::AFTER, || PrinterMsg::Trim);
+                    }
                 }
             }
+            PrinterMsg::Trim => state.trim.run(),
             PrinterMsg::PollSessions => {
                 if let Ok(peers) = ractor::call_t!(state.manager, CloisterMessage::Sessions, 1_000)
                 {
@@ -392,6 +400,7 @@ impl Actor for Root {
             show_keys: args.show_keys,
             key_sample: args.key_sample,
             sessions: None,
+            trim: Trim::default(),
         };
         let (printer, _) = Actor::spawn_linked(None, Printer, printer, myself.get_cell()).await?;
         cloister_ractor::subscribe(&manager, printer, |event| Some(PrinterMsg::Topology(event)))?;
