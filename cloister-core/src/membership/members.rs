@@ -279,7 +279,7 @@ impl Membership {
     pub(super) fn expire_silent_members(&mut self, now: Duration) {
         let timeout = self.config.heartbeat_timeout;
         let bounded = self.is_bounded();
-        let mut silent: Vec<(Suspect, u32)> = Vec::new();
+        let mut silent: Vec<Suspect> = Vec::new();
         for (name, peer) in self.peers.iter_mut().filter(|(_, p)| p.watching) {
             let Some(member) = peer.member.as_mut() else {
                 continue;
@@ -299,26 +299,18 @@ impl Membership {
             }
             let silence = now.saturating_sub(member.last_heard);
             self.telemetry.unresponsive_detection.observe(silence);
-            let suspect = Suspect {
+            if bounded {
+                peer.said_silent = Some(SaidSilent {
+                    incarnation: member.incarnation,
+                    life: member.life,
+                    told: false,
+                });
+            }
+            silent.push(Suspect {
                 node: name.clone(),
                 incarnation: member.incarnation,
-            };
-            silent.push((suspect, member.life));
+            });
         }
-        if bounded {
-            for (suspect, life) in &silent {
-                if let Some(peer) = self.peers.get_mut(&suspect.node) {
-                    let (incarnation, life) = (suspect.incarnation, *life);
-                    let told = false;
-                    peer.said_silent = Some(SaidSilent {
-                        incarnation,
-                        life,
-                        told,
-                    });
-                }
-            }
-        }
-        let silent: Vec<Suspect> = silent.into_iter().map(|(suspect, _)| suspect).collect();
         if silent.is_empty() {
             return;
         }
