@@ -47,6 +47,14 @@ pub(super) struct Handshake {
 /// find the culprit, few enough for one line.
 pub const STRANGERS_NAMED: usize = 4;
 
+/// Adds `ip` to the addresses a report of strangers names, unless it is
+/// there or [`STRANGERS_NAMED`] are.
+pub fn name_stranger(named: &mut Vec<IpAddr>, ip: IpAddr) {
+    if named.len() < STRANGERS_NAMED && !named.contains(&ip) {
+        named.push(ip);
+    }
+}
+
 /// Connections closed without authenticating: counted (see [`Tally`]), and
 /// the first few addresses they came from since the last report.
 #[derive(Debug, Default)]
@@ -58,9 +66,7 @@ pub(super) struct Strangers {
 impl Strangers {
     fn note(&mut self, now: Duration, from: Option<IpAddr>) -> Option<Effect> {
         if let Some(ip) = from {
-            if self.from.len() < STRANGERS_NAMED && !self.from.contains(&ip) {
-                self.from.push(ip);
-            }
+            name_stranger(&mut self.from, ip);
         }
         let count = self.tally.note(now)?;
         Some(self.report(count))

@@ -71,7 +71,7 @@ use crate::tally::Tally;
 pub use downing::{downed, Who};
 use gossip::Facts;
 pub use gossip::{Fact, TOMBSTONE_INTERVALS};
-pub use handshakes::STRANGERS_NAMED;
+pub use handshakes::{name_stranger, STRANGERS_NAMED};
 use leave::Leaving;
 pub use leave::GOODBYE_LINGER;
 pub use monitors::{monitors, neighbours};

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use cloister_core::membership::STRANGERS_NAMED;
+use cloister_core::membership::name_stranger;
 use cloister_core::tally::{Tally, REPORT_EVERY};
 
 use crate::stats::Counters;
@@ -143,9 +143,7 @@ impl Refused {
         };
         let (count, sources) = self.by_reason.entry(reason).or_default();
         *count += 1;
-        if sources.len() < STRANGERS_NAMED && !sources.contains(&from) {
-            sources.push(from);
-        }
+        name_stranger(sources, from);
         if self.tally.note(now).is_some() {
             self.report(deadline);
         }
