@@ -168,8 +168,8 @@ pub fn idle_cost(pids: &[u32], idle: Duration) -> Result<(Vec<f64>, Vec<Memory>)
 
 /// One process's memory. VmRSS counts every page it maps, the executable's
 /// code included, which N processes of one binary share: most of a small
-/// node's VmRSS (a cloister-node alone: 9.4 MiB, of which 0.8 MiB is its
-/// own heap and stacks). PSS divides each shared page among the processes
+/// node's VmRSS (a cloister-node alone: 4.4 MiB, of which 0.7 MiB is its
+/// own heap and stacks; see `examples/order` for why not more). PSS divides each shared page among the processes
 /// that map it: what a process costs the machine.
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {
