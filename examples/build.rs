@@ -9,6 +9,7 @@ fn main() {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("order/cloister-node.txt");
     println!("cargo::rerun-if-changed={}", file.display());
     println!("cargo::rerun-if-env-changed=CLOISTER_NO_ORDER");
+    println!("cargo::rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     if std::env::var_os("CLOISTER_NO_ORDER").is_some() || !links_with_lld() {
         return;
     }
@@ -24,14 +25,17 @@ fn main() {
 
 /// Whether rustc links this build with its own lld, the only linker here
 /// that reads a symbol ordering file: the default on x86_64 Linux (GNU)
-/// from Rust 1.90, unless the build chose its linker itself.
+/// from Rust 1.90, unless the build chose its linker itself (`-C linker`,
+/// `-C link-self-contained`, `-C link-arg=-fuse-ld=...` or the target's
+/// linker variable).
 fn links_with_lld() -> bool {
     let var = |name| std::env::var(name).unwrap_or_default();
     if var("TARGET") != "x86_64-unknown-linux-gnu" {
         return false;
     }
     let flags = var("CARGO_ENCODED_RUSTFLAGS");
-    if flags.contains("linker") || flags.contains("link-self-contained") {
+    let chosen = ["linker", "link-self-contained", "fuse-ld"];
+    if chosen.iter().any(|flag| flags.contains(flag)) {
         return false;
     }
     let target_linker = "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER";

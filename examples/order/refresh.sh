@@ -23,6 +23,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  { wait; } 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
