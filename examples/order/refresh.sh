@@ -34,11 +34,12 @@ train() {
   local sentry="" i
   for i in $(seq 1 "$n"); do sentry+="${sentry:+,}node$i@127.0.0.1:$((base + i))"; done
   declare -A node
+  local stdin=/dev/null flags=()
   start() { # start I [VAR=value...] [wrapper...]
     local i=$1; shift
     env CLOISTER_NODE_NAME="node$i" CLOISTER_LISTEN_ADDR=127.0.0.1 \
       CLOISTER_LISTEN_PORT=$((base + i)) CLOISTER_SENTRY="$sentry" CLOISTER_CONSENSUS=1 \
-      "$@" "$bin" >"$work/$name-$i.log" 2>&1 </dev/null 3>&- &
+      "$@" "$bin" "${flags[@]}" >"$work/$name-$i.log" 2>&1 <"$stdin" 3>&- &
     node[$i]=$!; pids+=($!)
   }
   # Node 1 keeps the library's timers; the others wait long for it, since
@@ -49,12 +50,9 @@ train() {
     # and the end of stdin stops it: fd 3 here is its only writer (the
     # nodes are started without it), closed at the end.
     mkfifo "$work/$name.stdin"; exec 3<>"$work/$name.stdin"
-    env CLOISTER_NODE_NAME=node1 CLOISTER_LISTEN_ADDR=127.0.0.1 CLOISTER_LISTEN_PORT=$((base + 1)) \
-      CLOISTER_SENTRY="$sentry" CLOISTER_CONSENSUS=1 CLOISTER_UNDER_HARNESS=1 \
-      CLOISTER_ADVERTISED_HOST=127.0.0.1 "$@" "${profile[@]}" "$bin" \
-      --heartbeat-interval 300ms --heartbeat-timeout 1500ms \
-      <"$work/$name.stdin" >"$work/$name-1.log" 2>&1 3>&- &
-    node[1]=$!; pids+=($!)
+    stdin=$work/$name.stdin flags=(--heartbeat-interval 300ms --heartbeat-timeout 1500ms)
+    start 1 CLOISTER_UNDER_HARNESS=1 CLOISTER_ADVERTISED_HOST=127.0.0.1 "$@" "${profile[@]}"
+    stdin=/dev/null flags=()
   else
     start 1 "$@" "${profile[@]}"
   fi
