@@ -9,8 +9,12 @@
 //! the library's default timers (see `cloister_examples::bench::node_config`),
 //! and prints one line:
 //!
+//! - spawning: from the first spawn to the last;
 //! - formation: from just before the last spawn to the latest `ready` line,
 //!   or how many nodes were ready when `--deadline` ran out;
+//! - CPU to form: the user and system CPU every process used from its start
+//!   until the cluster formed, summed (in seconds; the machine's cores
+//!   bound how fast that much work can be done);
 //! - idle: once formed, the CPU each process uses over `--idle` seconds
 //!   (median per node, and the sum, in % of one core), its VmRSS and PSS
 //!   (see `bench::Memory`), and the `node_down` lines printed meanwhile (no
@@ -30,7 +34,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 use cloister_examples::bench::{
-    idle_cost, median, node_binary, node_config, ts, unix_ms, wait_dropped, Sizes,
+    cpu_ticks, idle_cost, median, node_binary, node_config, ts, unix_ms, wait_dropped, Sizes,
 };
 use cloister_ractor::testing::{all_of, LocalCluster};
 
@@ -65,6 +69,10 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 struct Run {
     formation_ms: Option<f64>,
     ready: usize,
+    /// From the first spawn to the last.
+    spawn_ms: f64,
+    /// CPU seconds (user and system, every node) up to formation.
+    forming_cpu_s: f64,
     cpu: Vec<f64>,
     memory: Vec<cloister_examples::bench::Memory>,
     false_drops: usize,
@@ -76,8 +84,8 @@ struct Run {
 fn main() -> Result<()> {
     let args = Args::parse();
     let binary = node_binary(args.binary.as_deref())?;
-    println!("| nodes | run | formation | ready | CPU per node, median | CPU, all nodes | VmRSS per node, median (PSS) | false drops while idle | crash detection, last (median) | freeze detection, last (median) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| nodes | run | spawning | formation | CPU to form, all nodes | ready | CPU per node, median | CPU, all nodes | VmRSS per node, median (PSS) | false drops while idle | crash detection, last (median) | freeze detection, last (median) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &n in &args.sizes.sizes {
         for run in 1..=args.sizes.runs {
             let measured = measure(&binary, n, run, &args)?;
@@ -104,7 +112,9 @@ fn main() -> Result<()> {
                 })
             };
             println!(
-                "| {n} | {run} | {formation} | {}/{n} | {cpu} | {all} | {rss} | {drops} | {} | {} |",
+                "| {n} | {run} | {:.0} ms | {formation} | {:.2} s | {}/{n} | {cpu} | {all} | {rss} | {drops} | {} | {} |",
+                measured.spawn_ms,
+                measured.forming_cpu_s,
                 measured.ready,
                 ms(measured.crash_ms),
                 ms(measured.freeze_ms),
@@ -147,6 +157,10 @@ fn measure(binary: &PathBuf, n: usize, run_no: usize, args: &Args) -> Result<Run
     let last_spawn = spawned[n - 1];
     let deadline = Duration::from_secs(args.sizes.deadline);
     let formed = cluster.wait_ready(&all, deadline).is_ok();
+    // The CPU the processes spent from their start to now: what forming cost.
+    let ticks: u64 = (cluster.pids().iter())
+        .filter_map(|&pid| cpu_ticks(pid).ok())
+        .sum();
     let ready_at: Vec<u64> = all
         .iter()
         .filter_map(|&i| {
@@ -163,6 +177,8 @@ fn measure(binary: &PathBuf, n: usize, run_no: usize, args: &Args) -> Result<Run
     let mut run = Run {
         formation_ms: None,
         ready: ready_at.len(),
+        spawn_ms: last_spawn - spawned[0],
+        forming_cpu_s: ticks as f64 / 100.0,
         cpu: Vec::new(),
         memory: Vec::new(),
         false_drops: 0,
