@@ -13,7 +13,8 @@
 //! (`build/...`): raw hashring's `batch_add` of `(name, i)` pairs,
 //! `Ring::new`, and `Ring::with_members` from the ring of all members but
 //! one (a join, as a forming cluster rebuilds) and from the ring with one
-//! more (a crash).
+//! more (a crash), each followed by the first lookup, which lays the ring
+//! out; and a rebuild that nobody looks up.
 //!
 //! Before timing, the binary prints placement figures over 1,000,000 keys:
 //! the share of keys that move when an 11th member joins 10 (ideal 1/11,
@@ -202,16 +203,37 @@ fn build(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("hashring", &shape), |b| {
             b.iter(|| raw_ring(black_box(&names), 256).len())
         });
+        // A ring is laid out at its first lookup: each build here is
+        // followed by one, and rebuilds start from a laid-out ring.
         group.bench_function(BenchmarkId::new("Ring::new", &shape), |b| {
-            b.iter(|| Ring::new(black_box(names.clone()), 256).len())
+            b.iter(|| {
+                Ring::new(black_box(names.clone()), 256)
+                    .node_for("k")
+                    .cloned()
+            })
         });
         let one_less = Ring::new(names[1..].to_vec(), 256);
+        let _ = one_less.node_for("k");
         group.bench_function(BenchmarkId::new("with_members, a join", &shape), |b| {
-            b.iter(|| one_less.with_members(black_box(names.clone())).len())
+            b.iter(|| {
+                one_less
+                    .with_members(black_box(names.clone()))
+                    .node_for("k")
+                    .cloned()
+            })
         });
         let one_more = Ring::new(member_names(members + 1), 256);
+        let _ = one_more.node_for("k");
         group.bench_function(BenchmarkId::new("with_members, a crash", &shape), |b| {
-            b.iter(|| one_more.with_members(black_box(names.clone())).len())
+            b.iter(|| {
+                one_more
+                    .with_members(black_box(names.clone()))
+                    .node_for("k")
+                    .cloned()
+            })
+        });
+        group.bench_function(BenchmarkId::new("with_members, no lookup", &shape), |b| {
+            b.iter(|| one_less.with_members(black_box(names.clone())).len())
         });
     }
     group.finish();

@@ -40,6 +40,7 @@
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use hashring::HashRing;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -205,6 +206,16 @@ impl Hasher for Position {
 
 /// Consistent-hash placement of keys on a membership.
 ///
+/// A ring knows its members and digest at once; its virtual nodes are laid
+/// out at the first lookup ([`Ring::node_for`], [`Ring::nodes_for`],
+/// [`Ring::shares`]), from any thread. A node rebuilds its ring each time
+/// the members change, and while a cluster forms they change by the dozen
+/// before anything is routed: laying out 25,600 virtual nodes (100 members
+/// of 256) at each of those rebuilds was a fifth of a forming node's CPU.
+/// So a ring nobody asks costs its member list, and the first lookup after
+/// a change pays the layout once (about 0.15 ms at 100 members when the
+/// ring before it was laid out, 1.2 ms when none was; BENCHMARKS.md).
+///
 /// ```
 /// use cloister_core::{NodeName, Ring};
 /// let members: Vec<NodeName> = ["app@10.0.0.1", "app@10.0.0.2", "app@10.0.0.3"]
@@ -217,19 +228,47 @@ impl Hasher for Position {
 /// assert_eq!(replicas[0], owner);
 /// assert_ne!(replicas[1], owner);
 /// ```
-#[derive(Clone)]
 pub struct Ring {
     /// Sorted and distinct; `VirtualNode::member` indexes into it.
     members: Vec<NodeName>,
     /// Virtual nodes per member: at least 1, or 0 for a members-only ring.
     vnodes: u32,
-    /// Owns the placement: every lookup goes through `HashRing::get`.
-    placement: HashRing<VirtualNode, Positioned>,
-    /// Every virtual node in ring order, which `hashring` keeps private:
-    /// `nodes_for` walks it from the owner, and `with_members` copies it.
-    clockwise: Vec<VirtualNode>,
     /// Computed once, since peers compare digests on every heartbeat.
     digest: Digest,
+    /// The virtual nodes, laid out at the first lookup.
+    placement: OnceLock<Arc<Placement>>,
+    /// The last laid-out ring this one was rebuilt from, while this one is
+    /// not laid out: its members keep their virtual nodes when it is. Let
+    /// go of then, so a node holds one layout, not a chain of them.
+    base: Mutex<Option<Base>>,
+}
+
+impl Clone for Ring {
+    fn clone(&self) -> Ring {
+        Ring {
+            members: self.members.clone(),
+            vnodes: self.vnodes,
+            digest: self.digest,
+            placement: self.placement.clone(),
+            base: Mutex::new(self.base()),
+        }
+    }
+}
+
+/// A ring's virtual nodes, laid out.
+struct Placement {
+    /// Owns the placement: every lookup goes through `HashRing::get`.
+    hashring: HashRing<VirtualNode, Positioned>,
+    /// Every virtual node in ring order, which `hashring` keeps private:
+    /// `nodes_for` walks it from the owner, and a rebuilt ring copies it.
+    clockwise: Vec<VirtualNode>,
+}
+
+/// A laid-out placement and the members its `VirtualNode::member` indexes.
+#[derive(Clone)]
+struct Base {
+    members: Arc<[NodeName]>,
+    placement: Arc<Placement>,
 }
 
 impl Ring {
@@ -237,16 +276,17 @@ impl Ring {
     /// taken as 1). Members are sorted and repeats dropped, so the input
     /// order never affects placement.
     pub fn new(members: impl IntoIterator<Item = NodeName>, vnodes: u32) -> Ring {
-        Ring::build(members, vnodes.max(1), None)
+        Ring::of(sorted(members), vnodes.max(1), None)
     }
 
     /// The ring of `members` with this ring's virtual nodes per member (a
     /// [members-only](Ring::members_only) ring gives another one). It places
-    /// every key as [`Ring::new`] would, but the members it shares with this
-    /// ring keep their virtual nodes, which are not hashed or sorted again:
-    /// a ring of 100 members of 256 vnodes that gains or loses one is
-    /// rebuilt in about a sixth of the time of `Ring::new` (0.16 ms against
-    /// 1.05 ms on a 2-core machine; BENCHMARKS.md).
+    /// every key as [`Ring::new`] would, but when laid out, the members it
+    /// shares with the last laid-out ring it was rebuilt from keep their
+    /// virtual nodes, which are not hashed or sorted again: a ring of 100
+    /// members of 256 vnodes that gains or loses one is laid out in about an
+    /// eighth of the time (0.15 ms against 1.2 ms on a 2-core machine;
+    /// BENCHMARKS.md).
     ///
     /// ```
     /// use cloister_core::{NodeName, Ring};
@@ -256,61 +296,52 @@ impl Ring {
     /// assert_eq!(four.node_for("user:42"), Ring::new(names, 256).node_for("user:42"));
     /// ```
     pub fn with_members(&self, members: impl IntoIterator<Item = NodeName>) -> Ring {
-        match self.vnodes {
-            0 => Ring::members_only(members),
-            vnodes => Ring::build(members, vnodes, Some(self)),
+        if self.vnodes == 0 {
+            return Ring::members_only(members);
         }
+        let base = match self.placement.get() {
+            Some(placement) => Some(Base {
+                members: self.members.as_slice().into(),
+                placement: Arc::clone(placement),
+            }),
+            None => self.base(),
+        };
+        Ring::of(sorted(members), self.vnodes, base)
     }
 
-    /// See [`Ring::with_members`]: `vnodes` is at least 1, and `previous`
-    /// (if any) has the same number.
-    fn build(
-        members: impl IntoIterator<Item = NodeName>,
-        vnodes: u32,
-        previous: Option<&Ring>,
-    ) -> Ring {
-        let mut members: Vec<NodeName> = members.into_iter().collect();
-        members.sort_unstable();
-        members.dedup();
-
-        // Where each member of `previous` sits in `members`, if it stayed.
-        // Both lists are sorted, so the kept members keep their order and
-        // the previous ring's order stays sorted under the new indexes.
-        let kept: Vec<Option<u32>> = previous.map_or_else(Vec::new, |previous| {
-            (previous.members.iter())
-                .map(|name| members.binary_search(name).ok().map(|i| i as u32))
-                .collect()
-        });
-        let reused =
-            (previous.map(|p| p.clockwise.iter()).into_iter().flatten()).filter_map(|vnode| {
-                let member = kept.get(vnode.member as usize).copied().flatten()?;
-                Some(VirtualNode { member, ..*vnode })
-            });
-        // The members new to this ring, hashed and sorted.
-        let mut arrived: Vec<VirtualNode> = (members.iter().enumerate())
-            .filter(|(_, name)| !previous.is_some_and(|previous| previous.contains(name)))
-            .flat_map(|(member, name)| {
-                (0..vnodes).map(move |replica| VirtualNode::of(name, member as u32, replica))
-            })
-            .collect();
-        arrived.sort_unstable();
-        // Ring order: by position, then (on a tie) by member name and
-        // replica, which is what the member index and replica sort by.
-        let clockwise = merge_sorted(reused, arrived, members.len() * vnodes as usize);
-
-        // `hashring` sorts what it is given, stably by position; given it
-        // in ring order, that sort finds nothing to move.
-        let mut placement = HashRing::with_hasher(Positioned);
-        placement.batch_add(clockwise.clone());
-
+    fn of(members: Vec<NodeName>, vnodes: u32, base: Option<Base>) -> Ring {
         let digest = Digest::of(&members);
         Ring {
             members,
             vnodes,
-            placement,
-            clockwise,
             digest,
+            placement: OnceLock::new(),
+            base: Mutex::new(base),
         }
+    }
+
+    /// The base to lay out from, if this ring is not laid out yet.
+    fn base(&self) -> Option<Base> {
+        // A panic while laying out cannot leave the base half-changed.
+        let base = self
+            .base
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        base.clone()
+    }
+
+    /// The virtual nodes, laid out now if they were not yet.
+    fn placement(&self) -> &Placement {
+        self.placement.get_or_init(|| {
+            let mut base = self
+                .base
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            Arc::new(match self.vnodes {
+                0 => Placement::empty(),
+                vnodes => Placement::lay_out(&self.members, vnodes, base.take().as_ref()),
+            })
+        })
     }
 
     /// A ring that only lists its members (for `ring = "external"`): the
@@ -325,23 +356,13 @@ impl Ring {
     /// assert_eq!(ring.node_for("user:42"), None);
     /// ```
     pub fn members_only(members: impl IntoIterator<Item = NodeName>) -> Ring {
-        let mut members: Vec<NodeName> = members.into_iter().collect();
-        members.sort_unstable();
-        members.dedup();
-        let digest = Digest::of(&members);
-        Ring {
-            members,
-            vnodes: 0,
-            placement: HashRing::with_hasher(Positioned),
-            clockwise: Vec::new(),
-            digest,
-        }
+        Ring::of(sorted(members), 0, None)
     }
 
     /// The member that owns `key`, or `None` when the ring is empty (or
     /// [members only](Ring::members_only)).
     pub fn node_for(&self, key: impl AsRef<[u8]>) -> Option<&NodeName> {
-        self.placement
+        (self.placement().hashring)
             .get(&KeyBytes(key.as_ref()))
             .map(|vnode| &self.members[vnode.member as usize])
     }
@@ -352,12 +373,13 @@ impl Ring {
     pub fn nodes_for(&self, key: impl AsRef<[u8]>, n: usize) -> Vec<&NodeName> {
         let wanted = n.min(self.members.len());
         let mut found = Vec::with_capacity(wanted);
-        let Some(owner) = self.placement.get(&KeyBytes(key.as_ref())) else {
+        let placement = self.placement();
+        let Some(owner) = placement.hashring.get(&KeyBytes(key.as_ref())) else {
             return found;
         };
         let mut listed = vec![false; self.members.len()];
-        let position = self.clockwise.partition_point(|vnode| vnode < owner);
-        let (before, from_owner) = self.clockwise.split_at(position);
+        let position = (placement.clockwise).partition_point(|vnode| vnode < owner);
+        let (before, from_owner) = placement.clockwise.split_at(position);
         for vnode in from_owner.iter().chain(before) {
             if found.len() == wanted {
                 break;
@@ -407,8 +429,9 @@ impl Ring {
     /// ring. For operators: how evenly the ring spreads keys.
     pub fn shares(&self) -> Vec<(NodeName, f64)> {
         let mut owned = vec![0u32; self.members.len()];
+        let placement = self.placement();
         for key in 0..Self::SHARE_SAMPLES {
-            if let Some(vnode) = self.placement.get(&KeyBytes(&key.to_le_bytes())) {
+            if let Some(vnode) = placement.hashring.get(&KeyBytes(&key.to_le_bytes())) {
                 owned[vnode.member as usize] += 1;
             }
         }
@@ -434,6 +457,64 @@ impl fmt::Debug for Ring {
             .field("digest", &self.digest)
             .finish()
     }
+}
+
+impl Placement {
+    fn empty() -> Placement {
+        Placement {
+            hashring: HashRing::with_hasher(Positioned),
+            clockwise: Vec::new(),
+        }
+    }
+
+    /// The virtual nodes of `members` (sorted and distinct), `vnodes` each;
+    /// those of members `base` has are copied from it, not hashed again.
+    fn lay_out(members: &[NodeName], vnodes: u32, base: Option<&Base>) -> Placement {
+        // Where each member of `base` sits in `members`, if it stayed. Both
+        // lists are sorted, so the kept members keep their order and the
+        // base's ring order stays sorted under the new indexes.
+        let kept: Vec<Option<u32>> = base.map_or_else(Vec::new, |base| {
+            (base.members.iter())
+                .map(|name| members.binary_search(name).ok().map(|i| i as u32))
+                .collect()
+        });
+        let reused = (base
+            .map(|b| b.placement.clockwise.iter())
+            .into_iter()
+            .flatten())
+        .filter_map(|vnode| {
+            let member = kept.get(vnode.member as usize).copied().flatten()?;
+            Some(VirtualNode { member, ..*vnode })
+        });
+        // The members new to this ring, hashed and sorted.
+        let mut arrived: Vec<VirtualNode> = (members.iter().enumerate())
+            .filter(|(_, name)| base.is_none_or(|base| base.members.binary_search(name).is_err()))
+            .flat_map(|(member, name)| {
+                (0..vnodes).map(move |replica| VirtualNode::of(name, member as u32, replica))
+            })
+            .collect();
+        arrived.sort_unstable();
+        // Ring order: by position, then (on a tie) by member name and
+        // replica, which is what the member index and replica sort by.
+        let clockwise = merge_sorted(reused, arrived, members.len() * vnodes as usize);
+
+        // `hashring` sorts what it is given, stably by position; given it
+        // in ring order, that sort finds nothing to move.
+        let mut hashring = HashRing::with_hasher(Positioned);
+        hashring.batch_add(clockwise.clone());
+        Placement {
+            hashring,
+            clockwise,
+        }
+    }
+}
+
+/// Sorted and distinct.
+fn sorted(members: impl IntoIterator<Item = NodeName>) -> Vec<NodeName> {
+    let mut members: Vec<NodeName> = members.into_iter().collect();
+    members.sort_unstable();
+    members.dedup();
+    members
 }
 
 /// `a` and `b`, each sorted, as one sorted list of `len` entries.
@@ -525,6 +606,31 @@ mod tests {
             assert_eq!(owner, Some(expected[0]), "node_for({key:?})");
         }
         assert_eq!(ring.digest().to_string(), GOLDEN_DIGEST);
+    }
+
+    #[test]
+    fn a_ring_is_laid_out_at_its_first_lookup_and_lets_its_base_go() {
+        let members = five();
+        let first = Ring::new(members[..3].to_vec(), 64);
+        assert!(first.placement.get().is_none(), "no lookup yet");
+        // Rebuilt before any lookup: nothing to reuse, and nothing laid out.
+        let second = first.with_members(members[..4].to_vec());
+        assert!(second.placement.get().is_none() && second.base().is_none());
+        assert!(second.node_for("user:42").is_some());
+        // Rebuilt from a laid-out ring, then again: the last layout is the
+        // base of both, until the newest is laid out and lets it go.
+        let third = second.with_members(members.clone());
+        let fourth = third.with_members(members[1..].to_vec());
+        let base = fourth.base().expect("the second ring's layout");
+        assert_eq!(&base.members[..], &members[..4]);
+        assert_eq!(
+            fourth.nodes_for("user:42", 4),
+            Ring::new(members[1..].to_vec(), 64).nodes_for("user:42", 4)
+        );
+        assert!(fourth.base().is_none());
+        // Three holders of the second ring's layout: itself, the third
+        // ring (still unlaid) and `base` here; the fourth gave it up.
+        assert_eq!(Arc::strong_count(&base.placement), 3);
     }
 
     #[test]

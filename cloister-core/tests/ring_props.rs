@@ -91,17 +91,29 @@ proptest! {
     fn a_ring_rebuilt_from_another_places_every_key_as_a_new_ring(
         pool in members(1..16),
         before in prop::collection::vec(any::<bool>(), 16),
+        between in prop::collection::vec(any::<bool>(), 16),
         after in prop::collection::vec(any::<bool>(), 16),
         vnodes in vnodes(),
+        looked_up in any::<(bool, bool)>(),
         keys in keys(),
     ) {
-        // Two memberships drawn from one pool: some members stay, some
-        // leave, some arrive, any of them may be empty.
+        // Three memberships drawn from one pool: some members stay, some
+        // leave, some arrive, any of them may be empty. Each ring is laid
+        // out at its first lookup, from the last laid-out ring before it:
+        // the first, the one between, or none.
         let pick = |chosen: &[bool]| -> Vec<NodeName> {
             pool.iter().zip(chosen).filter(|(_, c)| **c).map(|(m, _)| m.clone()).collect()
         };
-        let (before, after) = (pick(&before), pick(&after));
-        let rebuilt = Ring::new(before.clone(), vnodes).with_members(after.clone());
+        let (before, between, after) = (pick(&before), pick(&between), pick(&after));
+        let first = Ring::new(before.clone(), vnodes);
+        if looked_up.0 {
+            let _ = first.node_for("lay it out");
+        }
+        let second = first.with_members(between);
+        if looked_up.1 {
+            let _ = second.node_for("lay it out");
+        }
+        let rebuilt = second.with_members(after.clone());
         let fresh = Ring::new(after.clone(), vnodes);
         prop_assert_eq!(rebuilt.members(), fresh.members());
         prop_assert_eq!(rebuilt.digest(), fresh.digest());

@@ -66,10 +66,9 @@ impl Membership {
     /// crash leaves the ring without delay; but within [`ring_batch`] of
     /// the last rebuild it waits for the end of that spell, and every
     /// change that arrives meanwhile (a burst of joins while a cluster
-    /// forms) shares one rebuild. A ring of 100 members of 256 vnodes takes
-    /// about 0.16 ms to rebuild (1 ms from nothing); rebuilding it once per
-    /// join made formation cost O(n²) per node. A small ring rebuilds in
-    /// microseconds and hardly waits.
+    /// forms) shares one rebuild: one ring, one `ring_changed`, and at most
+    /// one layout of its virtual nodes by whoever looks a key up in it
+    /// (about 0.15 ms for 100 members of 256 vnodes; see [`Ring`]).
     pub(super) fn membership_changed(&mut self, now: Duration) {
         let spacing = ring_batch(&self.config, 1 + self.members, self.ring_vnodes());
         let due = match self.last_rebuild {
@@ -177,14 +176,15 @@ impl Membership {
     }
 }
 
-/// The shortest time between two ring rebuilds: 100 ns per ring point, about
-/// sixteen times what a rebuild that keeps most members takes
-/// (`Ring::with_members`: 160 us for 100 members of 256 vnodes on a 2-core
-/// machine), so rebuilds cost at most a sixteenth of a core however fast
-/// members change; at most a sixteenth of the heartbeat interval. 100
-/// members of 256 vnodes: 2.6 ms; 3 members: 77 us. (It was 750 ns per
-/// point while every rebuild hashed and sorted the whole ring; the shorter
-/// spacing formed 100 processes about 90 ms sooner, BENCHMARKS.md.)
+/// The shortest time between two ring rebuilds: 100 ns per ring point,
+/// about six times what laying out a rebuilt ring takes when it keeps most
+/// members (`Ring::with_members` and a lookup: 150 us for 100 members of
+/// 256 vnodes on a 2-core machine), so the layouts of a node that routes
+/// keys cost it at most a sixth of a core however fast members change; at
+/// most a sixteenth of the heartbeat interval. 100 members of 256 vnodes:
+/// 2.6 ms; 3 members: 77 us. (It was 750 ns per point while every rebuild
+/// hashed and sorted the whole ring; the shorter spacing formed 100
+/// processes about 90 ms sooner, BENCHMARKS.md.)
 pub(super) fn ring_batch(config: &Config, members: usize, vnodes: u32) -> Duration {
     const PER_POINT: Duration = Duration::from_nanos(100);
     let points = u32::try_from(members)
