@@ -322,25 +322,24 @@ impl Ring {
 
     /// The base to lay out from, if this ring is not laid out yet.
     fn base(&self) -> Option<Base> {
-        // A panic while laying out cannot leave the base half-changed.
-        let base = self
-            .base
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        base.clone()
+        self.base_slot().clone()
+    }
+
+    /// The lock is held only to copy or clear the base, never while laying
+    /// out; nothing can panic under it, but a poisoned one is still whole.
+    fn base_slot(&self) -> std::sync::MutexGuard<'_, Option<Base>> {
+        (self.base.lock()).unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The virtual nodes, laid out now if they were not yet.
     fn placement(&self) -> &Placement {
         self.placement.get_or_init(|| {
-            let mut base = self
-                .base
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            Arc::new(match self.vnodes {
+            let placement = Arc::new(match self.vnodes {
                 0 => Placement::empty(),
-                vnodes => Placement::lay_out(&self.members, vnodes, base.take().as_ref()),
-            })
+                vnodes => Placement::lay_out(&self.members, vnodes, self.base().as_ref()),
+            });
+            *self.base_slot() = None;
+            placement
         })
     }
 

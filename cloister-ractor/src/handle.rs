@@ -304,6 +304,29 @@ impl Cloister {
         self.view.load().ring.members().to_vec()
     }
 
+    /// The peers this node has a ready ractor_cluster session with, sorted:
+    /// every other member under a full mesh; under `sessions = "bounded"`,
+    /// its neighbours and the members it opened sessions to for routing.
+    /// Read from the Manager's last published view, like every other read
+    /// here: no message to the Manager.
+    ///
+    /// # Examples
+    ///
+    /// Log how many sessions this node holds:
+    ///
+    /// ```no_run
+    /// # fn demo(cloister: cloister_ractor::Cloister) {
+    /// let sessions = cloister.sessions();
+    /// println!("{} session(s): {sessions:?}", sessions.len());
+    /// # }
+    /// ```
+    pub fn sessions(&self) -> Vec<NodeName> {
+        let mut peers: Vec<NodeName> = self.view.load().sessions.values().cloned().collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
     /// The current ring itself, for many lookups against one version.
     ///
     /// # Examples

@@ -312,6 +312,7 @@ fn assert_stopped(cloister: &Cloister, cause: &str) {
     );
     assert_eq!(cloister.sentry(), None, "a stopped node names a sentry");
     assert!(cloister.members().is_empty(), "{:?}", cloister.members());
+    assert!(cloister.sessions().is_empty(), "{:?}", cloister.sessions());
     assert_eq!(cloister.node_for("user:42"), None);
     match cloister.route(IDLE, "user:42", Nudge) {
         Err(RouteError::Stopped(why)) => assert!(why.contains(cause), "{why}"),

@@ -60,8 +60,6 @@ pub enum CloisterMessage {
     Report(RpcReplyPort<AssemblyReport>),
     /// Replies with the owner of a key, for callers inside actors.
     NodeFor(String, RpcReplyPort<Option<NodeName>>),
-    /// Replies with the peers that have a live ractor_cluster session.
-    Sessions(RpcReplyPort<Vec<NodeName>>),
     /// Subscribes an actor to topology events; sent by [`crate::subscribe`],
     /// the only way to make a [`Subscriber`].
     Subscribe(Subscriber),
@@ -196,6 +194,7 @@ impl Actor for CloisterManager {
         let mut state = ManagerState {
             machine,
             epoch: Instant::now(),
+            span: span.clone(),
             node_server,
             names: config.tls_check_names.then(Default::default),
             tls,
@@ -259,7 +258,7 @@ impl Actor for CloisterManager {
         // A root span: ractor runs a handler inside the span its message was
         // sent from, and the Manager sends itself messages from inside this
         // one, which nested it once per hop.
-        let span = tracing::info_span!(parent: None, "cloister", node = %state.machine.name());
+        let span = state.span.clone();
         let _in_span = span.enter();
         match message {
             CloisterMessage::AwaitConsensus(reply) => {
@@ -288,12 +287,6 @@ impl Actor for CloisterManager {
             }
             CloisterMessage::NodeFor(key, reply) => {
                 let _ = reply.send(state.machine.ring().node_for(key).cloned());
-            }
-            CloisterMessage::Sessions(reply) => {
-                let mut peers: Vec<NodeName> = state.sessions.values().cloned().collect();
-                peers.sort();
-                peers.dedup();
-                let _ = reply.send(peers);
             }
             CloisterMessage::Subscribe(subscriber) => {
                 let snapshot = state.machine.snapshot();

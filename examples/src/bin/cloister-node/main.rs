@@ -257,7 +257,6 @@ impl ractor::Message for PrinterMsg {}
 
 struct PrinterState {
     cloister: Cloister,
-    manager: ActorRef<CloisterMessage>,
     show_keys: Vec<String>,
     key_sample: Option<u32>,
     sessions: Option<Vec<NodeName>>,
@@ -299,12 +298,11 @@ impl Actor for Printer {
             }
             PrinterMsg::Trim => state.trim.run(),
             PrinterMsg::PollSessions => {
-                if let Ok(peers) = ractor::call_t!(state.manager, CloisterMessage::Sessions, 1_000)
-                {
-                    if state.sessions.as_ref() != Some(&peers) {
-                        emit(&me, "sessions", json!({ "peers": peers }));
-                        state.sessions = Some(peers);
-                    }
+                // From the handle's view: the Manager is not woken for it.
+                let peers = state.cloister.sessions();
+                if state.sessions.as_ref() != Some(&peers) {
+                    emit(&me, "sessions", json!({ "peers": peers }));
+                    state.sessions = Some(peers);
                 }
             }
         }
@@ -396,7 +394,6 @@ impl Actor for Root {
         let (manager, _, cloister) = CloisterManager::start(args.config, options).await?;
         let printer = PrinterState {
             cloister: cloister.clone(),
-            manager: manager.clone(),
             show_keys: args.show_keys,
             key_sample: args.key_sample,
             sessions: None,
