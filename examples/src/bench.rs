@@ -79,7 +79,11 @@ pub fn status_kib(status: &str, field: &str) -> Result<u64> {
         .ok_or_else(|| anyhow!("no {field} in /proc status"))
 }
 
-/// utime + stime of a process, in clock ticks.
+/// Seconds of CPU per clock tick of `/proc/<pid>/stat`: USER_HZ is 100 on
+/// Linux.
+pub const TICK_SECONDS: f64 = 0.01;
+
+/// utime + stime of a process, in clock ticks (see [`TICK_SECONDS`]).
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may hold spaces: fields are counted after its `)`.
@@ -146,11 +150,10 @@ pub fn idle_cost(pids: &[u32], idle: Duration) -> Result<(Vec<f64>, Vec<Memory>)
     std::thread::sleep(idle);
     let after: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect::<Result<_>>()?;
     let elapsed = start.elapsed().as_secs_f64();
-    // USER_HZ is 100 on Linux: a tick is 10 ms.
     let cpu = before
         .iter()
         .zip(&after)
-        .map(|(b, a)| a.saturating_sub(*b) as f64 * 10.0 / 1000.0 / elapsed * 100.0)
+        .map(|(b, a)| a.saturating_sub(*b) as f64 * TICK_SECONDS / elapsed * 100.0)
         .collect();
     let mut memory = Vec::with_capacity(pids.len());
     for &pid in pids {

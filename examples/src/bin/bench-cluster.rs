@@ -49,7 +49,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Parser;
 use cloister_core::Config;
 use cloister_examples::bench::{
-    cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms, wait_dropped,
+    cpu_ticks, node_binary, node_config, status_kib, ts, unix_ms, wait_dropped, TICK_SECONDS,
 };
 use cloister_examples::certs::{ClusterCerts, Crypto, Tls};
 use cloister_ractor::testing::{all_of, LocalCluster};
@@ -434,11 +434,10 @@ impl Bench {
                 .hwm
                 .push(status_kib(&status, "VmHWM:")? as f64 / 1024.0);
         }
-        // USER_HZ is 100 on Linux: a tick is 10 ms.
         memory.cpu = before
             .iter()
             .zip(&after)
-            .map(|(b, a)| (a - b) as f64 * 10.0 / 1000.0 / elapsed * 100.0)
+            .map(|(b, a)| (a - b) as f64 * TICK_SECONDS / elapsed * 100.0)
             .collect();
         Ok(memory)
     }

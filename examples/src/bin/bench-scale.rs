@@ -35,6 +35,7 @@ use anyhow::Result;
 use clap::Parser;
 use cloister_examples::bench::{
     cpu_ticks, idle_cost, median, node_binary, node_config, ts, unix_ms, wait_dropped, Sizes,
+    TICK_SECONDS,
 };
 use cloister_ractor::testing::{all_of, LocalCluster};
 
@@ -178,7 +179,7 @@ fn measure(binary: &PathBuf, n: usize, run_no: usize, args: &Args) -> Result<Run
         formation_ms: None,
         ready: ready_at.len(),
         spawn_ms: last_spawn - spawned[0],
-        forming_cpu_s: ticks as f64 / 100.0,
+        forming_cpu_s: ticks as f64 * TICK_SECONDS,
         cpu: Vec::new(),
         memory: Vec::new(),
         false_drops: 0,
