@@ -2124,3 +2124,45 @@ mod hostile {
         }
     }
 }
+
+// ---- Heartbeat rounds on the grid ------------------------------------------
+
+/// Rounds fall on multiples of the interval (`cloister_core::timer`), so a
+/// round may run a little later after its grid point than the round before
+/// ran after its own. A neighbour whose table differs still gets the whole
+/// table at every round: the once-an-interval limit counts from the round's
+/// grid point, not from the moment it ran.
+#[test]
+fn a_neighbour_whose_table_differs_gets_it_every_round_however_late_rounds_run() {
+    let mut config = config(&[A], 2);
+    config.sessions = cloister_core::config::Sessions::Bounded;
+    let every = config.heartbeat_interval;
+    let mut m = machine(config, SEED);
+    m.handle(ms(0), Input::Start);
+    drain(&mut m);
+    admit(&mut m, ms(5), A, 1, 2);
+    // A's table differs from ours from now on.
+    let behind = |m: &Me| Heartbeat {
+        table: 0x7AB1E,
+        ..hb(m, A, 2, m.ring().digest())
+    };
+    let mut tables = 0;
+    // Rounds at 1, 4, 2, 5, 3, ... ms past their grid points: each odd one
+    // runs earlier after its grid point than the one before it.
+    for k in 1..=12u32 {
+        let late = ms([1, 4, 2, 5, 3, 6][k as usize % 6]);
+        let round = every * k + late;
+        m.handle(every * k - ms(1), Input::Heartbeat(behind(&m)));
+        drain(&mut m);
+        m.handle_timeout(round);
+        let effects = drain(&mut m);
+        let sent_table = effects.iter().any(|effect| {
+            matches!(effect, Effect::SendHeartbeat { to, heartbeat }
+                if *to == n(A) && !heartbeat.news.is_empty())
+        });
+        tables += usize::from(sent_table);
+    }
+    // The mismatch is first seen before round 1; a table is due an interval
+    // later, then at every round.
+    assert!(tables >= 11, "the table went out at {tables} of 12 rounds");
+}

@@ -232,7 +232,10 @@ pub struct Config {
     pub session_grace: Duration,
     /// How often this node sends a heartbeat to each member that watches it
     /// (see `monitors`). Default 300ms, more than zero. Shorter detects
-    /// freezes sooner for more traffic.
+    /// freezes sooner for more traffic. Rounds fall on multiples of the
+    /// interval in wall-clock time, so every node's rounds coincide (within
+    /// the hosts' clock skew) and a node wakes once for its watchers'
+    /// heartbeats rather than once each.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// The silence after which a peer counts as down and leaves the ring.

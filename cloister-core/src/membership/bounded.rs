@@ -229,8 +229,10 @@ impl Membership {
 
     /// Once per heartbeat round: the whole table to each neighbour whose
     /// digest has differed for an interval (at most once an interval each),
-    /// and down facts past their time forgotten.
-    pub(super) fn table_round(&mut self, now: Duration) {
+    /// and down facts past their time forgotten. A table sent is stamped
+    /// with the round's grid point, not the moment the round ran, so a
+    /// round that runs a little later than the one before still sends.
+    pub(super) fn table_round(&mut self, now: Duration, round: Duration) {
         if !self.is_bounded() {
             return;
         }
@@ -241,7 +243,7 @@ impl Membership {
             .filter(|(_, p)| p.session.is_some() && p.member.is_some())
             .filter(|(_, p)| p.mismatch_since.is_some_and(|at| at + interval <= now))
             .map(|(n, p)| {
-                p.mismatch_since = Some(now);
+                p.mismatch_since = Some(round);
                 n.clone()
             })
             .collect();

@@ -13,7 +13,7 @@ impl Membership {
         self.started_at = Some(now);
         self.set_state(NodeState::Assembling);
         self.say_up(now);
-        self.next_heartbeat = Some(now + self.config.heartbeat_interval);
+        self.next_heartbeat = Some(next_round(now, self.config.heartbeat_interval));
         match self.config.sentry.clone() {
             Sentry::Nodes(nodes) => self.discovered(now, nodes),
             Sentry::Service(_) => {

@@ -67,6 +67,7 @@ use crate::events::{DownReason, NodeState, Snapshot, TopologyEvent};
 use crate::names::{Incarnation, NodeName, SentryNode};
 use crate::ring::Ring;
 use crate::tally::Tally;
+use crate::timer::next_round;
 
 pub use downing::{downed, Who};
 use gossip::Facts;
@@ -451,9 +452,9 @@ impl Membership {
         if self.next_introduce.is_some_and(|at| at <= now) {
             self.introduce(now);
         }
-        if self.next_heartbeat.is_some_and(|at| at <= now) {
-            self.heartbeat_round(now);
-            self.next_heartbeat = Some(now + self.config.heartbeat_interval);
+        if let Some(round) = self.next_heartbeat.filter(|at| *at <= now) {
+            self.heartbeat_round(now, round);
+            self.next_heartbeat = Some(next_round(now, self.config.heartbeat_interval));
         }
         self.expire_handshakes(now);
         self.end_graces(now, true);

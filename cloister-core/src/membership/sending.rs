@@ -41,7 +41,9 @@ impl Membership {
     /// that we watch them (a heartbeat lost while a session was replaced).
     /// With a quorum, also to members a new observation goes to, and one
     /// probe (see `probes`).
-    pub(super) fn heartbeat_round(&mut self, now: Duration) {
+    /// `round` is the grid point the round was due at (see
+    /// [`crate::timer::next_round`]); `now` may be a little later.
+    pub(super) fn heartbeat_round(&mut self, now: Duration, round: Duration) {
         let overdue = now.saturating_sub(2 * self.config.heartbeat_interval);
         // What this node hears against others' records ages.
         self.reachability_aged(now);
@@ -63,7 +65,7 @@ impl Membership {
             self.send_heartbeat(name, false);
         }
         self.probe_round(now);
-        self.table_round(now);
+        self.table_round(now, round);
         if self.is_bounded() {
             self.update_wanted(now); // the ring may have settled
         }

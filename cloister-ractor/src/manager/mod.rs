@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use cloister_core::config::Sessions;
@@ -193,7 +193,7 @@ impl Actor for CloisterManager {
         let upgrade = Upgrade::new(tls.as_ref(), config.tls_check_names.then(|| myself.clone()));
         let mut state = ManagerState {
             machine,
-            epoch: Instant::now(),
+            epoch: state::clock_origin(config.heartbeat_interval),
             span: span.clone(),
             node_server,
             names: config.tls_check_names.then(Default::default),

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cloister_core::timer::Arm;
+use cloister_core::timer::{grid_phase, Arm};
 
 use arc_swap::ArcSwap;
 use cloister_core::config::Sessions;
@@ -82,6 +82,18 @@ pub struct ManagerState {
     pub(super) leave_waiters: Vec<RpcReplyPort<LeaveOutcome>>,
     /// When the leave began (core clock).
     pub(super) leave_started: Option<Duration>,
+}
+
+/// The origin of a Manager's clock: the last moment before now that wall
+/// time was a multiple of `heartbeat_interval`, so this node's heartbeat
+/// rounds fall when every other node's do (see `cloister_core::timer`).
+pub(super) fn clock_origin(heartbeat_interval: Duration) -> Instant {
+    let now = Instant::now();
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now.checked_sub(grid_phase(wall, heartbeat_interval))
+        .unwrap_or(now)
 }
 
 impl ManagerState {
@@ -451,4 +463,27 @@ fn progress_line(report: &AssemblyReport) -> String {
             .map(|e| format!("; discovery: {e}"))
             .unwrap_or_default(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_starts_on_the_wall_clock_heartbeat_grid() {
+        let every = Duration::from_millis(300);
+        let origin = clock_origin(every);
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        // Where the origin sits in wall time, against the grid: at a
+        // multiple of the interval, give or take the microseconds between
+        // the two readings of the clocks.
+        let phase = grid_phase(wall.saturating_sub(origin.elapsed()), every);
+        let off = phase.min(every - phase);
+        assert!(
+            off < Duration::from_millis(5),
+            "the origin is {phase:?} past a multiple of {every:?}"
+        );
+    }
 }
