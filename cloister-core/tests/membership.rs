@@ -2147,8 +2147,8 @@ fn a_neighbour_whose_table_differs_gets_it_every_round_however_late_rounds_run()
         ..hb(m, A, 2, m.ring().digest())
     };
     let mut tables = 0;
-    // Rounds at 1, 4, 2, 5, 3, ... ms past their grid points: each odd one
-    // runs earlier after its grid point than the one before it.
+    // Rounds run 4, 2, 5, 3, 6, 1, 4, ... ms past their grid points: every
+    // other one runs earlier past its grid point than the one before it.
     for k in 1..=12u32 {
         let late = ms([1, 4, 2, 5, 3, 6][k as usize % 6]);
         let round = every * k + late;
