@@ -50,10 +50,48 @@ pub fn node_binary(binary: Option<&Path>) -> Result<PathBuf> {
     if cfg!(debug_assertions) {
         eprintln!("warning: a debug build; run with `cargo run --release` for real figures");
     }
-    match binary {
-        Some(path) => Ok(path.to_path_buf()),
-        None => crate::build_node_binary("cloister-node").context("building cloister-node"),
+    let binary = match binary {
+        Some(path) => path.to_path_buf(),
+        None => crate::build_node_binary("cloister-node").context("building cloister-node")?,
+    };
+    if let Some((matched, listed)) = order_list_matched(&binary) {
+        if matched * 10 < listed * 9 {
+            eprintln!(
+                "warning: {} defines {matched} of the {listed} functions in \
+                 examples/order/cloister-node.txt: the list is stale or the binary was \
+                 built without it, and its VmRSS reads high; see examples/order/README.md",
+                binary.display()
+            );
+        }
     }
+    Ok(binary)
+}
+
+/// How many of the names in `examples/order/cloister-node.txt` `binary`
+/// defines, and how many the list holds, read with `nm` (`None` when `nm`
+/// cannot read it).
+fn order_list_matched(binary: &Path) -> Option<(usize, usize)> {
+    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("order/cloister-node.txt");
+    let list = fs::read_to_string(list).ok()?;
+    let nm = std::process::Command::new("nm")
+        .arg("--defined-only")
+        .arg(binary)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())?;
+    Some(count_listed(&list, &String::from_utf8_lossy(&nm.stdout)))
+}
+
+/// Of the names in `list` (one per line), how many are among the symbols of
+/// `nm_output` (`address type name` lines), and how many `list` holds.
+fn count_listed(list: &str, nm_output: &str) -> (usize, usize) {
+    let defined: std::collections::HashSet<&str> = nm_output
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .collect();
+    let names: Vec<&str> = list.lines().filter(|l| !l.trim().is_empty()).collect();
+    let matched = names.iter().filter(|name| defined.contains(*name)).count();
+    (matched, names.len())
 }
 
 /// Now, in unix milliseconds (the clock of the nodes' `ts` fields).
@@ -213,4 +251,19 @@ pub struct Sizes {
     /// its drops) is counted.
     #[arg(long, default_value_t = 20)]
     pub idle: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_order_list_is_matched_against_the_binarys_defined_symbols() {
+        let list = "_ZN4hot1\n_ZN4hot2\n\n_ZN4gone\n";
+        let nm = "0000000000401000 T _ZN4hot1\n\
+                  0000000000402000 t _ZN4hot2\n\
+                  0000000000403000 T _ZN5other\n";
+        assert_eq!(count_listed(list, nm), (2, 3));
+        assert_eq!(count_listed(list, ""), (0, 3));
+    }
 }
