@@ -691,9 +691,27 @@ fn agreed(nodes: &[&View], members: &BTreeSet<String>) -> Option<String> {
 /// Waits until exactly `n` containers run, and every one of them is ready
 /// with a ring of all of them (named after their IPs) and one digest.
 fn wait_all_agree(project: &Project, n: usize, what: &str) -> Vec<View> {
+    wait_agree_and(project, n, what, |_| true)
+}
+
+/// [`wait_all_agree`], and every one of them has printed `app_started`.
+/// The node prints it after `ready`, from another actor, so a view taken
+/// at agreement may not hold it yet.
+fn wait_all_started(project: &Project, n: usize, what: &str) -> Vec<View> {
+    wait_agree_and(project, n, what, |v| {
+        v.after(0, "app_started").next().is_some()
+    })
+}
+
+fn wait_agree_and(
+    project: &Project,
+    n: usize,
+    what: &str,
+    also: impl Fn(&View) -> bool,
+) -> Vec<View> {
     project.wait(what, |views| {
         let nodes = live(views);
-        if nodes.len() != n || nodes.iter().any(|v| v.ip.is_none()) {
+        if nodes.len() != n || nodes.iter().any(|v| v.ip.is_none() || !also(v)) {
             return None;
         }
         let names: BTreeSet<String> = nodes
