@@ -1004,6 +1004,64 @@ fn a_node_that_did_not_run_holds_its_own_stall_against_no_member() {
     assert!(drain(&mut m).contains(&down(A, 7, Unresponsive)));
 }
 
+/// Under bounded sessions, whether `effects` tell a neighbour that `node`
+/// is down.
+fn says_down(effects: &[Effect], node: &str) -> bool {
+    effects.iter().any(|effect| {
+        matches!(effect, Effect::SendHeartbeat { heartbeat, .. }
+            if heartbeat.news.iter().any(|f| f.node == n(node) && f.down.is_some()))
+    })
+}
+
+/// ME, with bounded sessions, and A and B admitted over sessions 1 and 2.
+fn bounded_with_a_and_b() -> Me {
+    let mut config = config(&[A, B], 3);
+    config.sessions = cloister_core::config::Sessions::Bounded;
+    let mut m = machine(config, SEED);
+    m.handle(ms(0), Input::Start);
+    drain(&mut m);
+    admit(&mut m, ms(5), A, 1, 7);
+    admit(&mut m, ms(5), B, 2, 8);
+    run_until(&mut m, ms(50));
+    m
+}
+
+/// A node that did not run for seconds (SIGSTOP) was dropped meanwhile by
+/// the peers that watch it, and they let its sessions go. Waking, it finds
+/// those sessions closed. That is no sign that the peers crashed, and it
+/// must not tell the cluster they did: every ring would drop healthy
+/// members until they said up again. It lets them go from its own ring
+/// only, and redials. The closes may come before or after its overdue
+/// wake-up; a close while it runs is still told to every neighbour.
+#[test]
+fn a_node_waking_from_a_stall_does_not_say_that_peers_that_closed_on_it_crashed() {
+    // The close handled before the overdue wake-up, then after it.
+    for close_first in [true, false] {
+        let mut m = bounded_with_a_and_b();
+        let woke = ms(3000);
+        if !close_first {
+            m.handle_timeout(woke);
+        }
+        m.handle(woke, session_down(A, 1));
+        let mut effects = drain(&mut m);
+        effects.extend(run_until(&mut m, woke + ms(50)).into_iter().map(|(_, e)| e));
+        assert!(effects.contains(&down(A, 7, Crashed)), "{effects:#?}");
+        assert!(effects.iter().any(|e| matches!(e, Effect::Stalled { .. })));
+        assert!(
+            !says_down(&effects, A),
+            "close first: {close_first}: ME told B that A crashed: {effects:#?}"
+        );
+        assert!(effects.contains(&dial(A)), "A is redialed: {effects:#?}");
+    }
+
+    // Awake, the same close is a crash, and B hears of it.
+    let mut m = bounded_with_a_and_b();
+    m.handle(ms(60), session_down(A, 1));
+    let mut effects = drain(&mut m);
+    effects.extend(run_until(&mut m, ms(110)).into_iter().map(|(_, e)| e));
+    assert!(says_down(&effects, A), "{effects:#?}");
+}
+
 #[test]
 fn a_silent_member_is_dropped_then_its_session_after_another_timeout() {
     let mut m = started(&[A], 2);

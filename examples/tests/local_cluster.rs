@@ -355,6 +355,46 @@ fn a_frozen_node_leaves_the_rings_of_members_that_do_not_watch_it() {
     ok(cluster.wait_ready(&all, DEADLINE));
 }
 
+/// A node frozen until the peers that dropped it let its sessions go wakes
+/// to find those sessions closed. It must not tell the cluster that those
+/// peers crashed: under bounded sessions that dropped healthy members from
+/// every ring until they said up again (found by `bench-soak`).
+#[test]
+fn a_node_thawed_after_its_sessions_were_let_go_drops_nobody_else() {
+    let _serial = serial();
+    let cluster = cluster(7)
+        .env("CLOISTER_MONITORS", "2")
+        .env("CLOISTER_SESSIONS", "bounded")
+        .start()
+        .unwrap();
+    let all: Vec<usize> = (0..7).collect();
+    ok(cluster.wait_ready(&all, DEADLINE));
+    let mark = marks(&cluster);
+    let frozen = 3;
+    let victim = cluster.node_name(frozen).to_string();
+    let others: Vec<usize> = all.iter().copied().filter(|&i| i != frozen).collect();
+
+    cluster.pause(frozen).unwrap();
+    for &i in &others {
+        ok(cluster.wait_for(i, DEADLINE, |events| {
+            saw_down(events, mark[i], &victim, "unresponsive")
+        }));
+    }
+    // Its watchers hold its sessions for a heartbeat timeout (500 ms with
+    // the test timers), then let them go.
+    thread::sleep(Duration::from_millis(1500));
+    cluster.resume(frozen).unwrap();
+    ok(cluster.wait_ready(&all, DEADLINE));
+    thread::sleep(Duration::from_secs(1));
+    for &i in &others {
+        let events = cluster.events(i);
+        let wrong: Vec<_> = all_of(&events[mark[i]..], "node_down")
+            .filter(|e| e["peer"] != victim.as_str())
+            .collect();
+        assert!(wrong.is_empty(), "{}: {wrong:?}", cluster.node_name(i));
+    }
+}
+
 #[test]
 fn strangers_and_garbage_leave_the_cluster_intact() {
     let _serial = serial();

@@ -251,19 +251,34 @@ impl Membership {
         }
     }
 
-    /// This wake-up came `late` after it was due. More than a heartbeat
-    /// interval late, this node itself did not run (an overloaded machine,
-    /// a paused process): the heartbeats its watched members sent meanwhile
-    /// wait in its mailbox, so the silence does not count against them.
-    /// Their deadlines move on by as much, and the operator is told.
-    pub(super) fn excuse_own_stall(&mut self, now: Duration, late: Duration) {
-        if late <= self.config.heartbeat_interval {
+    /// Whether this node did not run for a while: a timer more than a
+    /// heartbeat interval overdue (an overloaded machine, a paused process).
+    /// Checked before every input and timeout, since what waited in the
+    /// mailbox may come before the overdue wake-up. The heartbeats its
+    /// watched members sent meanwhile wait in its mailbox too, so their
+    /// silence does not count against them: their deadlines move on by as
+    /// much, and the operator is told. Noticed once per stall.
+    pub(super) fn notice_stall(&mut self, now: Duration) {
+        let Some(due) = self.poll_timeout() else {
+            return;
+        };
+        let late = now.saturating_sub(due);
+        if late <= self.config.heartbeat_interval || self.woke_at.is_some_and(|at| at >= due) {
             return;
         }
+        self.woke_at = Some(now);
         for member in self.peers.values_mut().filter_map(|p| p.member.as_mut()) {
             member.last_heard = (member.last_heard + late).min(now);
         }
         self.effects.push_back(Effect::Stalled { late });
+    }
+
+    /// Whether this node woke from a stall less than a heartbeat timeout
+    /// ago. The sessions it finds closed then were mostly closed by peers
+    /// that dropped it meanwhile: it cannot tell those from crashes, so it
+    /// does not tell the cluster they crashed (see `remove_member`).
+    pub(super) fn waking(&self, now: Duration) -> bool {
+        (self.woke_at).is_some_and(|at| now < at + self.config.heartbeat_timeout)
     }
 
     /// Drops every watched member silent for `heartbeat_timeout`, and its

@@ -143,6 +143,9 @@ pub struct Membership {
     started_at: Option<Duration>,
     /// The leave under way, once `Input::Leave` came.
     leaving: Option<Leaving>,
+    /// When this node last found that it had not run for a while (see
+    /// `notice_stall`).
+    woke_at: Option<Duration>,
     /// Under `sessions = "bounded"`: what this node knows of every member
     /// (see `gossip`); empty under a full mesh.
     facts: Facts,
@@ -203,6 +206,7 @@ impl Membership {
             telemetry: Telemetry::default(),
             started_at: None,
             leaving: None,
+            woke_at: None,
             facts: Facts::default(),
             outbox: Vec::new(),
             news_due: None,
@@ -396,6 +400,7 @@ impl Membership {
         if !self.is_running() && !matches!(input, Input::Start) {
             return;
         }
+        self.notice_stall(now);
         match input {
             Input::Start => self.start(now),
             Input::Discovered(peers) => self.discovered(now, peers),
@@ -442,9 +447,7 @@ impl Membership {
             self.leave_timeout(now);
             return;
         }
-        if let Some(due) = self.poll_timeout() {
-            self.excuse_own_stall(now, now.saturating_sub(due));
-        }
+        self.notice_stall(now);
         if self.next_resolve.is_some_and(|at| at <= now) {
             self.effects.push_back(Effect::Resolve);
             self.next_resolve = Some(now + self.config.discovery_tick);

@@ -27,10 +27,17 @@ impl Membership {
         let Some(member) = self.drop_member(now, name, reason) else {
             return;
         };
-        if matches!(
-            reason,
-            DownReason::Crashed | DownReason::Unresponsive | DownReason::Left
-        ) {
+        // A session that closed while this node was waking from a stall
+        // was most likely closed by a peer that dropped it: only this
+        // node's own ring lets the member go (it is redialed); the
+        // cluster hears of a real crash from the member's other peers.
+        let seen_waking = reason == DownReason::Crashed && self.waking(now);
+        if !seen_waking
+            && matches!(
+                reason,
+                DownReason::Crashed | DownReason::Unresponsive | DownReason::Left
+            )
+        {
             let fact = Fact {
                 node: name.clone(),
                 incarnation: member.incarnation,
