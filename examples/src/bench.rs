@@ -102,6 +102,14 @@ pub fn unix_ms() -> f64 {
         .unwrap_or_default()
 }
 
+/// A `--env CLOISTER_<FIELD>=value` argument of the benchmark programs.
+pub fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if key.starts_with("CLOISTER_") => Ok((key.into(), value.into())),
+        _ => Err(format!("`{text}` is not CLOISTER_<FIELD>=value")),
+    }
+}
+
 /// The `ts` (unix ms) of an event line.
 pub fn ts(event: &Value) -> Option<u64> {
     event["ts"].as_u64()

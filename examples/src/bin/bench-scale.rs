@@ -34,8 +34,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 use cloister_examples::bench::{
-    cpu_ticks, idle_cost, median, node_binary, node_config, ts, unix_ms, wait_dropped, Sizes,
-    TICK_SECONDS,
+    cpu_ticks, idle_cost, median, node_binary, node_config, parse_env, ts, unix_ms, wait_dropped,
+    Sizes, TICK_SECONDS,
 };
 use cloister_ractor::testing::{all_of, LocalCluster};
 
@@ -57,13 +57,6 @@ struct Args {
     /// formation spends its time.
     #[arg(long)]
     formation_log: Option<PathBuf>,
-}
-
-fn parse_env(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if key.starts_with("CLOISTER_") => Ok((key.into(), value.into())),
-        _ => Err(format!("`{text}` is not CLOISTER_<FIELD>=value")),
-    }
 }
 
 /// What one run of one size measured.

@@ -33,7 +33,7 @@ use anyhow::{anyhow, Result};
 use clap::Parser;
 use cloister_core::Config;
 use cloister_examples::bench::{
-    cpu_ticks, median, node_binary, node_config, status_kib, wait_dropped, TICK_SECONDS,
+    cpu_ticks, median, node_binary, node_config, parse_env, status_kib, wait_dropped, TICK_SECONDS,
 };
 use cloister_ractor::testing::{all_of, LocalCluster};
 use serde_json::json;
@@ -56,8 +56,9 @@ struct Args {
     /// Seconds the cluster may take to form or to heal a fault.
     #[arg(long, default_value_t = 60)]
     deadline: u64,
-    /// `CLOISTER_<FIELD>=value` for every node (repeatable).
-    #[arg(long = "env", value_parser = env_pair)]
+    /// `CLOISTER_<FIELD>=value` for every node (repeatable); not the
+    /// heartbeat timers, which the faults are timed by.
+    #[arg(long = "env", value_parser = parse_env)]
     envs: Vec<(String, String)>,
     /// Copy the nodes' logs into this directory when a fault caused a false
     /// drop or did not heal.
@@ -68,13 +69,6 @@ struct Args {
     seed: u64,
 }
 
-fn env_pair(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if key.starts_with("CLOISTER_") => Ok((key.into(), value.into())),
-        _ => Err(format!("`{text}` is not CLOISTER_<FIELD>=value")),
-    }
-}
-
 const FAULTS: [&str; 3] = ["kill", "freeze", "hiccup"];
 
 fn main() -> Result<()> {
@@ -82,6 +76,14 @@ fn main() -> Result<()> {
     let n = args.nodes;
     if n < 3 {
         return Err(anyhow!("--nodes must be at least 3, not {n}"));
+    }
+    if let Some((key, _)) =
+        (args.envs.iter()).find(|(key, _)| key.starts_with("CLOISTER_HEARTBEAT_"))
+    {
+        return Err(anyhow!(
+            "--env {key}: bench-soak runs the default heartbeat timers, which its freezes and \
+             pauses are timed by; leave the heartbeat settings out"
+        ));
     }
     let binary = node_binary(args.binary.as_deref())?;
     let (env, flags) = node_config(false);
